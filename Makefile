@@ -1,0 +1,78 @@
+# Entry points. The README documents them; every target sets up what it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+BUILD     ?= build
+MODEL     ?=
+DEVICE    ?= auto
+DTYPE     ?=
+INT8      ?= 0
+HOST      ?= 127.0.0.1
+HTTP_PORT ?= 8000
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+GPUS      ?=
+JOBS      ?= $(shell nproc)
+export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT GPUS JOBS
+
+SETUP_STAMP := $(VENV)/.setup-done
+DEMO_MODEL  := models/chatglm-tiny/model.safetensors
+
+.PHONY: help setup build demo-model model serve test test-gpu bench load-test docker lint format clean
+
+help:
+	@echo "make serve      set everything up (first run) and serve the demo model, or MODEL=<dir>"
+	@echo "make test       the CPU test suite (what CI runs)"
+	@echo "make test-gpu   GPU tests (on a machine with an NVIDIA GPU)"
+	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows)"
+	@echo "make load-test  Locust against a running server (USERS, SPAWN_RATE, DURATION, PROMPTS)"
+	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8)"
+	@echo "make demo-model write the tiny demo checkpoint to models/chatglm-tiny"
+	@echo "make docker     build the container image"
+
+setup: $(SETUP_STAMP)
+$(SETUP_STAMP): requirements.txt pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh
+
+build: $(SETUP_STAMP)
+	bash scripts/build.sh
+
+demo-model: $(DEMO_MODEL)
+$(DEMO_MODEL): $(SETUP_STAMP)
+	$(PY) -m glmserve.tiny --out models/chatglm-tiny
+
+model: $(SETUP_STAMP)
+	$(PY) -m glmserve.hub --out models/chatglm-6b $(if $(filter 1,$(INT8)),--int8,)
+
+serve: $(SETUP_STAMP) build demo-model
+	bash scripts/serve.sh
+
+test: $(SETUP_STAMP) build demo-model
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -m "not gpu" tests
+
+test-gpu: $(SETUP_STAMP) build demo-model
+	$(VENV)/bin/pytest -m gpu tests
+
+bench: $(SETUP_STAMP) build
+	$(PY) -m glmserve.bench $(if $(filter 1,$(INT8)),--int8,)
+
+load-test: $(SETUP_STAMP)
+	bash scripts/load_test.sh
+
+docker:
+	docker build -f docker/Dockerfile -t glmserve:latest .
+
+lint: $(SETUP_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(SETUP_STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,128 @@
+// The public API of the ChatGLM inference engine. No Triton, no CUDA, no
+// pybind11 in here: the Triton backend, the Python module, tests and the
+// benchmark all use exactly this.
+//
+// Threading: submit() and cancel() are thread-safe and never block on compute.
+// The step loop runs on one thread (start() launches it, or a caller drives
+// step() itself). Callbacks run on the step-loop thread; they must be quick
+// (copy the tokens, hand them to another thread) and must not call back into
+// the engine except cancel().
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace glm {
+
+// Raised for bad configuration, bad weight files, bad requests. The message
+// names the offending field or file.
+class EngineError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Everything chosen once, at engine creation. Parsed and validated once.
+struct EngineOptions {
+  std::string checkpoint_dir;      // converted checkpoint: config.json + model.safetensors
+  std::string device = "cpu";      // "cpu" or "cuda"
+  int device_id = 0;               // GPU ordinal for "cuda"
+  std::string dtype = "fp32";      // "fp32" (cpu) or "fp16" (cuda)
+  bool int8 = false;               // INT8 weight-only linear layers
+  bool random_weights = false;     // real shapes from config.json, weights from `weights_seed`
+  uint64_t weights_seed = 0;
+  int block_size = 16;             // tokens per KV block
+  int num_kv_blocks = 0;           // > 0: exactly this many blocks
+  double kv_cache_fraction = 0.9;  // used when num_kv_blocks == 0 (cuda: of free memory after weights)
+  int64_t kv_cache_bytes = 0;      // cpu: bytes for the KV cache when num_kv_blocks == 0 (0 = 1 GiB)
+  int max_running_seqs = 256;      // upper bound on sequences in one step's batch
+  int max_batched_tokens = 4096;   // prefill tokens admitted in one step (at least one prompt always)
+  int max_queue = 0;               // waiting requests beyond this are refused (0 = unbounded)
+  int num_threads = 0;             // cpu compute threads (0 = hardware concurrency)
+  bool use_cuda_graphs = true;     // cuda decode steps
+};
+
+// Per-request decoding parameters. One semantics on every back-end:
+// repetition penalty (HF: over prompt + generated ids) -> temperature -> top-k -> top-p.
+struct SamplingParams {
+  int max_tokens = 128;            // new tokens, >= 1
+  float temperature = 0.0f;        // 0 = greedy (argmax after the repetition penalty)
+  int top_k = 0;                   // 0 = off
+  float top_p = 1.0f;              // (0, 1]
+  float repetition_penalty = 1.0f; // > 0; 1 = off
+  uint64_t seed = 0;               // same seed -> same tokens, whatever else is batched
+  bool ignore_eos = false;         // keep going past <eop>
+};
+
+enum class FinishReason { kNone = 0, kEos, kLength, kContextLimit, kCancelled, kError };
+const char* to_string(FinishReason r);
+
+// What a step reports for one sequence. `new_tokens` holds the ids produced
+// since the last event (normally one). `finished` is true exactly once per
+// request, on its last event; after it no more events come for that id.
+struct TokenEvent {
+  uint64_t request_id = 0;
+  std::vector<int32_t> new_tokens;
+  bool finished = false;
+  FinishReason reason = FinishReason::kNone;
+  std::string error;               // set when reason == kError
+};
+using TokenCallback = std::function<void(const TokenEvent&)>;
+
+struct EngineStats {
+  int running = 0;                 // sequences in the running batch
+  int waiting = 0;                 // queued, not yet admitted
+  int kv_blocks_used = 0;
+  int kv_blocks_total = 0;
+  int64_t tokens_generated = 0;    // since start
+  int64_t requests_finished = 0;
+  int64_t steps = 0;
+  int max_batch_seen = 0;          // largest number of sequences in one step so far
+  bool healthy = true;             // false after an unrecoverable back-end fault
+};
+
+class Engine {
+ public:
+  // Loads and validates config + weights, builds the compute back-end, sizes
+  // the KV cache. Throws EngineError with a clear message.
+  static std::unique_ptr<Engine> create(const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  struct ModelInfo { int vocab_size, hidden_size, num_layers, max_sequence_length,
+                     eos_token_id, bos_token_id, gmask_token_id, mask_token_id; };
+  virtual ModelInfo model_info() const = 0;
+
+  // Validates and enqueues. Throws EngineError (message names the field) for
+  // a bad request: empty or out-of-vocabulary ids, prompt + max_tokens over
+  // the context, a request that can never fit in the KV cache, bad params,
+  // a full queue (message starts with "queue full"), a duplicate id.
+  virtual void submit(uint64_t request_id, std::vector<int32_t> input_ids,
+                      const SamplingParams& params, TokenCallback on_tokens) = 0;
+  // Stops the sequence at the next step; its final event has kCancelled.
+  // Unknown or finished ids are ignored.
+  virtual void cancel(uint64_t request_id) = 0;
+
+  // One scheduler iteration: admit waiting requests that fit, run one forward
+  // pass for the batch (prefills and decodes together), sample, report.
+  // Returns false when there was nothing to do.
+  virtual bool step() = 0;
+  // Background step loop: sleeps on a condition variable while idle.
+  virtual void start() = 0;
+  virtual void stop() = 0;   // finishes nothing: pending requests get kCancelled
+
+  virtual EngineStats stats() const = 0;
+
+  // Test hook: full-sequence logits through the KV-cache path. Each chunk is
+  // run as one forward of a single sequence that keeps its KV cache between
+  // chunks (chunk 0 = prefill). Returns [sum of chunk lengths, vocab] row-major.
+  // Only valid while no requests are running.
+  virtual std::vector<float> debug_forward(const std::vector<std::vector<int32_t>>& chunks) = 0;
+
+  // Test hook for the fault path: the next step fails inside the back-end.
+  virtual void inject_fault() = 0;
+};
+
+}  // namespace glm
