@@ -33,7 +33,7 @@ help:
 	@echo "make docker     build the container image"
 
 setup: $(SETUP_STAMP)
-$(SETUP_STAMP): requirements.txt pyproject.toml scripts/setup.sh
+$(SETUP_STAMP): requirements.txt requirements-cuda-build.txt pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
 
 build: $(SETUP_STAMP)

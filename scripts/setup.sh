@@ -33,6 +33,13 @@ fi
 # torch: on these machines pip finds the CPU build (2.13.0+cpu) in its local
 # wheel store; elsewhere set PIP_EXTRA_INDEX_URL to PyTorch's CPU index first.
 "$VENV/bin/python" -m pip install -q -r requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
+# nvcc without cuBLAS (CPU machines, CI): cuBLAS from PyPI so that the CUDA code compiles.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  cuda_root=$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")
+  if [ ! -e "$cuda_root/include/cublas_v2.h" ] && [ ! -e /usr/local/cuda/include/cublas_v2.h ]; then
+    "$VENV/bin/python" -m pip install -q -r requirements-cuda-build.txt 2>&1 | grep -v '^WARNING: Location' || true
+  fi
+fi
 "$VENV/bin/python" -m pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -c 'import numpy, torch, tritonclient.grpc, sentencepiece, safetensors, pybind11, glmserve; assert numpy.__version__.startswith("1."), numpy.__version__' \
   || { echo "setup: the venv is incomplete (see pip's output above)" >&2; exit 1; }
