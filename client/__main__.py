@@ -1,0 +1,8 @@
+"""``python -m client``: see client/cli.py."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""gRPC transport: the decoupled ``chatglm`` ensemble over Triton's bidirectional stream."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from .errors import ClientError, ServerUnavailable
+from .params import MODEL_NAME, TEXT_OUTPUT, TensorValue
+
+# gRPC status codes that mean "the server is not there" rather than "it said no".
+_UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+_DONE = object()
+
+
+def map_grpc_error(error: Any, url: str = "") -> ClientError:
+    """Turn a tritonclient ``InferenceServerException`` into our exception types."""
+    status = error.status() if hasattr(error, "status") else None
+    message = error.message() if hasattr(error, "message") else str(error)
+    message = (message or str(error)).strip()
+    if status in _UNAVAILABLE:
+        where = f" at {url}" if url else ""
+        return ServerUnavailable(f"server unavailable{where} (gRPC {status[11:]}): {message}")
+    if status == "StatusCode.CANCELLED":
+        return ClientError(f"request cancelled: {message}")
+    return ClientError(message)
+
+
+def _is_final(result: Any) -> bool:
+    params = result.get_response().parameters
+    return "triton_final_response" in params and params["triton_final_response"].bool_param
+
+
+def _text_of(result: Any) -> str | None:
+    """The response's text delta, or None when it carries no ``text_output``."""
+    arr = result.as_numpy(TEXT_OUTPUT)
+    if arr is None:
+        return None
+    if arr.size == 0:
+        return ""
+    piece = arr.reshape(-1)[0]
+    return piece.decode("utf-8") if isinstance(piece, bytes) else str(piece)
+
+
+class GrpcTransport:
+    """Sends one request per stream and yields its text pieces as they arrive."""
+
+    def __init__(self, url: str, model: str = MODEL_NAME, timeout: float | None = None) -> None:
+        import tritonclient.grpc as grpcclient  # imported late: heavy
+
+        self._grpcclient = grpcclient
+        self.url = url
+        self.model = model
+        self.timeout = timeout
+        try:
+            self._client = grpcclient.InferenceServerClient(url=url)
+        except Exception as exc:  # bad URL syntax and similar
+            raise ClientError(f"cannot create a gRPC client for {url!r}: {exc}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _inputs(self, tensors: list[TensorValue]) -> list[Any]:
+        inputs = []
+        for t in tensors:
+            inp = self._grpcclient.InferInput(t.name, list(t.array.shape), t.datatype)
+            inp.set_data_from_numpy(t.array)
+            inputs.append(inp)
+        return inputs
+
+    def stream(self, tensors: list[TensorValue]) -> Iterator[str]:
+        """Yield the text pieces of every response of one request, until its final one."""
+        responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+
+        def callback(result: Any, error: Any) -> None:
+            responses.put((result, error))
+
+        try:
+            self._client.start_stream(callback=callback)
+        except Exception as exc:
+            raise map_grpc_error(exc, self.url) from None
+        finished = False
+        try:
+            try:
+                self._client.async_stream_infer(
+                    self.model,
+                    self._inputs(tensors),
+                    request_id=uuid.uuid4().hex,
+                    enable_empty_final_response=True,
+                )
+            except Exception as exc:
+                raise map_grpc_error(exc, self.url) from None
+            while True:
+                try:
+                    result, error = responses.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise ClientError(
+                        f"no response from {self.url} within {self.timeout:g} s"
+                    ) from None
+                if error is not None:
+                    raise map_grpc_error(error, self.url)
+                text = _text_of(result)
+                if text is not None:
+                    yield text
+                if _is_final(result):
+                    finished = True
+                    return
+        finally:
+            # Cancel what is still running when the caller stopped early or failed.
+            self._client.stop_stream(cancel_requests=not finished)

@@ -1,0 +1,206 @@
+"""Command line: one-shot generation, streaming, and an interactive chat.
+
+Examples::
+
+    python -m client "你好"                        # one-shot, gRPC on 127.0.0.1:8001
+    python -m client --stream --max-tokens 64 "Tell me about Triton"
+    python -m client --protocol http --url 127.0.0.1:8000 "Hello"
+    python -m client --chat                         # interactive; history kept
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from .api import DEFAULT_PORTS, PROTOCOLS, ChatGLMClient
+from .errors import ClientError, ServerUnavailable
+
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130
+
+CHAT_HELP = "Chat with ChatGLM. Commands: /clear resets the history, /exit (or Ctrl-D) quits."
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"must be < 2**64: {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0.0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = _non_negative_float(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1]: {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m client",
+        description="Talk to the ChatGLM-6B Triton server (model 'chatglm').",
+        epilog=(
+            "Exit status: 0 ok, 1 request rejected by the server, 2 bad arguments, "
+            "3 server unavailable."
+        ),
+    )
+    p.add_argument("prompt", nargs="?", help="the prompt ('-' reads it from stdin)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    mode.add_argument("--chat", action="store_true", help="interactive chat keeping the history")
+    p.add_argument(
+        "--url",
+        help=f"server host:port (default 127.0.0.1:{DEFAULT_PORTS['grpc']} for grpc, "
+        f":{DEFAULT_PORTS['http']} for http)",
+    )
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default: grpc")
+    p.add_argument("--model", default="chatglm", help="model name (default: chatglm)")
+    p.add_argument(
+        "--timeout", type=_positive_float, default=600.0, help="seconds to wait for a response"
+    )
+    s = p.add_argument_group("sampling (server defaults when left out: greedy decoding)")
+    s.add_argument("--max-tokens", type=_positive_int, help="most tokens to generate")
+    s.add_argument("--temperature", type=_non_negative_float, help="0 = greedy")
+    s.add_argument("--top-k", type=_non_negative_int, help="0 = off")
+    s.add_argument("--top-p", type=_probability, help="nucleus mass in [0, 1]")
+    s.add_argument("--repetition-penalty", type=_positive_float, help="1 = off")
+    s.add_argument("--seed", type=_seed, help="random seed (uint64)")
+    s.add_argument(
+        "--ignore-eos", action="store_true", default=None, help="generate max-tokens tokens"
+    )
+    return p
+
+
+def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
+        "random_seed": args.seed,
+        "ignore_eos": args.ignore_eos,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _stream_to(out: TextIO, pieces: Any) -> str:
+    text = []
+    for piece in pieces:
+        out.write(piece)
+        out.flush()
+        text.append(piece)
+    out.write("\n")
+    out.flush()
+    return "".join(text)
+
+
+def run_chat(
+    client: ChatGLMClient,
+    sampling: dict[str, Any],
+    read: Callable[[str], str] = input,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """The interactive loop: every turn streams; history is sent as the ``history`` input."""
+    history: list[tuple[str, str]] = []
+    err.write(CHAT_HELP + "\n")
+    while True:
+        try:
+            query = read("用户: ").strip()
+        except EOFError:
+            out.write("\n")
+            return 0
+        if not query:
+            continue
+        if query in ("/exit", "/quit"):
+            return 0
+        if query == "/clear":
+            history = []
+            err.write("(history cleared)\n")
+            continue
+        out.write("ChatGLM: ")
+        out.flush()
+        try:
+            reply = _stream_to(out, client.stream(query, history=history, **sampling))
+        except ServerUnavailable:
+            out.write("\n")
+            raise
+        except ClientError as exc:
+            out.write("\n")
+            err.write(f"error: request rejected: {exc}\n")
+            continue
+        history.append((query, reply))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.chat and args.prompt is not None:
+        parser.error("--chat takes no prompt argument (type the questions interactively)")
+    if not args.chat and args.prompt is None:
+        parser.error("a prompt is required (or use --chat)")
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    sampling = sampling_from_args(args)
+    try:
+        with ChatGLMClient(args.url, args.protocol, args.model, args.timeout) as client:
+            if args.chat:
+                return run_chat(client, sampling)
+            if args.stream:
+                _stream_to(sys.stdout, client.stream(prompt, **sampling))
+            else:
+                print(client.generate(prompt, **sampling))
+        return 0
+    except ServerUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ClientError as exc:
+        print(f"error: request rejected: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0

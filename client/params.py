@@ -1,0 +1,142 @@
+"""Sampling parameters and the request tensors of the ``chatglm`` ensemble (the public contract)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MODEL_NAME = "chatglm"
+TEXT_INPUT = "text_input"
+TEXT_OUTPUT = "text_output"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One optional input tensor: its Triton datatype, numpy dtype and Python type."""
+
+    datatype: str
+    dtype: type
+    kind: type
+
+
+# Optional inputs of the ensemble, keyed by tensor name.
+OPTIONAL_INPUTS: dict[str, InputSpec] = {
+    "max_tokens": InputSpec("INT32", np.int32, int),
+    "temperature": InputSpec("FP32", np.float32, float),
+    "top_k": InputSpec("INT32", np.int32, int),
+    "top_p": InputSpec("FP32", np.float32, float),
+    "repetition_penalty": InputSpec("FP32", np.float32, float),
+    "random_seed": InputSpec("UINT64", np.uint64, int),
+    "ignore_eos": InputSpec("BOOL", np.bool_, bool),
+}
+
+# Friendly aliases accepted as keyword arguments.
+ALIASES = {"seed": "random_seed"}
+
+History = Sequence[Sequence[str]]
+
+
+def normalize_sampling(sampling: Mapping[str, Any]) -> dict[str, int | float | bool]:
+    """Validate sampling keyword arguments; return them keyed by tensor name.
+
+    ``None`` values are dropped (the server's default applies). Unknown names raise
+    ``TypeError``; values of the wrong type raise ``ValueError``.
+    """
+    out: dict[str, int | float | bool] = {}
+    for key, value in sampling.items():
+        name = ALIASES.get(key, key)
+        if name not in OPTIONAL_INPUTS:
+            known = ", ".join(sorted([*OPTIONAL_INPUTS, *ALIASES]))
+            raise TypeError(f"unknown sampling argument {key!r} (known: {known})")
+        if value is None:
+            continue
+        if name in out:
+            raise TypeError(f"sampling argument {name!r} given twice")
+        out[name] = _coerce(name, value, OPTIONAL_INPUTS[name].kind)
+    return out
+
+
+def _coerce(name: str, value: Any, kind: type) -> int | float | bool:
+    if kind is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if kind is int:
+        if isinstance(value, (int, np.integer)):
+            v = int(value)
+            if name == "random_seed" and not 0 <= v < 2**64:
+                raise ValueError(f"random_seed must be in [0, 2**64), got {v}")
+            if name != "random_seed" and not -(2**31) <= v < 2**31:
+                raise ValueError(f"{name} does not fit INT32: {v}")
+            return v
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    raise ValueError(f"{name} must be a number, got {value!r}")
+
+
+def history_json(history: History | None) -> str | None:
+    """The ``history`` input: a JSON list of [question, answer] pairs (None when empty)."""
+    if not history:
+        return None
+    pairs: list[list[str]] = []
+    for turn in history:
+        if isinstance(turn, str) or len(turn) != 2:
+            raise ValueError(f"history entries must be [question, answer] pairs, got {turn!r}")
+        q, a = turn
+        if not isinstance(q, str) or not isinstance(a, str):
+            raise ValueError(f"history entries must hold strings, got {turn!r}")
+        pairs.append([q, a])
+    return json.dumps(pairs, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class TensorValue:
+    """One input tensor of a request, independent of the protocol."""
+
+    name: str
+    datatype: str
+    array: np.ndarray
+
+
+def build_tensors(
+    prompt: str, history: History | None, sampling: Mapping[str, Any], stream: bool
+) -> list[TensorValue]:
+    """All input tensors for one request (each of shape [1])."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    params = normalize_sampling(sampling)
+    tensors = [
+        TensorValue(TEXT_INPUT, "BYTES", np.array([prompt.encode("utf-8")], dtype=np.object_))
+    ]
+    for name, value in params.items():
+        spec = OPTIONAL_INPUTS[name]
+        tensors.append(TensorValue(name, spec.datatype, np.array([value], dtype=spec.dtype)))
+    tensors.append(TensorValue("stream", "BOOL", np.array([stream], dtype=np.bool_)))
+    hist = history_json(history)
+    if hist is not None:
+        tensors.append(
+            TensorValue("history", "BYTES", np.array([hist.encode("utf-8")], dtype=np.object_))
+        )
+    return tensors
+
+
+def build_generate_body(
+    prompt: str, history: History | None, sampling: Mapping[str, Any], stream: bool
+) -> dict[str, Any]:
+    """The JSON body of Triton's HTTP generate endpoints (each key names an input tensor)."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    body: dict[str, Any] = {TEXT_INPUT: prompt}
+    body.update(normalize_sampling(sampling))
+    body["stream"] = stream
+    hist = history_json(history)
+    if hist is not None:
+        body["history"] = hist
+    return body
