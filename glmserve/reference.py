@@ -174,7 +174,9 @@ class ChatGLMModel:
             t = weights[name]
             if tuple(t.shape) != shape:
                 raise CheckpointError(f"tensor {name!r} has shape {list(t.shape)}, want {shape}")
-            self.w[name] = t.to(device=self.device, dtype=dtype)
+            # A fresh (aligned) copy: the same values give the same results whatever file
+            # layout they were read from (CPU kernels can depend on alignment).
+            self.w[name] = t.to(device=self.device, dtype=dtype).clone()
 
     # ------------------------------------------------------------- loading
     @classmethod

@@ -1,0 +1,225 @@
+"""Converts a hub-style ChatGLM-6B directory into the engine's checkpoint format.
+
+    python -m glmserve.convert --src HUBDIR --out DIR [--dtype fp16|fp32] [--int8] [--int8-lm-head]
+
+Input: ``config.json`` plus ``*.safetensors`` (preferred when both exist) or
+``pytorch_model-*.bin`` shards with ``pytorch_model.bin.index.json`` (or a single
+``pytorch_model.bin``), loaded with ``weights_only=True`` and memory-mapped.
+Output (docs/architecture.md): ``config.json`` (+ ``"glmserve_format": 1``), one
+``model.safetensors`` with the hub tensor names, and ``ice_text.model`` when present.
+
+Memory stays bounded by one shard plus one tensor: the safetensors header is computed
+from config.json first, then each tensor is written at its offset as its shard is read.
+
+``--int8``: symmetric per-output-channel int8 for the four linear weights of every
+layer (``w ~= q * scale``, ``scale = max|w_row| / 127`` rounded to fp16, ``q =
+round(w / scale)`` clamped to [-127, 127], computed in fp32: deterministic), stored as
+I8 ``X.weight`` plus F16 ``X.weight_scale`` [out]. ``--int8-lm-head`` adds lm_head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from glmserve._checkpoint import (
+    CheckpointError,
+    StreamingSafetensorsWriter,
+    check_tensor,
+    expected_shapes,
+    find_source,
+    is_ignored,
+    iter_shard,
+    quantized_names,
+)
+from glmserve.config import ChatGLMConfig, ConfigError
+
+FORMAT_VERSION = 1
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+TORCH_DTYPE_NAMES = {torch.float16: "float16", torch.float32: "float32"}
+TOKENIZER_FILE = "ice_text.model"
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: returns (q int8 [out, in], scale fp16 [out]) with w ~= q * scale."""
+    w32 = w.float()
+    amax = w32.abs().amax(dim=1)
+    scale = (amax / 127.0).to(torch.float16)
+    # A zero row (or one so small its scale underflows fp16) quantizes to zeros with scale 1.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w32 / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def default_dtype(cfg: ChatGLMConfig) -> str:
+    """The source's dtype (config torch_dtype): float32 stays fp32, anything else becomes fp16."""
+    return "fp32" if cfg.torch_dtype == "float32" else "fp16"
+
+
+def _known_names(source_shards: dict[Path, list[str] | None]) -> dict[Path, list[str] | None]:
+    """Fills in names of safetensors shards (cheap: header only); .bin without index stays None."""
+    out: dict[Path, list[str] | None] = {}
+    for path, names in source_shards.items():
+        if names is None and path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    names = list(f.keys())
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own types
+                raise CheckpointError(f"{path}: cannot read safetensors header: {e}") from None
+        out[path] = names
+    return out
+
+
+def _precheck_names(
+    shards: dict[Path, list[str] | None], shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """Unknown / missing / duplicated names, before anything is written (when names are known)."""
+    if any(names is None for names in shards.values()):
+        return
+    seen: dict[str, Path] = {}
+    for path, names in shards.items():
+        assert names is not None
+        for name in names:
+            if is_ignored(name):
+                continue
+            if name not in shapes:
+                raise CheckpointError(f"{path}: unknown tensor name {name!r}")
+            if name in seen:
+                raise CheckpointError(f"tensor {name!r} is in both {seen[name]} and {path}")
+            seen[name] = path
+    missing = [n for n in shapes if n not in seen]
+    if missing:
+        shown = ", ".join(repr(n) for n in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"checkpoint is missing tensor(s) {shown}{more}")
+
+
+def convert(
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    dtype: str | None = None,
+    int8: bool = False,
+    int8_lm_head: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Converts hub-style ``src`` into ``out``; returns ``out``. Raises CheckpointError/ConfigError."""
+    src_dir, out_dir = Path(src), Path(out)
+    if not src_dir.is_dir():
+        raise CheckpointError(f"{src_dir}: source checkpoint directory not found")
+    if out_dir.exists() and out_dir.resolve() == src_dir.resolve():
+        raise CheckpointError(f"--out {out_dir} must differ from --src")
+    if int8_lm_head and not int8:
+        raise ValueError("--int8-lm-head needs --int8")
+    cfg = ChatGLMConfig.from_json(src_dir / "config.json")
+    dtype = dtype or default_dtype(cfg)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    out_dtype = DTYPES[dtype]
+
+    shapes = expected_shapes(cfg)
+    quantized = set(quantized_names(cfg, int8_lm_head)) if int8 else set()
+    source = find_source(src_dir)
+    shards = _known_names(source.shards)
+    _precheck_names(shards, shapes)
+
+    specs: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
+    for name, shape in shapes.items():
+        if name in quantized:
+            specs.append((name, torch.int8, shape))
+            specs.append((name + "_scale", torch.float16, shape[:1]))
+        else:
+            specs.append((name, out_dtype, shape))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").unlink(missing_ok=True)  # a half-written dir never looks converted
+    writer = StreamingSafetensorsWriter(
+        out_dir / "model.safetensors", specs, metadata={"format": "pt", "glmserve_format": "1"}
+    )
+    try:
+        bar = tqdm(total=len(shapes), unit="tensor", desc="convert", disable=not progress)
+        for path in shards:
+            bar.set_postfix_str(path.name)
+            for name, t in iter_shard(path):
+                if is_ignored(name):
+                    continue
+                if name not in shapes:
+                    raise CheckpointError(f"{path}: unknown tensor name {name!r}")
+                check_tensor(name, t, shapes[name], path)
+                if name in quantized:
+                    q, scale = quantize_int8(t)
+                    writer.write(name, q)
+                    writer.write(name + "_scale", scale)
+                else:
+                    writer.write(name, t.to(out_dtype))
+                del t
+                bar.update(1)
+        bar.close()
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+    out_cfg = cfg.to_dict()
+    out_cfg["torch_dtype"] = TORCH_DTYPE_NAMES[out_dtype]
+    out_cfg["glmserve_format"] = FORMAT_VERSION
+    out_cfg.pop("quantization", None)
+    if int8:
+        out_cfg["quantization"] = {"int8": True, "lm_head": bool(int8_lm_head)}
+    tok = src_dir / TOKENIZER_FILE
+    if tok.is_file():
+        shutil.copyfile(tok, out_dir / TOKENIZER_FILE)
+    tmp = out_dir / "config.json.partial"
+    tmp.write_text(json.dumps(out_cfg, indent=2) + "\n")
+    os.replace(tmp, out_dir / "config.json")
+    return out_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m glmserve.convert",
+        description="Convert a hub-style ChatGLM-6B checkpoint into glmserve's format "
+        "(config.json + one model.safetensors + ice_text.model).",
+    )
+    p.add_argument("--src", required=True, help="hub-style checkpoint directory")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default=None,
+        help="output float dtype (default: the source's, float32 -> fp32, else fp16)",
+    )
+    p.add_argument("--int8", action="store_true", help="int8 weight-only layer linears")
+    p.add_argument(
+        "--int8-lm-head", action="store_true", help="also quantize lm_head (needs --int8)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.int8_lm_head and not args.int8:
+        parser.error("--int8-lm-head needs --int8")
+    try:
+        out = convert(
+            args.src, args.out, args.dtype, args.int8, args.int8_lm_head, progress=not args.quiet
+        )
+    except (CheckpointError, ConfigError, ValueError) as e:
+        print(f"convert: error: {e}", file=sys.stderr)
+        return 1
+    print(f"convert: wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
