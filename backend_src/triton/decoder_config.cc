@@ -1,0 +1,189 @@
+#include "decoder_config.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+
+#include "json.h"
+
+namespace glmtriton {
+namespace {
+
+const std::vector<std::string> kKeys = {
+    "checkpoint_dir", "device",          "device_id",         "dtype",
+    "int8",           "random_weights",  "weights_seed",      "block_size",
+    "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
+    "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
+    "default_max_tokens"};
+
+[[noreturn]] void bad(const std::string& key, const std::string& value, const std::string& want) {
+  throw std::runtime_error("chatglm_decoder parameter '" + key + "' = '" + value + "': expected " +
+                           want);
+}
+
+int64_t to_int(const std::string& key, const std::string& v, int64_t lo, int64_t hi) {
+  errno = 0;
+  char* end = nullptr;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || errno != 0 || end == nullptr || *end != '\0' || x < lo || x > hi) {
+    bad(key, v, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return x;
+}
+
+uint64_t to_uint64(const std::string& key, const std::string& v) {
+  errno = 0;
+  char* end = nullptr;
+  if (v.empty() || v[0] == '-') bad(key, v, "an unsigned 64-bit integer");
+  unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+  if (errno != 0 || end == nullptr || *end != '\0') bad(key, v, "an unsigned 64-bit integer");
+  return x;
+}
+
+double to_double(const std::string& key, const std::string& v, double lo, double hi,
+                 bool lo_open) {
+  errno = 0;
+  char* end = nullptr;
+  double x = std::strtod(v.c_str(), &end);
+  bool ok = !v.empty() && errno == 0 && end != nullptr && *end == '\0' && std::isfinite(x) &&
+            (lo_open ? x > lo : x >= lo) && x <= hi;
+  if (!ok) {
+    bad(key, v,
+        std::string("a number in ") + (lo_open ? "(" : "[") + std::to_string(lo) + ", " +
+            std::to_string(hi) + "]");
+  }
+  return x;
+}
+
+bool to_bool(const std::string& key, const std::string& v) {
+  if (v == "1" || v == "true" || v == "True" || v == "TRUE" || v == "yes" || v == "on") return true;
+  if (v == "0" || v == "false" || v == "False" || v == "FALSE" || v == "no" || v == "off" ||
+      v.empty()) {
+    return false;
+  }
+  bad(key, v, "a boolean (true/false/1/0)");
+}
+
+}  // namespace
+
+const std::vector<std::string>& known_parameter_keys() { return kKeys; }
+
+DecoderConfig parse_decoder_config(const std::string& model_config_json,
+                                   const std::map<std::string, std::string>& cmdline,
+                                   const std::string& model_dir, const char* env_checkpoint_dir) {
+  glm::json::Value cfg;
+  try {
+    cfg = glm::json::parse(model_config_json);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(std::string("cannot parse the model configuration: ") + e.what());
+  }
+  DecoderConfig out;
+  if (const auto* mbs = cfg.find("max_batch_size")) {
+    if (mbs->is_number()) out.max_batch_size = static_cast<int>(mbs->as_int64());
+  }
+  if (const auto* pol = cfg.find("model_transaction_policy")) {
+    if (const auto* d = pol->find("decoupled")) out.decoupled = d->is_bool() && d->as_bool();
+  }
+
+  // Collect the values: model-config parameters, then the overrides.
+  std::map<std::string, std::string> values;
+  std::map<std::string, std::string> source;
+  if (const auto* params = cfg.find("parameters")) {
+    if (params->is_object()) {
+      for (const auto& kv : params->as_object()) {
+        const auto* sv = kv.second.find("string_value");
+        if (sv == nullptr || !sv->is_string()) continue;
+        bool known = false;
+        for (const auto& k : kKeys) known = known || k == kv.first;
+        if (!known) {
+          throw std::runtime_error("chatglm_decoder: unknown parameter '" + kv.first +
+                                   "' in the model configuration");
+        }
+        values[kv.first] = sv->as_string();
+        source[kv.first] = "model config";
+      }
+    }
+  }
+  if (env_checkpoint_dir != nullptr && env_checkpoint_dir[0] != '\0') {
+    values["checkpoint_dir"] = env_checkpoint_dir;
+    source["checkpoint_dir"] = "GLM_CHECKPOINT_DIR";
+  }
+  for (const auto& k : kKeys) {
+    auto it = cmdline.find(k);
+    if (it != cmdline.end()) {
+      values[k] = it->second;
+      source[k] = "--backend-config";
+    }
+  }
+
+  glm::EngineOptions& e = out.engine;
+  auto get = [&](const std::string& k) -> const std::string* {
+    auto it = values.find(k);
+    return it == values.end() ? nullptr : &it->second;
+  };
+  if (const auto* v = get("checkpoint_dir")) {
+    std::string dir = *v;
+    if (!dir.empty() && dir[0] != '/') dir = model_dir + "/" + dir;
+    e.checkpoint_dir = dir;
+  }
+  if (e.checkpoint_dir.empty()) {
+    throw std::runtime_error(
+        "chatglm_decoder: no checkpoint: set parameter 'checkpoint_dir' in config.pbtxt, "
+        "GLM_CHECKPOINT_DIR, or --backend-config=chatglm,checkpoint_dir=<dir>");
+  }
+  if (const auto* v = get("device")) {
+    if (*v != "auto" && *v != "cpu" && *v != "cuda" && !v->empty()) bad("device", *v, "auto, cpu or cuda");
+    out.device = v->empty() ? "auto" : *v;
+  }
+  if (const auto* v = get("device_id")) e.device_id = static_cast<int>(to_int("device_id", *v, 0, 1023));
+  if (const auto* v = get("dtype")) {
+    if (!v->empty()) {
+      if (*v != "fp32" && *v != "fp16") bad("dtype", *v, "fp32 or fp16");
+      e.dtype = *v;
+      out.dtype_set = true;
+    }
+  }
+  if (const auto* v = get("int8")) e.int8 = to_bool("int8", *v);
+  if (const auto* v = get("random_weights")) e.random_weights = to_bool("random_weights", *v);
+  if (const auto* v = get("weights_seed")) e.weights_seed = to_uint64("weights_seed", *v);
+  if (const auto* v = get("block_size")) e.block_size = static_cast<int>(to_int("block_size", *v, 1, 1024));
+  if (const auto* v = get("num_kv_blocks"))
+    e.num_kv_blocks = static_cast<int>(to_int("num_kv_blocks", *v, 0, 1 << 30));
+  if (const auto* v = get("kv_cache_fraction"))
+    e.kv_cache_fraction = to_double("kv_cache_fraction", *v, 0.0, 1.0, true);
+  if (const auto* v = get("kv_cache_bytes"))
+    e.kv_cache_bytes = to_int("kv_cache_bytes", *v, 0, int64_t(1) << 50);
+  if (const auto* v = get("max_running_seqs"))
+    e.max_running_seqs = static_cast<int>(to_int("max_running_seqs", *v, 1, 1 << 20));
+  if (const auto* v = get("max_batched_tokens"))
+    e.max_batched_tokens = static_cast<int>(to_int("max_batched_tokens", *v, 1, 1 << 24));
+  if (const auto* v = get("max_queue"))
+    e.max_queue = static_cast<int>(to_int("max_queue", *v, 0, 1 << 30));
+  if (const auto* v = get("num_threads"))
+    e.num_threads = static_cast<int>(to_int("num_threads", *v, 0, 4096));
+  if (const auto* v = get("use_cuda_graphs")) e.use_cuda_graphs = to_bool("use_cuda_graphs", *v);
+  if (const auto* v = get("default_max_tokens"))
+    out.default_max_tokens = static_cast<int>(to_int("default_max_tokens", *v, 1, 1 << 20));
+  return out;
+}
+
+glm::EngineOptions resolve_device(const DecoderConfig& cfg, bool instance_kind_gpu,
+                                  int instance_device_id) {
+  glm::EngineOptions e = cfg.engine;
+  if (instance_kind_gpu) {
+    if (cfg.device == "cpu") {
+      throw std::runtime_error(
+          "chatglm_decoder: parameter device=cpu contradicts instance_group kind KIND_GPU");
+    }
+    e.device = "cuda";
+    e.device_id = instance_device_id;
+  } else {
+    // KIND_CPU (or KIND_MODEL): the parameter decides; auto means cpu here.
+    e.device = cfg.device == "cuda" ? "cuda" : "cpu";
+  }
+  if (!cfg.dtype_set) e.dtype = e.device == "cuda" ? "fp16" : "fp32";
+  return e;
+}
+
+}  // namespace glmtriton

@@ -1,0 +1,81 @@
+// Custom Prometheus metrics of the chatglm backend (served on Triton's metrics
+// port next to Triton's own nv_* metrics). Families live as long as the
+// backend; each model instance gets its own labelled metrics.
+//
+//   glm_generated_tokens_total        counter   tokens sent to clients
+//   glm_requests_total{outcome=...}   counter   finished requests: ok, cancelled, error, rejected
+//   glm_running_sequences             gauge     sequences in the engine's running batch
+//   glm_waiting_sequences             gauge     requests queued in the engine
+//   glm_active_requests               gauge     requests the backend holds (submitted, not final)
+//   glm_kv_blocks_used / _total       gauge     paged KV cache blocks
+//   glm_max_batch_size                gauge     most sequences in one engine step so far
+//   glm_engine_steps_total            counter   engine steps
+//   glm_engine_healthy                gauge     1, or 0 after an unrecoverable engine fault
+//   glm_time_to_first_token_seconds   histogram submit -> first token
+//
+// Labels: model, version, instance. When Triton runs with metrics disabled,
+// everything here is a no-op.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine.h"
+#include "triton_api.h"
+
+namespace glmtriton {
+
+class MetricFamilies {
+ public:
+  // Never throws; families that cannot be created stay null (logged once).
+  MetricFamilies();
+  ~MetricFamilies();
+  MetricFamilies(const MetricFamilies&) = delete;
+  MetricFamilies& operator=(const MetricFamilies&) = delete;
+
+  TRITONSERVER_MetricFamily* tokens = nullptr;
+  TRITONSERVER_MetricFamily* requests = nullptr;
+  TRITONSERVER_MetricFamily* running = nullptr;
+  TRITONSERVER_MetricFamily* waiting = nullptr;
+  TRITONSERVER_MetricFamily* active = nullptr;
+  TRITONSERVER_MetricFamily* kv_used = nullptr;
+  TRITONSERVER_MetricFamily* kv_total = nullptr;
+  TRITONSERVER_MetricFamily* max_batch = nullptr;
+  TRITONSERVER_MetricFamily* steps = nullptr;
+  TRITONSERVER_MetricFamily* healthy = nullptr;
+  TRITONSERVER_MetricFamily* ttft = nullptr;
+};
+
+enum class Outcome { kOk = 0, kCancelled, kError, kRejected, kCount };
+
+class InstanceMetrics {
+ public:
+  InstanceMetrics(MetricFamilies* families, const std::string& model, uint64_t version,
+                  const std::string& instance);
+  ~InstanceMetrics();
+  InstanceMetrics(const InstanceMetrics&) = delete;
+  InstanceMetrics& operator=(const InstanceMetrics&) = delete;
+
+  void add_tokens(size_t n);
+  void add_request(Outcome outcome);
+  void observe_ttft(double seconds);
+  void set_active(size_t n);
+  // Gauges + step counter from the engine's stats.
+  void update(const glm::EngineStats& stats);
+
+ private:
+  TRITONSERVER_Metric* tokens_ = nullptr;
+  TRITONSERVER_Metric* requests_[static_cast<int>(Outcome::kCount)] = {};
+  TRITONSERVER_Metric* running_ = nullptr;
+  TRITONSERVER_Metric* waiting_ = nullptr;
+  TRITONSERVER_Metric* active_ = nullptr;
+  TRITONSERVER_Metric* kv_used_ = nullptr;
+  TRITONSERVER_Metric* kv_total_ = nullptr;
+  TRITONSERVER_Metric* max_batch_ = nullptr;
+  TRITONSERVER_Metric* steps_ = nullptr;
+  TRITONSERVER_Metric* healthy_ = nullptr;
+  TRITONSERVER_Metric* ttft_ = nullptr;
+  int64_t steps_seen_ = 0;
+};
+
+}  // namespace glmtriton
