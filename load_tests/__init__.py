@@ -1,0 +1,1 @@
+"""Load tests of the ChatGLM Triton server: Locust suite, prompt sets, summary, sweep."""

@@ -1,0 +1,173 @@
+"""One streamed request over tritonclient's gRPC stream, timed token by token.
+
+Usable from Locust (after ``grpc.experimental.gevent.init_gevent()``; tritonclient's
+stream thread is then a greenlet and ``queue`` is gevent's) and from plain threads.
+
+Tokens are counted as the number of streamed responses that carry ``text_output``:
+the decoder sends one response per generated token step (a response's text may be
+empty while a multi-byte character is held back). The empty final response that
+closes a request (``triton_final_response``) is not counted.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MODEL = "chatglm"
+
+
+@dataclass
+class RequestRecord:
+    """Timings of one request (``time.perf_counter`` seconds) and what came back."""
+
+    start: float
+    token_times: list[float] = field(default_factory=list)
+    end: float = 0.0
+    text: str = ""
+    error: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_times)
+
+    @property
+    def ttft(self) -> float | None:
+        return self.token_times[0] - self.start if self.token_times else None
+
+    @property
+    def itls(self) -> list[float]:
+        t = self.token_times
+        return [b - a for a, b in zip(t, t[1:], strict=False)]
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
+
+
+def build_inputs(
+    grpcclient: Any,
+    prompt: str,
+    max_tokens: int,
+    ignore_eos: bool,
+    history: list[list[str]] | None = None,
+    stream: bool = True,
+) -> list[Any]:
+    """tritonclient InferInputs for one request to the ``chatglm`` ensemble."""
+
+    def make(name: str, datatype: str, value: Any, dtype: Any) -> Any:
+        arr = np.array([value], dtype=dtype)
+        inp = grpcclient.InferInput(name, [1], datatype)
+        inp.set_data_from_numpy(arr)
+        return inp
+
+    inputs = [
+        make("text_input", "BYTES", prompt.encode("utf-8"), np.object_),
+        make("max_tokens", "INT32", max_tokens, np.int32),
+        make("ignore_eos", "BOOL", ignore_eos, np.bool_),
+        make("stream", "BOOL", stream, np.bool_),
+    ]
+    if history:
+        hist = json.dumps(history, ensure_ascii=False).encode("utf-8")
+        inputs.append(make("history", "BYTES", hist, np.object_))
+    return inputs
+
+
+class StreamSession:
+    """A gRPC client with one open stream, reused for consecutive requests.
+
+    Not for concurrent requests: one request at a time per session.
+    """
+
+    def __init__(self, url: str, timeout: float = 600.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpcclient = grpcclient
+        self.url = url
+        self.timeout = timeout
+        self._client = grpcclient.InferenceServerClient(url=url)
+        self._queue: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self._open = False
+        self.current: RequestRecord | None = None  # the request in flight, if any
+
+    def _callback(self, result: Any, error: Any) -> None:
+        self._queue.put((result, error))
+
+    def _ensure_stream(self) -> None:
+        if not self._open:
+            self._queue = queue.Queue()
+            self._client.start_stream(callback=self._callback)
+            self._open = True
+
+    def _reset(self) -> None:
+        if self._open:
+            try:
+                self._client.stop_stream(cancel_requests=True)
+            except Exception:
+                pass
+            self._open = False
+
+    def request(
+        self,
+        prompt: str,
+        max_tokens: int,
+        ignore_eos: bool,
+        history: list[list[str]] | None = None,
+    ) -> RequestRecord:
+        """Send one streamed request and wait for its final response."""
+        inputs = build_inputs(self._grpcclient, prompt, max_tokens, ignore_eos, history)
+        rec = RequestRecord(start=time.perf_counter())
+        pieces: list[str] = []
+        self.current = rec
+        try:
+            self._ensure_stream()
+            self._client.async_stream_infer(
+                MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
+            )
+            while True:
+                try:
+                    result, error = self._queue.get(timeout=self.timeout)
+                except queue.Empty:
+                    raise TimeoutError(f"no response within {self.timeout:g} s") from None
+                now = time.perf_counter()
+                if error is not None:
+                    raise RuntimeError(_message(error))
+                out = result.as_numpy("text_output")
+                if out is not None:
+                    rec.token_times.append(now)
+                    if out.size:
+                        piece = out.reshape(-1)[0]
+                        pieces.append(
+                            piece.decode("utf-8", "replace")
+                            if isinstance(piece, bytes)
+                            else str(piece)
+                        )
+                params = result.get_response().parameters
+                if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                    break
+        except Exception as exc:
+            rec.error = f"{type(exc).__name__}: {exc}"
+            self._reset()  # a failed stream cannot be reused
+        rec.end = time.perf_counter()
+        rec.text = "".join(pieces)
+        self.current = None
+        return rec
+
+    def close(self) -> None:
+        self._reset()
+        try:
+            self._client.close()
+        except Exception:
+            pass
+
+
+def _message(error: Any) -> str:
+    msg = error.message() if hasattr(error, "message") else str(error)
+    status = error.status() if hasattr(error, "status") else None
+    return f"{status}: {msg}" if status else str(msg)

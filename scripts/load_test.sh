@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Headless Locust run against a running server (make load-test).
+#   USERS (8), SPAWN_RATE (= USERS), DURATION (60s), HOST (127.0.0.1), GRPC_PORT (8001),
+#   PROMPTS (seed | mixed | chat | a .jsonl file), VENV (.venv),
+#   LOCUST_PROCESSES (1; more forks Locust workers for high concurrency),
+#   RESULTS (load_tests/results/<UTC timestamp>).
+# Writes Locust's CSVs, locust_glm_metrics.json, summary.md and throughput_latency.png
+# into RESULTS and prints the summary. Exits non-zero when a request failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+USERS=${USERS:-8}
+SPAWN_RATE=${SPAWN_RATE:-$USERS}
+DURATION=${DURATION:-60s}
+HOST=${HOST:-127.0.0.1}
+GRPC_PORT=${GRPC_PORT:-8001}
+PROMPTS=${PROMPTS:-seed}
+LOCUST_PROCESSES=${LOCUST_PROCESSES:-1}
+RESULTS=${RESULTS:-load_tests/results/$(date -u +%Y%m%dT%H%M%SZ)}
+PY="$VENV/bin/python"
+
+if [ ! -x "$VENV/bin/locust" ]; then
+  echo "load-test: $VENV/bin/locust not found; run 'make setup' first" >&2
+  exit 2
+fi
+# Fail fast, with one clear line, when nothing serves the model.
+if ! "$PY" - "$HOST:$GRPC_PORT" <<'PYEOF'
+import sys
+import tritonclient.grpc as g
+url = sys.argv[1]
+try:
+    ok = g.InferenceServerClient(url).is_model_ready("chatglm")
+except Exception as exc:  # connection refused and the like
+    print(f"load-test: no Triton server at {url} ({str(exc).splitlines()[0][:160]}); "
+          "start one with 'make serve'", file=sys.stderr)
+    sys.exit(1)
+if not ok:
+    print(f"load-test: the server at {url} has no ready model 'chatglm'", file=sys.stderr)
+    sys.exit(1)
+PYEOF
+then
+  exit 1
+fi
+
+mkdir -p "$RESULTS"
+extra=()
+if [ "$LOCUST_PROCESSES" != "1" ]; then extra+=(--processes "$LOCUST_PROCESSES"); fi
+echo "load-test: $USERS users (spawn $SPAWN_RATE/s) for $DURATION on $HOST:$GRPC_PORT, prompts=$PROMPTS -> $RESULTS"
+set +e
+"$VENV/bin/locust" -f load_tests/locustfile.py --headless --only-summary \
+  -u "$USERS" -r "$SPAWN_RATE" -t "$DURATION" --host "$HOST:$GRPC_PORT" \
+  --prompts "$PROMPTS" --csv "$RESULTS/locust" "${extra[@]}" >"$RESULTS/locust.log" 2>&1
+rc=$?
+set -e
+if [ ! -f "$RESULTS/locust_glm_metrics.json" ]; then
+  tail -n 30 "$RESULTS/locust.log" >&2
+  echo "load-test: Locust wrote no metrics (exit $rc); see $RESULTS/locust.log" >&2
+  exit 1
+fi
+"$PY" -m load_tests.summarize "$RESULTS" \
+  --param "users=$USERS" --param "spawn_rate=$SPAWN_RATE" --param "duration=$DURATION" \
+  --param "host=$HOST:$GRPC_PORT" --param "prompts=$PROMPTS"
+echo
+echo "load-test: results in $RESULTS (summary.md, throughput_latency.png, Locust CSVs)"
+exit $rc

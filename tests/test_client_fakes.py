@@ -1,0 +1,171 @@
+"""Tiny in-process fakes of Triton's gRPC stream and HTTP generate endpoints.
+
+Used ONLY by the client's error-handling unit tests (the happy paths are tested
+against the real server in tests/test_client_live.py). The only test here checks
+the fakes themselves speak the wire format the client expects.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bytes_tensor(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return struct.pack("<I", len(data)) + data
+
+
+@dataclass
+class Script:
+    """What the fake answers: text pieces, then optionally an error message."""
+
+    pieces: list[str] = field(default_factory=list)
+    error: str | None = None
+    delay: float = 0.0  # seconds before each piece
+    requests: list[Any] = field(default_factory=list)
+
+
+class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, script: Script) -> None:
+        self.script = script
+
+    def ModelReady(self, request: Any, context: Any) -> Any:
+        return service_pb2.ModelReadyResponse(ready=True)
+
+    def ModelStreamInfer(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
+        for request in request_iterator:
+            self.script.requests.append(request)
+            for piece in self.script.pieces:
+                if self.script.delay:
+                    time.sleep(self.script.delay)
+                resp = service_pb2.ModelStreamInferResponse()
+                r = resp.infer_response
+                r.model_name, r.id = request.model_name, request.id
+                out = r.outputs.add()
+                out.name, out.datatype = "text_output", "BYTES"
+                out.shape.append(1)
+                r.raw_output_contents.append(_bytes_tensor(piece))
+                yield resp
+            if self.script.error is not None:
+                yield service_pb2.ModelStreamInferResponse(error_message=self.script.error)
+                continue
+            resp = service_pb2.ModelStreamInferResponse()
+            resp.infer_response.id = request.id
+            resp.infer_response.parameters["triton_final_response"].bool_param = True
+            yield resp
+
+
+class FakeGrpcServer:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.port = free_port()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(_Servicer(script), self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FakeGrpcServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(grace=None)
+
+
+Responder = Callable[[BaseHTTPRequestHandler, str, dict[str, Any]], None]
+
+
+class FakeHttpServer:
+    """Calls ``responder(handler, path, json_body)`` for every POST."""
+
+    def __init__(self, responder: Responder) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                outer.bodies.append(body)
+                responder(self, self.path, body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> FakeHttpServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, ctype: str, body: bytes) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def test_fake_grpc_speaks_the_stream_protocol() -> None:
+    import tritonclient.grpc as grpcclient
+
+    got: list[Any] = []
+    done = threading.Event()
+
+    def callback(result: Any, error: Any) -> None:
+        got.append((result, error))
+        if (
+            error is not None
+            or result.get_response().parameters["triton_final_response"].bool_param
+        ):
+            done.set()
+
+    with FakeGrpcServer(Script(pieces=["a", "b"])) as fake:
+        c = grpcclient.InferenceServerClient(fake.url)
+        c.start_stream(callback)
+        inp = grpcclient.InferInput("text_input", [1], "BYTES")
+        import numpy as np
+
+        inp.set_data_from_numpy(np.array([b"x"], dtype=np.object_))
+        c.async_stream_infer("chatglm", [inp], enable_empty_final_response=True)
+        assert done.wait(10)
+        c.stop_stream()
+        c.close()
+    texts = [r.as_numpy("text_output") for r, _ in got[:2]]
+    assert [t[0] for t in texts] == [b"a", b"b"]
+    assert got[2][0].as_numpy("text_output") is None
