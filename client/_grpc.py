@@ -91,7 +91,12 @@ class GrpcTransport:
                     enable_empty_final_response=True,
                 )
             except Exception as exc:
-                raise map_grpc_error(exc, self.url) from None
+                # A stream that broke at once (server down) reports why through the callback.
+                try:
+                    _, error = responses.get(timeout=1.0)
+                except queue.Empty:
+                    error = None
+                raise map_grpc_error(error or exc, self.url) from None
             while True:
                 try:
                     result, error = responses.get(timeout=self.timeout)
