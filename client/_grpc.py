@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import ClientError, ServerUnavailable
-from .params import MODEL_NAME, TEXT_OUTPUT, TensorValue
+from .params import MODEL_NAME, TEXT_INPUT, TEXT_OUTPUT, TensorValue
 
 # gRPC status codes that mean "the server is not there" rather than "it said no".
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -59,14 +59,29 @@ class GrpcTransport:
         except Exception as exc:  # bad URL syntax and similar
             raise ClientError(f"cannot create a gRPC client for {url!r}: {exc}") from None
 
+        self._batched: bool | None = None
+
     def close(self) -> None:
         self._client.close()
 
+    def batched(self) -> bool:
+        """Whether the model takes a batch dimension (max_batch_size > 0): shapes [1, 1]."""
+        if self._batched is None:
+            try:
+                meta = self._client.get_model_metadata(self.model)
+            except Exception as exc:
+                raise map_grpc_error(exc, self.url) from None
+            shapes = {i.name: list(i.shape) for i in meta.inputs}
+            self._batched = len(shapes.get(TEXT_INPUT, [1])) == 2
+        return self._batched
+
     def _inputs(self, tensors: list[TensorValue]) -> list[Any]:
+        batched = self.batched()
         inputs = []
         for t in tensors:
-            inp = self._grpcclient.InferInput(t.name, list(t.array.shape), t.datatype)
-            inp.set_data_from_numpy(t.array)
+            arr = t.array.reshape(1, -1) if batched else t.array
+            inp = self._grpcclient.InferInput(t.name, list(arr.shape), t.datatype)
+            inp.set_data_from_numpy(arr)
             inputs.append(inp)
         return inputs
 
@@ -77,6 +92,7 @@ class GrpcTransport:
         def callback(result: Any, error: Any) -> None:
             responses.put((result, error))
 
+        inputs = self._inputs(tensors)
         try:
             self._client.start_stream(callback=callback)
         except Exception as exc:
@@ -86,7 +102,7 @@ class GrpcTransport:
             try:
                 self._client.async_stream_infer(
                     self.model,
-                    self._inputs(tensors),
+                    inputs,
                     request_id=uuid.uuid4().hex,
                     enable_empty_final_response=True,
                 )

@@ -58,12 +58,15 @@ def build_inputs(
     ignore_eos: bool,
     history: list[list[str]] | None = None,
     stream: bool = True,
+    batched: bool = True,
 ) -> list[Any]:
-    """tritonclient InferInputs for one request to the ``chatglm`` ensemble."""
+    """tritonclient InferInputs for one request to the ``chatglm`` ensemble
+    (shape [1, 1] when the model has a batch dimension, else [1])."""
+    shape = [1, 1] if batched else [1]
 
     def make(name: str, datatype: str, value: Any, dtype: Any) -> Any:
-        arr = np.array([value], dtype=dtype)
-        inp = grpcclient.InferInput(name, [1], datatype)
+        arr = np.array([value], dtype=dtype).reshape(shape)
+        inp = grpcclient.InferInput(name, shape, datatype)
         inp.set_data_from_numpy(arr)
         return inp
 
@@ -95,6 +98,9 @@ class StreamSession:
         self._queue: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self._open = False
         self.current: RequestRecord | None = None  # the request in flight, if any
+        meta = self._client.get_model_metadata(MODEL)
+        shapes = {i.name: list(i.shape) for i in meta.inputs}
+        self.batched = len(shapes.get("text_input", [1])) == 2
 
     def _callback(self, result: Any, error: Any) -> None:
         self._queue.put((result, error))
@@ -121,7 +127,9 @@ class StreamSession:
         history: list[list[str]] | None = None,
     ) -> RequestRecord:
         """Send one streamed request and wait for its final response."""
-        inputs = build_inputs(self._grpcclient, prompt, max_tokens, ignore_eos, history)
+        inputs = build_inputs(
+            self._grpcclient, prompt, max_tokens, ignore_eos, history, batched=self.batched
+        )
         rec = RequestRecord(start=time.perf_counter())
         pieces: list[str] = []
         self.current = rec

@@ -40,6 +40,7 @@ class Script:
     pieces: list[str] = field(default_factory=list)
     error: str | None = None
     delay: float = 0.0  # seconds before each piece
+    input_shape: list[int] = field(default_factory=lambda: [-1, 1])
     requests: list[Any] = field(default_factory=list)
 
 
@@ -49,6 +50,13 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelReady(self, request: Any, context: Any) -> Any:
         return service_pb2.ModelReadyResponse(ready=True)
+
+    def ModelMetadata(self, request: Any, context: Any) -> Any:
+        meta = service_pb2.ModelMetadataResponse(name=request.name)
+        t = meta.inputs.add()
+        t.name, t.datatype = "text_input", "BYTES"
+        t.shape.extend(self.script.input_shape)
+        return meta
 
     def ModelStreamInfer(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
         for request in request_iterator:

@@ -196,8 +196,13 @@ def test_closed_port_is_server_unavailable(protocol: str) -> None:
     c.close()
 
 
-def test_grpc_in_stream_error_is_client_error_after_the_pieces() -> None:
-    script = Script(pieces=["a", "b"], error="in-flight request failed: out of memory")
+@pytest.mark.parametrize(("meta_shape", "sent_shape"), [([-1, 1], [1, 1]), ([1], [1])])
+def test_grpc_in_stream_error_is_client_error_after_the_pieces(
+    meta_shape: list[int], sent_shape: list[int]
+) -> None:
+    script = Script(
+        pieces=["a", "b"], error="in-flight request failed: out of memory", input_shape=meta_shape
+    )
     with FakeGrpcServer(script) as fake, ChatGLMClient(fake.url, timeout=10) as c:
         got: list[str] = []
         with pytest.raises(ClientError, match="out of memory") as info:
@@ -208,6 +213,8 @@ def test_grpc_in_stream_error_is_client_error_after_the_pieces() -> None:
         req = script.requests[0]
         names = {i.name for i in req.inputs}
         assert names == {"text_input", "max_tokens", "stream"}
+        # Shapes follow the model's metadata (a batch dimension when max_batch_size > 0).
+        assert all(list(i.shape) == sent_shape for i in req.inputs)
         # The client asks for the empty final response that tells it the request is done.
         assert req.parameters["triton_enable_empty_final_response"].bool_param
 
