@@ -1,0 +1,439 @@
+// EngineImpl: glm::Engine on top of the Scheduler, the BlockManager and a
+// ModelRunner (cpu/ or cuda/).
+//
+// Locking: mu_ guards the scheduler, the block manager and the counters.
+// step() holds it while planning and while applying results, never during the
+// forward pass or the callbacks, so submit() and cancel() never wait for compute.
+// Sequences in the running batch are only removed by the step thread, so the
+// pointers handed to the runner stay valid during the forward.
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+
+#include "block_manager.h"
+#include "config.h"
+#include "engine.h"
+#include "model_runner.h"
+#include "positions.h"
+#include "scheduler.h"
+
+namespace glm {
+
+const char* to_string(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kEos: return "eos";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kContextLimit: return "context_limit";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+#ifndef GLM_WITH_CUDA
+std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig&, const EngineOptions&) {
+  throw EngineError("device \"cuda\" is not available: this build has no CUDA back-end "
+                    "(nvcc or cuBLAS headers were not found at build time; rebuild with -DGLM_WITH_CUDA=ON)");
+}
+#endif
+
+namespace {
+
+void validate_options(const EngineOptions& o) {
+  auto bad = [](const std::string& field, const std::string& what) { throw EngineError("engine option " + field + " " + what); };
+  if (o.device != "cpu" && o.device != "cuda") bad("device", "must be \"cpu\" or \"cuda\", got \"" + o.device + "\"");
+  if (o.block_size < 1 || o.block_size > 1024) bad("block_size", "must be in [1, 1024], got " + std::to_string(o.block_size));
+  if (o.num_kv_blocks < 0) bad("num_kv_blocks", "must be >= 0 (0 = size from memory), got " + std::to_string(o.num_kv_blocks));
+  if (!(o.kv_cache_fraction > 0.0 && o.kv_cache_fraction <= 1.0))
+    bad("kv_cache_fraction", "must be in (0, 1], got " + std::to_string(o.kv_cache_fraction));
+  if (o.kv_cache_bytes < 0) bad("kv_cache_bytes", "must be >= 0, got " + std::to_string(o.kv_cache_bytes));
+  if (o.max_running_seqs < 1) bad("max_running_seqs", "must be >= 1, got " + std::to_string(o.max_running_seqs));
+  if (o.max_batched_tokens < 1) bad("max_batched_tokens", "must be >= 1, got " + std::to_string(o.max_batched_tokens));
+  if (o.max_queue < 0) bad("max_queue", "must be >= 0 (0 = unbounded), got " + std::to_string(o.max_queue));
+  if (o.num_threads < 0) bad("num_threads", "must be >= 0 (0 = all cores), got " + std::to_string(o.num_threads));
+  if (o.device_id < 0) bad("device_id", "must be >= 0, got " + std::to_string(o.device_id));
+}
+
+class EngineImpl final : public Engine {
+ public:
+  explicit EngineImpl(const EngineOptions& opts) : opts_(opts) {
+    validate_options(opts_);
+    if (opts_.checkpoint_dir.empty()) throw EngineError("engine option checkpoint_dir is empty");
+    cfg_ = load_model_config(opts_.checkpoint_dir);
+    runner_ = opts_.device == "cuda" ? make_cuda_runner(cfg_, opts_) : make_cpu_runner(cfg_, opts_);
+    const int blocks = runner_->plan_kv_blocks(opts_);
+    if (blocks < 1) throw EngineError("the KV cache has room for no block");
+    runner_->allocate_kv_cache(blocks, opts_.block_size);
+    blocks_ = std::make_unique<BlockManager>(blocks, opts_.block_size);
+    scheduler_ = std::make_unique<Scheduler>(blocks_.get(), Scheduler::Limits{opts_.max_running_seqs, opts_.max_batched_tokens});
+  }
+
+  ~EngineImpl() override { stop(); }
+
+  ModelInfo model_info() const override {
+    return {cfg_.vocab_size,          cfg_.hidden_size,  cfg_.num_layers,     cfg_.max_sequence_length,
+            cfg_.eos_token_id,        cfg_.bos_token_id, cfg_.gmask_token_id, cfg_.mask_token_id};
+  }
+
+  void submit(uint64_t request_id, std::vector<int32_t> ids, const SamplingParams& p, TokenCallback cb) override {
+    const int n = static_cast<int>(ids.size());
+    auto bad = [&](const std::string& what) { throw EngineError("request " + std::to_string(request_id) + ": " + what); };
+    if (ids.empty()) bad("input_ids is empty");
+    for (int t = 0; t < n; ++t)
+      if (ids[static_cast<size_t>(t)] < 0 || ids[static_cast<size_t>(t)] >= cfg_.vocab_size)
+        bad("input_ids[" + std::to_string(t) + "] = " + std::to_string(ids[static_cast<size_t>(t)]) +
+            " is out of the vocabulary [0, " + std::to_string(cfg_.vocab_size) + ")");
+    if (ids.back() != cfg_.bos_token_id)
+      bad("input_ids must end with <sop> (id " + std::to_string(cfg_.bos_token_id) + "), got " + std::to_string(ids.back()));
+    const int c = context_length_of_prompt(n);
+    const int g = find_mask_position(ids.data(), c, cfg_.gmask_token_id, cfg_.mask_token_id);
+    if (g < 0)
+      bad("input_ids must contain [gMASK] (id " + std::to_string(cfg_.gmask_token_id) + ") or [MASK] (id " +
+          std::to_string(cfg_.mask_token_id) + ") before the final <sop>");
+    if (p.max_tokens < 1) bad("max_tokens must be >= 1, got " + std::to_string(p.max_tokens));
+    if (static_cast<int64_t>(n) + p.max_tokens > cfg_.max_sequence_length)
+      bad("prompt length " + std::to_string(n) + " + max_tokens " + std::to_string(p.max_tokens) +
+          " exceeds the model's max_sequence_length " + std::to_string(cfg_.max_sequence_length));
+    if (!std::isfinite(p.temperature) || p.temperature < 0.0f)
+      bad("temperature must be a finite number >= 0 (0 = greedy), got " + std::to_string(p.temperature));
+    if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) bad("top_p must be in (0, 1], got " + std::to_string(p.top_p));
+    if (p.top_k < 0) bad("top_k must be >= 0 (0 = off), got " + std::to_string(p.top_k));
+    if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0f)
+      bad("repetition_penalty must be a finite number > 0 (1 = off), got " + std::to_string(p.repetition_penalty));
+    const int need = blocks_->blocks_for(n + p.max_tokens);
+    if (need > blocks_->num_total())
+      bad("prompt + max_tokens = " + std::to_string(n + p.max_tokens) + " tokens need " + std::to_string(need) +
+          " KV blocks, but the cache has only " + std::to_string(blocks_->num_total()) +
+          " in all (block_size " + std::to_string(opts_.block_size) + "); lower max_tokens or enlarge the KV cache");
+
+    auto seq = std::make_unique<Sequence>();
+    seq->id = request_id;
+    seq->tokens = std::move(ids);
+    seq->tokens.reserve(static_cast<size_t>(n + p.max_tokens));
+    seq->prompt_len = n;
+    seq->context_length = c;
+    seq->mask_position = g;
+    seq->params = p;
+    seq->on_tokens = std::move(cb);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!healthy_) bad("the engine is unhealthy after a back-end fault (" + fault_message_ + "); restart it");
+      if (scheduler_->find(request_id)) bad("duplicate request id: a request with this id is still in flight");
+      if (opts_.max_queue > 0 && scheduler_->num_waiting() >= opts_.max_queue)
+        throw EngineError("queue full: " + std::to_string(scheduler_->num_waiting()) + " requests are waiting (max_queue " +
+                          std::to_string(opts_.max_queue) + "); retry later");
+      scheduler_->add(std::move(seq));
+    }
+    cv_.notify_one();
+  }
+
+  void cancel(uint64_t request_id) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (Sequence* s = scheduler_->find(request_id)) {
+      s->cancel_requested = true;
+      cancels_pending_ = true;
+    }
+    cv_.notify_one();
+  }
+
+  bool step() override {
+    std::lock_guard<std::mutex> step_lk(step_mu_);
+    return step_locked();
+  }
+
+  void start() override {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (loop_.joinable()) return;
+    stopping_ = false;
+    loop_ = std::thread([this] { loop(); });
+  }
+
+  void stop() override {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (loop_.joinable()) loop_.join();
+    // Every pending request ends, cancelled.
+    std::vector<std::pair<TokenCallback, TokenEvent>> events;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      std::vector<uint64_t> ids;
+      for (Sequence* s : scheduler_->running()) ids.push_back(s->id);
+      for (Sequence* s : scheduler_->waiting()) ids.push_back(s->id);
+      for (uint64_t id : ids) {
+        std::unique_ptr<Sequence> s = scheduler_->remove(id);
+        events.push_back({s->on_tokens, finished_event(*s, FinishReason::kCancelled, "")});
+        ++requests_finished_;
+      }
+    }
+    deliver(events);
+  }
+
+  EngineStats stats() const override {
+    std::lock_guard<std::mutex> lk(mu_);
+    EngineStats s;
+    s.running = scheduler_->num_running();
+    s.waiting = scheduler_->num_waiting();
+    s.kv_blocks_used = blocks_->num_used();
+    s.kv_blocks_total = blocks_->num_total();
+    s.tokens_generated = tokens_generated_;
+    s.requests_finished = requests_finished_;
+    s.steps = steps_;
+    s.max_batch_seen = max_batch_seen_;
+    s.healthy = healthy_;
+    return s;
+  }
+
+  std::vector<float> debug_forward(const std::vector<std::vector<int32_t>>& chunks) override {
+    std::lock_guard<std::mutex> step_lk(step_mu_);
+    if (chunks.empty() || chunks[0].empty()) throw EngineError("debug_forward: chunks must be non-empty lists of ids");
+    std::vector<int32_t> all;
+    for (const auto& ch : chunks) {
+      if (ch.empty()) throw EngineError("debug_forward: empty chunk");
+      for (int32_t id : ch)
+        if (id < 0 || id >= cfg_.vocab_size)
+          throw EngineError("debug_forward: id " + std::to_string(id) + " is out of the vocabulary [0, " +
+                            std::to_string(cfg_.vocab_size) + ")");
+      all.insert(all.end(), ch.begin(), ch.end());
+    }
+    if (static_cast<int>(all.size()) > cfg_.max_sequence_length)
+      throw EngineError("debug_forward: " + std::to_string(all.size()) + " ids exceed max_sequence_length " +
+                        std::to_string(cfg_.max_sequence_length));
+    const int c = context_length_of_prompt(static_cast<int>(chunks[0].size()));
+    const int g = find_mask_position(all.data(), c, cfg_.gmask_token_id, cfg_.mask_token_id);
+    if (g < 0) throw EngineError("debug_forward: the first chunk must contain [gMASK] or [MASK] before its last id");
+    const uint64_t kDebugSeq = ~uint64_t(0);
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (scheduler_->num_running() > 0) throw EngineError("debug_forward: only valid while no requests are running");
+      if (!blocks_->can_allocate(static_cast<int>(all.size())))
+        throw EngineError("debug_forward: not enough free KV blocks");
+      blocks_->allocate(kDebugSeq, static_cast<int>(all.size()));
+    }
+    std::vector<int32_t> table;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      table = blocks_->block_table(kDebugSeq);
+    }
+    std::vector<float> out;
+    SamplingParams greedy;
+    try {
+      int cached = 0;
+      for (const auto& ch : chunks) {
+        const int m = static_cast<int>(ch.size());
+        std::vector<int32_t> pos(static_cast<size_t>(m)), bpos(static_cast<size_t>(m));
+        for (int j = 0; j < m; ++j) {
+          pos[static_cast<size_t>(j)] = position_id(cached + j, c, g);
+          bpos[static_cast<size_t>(j)] = block_position_id(cached + j, c);
+        }
+        StepBatch batch;
+        batch.want_all_logits = true;
+        SeqBatchEntry e;
+        e.tokens = ch.data();
+        e.num_tokens = m;
+        e.num_cached = cached;
+        e.position_ids = pos.data();
+        e.block_position_ids = bpos.data();
+        e.context_length = c;
+        e.block_table = table.data();
+        e.num_blocks = static_cast<int>(table.size());
+        e.params = &greedy;
+        e.history = all.data();
+        e.history_len = cached + m;
+        batch.seqs.push_back(e);
+        std::vector<float> logits;
+        int32_t unused = 0;
+        runner_->forward(batch, &unused, &logits);
+        out.insert(out.end(), logits.begin(), logits.end());
+        cached += m;
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(mu_);
+      blocks_->free(kDebugSeq);
+      throw;
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    blocks_->free(kDebugSeq);
+    return out;
+  }
+
+  void inject_fault() override { fault_injected_.store(true); }
+
+ private:
+  using Events = std::vector<std::pair<TokenCallback, TokenEvent>>;
+
+  static TokenEvent finished_event(const Sequence& s, FinishReason r, const std::string& error) {
+    TokenEvent ev;
+    ev.request_id = s.id;
+    ev.finished = true;
+    ev.reason = r;
+    ev.error = error;
+    return ev;
+  }
+
+  static void deliver(const Events& events) {
+    for (const auto& e : events)
+      if (e.first) e.first(e.second);
+  }
+
+  // Removes cancelled sequences (mu_ held).
+  void reap_cancelled(Events* events) {
+    if (!cancels_pending_) return;
+    cancels_pending_ = false;
+    std::vector<uint64_t> ids;
+    for (Sequence* s : scheduler_->running())
+      if (s->cancel_requested) ids.push_back(s->id);
+    for (Sequence* s : scheduler_->waiting())
+      if (s->cancel_requested) ids.push_back(s->id);
+    for (uint64_t id : ids) {
+      std::unique_ptr<Sequence> s = scheduler_->remove(id);
+      events->push_back({s->on_tokens, finished_event(*s, FinishReason::kCancelled, "")});
+      ++requests_finished_;
+    }
+  }
+
+  bool step_locked() {
+    Events events;
+    SchedulerOutput plan;
+    StepBatch batch;
+    std::vector<std::vector<int32_t>> pos, bpos, tables;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      reap_cancelled(&events);
+      if (healthy_) plan = scheduler_->schedule();
+      const size_t S = plan.batch.size();
+      pos.resize(S);
+      bpos.resize(S);
+      tables.resize(S);
+      for (size_t i = 0; i < S; ++i) {
+        const ScheduledSeq& ss = plan.batch[i];
+        Sequence* s = ss.seq;
+        for (int j = 0; j < ss.num_new; ++j) {
+          const int t = ss.num_cached + j;
+          pos[i].push_back(position_id(t, s->context_length, s->mask_position));
+          bpos[i].push_back(block_position_id(t, s->context_length));
+        }
+        tables[i] = blocks_->block_table(s->id);
+        SeqBatchEntry e;
+        e.tokens = s->tokens.data() + ss.num_cached;
+        e.num_tokens = ss.num_new;
+        e.num_cached = ss.num_cached;
+        e.position_ids = pos[i].data();
+        e.block_position_ids = bpos[i].data();
+        e.context_length = s->context_length;
+        e.block_table = tables[i].data();
+        e.num_blocks = static_cast<int>(tables[i].size());
+        e.params = &s->params;
+        e.rng_offset = static_cast<uint64_t>(s->num_generated);
+        e.history = s->tokens.data();
+        e.history_len = static_cast<int>(s->tokens.size());
+        batch.seqs.push_back(e);
+      }
+    }
+    if (batch.seqs.empty()) {
+      deliver(events);
+      return !events.empty();
+    }
+
+    std::vector<int32_t> next(batch.seqs.size(), -1);
+    std::string error;
+    try {
+      if (fault_injected_.exchange(false)) throw EngineError("injected fault (Engine::inject_fault)");
+      runner_->forward(batch, next.data(), nullptr);
+    } catch (const std::exception& e) {
+      error = std::string("back-end fault: ") + e.what();
+    }
+
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      ++steps_;
+      max_batch_seen_ = std::max(max_batch_seen_, static_cast<int>(plan.batch.size()));
+      if (!error.empty()) {
+        // Unrecoverable: every request fails, new ones are refused.
+        healthy_ = false;
+        fault_message_ = error;
+        std::vector<uint64_t> ids;
+        for (Sequence* s : scheduler_->running()) ids.push_back(s->id);
+        for (Sequence* s : scheduler_->waiting()) ids.push_back(s->id);
+        for (uint64_t id : ids) {
+          std::unique_ptr<Sequence> s = scheduler_->remove(id);
+          events.push_back({s->on_tokens, finished_event(*s, FinishReason::kError, error)});
+          ++requests_finished_;
+        }
+      } else {
+        for (size_t i = 0; i < plan.batch.size(); ++i) {
+          Sequence* s = plan.batch[i].seq;
+          s->num_cached = plan.batch[i].num_cached + plan.batch[i].num_new;
+          const int32_t tok = next[i];
+          s->tokens.push_back(tok);
+          ++s->num_generated;
+          ++tokens_generated_;
+          TokenEvent ev;
+          ev.request_id = s->id;
+          ev.new_tokens.push_back(tok);
+          if (tok == cfg_.eos_token_id && !s->params.ignore_eos) ev.reason = FinishReason::kEos;
+          else if (s->num_generated >= s->params.max_tokens) ev.reason = FinishReason::kLength;
+          else if (static_cast<int>(s->tokens.size()) >= cfg_.max_sequence_length) ev.reason = FinishReason::kContextLimit;
+          else if (s->cancel_requested) ev.reason = FinishReason::kCancelled;
+          ev.finished = ev.reason != FinishReason::kNone;
+          TokenCallback cb = s->on_tokens;
+          if (ev.finished) {
+            scheduler_->remove(s->id);
+            ++requests_finished_;
+          }
+          events.push_back({std::move(cb), std::move(ev)});
+        }
+      }
+    }
+    deliver(events);
+    return true;
+  }
+
+  void loop() {
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stopping_ || !scheduler_->idle() || cancels_pending_; });
+        if (stopping_) return;
+      }
+      try {
+        step();
+      } catch (const std::exception&) {
+        // step() reports back-end faults through events; anything else is a bug
+        // that must not kill the server thread. Back off briefly.
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }
+  }
+
+  EngineOptions opts_;
+  ModelConfig cfg_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<BlockManager> blocks_;
+  std::unique_ptr<Scheduler> scheduler_;
+
+  mutable std::mutex mu_;
+  std::mutex step_mu_;  // one step (or debug_forward) at a time
+  std::condition_variable cv_;
+  std::thread loop_;
+  bool stopping_ = false;
+  bool cancels_pending_ = false;
+  bool healthy_ = true;
+  std::string fault_message_;
+  std::atomic<bool> fault_injected_{false};
+  int64_t tokens_generated_ = 0, requests_finished_ = 0, steps_ = 0;
+  int max_batch_seen_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::create(const EngineOptions& options) { return std::make_unique<EngineImpl>(options); }
+
+}  // namespace glm

@@ -1,0 +1,82 @@
+#include "scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace glm {
+
+Scheduler::Scheduler(BlockManager* blocks, Limits limits) : blocks_(blocks), limits_(limits) {
+  if (limits_.max_running_seqs < 1) limits_.max_running_seqs = 1;
+  if (limits_.max_batched_tokens < 1) limits_.max_batched_tokens = 1;
+}
+
+void Scheduler::add(std::unique_ptr<Sequence> seq) {
+  Sequence* s = seq.get();
+  if (!seqs_.emplace(s->id, std::move(seq)).second)
+    throw std::logic_error("Scheduler::add: duplicate sequence id " + std::to_string(s->id));
+  waiting_.push_back(s);
+}
+
+Sequence* Scheduler::find(uint64_t id) const {
+  auto it = seqs_.find(id);
+  return it == seqs_.end() ? nullptr : it->second.get();
+}
+
+std::unique_ptr<Sequence> Scheduler::remove(uint64_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return nullptr;
+  std::unique_ptr<Sequence> seq = std::move(it->second);
+  seqs_.erase(it);
+  blocks_->free(id);
+  running_.erase(std::remove(running_.begin(), running_.end(), seq.get()), running_.end());
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), seq.get()), waiting_.end());
+  return seq;
+}
+
+void Scheduler::preempt(Sequence* s) {
+  blocks_->free(s->id);
+  s->num_cached = 0;  // recompute prompt + generated tokens on re-admission
+  ++s->num_preemptions;
+  ++preemptions_;
+  running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+  waiting_.push_front(s);
+}
+
+SchedulerOutput Scheduler::schedule() {
+  SchedulerOutput out;
+  // 1. Decodes: room for the tokens each running sequence feeds this step.
+  for (size_t i = 0; i < running_.size();) {
+    Sequence* s = running_[i];
+    const int total = static_cast<int>(s->tokens.size());
+    bool self_preempted = false;
+    while (!blocks_->append(s->id, total)) {
+      Sequence* victim = running_.back();
+      preempt(victim);
+      ++out.num_preempted;
+      if (victim == s) {
+        self_preempted = true;
+        break;
+      }
+    }
+    if (self_preempted) break;  // s was the newest: nothing after it is left
+    out.batch.push_back({s, s->num_cached, total - s->num_cached, false});
+    ++i;
+  }
+  // 2. Admissions, oldest first; stop at the first that does not fit.
+  if (out.num_preempted == 0) {
+    while (!waiting_.empty() && static_cast<int>(running_.size()) < limits_.max_running_seqs) {
+      Sequence* s = waiting_.front();
+      const int n = static_cast<int>(s->tokens.size());  // num_cached is 0 while waiting
+      if (out.num_prefill_tokens > 0 && out.num_prefill_tokens + n > limits_.max_batched_tokens) break;
+      if (!blocks_->can_allocate(n)) break;
+      blocks_->allocate(s->id, n);
+      waiting_.pop_front();
+      running_.push_back(s);
+      out.batch.push_back({s, 0, n, true});
+      out.num_prefill_tokens += n;
+    }
+  }
+  return out;
+}
+
+}  // namespace glm

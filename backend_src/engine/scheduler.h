@@ -1,0 +1,94 @@
+// Continuous (in-flight) batching. Requests wait in a FIFO queue; each step
+// the scheduler
+//   1. gives every running sequence room in the KV cache for the token it feeds
+//      this step (decode). When the cache is full, it preempts the most recently
+//      admitted running sequence: its blocks are freed and it goes back to the
+//      front of the queue, to be recomputed (prompt + tokens generated so far)
+//      when it is admitted again. Nothing fails, and the oldest sequence always
+//      makes progress;
+//   2. admits waiting sequences in arrival order while they fit: a free slot
+//      under max_running_seqs, KV blocks for their whole prefill, and the step's
+//      prefill-token budget max_batched_tokens (the first prefill of a step is
+//      always allowed). No admission in a step that had to preempt.
+// Prefills and decodes run in the same step. Finished and cancelled sequences
+// leave through remove(), which frees their blocks at once.
+//
+// The scheduler is not thread-safe; the engine serializes access.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "block_manager.h"
+#include "engine.h"
+
+namespace glm {
+
+struct Sequence {
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;  // prompt + generated ids
+  int prompt_len = 0;
+  int context_length = 0;       // c (positions.h)
+  int mask_position = 0;        // g
+  int num_cached = 0;           // tokens whose K/V are in the cache
+  int num_generated = 0;        // = rng_offset of the next draw
+  SamplingParams params;
+  TokenCallback on_tokens;
+  bool cancel_requested = false;
+  int num_preemptions = 0;
+};
+
+// One sequence's part of a step: feed tokens[num_cached, num_cached + num_new).
+struct ScheduledSeq {
+  Sequence* seq = nullptr;
+  int num_cached = 0;
+  int num_new = 0;
+  bool is_prefill = false;
+};
+
+struct SchedulerOutput {
+  std::vector<ScheduledSeq> batch;
+  int num_prefill_tokens = 0;
+  int num_preempted = 0;
+};
+
+class Scheduler {
+ public:
+  struct Limits {
+    int max_running_seqs = 256;
+    int max_batched_tokens = 4096;
+  };
+  Scheduler(BlockManager* blocks, Limits limits);
+
+  // Queues a new sequence (at the back).
+  void add(std::unique_ptr<Sequence> seq);
+  // Removes a sequence wherever it is, frees its KV blocks, hands it back.
+  std::unique_ptr<Sequence> remove(uint64_t id);
+  Sequence* find(uint64_t id) const;
+
+  // Plans one step (see the top of this file). Afterwards the block table of
+  // every scheduled sequence covers num_cached + num_new tokens.
+  SchedulerOutput schedule();
+
+  int num_waiting() const { return static_cast<int>(waiting_.size()); }
+  int num_running() const { return static_cast<int>(running_.size()); }
+  bool idle() const { return waiting_.empty() && running_.empty(); }
+  const std::vector<Sequence*>& running() const { return running_; }
+  const std::deque<Sequence*>& waiting() const { return waiting_; }
+  int64_t num_preemptions() const { return preemptions_; }
+
+ private:
+  void preempt(Sequence* s);
+
+  BlockManager* blocks_;
+  Limits limits_;
+  std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
+  std::deque<Sequence*> waiting_;
+  std::vector<Sequence*> running_;  // in admission order
+  int64_t preemptions_ = 0;
+};
+
+}  // namespace glm

@@ -1,0 +1,276 @@
+// glmserve._engine: the C++ engine for Python (tests, the CLI, benchmarks).
+//
+// Threading: the engine calls Python callbacks from its step thread; they take
+// the GIL there. Every blocking call (step, stop, generate, the destructor)
+// releases the GIL so that thread can run them. Python callables captured in
+// the engine are released under the GIL, whatever thread drops the last copy.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <optional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "engine.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// A Python callable that may be copied and destroyed on any thread.
+std::shared_ptr<py::function> hold(py::function f) {
+  return std::shared_ptr<py::function>(new py::function(std::move(f)), [](py::function* p) {
+    py::gil_scoped_acquire gil;
+    delete p;
+  });
+}
+
+py::dict event_to_dict(const glm::TokenEvent& ev) {
+  py::dict d;
+  d["request_id"] = ev.request_id;
+  d["new_tokens"] = py::cast(ev.new_tokens);
+  d["finished"] = ev.finished;
+  d["reason"] = std::string(glm::to_string(ev.reason));
+  d["error"] = ev.error;
+  return d;
+}
+
+class PyEngine {
+ public:
+  explicit PyEngine(const glm::EngineOptions& opts) {
+    py::gil_scoped_release nogil;
+    engine_ = glm::Engine::create(opts);
+  }
+  ~PyEngine() {
+    py::gil_scoped_release nogil;  // the step thread may be waiting for the GIL in a callback
+    engine_.reset();
+  }
+
+  void submit(uint64_t request_id, std::vector<int32_t> ids, py::function callback, const glm::SamplingParams& p) {
+    glm::TokenCallback cb;
+    if (!callback.is_none()) {
+      auto fn = hold(std::move(callback));
+      cb = [fn](const glm::TokenEvent& ev) {
+        py::gil_scoped_acquire gil;
+        try {
+          (*fn)(event_to_dict(ev));
+        } catch (py::error_already_set& e) {
+          e.discard_as_unraisable("glmserve._engine token callback");
+        }
+      };
+    }
+    engine_->submit(request_id, std::move(ids), p, std::move(cb));
+  }
+
+  glm::Engine& engine() { return *engine_; }
+
+  // Runs the step loop inline until every prompt finished.
+  std::vector<std::vector<int32_t>> generate(const std::vector<std::vector<int32_t>>& prompts,
+                                             const glm::SamplingParams& p,
+                                             const std::vector<int>& arrival_steps) {
+    const size_t n = prompts.size();
+    if (!arrival_steps.empty() && arrival_steps.size() != n)
+      throw glm::EngineError("generate: arrival_steps has " + std::to_string(arrival_steps.size()) +
+                             " entries for " + std::to_string(n) + " prompts");
+    struct Slot {
+      std::vector<int32_t> ids;
+      bool done = false;
+      std::string error;
+    };
+    auto slots = std::make_shared<std::vector<Slot>>(n);
+    auto mu = std::make_shared<std::mutex>();
+    const uint64_t base = next_generate_id_.fetch_add(n) + (uint64_t(1) << 62);
+    std::vector<bool> submitted(n, false);
+    size_t num_submitted = 0;
+    auto finish_all = [&]() {
+      for (size_t i = 0; i < n; ++i)
+        if (submitted[i]) engine_->cancel(base + i);
+      for (;;) {
+        bool all = true;
+        {
+          std::lock_guard<std::mutex> lk(*mu);
+          for (size_t i = 0; i < n; ++i) all = all && (!submitted[i] || (*slots)[i].done);
+        }
+        if (all) break;
+        engine_->step();
+      }
+    };
+    int64_t step_index = 0;
+    for (;;) {
+      for (size_t i = 0; i < n; ++i) {
+        if (submitted[i] || (!arrival_steps.empty() && arrival_steps[i] > step_index)) continue;
+        glm::SamplingParams pi = p;
+        try {
+          engine_->submit(base + i, prompts[i], pi, [slots, mu, i](const glm::TokenEvent& ev) {
+            std::lock_guard<std::mutex> lk(*mu);
+            Slot& s = (*slots)[i];
+            s.ids.insert(s.ids.end(), ev.new_tokens.begin(), ev.new_tokens.end());
+            if (ev.finished) {
+              s.done = true;
+              if (ev.reason == glm::FinishReason::kError) s.error = ev.error;
+            }
+          });
+        } catch (const glm::EngineError& e) {
+          finish_all();
+          throw glm::EngineError("generate: prompt " + std::to_string(i) + ": " + e.what());
+        }
+        submitted[i] = true;
+        ++num_submitted;
+      }
+      bool all_done = num_submitted == n;
+      {
+        std::lock_guard<std::mutex> lk(*mu);
+        for (size_t i = 0; i < n && all_done; ++i) all_done = (*slots)[i].done;
+      }
+      if (all_done) break;
+      engine_->step();
+      ++step_index;
+    }
+    std::vector<std::vector<int32_t>> out;
+    for (size_t i = 0; i < n; ++i) {
+      if (!(*slots)[i].error.empty())
+        throw std::runtime_error("generate: prompt " + std::to_string(i) + " failed: " + (*slots)[i].error);
+      out.push_back((*slots)[i].ids);
+    }
+    return out;
+  }
+
+ private:
+  std::unique_ptr<glm::Engine> engine_;
+  std::atomic<uint64_t> next_generate_id_{0};
+};
+
+glm::SamplingParams make_params(int max_tokens, float temperature, int top_k, float top_p, float repetition_penalty,
+                                uint64_t seed, bool ignore_eos) {
+  glm::SamplingParams p;
+  p.max_tokens = max_tokens;
+  p.temperature = temperature;
+  p.top_k = top_k;
+  p.top_p = top_p;
+  p.repetition_penalty = repetition_penalty;
+  p.seed = seed;
+  p.ignore_eos = ignore_eos;
+  return p;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_engine, m) {
+  m.doc() = "The ChatGLM inference engine (C++): continuous batching, paged KV cache, cpu/cuda back-ends.";
+  py::register_exception<glm::EngineError>(m, "EngineError", PyExc_ValueError);
+
+  py::class_<PyEngine>(m, "Engine")
+      .def(py::init([](const std::string& checkpoint_dir, const std::string& device, const std::string& dtype, bool int8,
+                       bool random_weights, uint64_t weights_seed, int block_size, int num_kv_blocks,
+                       double kv_cache_fraction, int64_t kv_cache_bytes, int max_running_seqs, int max_batched_tokens,
+                       int max_queue, int num_threads, bool use_cuda_graphs, int device_id) {
+             glm::EngineOptions o;
+             o.checkpoint_dir = checkpoint_dir;
+             o.device = device;
+             o.dtype = dtype;
+             o.int8 = int8;
+             o.random_weights = random_weights;
+             o.weights_seed = weights_seed;
+             o.block_size = block_size;
+             o.num_kv_blocks = num_kv_blocks;
+             o.kv_cache_fraction = kv_cache_fraction;
+             o.kv_cache_bytes = kv_cache_bytes;
+             o.max_running_seqs = max_running_seqs;
+             o.max_batched_tokens = max_batched_tokens;
+             o.max_queue = max_queue;
+             o.num_threads = num_threads;
+             o.use_cuda_graphs = use_cuda_graphs;
+             o.device_id = device_id;
+             return std::make_unique<PyEngine>(o);
+           }),
+           py::arg("checkpoint_dir"), py::arg("device") = "cpu", py::arg("dtype") = "fp32", py::arg("int8") = false,
+           py::arg("random_weights") = false, py::arg("weights_seed") = 0, py::arg("block_size") = 16,
+           py::arg("num_kv_blocks") = 0, py::arg("kv_cache_fraction") = 0.9, py::arg("kv_cache_bytes") = 0,
+           py::arg("max_running_seqs") = 256, py::arg("max_batched_tokens") = 4096, py::arg("max_queue") = 0,
+           py::arg("num_threads") = 0, py::arg("use_cuda_graphs") = true, py::arg("device_id") = 0)
+      .def(
+          "submit",
+          [](PyEngine& self, uint64_t request_id, std::vector<int32_t> input_ids, py::object callback, int max_tokens,
+             float temperature, int top_k, float top_p, float repetition_penalty, uint64_t seed, bool ignore_eos) {
+            py::function fn = callback.is_none() ? py::function() : py::reinterpret_borrow<py::function>(callback);
+            if (!callback.is_none() && !PyCallable_Check(callback.ptr())) throw py::type_error("callback must be callable or None");
+            glm::SamplingParams p = make_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, ignore_eos);
+            if (callback.is_none()) {
+              self.engine().submit(request_id, std::move(input_ids), p, nullptr);
+            } else {
+              self.submit(request_id, std::move(input_ids), fn, p);
+            }
+          },
+          py::arg("request_id"), py::arg("input_ids"), py::arg("callback"), py::arg("max_tokens") = 128,
+          py::arg("temperature") = 0.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
+          py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0, py::arg("ignore_eos") = false,
+          "Queues a request; callback(dict(request_id, new_tokens, finished, reason, error)) runs on the step thread.")
+      .def("cancel", [](PyEngine& self, uint64_t id) { self.engine().cancel(id); }, py::arg("request_id"))
+      .def(
+          "step", [](PyEngine& self) { return self.engine().step(); }, py::call_guard<py::gil_scoped_release>(),
+          "One scheduler iteration; False when there was nothing to do.")
+      .def("start", [](PyEngine& self) { self.engine().start(); }, py::call_guard<py::gil_scoped_release>())
+      .def("stop", [](PyEngine& self) { self.engine().stop(); }, py::call_guard<py::gil_scoped_release>())
+      .def("stats",
+           [](PyEngine& self) {
+             glm::EngineStats s = self.engine().stats();
+             py::dict d;
+             d["running"] = s.running;
+             d["waiting"] = s.waiting;
+             d["kv_blocks_used"] = s.kv_blocks_used;
+             d["kv_blocks_total"] = s.kv_blocks_total;
+             d["tokens_generated"] = s.tokens_generated;
+             d["requests_finished"] = s.requests_finished;
+             d["steps"] = s.steps;
+             d["max_batch_seen"] = s.max_batch_seen;
+             d["healthy"] = s.healthy;
+             return d;
+           })
+      .def("model_info",
+           [](PyEngine& self) {
+             glm::Engine::ModelInfo i = self.engine().model_info();
+             py::dict d;
+             d["vocab_size"] = i.vocab_size;
+             d["hidden_size"] = i.hidden_size;
+             d["num_layers"] = i.num_layers;
+             d["max_sequence_length"] = i.max_sequence_length;
+             d["eos_token_id"] = i.eos_token_id;
+             d["bos_token_id"] = i.bos_token_id;
+             d["gmask_token_id"] = i.gmask_token_id;
+             d["mask_token_id"] = i.mask_token_id;
+             return d;
+           })
+      .def(
+          "debug_forward",
+          [](PyEngine& self, const std::vector<std::vector<int32_t>>& chunks) {
+            std::vector<float> logits;
+            {
+              py::gil_scoped_release nogil;
+              logits = self.engine().debug_forward(chunks);
+            }
+            const int64_t vocab = self.engine().model_info().vocab_size;
+            const int64_t rows = static_cast<int64_t>(logits.size()) / vocab;
+            py::array_t<float> out({rows, vocab});
+            std::copy(logits.begin(), logits.end(), out.mutable_data());
+            return out;
+          },
+          py::arg("chunks"), "Logits [sum of chunk lengths, vocab] of one sequence fed chunk by chunk.")
+      .def("inject_fault", [](PyEngine& self) { self.engine().inject_fault(); })
+      .def(
+          "generate",
+          [](PyEngine& self, const std::vector<std::vector<int32_t>>& prompts, int max_tokens, float temperature, int top_k,
+             float top_p, float repetition_penalty, uint64_t seed, bool ignore_eos, std::optional<std::vector<int>> arrival_steps) {
+            glm::SamplingParams p = make_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, ignore_eos);
+            py::gil_scoped_release nogil;
+            return self.generate(prompts, p, arrival_steps ? *arrival_steps : std::vector<int>());
+          },
+          py::arg("prompts"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
+          py::arg("top_p") = 1.0f, py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0,
+          py::arg("ignore_eos") = false, py::arg("arrival_steps") = py::none(),
+          "Generates for every prompt (each with the same params and seed), stepping inline; returns the new ids.");
+}
