@@ -282,9 +282,6 @@ class ChatGLMTokenizer:
     def _kind(self, i: int) -> int:
         return self._kinds[i] if 0 <= i < self._vocab_size else _KIND_SKIP
 
-    def _is_continuation_byte(self, i: int) -> bool:
-        return self._kind(i) == _KIND_BYTE and 0x80 <= self._values[i] <= 0xBF
-
     def _render(self, ids: Sequence[int], at_start: bool, final: bool) -> str:
         """Text of ``ids`` decoded from a piece boundary. Unless ``final``, only the
         text that no continuation can change (incomplete characters and possible
@@ -341,19 +338,14 @@ class ChatGLMTokenizer:
         prev = [int(i) for i in prev_ids]
         window = prev + [int(i) for i in new_ids]
         m = len(prev)
-        if m == 0:
-            start, at_start = 0, True
-        else:
-            # Begin at a character boundary: skip continuation bytes of a character
-            # that may have begun before the window (at most 3 of them).
-            start = 0
-            while start < min(3, m) and self._is_continuation_byte(window[start]):
-                start += 1
-            # The sequence starts inside the window only when fewer ids than the
-            # context came before and none of them produced text.
-            at_start = m < DECODE_CONTEXT and all(self._kind(i) == _KIND_SKIP for i in prev)
-        before = self._render(window[start:m], at_start, final=False)
-        after = self._render(window[start:], at_start, final=final)
+        # The window begins the sequence when fewer ids than the context came before
+        # (the first text piece then loses its leading space). Otherwise decoding starts
+        # mid-sequence: continuation bytes of a character begun before the window come
+        # out as U+FFFD in both renders below and cancel; from the first non-continuation
+        # id on (at most 3 ids in) both renders agree with the whole-sequence decode.
+        at_start = m < DECODE_CONTEXT
+        before = self._render(prev, at_start, final=False)
+        after = self._render(window, at_start, final=final)
         # `before` is always a prefix of `after` (stable text only grows); the common
         # prefix is a defensive measure that never drops or repeats text on its own.
         return after[len(os.path.commonprefix([before, after])) :]

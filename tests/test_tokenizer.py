@@ -174,6 +174,20 @@ def test_decode_skips_special_and_out_of_range_ids(tok: ChatGLMTokenizer) -> Non
     assert tok.decode([]) == ""
 
 
+def test_special_ids_end_markers(tok: ChatGLMTokenizer) -> None:
+    ids = char_ids(tok, "a<|blank_1") + [tok.eos_token_id] + char_ids(tok, "2|>b<n>")
+    assert tok.decode(ids) == "a<|blank_12|>b\n"
+
+
+def test_decode_accepts_numpy(tok: ChatGLMTokenizer) -> None:
+    np = pytest.importorskip("numpy")
+    ids = tok.encode("你好🚀", add_special_tokens=False)
+    arr = np.array(ids, dtype=np.int32)
+    assert tok.decode(arr) == "你好🚀"
+    head = tok.decode_delta(np.array([], dtype=np.int32), arr[:3], final=False)
+    assert head + tok.decode_delta(arr[:3], arr[3:], final=True) == "你好🚀"
+
+
 def test_decode_bytes_like_sentencepiece(tok: ChatGLMTokenizer) -> None:
     emoji = [byte_id(tok, b) for b in "👋".encode()]
     assert tok.decode(emoji) == "👋"
@@ -263,6 +277,12 @@ def stream_sequences(tok: ChatGLMTokenizer) -> list[list[int]]:
         seqs.append(char_ids(tok, "ab" + marker + "你" + marker + "x<" + marker))
         seqs.append(char_ids(tok, "好🚀" * 3 + marker))
     seqs.append(char_ids(tok, "a<|tab|" + "\U0001f44b"))
+    # Special ids first: the first text piece still loses its leading space.
+    seqs.append([tok.pad_token_id, tok.gmask_token_id] + tok.encode(" 你好 a", False))
+    # A marker interrupted by special ids (more than the context) is not a marker.
+    seqs.append(char_ids(tok, "a<|blank_1") + [tok.pad_token_id] * 20 + char_ids(tok, "2|>b"))
+    # Starts with continuation bytes (invalid, one U+FFFD each).
+    seqs.append([byte_id(tok, 0x9F), byte_id(tok, 0x91)] + char_ids(tok, "🚀x🚀"))
     return seqs
 
 
