@@ -35,10 +35,21 @@ generated id sequence into chunks, with ``final=True`` on the last chunk only,
 Text is held back while it may still change: an incomplete UTF-8 character (the
 trailing byte pieces that may still complete; never emitted as U+FFFD, never split,
 never duplicated) and a trailing "<" that may still become "<n>", "<|tab|>" or
-"<|blank_N|>". Held-back text comes out with a later chunk, or at ``final``. The
-held-back tail is at most 11 ids and a misaligned start (continuation bytes of a
-character begun before the window) at most 3, which is why 16 ids of context suffice.
-`decode_delta` is a pure function; `StreamDecoder` is a small stateful wrapper.
+"<|blank_N|>". Held-back text comes out with a later chunk, or at ``final``.
+
+How: ``decode_delta`` renders ``prev_ids`` and ``prev_ids + new_ids`` from the same
+starting point, keeping only the text that no continuation can change, and returns
+the difference. Why 16 ids suffice: the held-back tail is at most 11 ids (a marker
+prefix, e.g. "<|blank_80|" spelled one character per piece; an incomplete character
+is at most 3 byte pieces), and a window that begins inside a character (up to 3
+continuation bytes) renders those bytes identically in both renders, so they cancel.
+The window is the start of the sequence iff ``len(prev_ids) < 16`` (this decides the
+leading-space rule). Known limit: 16 or more special ids in a row directly before
+a chunk hide whether text came before them. `decode_delta` is a pure function;
+`StreamDecoder` is a small stateful wrapper for clients and CLIs.
+
+The reverse punctuation map of THUDM's ``chat()`` (ASCII ",!:;?" next to CJK ->
+full-width) is not part of decoding (THUDM applies it to finished responses only).
 """
 
 from __future__ import annotations
@@ -414,8 +425,12 @@ def train_tiny_tokenizer(
     <|blank_2|>..<|blank_80|> (USER_DEFINED) and <0x00>..<0xFF> with byte fallback on,
     so any text (emoji included) encodes. ``vocab_size`` counts every piece. The text
     normalization is the identity (ice_text.model uses NFKC, which maps e.g. "，" to
-    ","), so that the tiny tokenizer round-trips any text exactly. Single-threaded and
-    seeded: the same arguments give the same bytes.
+    ","), so that the tiny tokenizer round-trips any text exactly. Single-threaded,
+    corpus in file order: the same arguments give the same bytes. ``seed`` seeds
+    sentencepiece's random generator; the unigram trainer with these settings does not
+    draw from it, so today every seed gives the same model. Takes well under a second.
+    ``vocab_size`` must leave room for the corpus's characters (about 900..1570 for
+    the bundled corpus; ValueError with sentencepiece's reason otherwise).
     """
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
