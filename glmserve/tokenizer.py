@@ -285,6 +285,11 @@ class ChatGLMTokenizer:
         """
         if not history:
             return query
+        for turn in history:
+            if len(turn) != 2 or not all(isinstance(x, str) for x in turn):
+                raise ValueError(
+                    f"history entries must be [question, answer] strings, got {turn!r}"
+                )
         parts = [f"[Round {i}]\n问：{q}\n答：{a}\n" for i, (q, a) in enumerate(history)]
         parts.append(f"[Round {len(history)}]\n问：{query}\n答：")
         return "".join(parts)

@@ -346,6 +346,10 @@ def test_build_prompt() -> None:
         ChatGLMTokenizer.build_prompt("c", [("q0", "a0"), ("q1", "a1")])
         == "[Round 0]\n问：q0\n答：a0\n[Round 1]\n问：q1\n答：a1\n[Round 2]\n问：c\n答："
     )
+    # History as it arrives from JSON: lists, not tuples.
+    assert ChatGLMTokenizer.build_prompt("c", [["q", "a"]]).startswith("[Round 0]\n问：q\n")
+    with pytest.raises(ValueError, match="history"):
+        ChatGLMTokenizer.build_prompt("c", [["only question"]])
 
 
 def test_build_prompt_matches_golden_chat_prompt() -> None:
@@ -364,10 +368,12 @@ def real_tokenizer_or_skip(golden: dict) -> ChatGLMTokenizer:
     path = Path(env) if env else REPO_ROOT / "models" / "chatglm-6b" / "ice_text.model"
     source = "GLM_TOKENIZER" if env else "default location"
     if not path.is_file():
-        pytest.skip(f"real ice_text.model not present ({source}: {path}); set GLM_TOKENIZER")
+        pytest.skip(f"real ice_text.model not present ({source}: {path}); set GLM_TOKENIZER=<file>")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != golden["tokenizer_sha256"]:
-        pytest.skip(f"{path}: sha256 {digest} != golden {golden['tokenizer_sha256']}")
+        pytest.skip(
+            f"sha256 mismatch: {path} is {digest}, golden needs {golden['tokenizer_sha256']}"
+        )
     return ChatGLMTokenizer(path)
 
 
