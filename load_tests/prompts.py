@@ -7,8 +7,8 @@
 - ``chat``: multi-turn conversations; each turn sends the earlier turns (with the
   answers the server actually gave) as ``history``.
 
-Prompt lengths are counted with the ChatGLM tokenizer when ``glmserve.tokenizer``
-can load one (``ice_text.model``), otherwise estimated (see ``estimate_tokens``).
+Prompt lengths are counted with the ChatGLM tokenizer when ``GLM_TOKENIZER`` names
+its ``ice_text.model``, otherwise estimated (see ``estimate_tokens``).
 A set may also be a JSON-lines file: one object per line with ``prompt`` and
 optional ``max_tokens``, ``ignore_eos``, ``history``, ``turns`` (a list of follow-up
 questions, making it a conversation).
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from collections.abc import Callable, Sequence
@@ -123,22 +124,21 @@ def estimate_tokens(text: str) -> int:
 
 
 def token_counter() -> tuple[Callable[[str], int], str]:
-    """The best available token counter and its name ('tokenizer' or 'estimate')."""
-    try:
-        from glmserve import tokenizer as tok  # type: ignore[attr-defined]
+    """The best available token counter and its name.
 
-        loader = getattr(tok, "load_default", None) or getattr(tok, "load", None)
-        if loader is not None:
-            t = loader()
-            encode = t.encode
+    With ``GLM_TOKENIZER`` set to a ChatGLM ``ice_text.model``, prompts are measured
+    with the real tokenizer (``glmserve.tokenizer``); otherwise ``estimate_tokens``.
+    """
+    path = os.environ.get("GLM_TOKENIZER")
+    if path:
+        from glmserve.tokenizer import ChatGLMTokenizer
 
-            def count(text: str) -> int:
-                return max(1, len(encode(text)) - 2)  # without [gMASK] <sop>
+        tok = ChatGLMTokenizer(path)
 
-            count("test")
-            return count, "tokenizer"
-    except Exception:  # no tokenizer or no vocabulary file: estimate
-        pass
+        def count(text: str) -> int:
+            return max(1, len(tok.encode(text)) - 2)  # without [gMASK] <sop>
+
+        return count, f"tokenizer {Path(path).name}"
     return estimate_tokens, "estimate"
 
 

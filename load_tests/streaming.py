@@ -98,9 +98,7 @@ class StreamSession:
         self._queue: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self._open = False
         self.current: RequestRecord | None = None  # the request in flight, if any
-        meta = self._client.get_model_metadata(MODEL)
-        shapes = {i.name: list(i.shape) for i in meta.inputs}
-        self.batched = len(shapes.get("text_input", [1])) == 2
+        self.batched: bool | None = None  # from the model metadata, on the first request
 
     def _callback(self, result: Any, error: Any) -> None:
         self._queue.put((result, error))
@@ -127,13 +125,18 @@ class StreamSession:
         history: list[list[str]] | None = None,
     ) -> RequestRecord:
         """Send one streamed request and wait for its final response."""
-        inputs = build_inputs(
-            self._grpcclient, prompt, max_tokens, ignore_eos, history, batched=self.batched
-        )
         rec = RequestRecord(start=time.perf_counter())
         pieces: list[str] = []
         self.current = rec
         try:
+            if self.batched is None:
+                meta = self._client.get_model_metadata(MODEL)
+                shapes = {i.name: list(i.shape) for i in meta.inputs}
+                self.batched = len(shapes.get("text_input", [1])) == 2
+                rec.start = time.perf_counter()
+            inputs = build_inputs(
+                self._grpcclient, prompt, max_tokens, ignore_eos, history, batched=self.batched
+            )
             self._ensure_stream()
             self._client.async_stream_infer(
                 MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
