@@ -434,7 +434,7 @@ def train_tiny_tokenizer(
     corpus in file order: the same arguments give the same bytes. ``seed`` seeds
     sentencepiece's random generator; the unigram trainer with these settings does not
     draw from it, so today every seed gives the same model. Takes well under a second.
-    ``vocab_size`` must leave room for the corpus's characters (about 900..1570 for
+    ``vocab_size`` must leave room for the corpus's characters (about 900..1590 for
     the bundled corpus; ValueError with sentencepiece's reason otherwise).
     """
     from sentencepiece import sentencepiece_model_pb2 as model_pb2
@@ -442,20 +442,25 @@ def train_tiny_tokenizer(
     trained = vocab_size - _APPENDED
     if trained < 64:
         raise ValueError(f"vocab_size must be at least {_APPENDED + 64}, got {vocab_size}")
-    docs = [preprocess(d) for d in corpus_documents(corpus)]
+    raw_docs = corpus_documents(corpus)
+    docs = [preprocess(d) for d in raw_docs]
     # Cover every character when the vocabulary has room for all of them, else the
     # most frequent ones (about 3/4 of the trained pieces); the rest use byte fallback.
-    counts = sorted(Counter("".join(docs).replace(" ", "")).values(), reverse=True)
+    chars = Counter("".join(raw_docs))
+    for ws in " \n\t":
+        chars.pop(ws, None)
+    counts = sorted(chars.values(), reverse=True)
     keep = min(len(counts), trained * 3 // 4)
     coverage = 1.0 if keep == len(counts) else (sum(counts[:keep]) - 0.5) / sum(counts)
     coverage = max(coverage, 0.98)  # sentencepiece's lower limit
+    whitespace = [TAB_PIECE] + [blank_piece(n) for n in range(2, MAX_BLANK_LENGTH + 1)]
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
     trainer_args = dict(
         sentence_iterator=iter(docs),
         model_writer=model,
         model_type="unigram",
-        vocab_size=trained,
+        vocab_size=trained + len(whitespace),
         character_coverage=coverage,
         normalization_rule_name="identity",
         remove_extra_whitespaces=False,
@@ -465,7 +470,9 @@ def train_tiny_tokenizer(
         eos_id=2,
         pad_id=3,
         pad_piece=PAD_PIECE,
-        user_defined_symbols=[NEWLINE_PIECE],
+        # Whitespace markers are atomic while training (no pieces learnt from their
+        # spelling); they move behind the trained pieces below, as in ice_text.model.
+        user_defined_symbols=[NEWLINE_PIECE, *whitespace],
         byte_fallback=False,
         max_sentence_length=1 << 16,
         input_sentence_size=0,
@@ -480,10 +487,18 @@ def train_tiny_tokenizer(
     proto = model_pb2.ModelProto()
     proto.ParseFromString(model.getvalue())
     Piece = model_pb2.ModelProto.SentencePiece
+    pieces = list(proto.pieces)
+    head = 5  # <unk> <s> </s> <pad> <n>
+    moved = pieces[head : head + len(whitespace)]
+    if [p.piece for p in pieces[:head]] != ["<unk>", "<s>", "</s>", PAD_PIECE, NEWLINE_PIECE] or [
+        p.piece for p in moved
+    ] != whitespace:
+        raise RuntimeError("unexpected piece layout from the sentencepiece trainer")
+    del proto.pieces[:]
+    proto.pieces.extend(pieces[:head] + pieces[head + len(whitespace) :])
     for piece in SPECIAL_PIECES:
         proto.pieces.append(Piece(piece=piece, score=0.0, type=_TYPE_CONTROL))
-    for n in range(1, MAX_BLANK_LENGTH + 1):
-        piece = TAB_PIECE if n == 1 else blank_piece(n)
+    for piece in whitespace:
         proto.pieces.append(Piece(piece=piece, score=0.0, type=_TYPE_USER_DEFINED))
     for b in range(256):
         proto.pieces.append(Piece(piece=f"<0x{b:02X}>", score=0.0, type=_TYPE_BYTE))
