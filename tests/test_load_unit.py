@@ -1,0 +1,173 @@
+"""Unit tests of the load-test tools: metrics, prompt sets, summary, sweep helpers."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # load_tests/ is not an installed package
+
+from load_tests.metrics import Meter, percentile  # noqa: E402
+from load_tests.prompts import (  # noqa: E402
+    chat_set,
+    estimate_tokens,
+    load_jsonl,
+    load_set,
+    mixed_set,
+    seed_set,
+)
+from load_tests.summarize import summarize  # noqa: E402
+from load_tests.sweep import next_batch, poisson_arrivals, render, split  # noqa: E402
+
+GOLDEN = ROOT.parent / "shared" / "golden" / "tokenizer_cases.json"
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([], 50) is None
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile(list(range(101)), 99) == 99
+
+
+def test_meter_counts_tokens_latencies_and_partial_requests() -> None:
+    m = Meter()
+    # perf-counter clock at 100, wall clock at 1000: offset 900.
+    m.add(1000.0, 100.0, [100.2, 100.3, 100.5], 100.6, True)
+    m.add(1001.0, 101.0, [101.1], 101.2, False)
+    m.add(1001.5, 101.5, [101.6, 101.8], 101.9, None)  # cut off by the end of the run
+    s = m.summary(start=1000.0, stop=1002.0)
+    assert s["tokens"] == 6 and s["tokens_per_s"] == 3.0
+    assert s["requests"] == 1 and s["failures"] == 1
+    assert s["ttft_ms"]["n"] == 3 and s["ttft_ms"]["p50"] == pytest.approx(100.0)
+    assert sorted(round(v) for _, v in m.itl) == [100, 200, 200]
+    rows = m.timeseries()
+    assert [r["time"] for r in rows] == [1000, 1001]
+    assert [r["tokens"] for r in rows] == [3, 3]
+
+
+def test_meter_drain_and_merge_like_locust_workers() -> None:
+    a, b, master = Meter(), Meter(), Meter()
+    a.add(10.0, 0.0, [0.5, 1.5], 2.0, True)
+    b.add(11.0, 5.0, [5.5], 6.0, True)
+    for worker in (a, b):
+        master.merge(json.loads(json.dumps(worker.drain())))  # as sent over the wire
+    assert a.summary()["tokens"] == 0  # drained
+    s = master.summary()
+    assert s["tokens"] == 3 and s["requests"] == 2
+    assert master.first == 10.0 and master.last == 12.0
+
+
+def test_seed_set_is_150_tokens_with_ignore_eos() -> None:
+    (conv,) = seed_set()
+    assert conv.max_tokens == 150 and conv.ignore_eos and len(conv.turns) == 1
+
+
+def test_mixed_set_lengths_and_languages() -> None:
+    convs = mixed_set(60, seed=1, count=estimate_tokens)
+    assert all(16 <= c.prompt_tokens <= 1024 for c in convs)
+    assert all(estimate_tokens(c.turns[0]) == c.prompt_tokens for c in convs)
+    assert all(32 <= c.max_tokens <= 256 and c.ignore_eos for c in convs)
+    assert {c.lang for c in convs} == {"zh", "en"}
+    lengths = [c.prompt_tokens for c in convs]
+    assert min(lengths) < 64 and max(lengths) > 512  # spans the range
+    assert [c.turns for c in mixed_set(5, seed=1, count=estimate_tokens)] == [
+        c.turns for c in convs[:5]
+    ]
+
+
+def test_chat_set_is_multi_turn() -> None:
+    convs = chat_set()
+    assert all(len(c.turns) >= 3 for c in convs)
+    assert {c.lang for c in convs} == {"zh", "en"}
+
+
+@pytest.mark.skipif(not GOLDEN.is_file(), reason=f"{GOLDEN} not present")
+def test_token_estimate_is_close_to_the_real_tokenizer() -> None:
+    cases = json.loads(GOLDEN.read_text())["cases"]
+    longest = max(cases, key=lambda c: len(c["ids"]))
+    real = len(longest["ids"]) - 2
+    assert abs(estimate_tokens(longest["text"]) - real) <= 0.25 * real
+
+
+def test_prompt_files(tmp_path: Path) -> None:
+    good = tmp_path / "p.jsonl"
+    good.write_text(
+        '{"prompt": "hi", "max_tokens": 8, "turns": ["more"]}\n\n'
+        '{"prompt": "q", "history": [["a", "b"]], "ignore_eos": true}\n',
+        encoding="utf-8",
+    )
+    convs = load_set(str(good))
+    assert [c.turns for c in convs] == [["hi", "more"], ["q"]]
+    assert convs[1].history == [["a", "b"]] and convs[1].ignore_eos
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"max_tokens": 3}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        load_jsonl(bad)
+    with pytest.raises(ValueError, match="unknown prompt set"):
+        load_set("nonexistent")
+
+
+def test_summary_and_plot_from_a_run(tmp_path: Path) -> None:
+    m = Meter()
+    rng = random.Random(0)
+    for i in range(20):
+        t0 = 50.0 + i * 0.5
+        times = [t0 + 0.1 + 0.02 * k + rng.random() * 0.001 for k in range(10)]
+        m.add(1000.0 + t0 - 50.0, t0, times, times[-1], i != 3)
+    m.write(str(tmp_path / "locust"), start=1000.0, stop=1011.0)
+    (tmp_path / "locust_failures.csv").write_text(
+        "Method,Name,Error,Occurrences\ngRPC,generate seed,RuntimeError('boom'),1\n"
+    )
+    md = summarize(tmp_path, {"users": "8"})
+    assert "| tokens/s (aggregate) | 18.2 |" in md  # 200 tokens / 11 s
+    assert "| failures | 1 |" in md and "boom" in md
+    assert (tmp_path / "summary.md").read_text() == md
+    assert (tmp_path / "throughput_latency.png").stat().st_size > 10_000
+
+
+def test_split_and_static_batches() -> None:
+    assert split(10, 4) == [3, 3, 2, 2] and split(2, 4) == [1, 1, 0, 0]
+    arrivals = [0.0, 0.1, 0.2, 5.0, 5.1]
+    assert next_batch(arrivals, 0, 0.15, 8) == 2  # only those that arrived
+    assert next_batch(arrivals, 0, 1.0, 2) == 2  # at most the batch size
+    assert next_batch(arrivals, 2, 9.0, 8) == 5
+
+
+def test_poisson_arrivals_rate() -> None:
+    a = poisson_arrivals(4000, 10.0, 100.0, seed=3)
+    assert a == sorted(a) and a[0] > 100.0
+    assert (a[-1] - 100.0) / 4000 == pytest.approx(0.1, rel=0.1)
+
+
+def test_sweep_report_has_ratio_and_speedup() -> None:
+    row = {
+        "concurrency": 8,
+        "tokens_per_s": 850.0,
+        "requests_per_s": 5.0,
+        "failures": 0,
+        "errors": [],
+        "ttft_ms": {"p50": 20.0, "p99": 40.0},
+        "itl_ms": {"p50": 9.0, "p99": 12.0},
+    }
+    cmp = [
+        dict(row, mode=m, rate=3.0, requests=10, makespan_s=9.0, tokens_per_s=t)
+        for m, t in (("inflight", 900.0), ("static", 450.0))
+    ]
+    result = {
+        "server": "test",
+        "when": "now",
+        "procs": 1,
+        "note": "",
+        "duration_s": 1.0,
+        "direct": {"8": 1000.0},
+        "sweep": [row],
+        "compare": cmp,
+    }
+    md = render(result)
+    assert "| 8 | 850.0 | 1000.0 | 85% |" in md
+    assert "In-flight / static throughput: 2.00x." in md
