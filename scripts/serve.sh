@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# `make serve`: tritonserver in the foreground with our model repository and
+# backend directory. Run after `make build` and `make demo-model`.
+#
+# Environment (all optional):
+#   MODEL         converted checkpoint dir (config.json with glmserve_format) or a
+#                 hub-style one (converted once into $BUILD/converted/<name>[-int8]);
+#                 default: models/chatglm-tiny (the demo model)
+#   DEVICE        cpu | cuda | auto (default auto: cuda when nvidia-smi lists a GPU)
+#   DTYPE         fp32 | fp16 (default: fp32 on cpu, fp16 on cuda)
+#   INT8=1        INT8 weight-only (hub-style MODEL is converted with --int8)
+#   GPUS          GPU ids for CUDA_VISIBLE_DEVICES (one decoder instance per GPU)
+#   HOST          bind address (default 127.0.0.1, loopback only)
+#   HTTP_PORT GRPC_PORT METRICS_PORT   (default 8000 8001 8002)
+#   BUILD VENV    build and venv directories (default build, .venv)
+#   TRITON_ARGS   more tritonserver arguments, e.g.
+#                 "--backend-config=chatglm,num_kv_blocks=512 --log-verbose=1"
+# Model control is off (--model-control-mode=none): the repository API cannot
+# load or unload models. A checkpoint without ice_text.model serves only
+# chatglm_decoder (ids in, ids out) with a warning.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+DEVICE=${DEVICE:-auto}
+DTYPE=${DTYPE:-}
+INT8=${INT8:-0}
+HOST=${HOST:-127.0.0.1}
+HTTP_PORT=${HTTP_PORT:-8000}
+GRPC_PORT=${GRPC_PORT:-8001}
+METRICS_PORT=${METRICS_PORT:-8002}
+GPUS=${GPUS:-}
+MODEL=${MODEL:-}
+
+say() { echo "serve: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+# shellcheck source=scripts/triton_env.sh
+source scripts/triton_env.sh   # TRITONSERVER, TRITON_BACKEND_DIR, PATH, LD_LIBRARY_PATH
+PY="$VENV/bin/python"
+[ -f "$TRITON_BACKEND_DIR/chatglm/libtriton_chatglm.so" ] ||
+  die "$TRITON_BACKEND_DIR/chatglm/libtriton_chatglm.so is missing (run: make build)"
+
+is_int8() { [ "$INT8" = "1" ] || [ "$INT8" = "true" ]; }
+
+# ---- checkpoint -------------------------------------------------------------
+is_converted() {
+  [ -f "$1/config.json" ] && [ -f "$1/model.safetensors" ] &&
+    "$PY" -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("glmserve_format") else 1)' \
+      "$1/config.json" 2>/dev/null
+}
+if [ -z "$MODEL" ]; then
+  CKPT="$ROOT/models/chatglm-tiny"
+  is_converted "$CKPT" || die "no demo model in $CKPT (run: make demo-model)"
+else
+  SRC="$(realpath -m "$MODEL")"
+  [ -d "$SRC" ] || die "MODEL=$MODEL is not a directory"
+  if is_converted "$SRC"; then
+    CKPT="$SRC"
+  else
+    [ -f "$SRC/config.json" ] || die "MODEL=$MODEL has no config.json (not a ChatGLM checkpoint)"
+    CKPT="$BUILD/converted/$(basename "$SRC")$(is_int8 && echo -int8 || true)"
+    if is_converted "$CKPT"; then
+      say "using the converted checkpoint $CKPT"
+    else
+      say "converting $SRC -> $CKPT (once)"
+      conv=(--src "$SRC" --out "$CKPT")
+      is_int8 && conv+=(--int8)
+      "$PY" -m glmserve.convert "${conv[@]}"
+    fi
+  fi
+fi
+if is_int8 && ! grep -q '"int8": *true' "$CKPT/config.json"; then
+  say "warning: INT8=1 but $CKPT is not an int8 checkpoint (convert with --int8); serving it as is"
+fi
+
+# ---- device -----------------------------------------------------------------
+if [ "$DEVICE" = "auto" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    DEVICE=cuda
+  else
+    DEVICE=cpu
+  fi
+fi
+args=(
+  "--model-repository=$ROOT/model_repository"
+  "--backend-directory=$TRITON_BACKEND_DIR"
+  "--model-control-mode=none"
+  "--http-address=$HOST" "--http-port=$HTTP_PORT"
+  "--grpc-address=$HOST" "--grpc-port=$GRPC_PORT"
+  "--metrics-address=$HOST" "--metrics-port=$METRICS_PORT"
+  "--allow-metrics=true"
+)
+case "$DEVICE" in
+  cuda)
+    args+=("--model-config-name=gpu")
+    [ -n "$GPUS" ] && export CUDA_VISIBLE_DEVICES="$GPUS"
+    ;;
+  cpu) ;;
+  *) die "DEVICE=$DEVICE: expected cpu, cuda or auto" ;;
+esac
+[ -n "$DTYPE" ] && args+=("--backend-config=chatglm,dtype=$DTYPE")
+is_int8 && args+=("--backend-config=chatglm,int8=true")
+
+# ---- tokenizer: without it, the decoder alone ---------------------------------
+if [ ! -f "$CKPT/ice_text.model" ]; then
+  say "warning: $CKPT has no ice_text.model: serving chatglm_decoder only (ids in, ids out);"
+  say "warning: the text models chatglm, preprocessing and postprocessing are off"
+  REPO="$BUILD/triton_repo_decoder_only"
+  rm -rf "$REPO"
+  mkdir -p "$REPO"
+  cp -r "$ROOT/model_repository/chatglm_decoder" "$REPO/"
+  args[0]="--model-repository=$REPO"
+fi
+
+export GLM_CHECKPOINT_DIR="$CKPT"
+if [ -n "${TRITON_ARGS:-}" ]; then read -r -a extra <<<"$TRITON_ARGS"; args+=("${extra[@]}"); fi
+say "checkpoint $CKPT, device $DEVICE${DTYPE:+, dtype $DTYPE}$(is_int8 && echo ', int8' || true)"
+say "HTTP $HOST:$HTTP_PORT  gRPC $HOST:$GRPC_PORT  metrics $HOST:$METRICS_PORT"
+exec "$TRITONSERVER" "${args[@]}"
