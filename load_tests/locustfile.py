@@ -85,8 +85,6 @@ def _on_test_start(environment: Any, **_: Any) -> None:
     METER.drain()
     WINDOW.clear()
     WINDOW["start"] = time.time()
-    if not isinstance(environment.runner, MasterRunner):
-        _prompt_set(environment.parsed_options.prompts)  # build it once, before users start
 
 
 @events.test_stop.add_listener
@@ -132,7 +130,11 @@ def _write(environment: Any, **_: Any) -> None:
 
 
 @events.init.add_listener
-def _web_route(environment: Any, **_: Any) -> None:
+def _on_init(environment: Any, **_: Any) -> None:
+    opts = environment.parsed_options
+    if opts is not None and not isinstance(environment.runner, MasterRunner):
+        _prompt_set(opts.prompts)  # build the set once, before the run's clock starts
+        gevent.get_hub().loop.update_now()
     if environment.web_ui is None:
         return
 

@@ -3,7 +3,7 @@
 #   USERS (8), SPAWN_RATE (= USERS), DURATION (60s), HOST (127.0.0.1), GRPC_PORT (8001),
 #   PROMPTS (seed | mixed | chat | a .jsonl file), VENV (.venv),
 #   LOCUST_PROCESSES (1; more forks Locust workers for high concurrency),
-#   RESULTS (load_tests/results/<UTC timestamp>).
+#   RESULTS (load_tests/results/<UTC timestamp>), GLM_TOKENIZER (see below).
 # Writes Locust's CSVs, locust_glm_metrics.json, summary.md and throughput_latency.png
 # into RESULTS and prints the summary. Exits non-zero when a request failed.
 set -euo pipefail
@@ -18,6 +18,11 @@ PROMPTS=${PROMPTS:-seed}
 LOCUST_PROCESSES=${LOCUST_PROCESSES:-1}
 RESULTS=${RESULTS:-load_tests/results/$(date -u +%Y%m%dT%H%M%SZ)}
 PY="$VENV/bin/python"
+# Prompt lengths of the mixed set are measured with the served model's tokenizer when
+# there is one (GLM_TOKENIZER=<ice_text.model>), else estimated for ChatGLM-6B's.
+if [ -z "${GLM_TOKENIZER:-}" ] && [ -f "${MODEL:-models/chatglm-tiny}/ice_text.model" ]; then
+  export GLM_TOKENIZER="${MODEL:-models/chatglm-tiny}/ice_text.model"
+fi
 
 if [ ! -x "$VENV/bin/locust" ]; then
   echo "load-test: $VENV/bin/locust not found; run 'make setup' first" >&2
