@@ -1,0 +1,213 @@
+// Paged attention (decode, prefill and mixed batches): one block per
+// (head, query token); keys and values read from the paged cache.
+#include <cfloat>
+
+#include "cuda_check.h"
+#include "kernels.h"
+
+namespace glm {
+namespace cuda {
+namespace {
+
+constexpr int kAttnThreads = 256;
+constexpr int kAttnWarps = kAttnThreads / 32;
+constexpr int kUnroll = 2;
+
+template <int VEC>
+struct HalfVec;
+template <>
+struct HalfVec<8> {
+  using T = uint4;
+};
+template <>
+struct HalfVec<4> {
+  using T = uint2;
+};
+
+template <int VEC>
+__device__ __forceinline__ void load_vec(const __half* p, float (&out)[VEC]) {
+  typename HalfVec<VEC>::T raw = *reinterpret_cast<const typename HalfVec<VEC>::T*>(p);
+  const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int k = 0; k < VEC / 2; ++k) {
+    const float2 f = __half22float2(h2[k]);
+    out[2 * k] = f.x;
+    out[2 * k + 1] = f.y;
+  }
+}
+
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, w) : v + w;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float r = red[0];
+  for (int i = 1; i < kAttnWarps; ++i) r = is_max ? fmaxf(r, red[i]) : r + red[i];
+  return r;
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kAttnThreads)
+    paged_attention_kernel(const __half* __restrict__ q, const __half* __restrict__ kc,
+                           const __half* __restrict__ vc, const int32_t* __restrict__ tok_seq,
+                           const int32_t* __restrict__ n_keys,
+                           const int32_t* __restrict__ block_tables, AttentionParams p,
+                           __half* __restrict__ out) {
+  constexpr int VEC = HD >= 8 ? 8 : HD;
+  constexpr int LPT = HD / VEC;    // lanes per key
+  constexpr int TPW = 32 / LPT;    // keys per warp per pass
+  constexpr int STRIDE = kAttnWarps * TPW;
+  extern __shared__ float smem[];
+  float* scores = smem;                   // [max_keys]
+  float* accs = smem + p.max_keys;        // [kAttnWarps * HD]
+  float* red = accs + kAttnWarps * HD;    // [32]
+
+  const int h = blockIdx.x;
+  const int t = blockIdx.y;
+  const int n = n_keys[t];
+  __half* orow = out + ((int64_t)t * p.heads + h) * HD;
+  if (n <= 0) {
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) orow[d] = __float2half(0.f);
+    return;
+  }
+  const int32_t* table = block_tables + (int64_t)tok_seq[t] * p.max_blocks_per_seq;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane / LPT, li = lane % LPT;
+  const bool lane_active = g < TPW;  // always true; kept for clarity when LPT does not divide 32
+
+  float qv[VEC];
+  load_vec<VEC>(q + ((int64_t)t * p.heads + h) * HD + li * VEC, qv);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) qv[k] *= p.scale;
+
+  auto kv_offset = [&](int s) -> int64_t {
+    const int64_t blk = table[s / p.block_size];
+    const int off = s % p.block_size;
+    return ((blk * p.heads + h) * p.block_size + off) * HD + li * VEC;
+  };
+
+  // 1. scores
+  for (int base = warp * TPW; base < n; base += STRIDE * kUnroll) {
+    float kv[kUnroll][VEC];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int s = base + u * STRIDE + g;
+      if (lane_active && s < n) {
+        load_vec<VEC>(kc + kv_offset(s), kv[u]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) kv[u][k] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      float d = 0.f;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) d += qv[k] * kv[u][k];
+#pragma unroll
+      for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      const int s = base + u * STRIDE + g;
+      if (lane_active && li == 0 && s < n) scores[s] = d;
+    }
+  }
+  __syncthreads();
+
+  // 2. softmax (fp32)
+  float m = -FLT_MAX;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, scores[i]);
+  m = block_reduce(m, red, true);
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float e = expf(scores[i] - m);
+    scores[i] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, red, false);  // its barriers also publish the exp'd scores
+  const float inv = 1.f / sum;
+
+  // 3. probabilities . V
+  float acc[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  for (int base = warp * TPW; base < n; base += STRIDE * kUnroll) {
+    float vv[kUnroll][VEC];
+    float pr[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int s = base + u * STRIDE + g;
+      if (lane_active && s < n) {
+        load_vec<VEC>(vc + kv_offset(s), vv[u]);
+        pr[u] = scores[s];
+      } else {
+        pr[u] = 0.f;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) vv[u][k] = 0.f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) acc[k] += pr[u] * vv[u][k];
+  }
+#pragma unroll
+  for (int o = LPT; o < 32; o <<= 1)
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] += __shfl_xor_sync(0xffffffffu, acc[k], o);
+  if (g == 0) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) accs[warp * HD + li * VEC + k] = acc[k];
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float r = 0.f;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) r += accs[w * HD + d];
+    orow[d] = __float2half_rn(r * inv);
+  }
+}
+
+template <int HD>
+void launch(const __half* q, const __half* kc, const __half* vc, const int32_t* tok_seq,
+            const int32_t* n_keys, const int32_t* bt, const AttentionParams& p, __half* out,
+            int tokens, cudaStream_t stream) {
+  const size_t smem = (size_t)(p.max_keys + kAttnWarps * HD + 32) * sizeof(float);
+  if (smem > 48 * 1024) {
+    GLM_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<HD>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  }
+  dim3 grid(p.heads, tokens);
+  paged_attention_kernel<HD><<<grid, kAttnThreads, smem, stream>>>(q, kc, vc, tok_seq, n_keys, bt, p,
+                                                                   out);
+}
+
+}  // namespace
+
+void paged_attention(const __half* q, const __half* k_cache, const __half* v_cache,
+                     const int32_t* tok_seq, const int32_t* n_keys, const int32_t* block_tables,
+                     const AttentionParams& p, __half* out, int tokens, cudaStream_t stream) {
+  const char* k = "paged_attention";
+  check_arg(q && k_cache && v_cache && tok_seq && n_keys && block_tables && out, k, "null tensor");
+  check_arg(p.heads > 0 && p.heads <= 65535, k, "heads must be in [1, 65535]");
+  check_arg(p.block_size > 0 && p.max_blocks_per_seq > 0, k, "block_size/max_blocks_per_seq <= 0");
+  check_arg(p.max_keys > 0 && p.max_keys <= 32768, k, "max_keys must be in [1, 32768]");
+  check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
+  if (tokens == 0) return;
+  switch (p.head_dim) {
+    case 4: launch<4>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
+    case 8: launch<8>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
+    case 16: launch<16>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
+    case 32: launch<32>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
+    case 64: launch<64>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
+    case 128: launch<128>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
+    default: check_arg(false, k, "head_dim must be 4, 8, 16, 32, 64 or 128");
+  }
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+}  // namespace cuda
+}  // namespace glm

@@ -1,0 +1,35 @@
+// Error checking shared by the CUDA back-end's sources.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+namespace glm {
+namespace cuda {
+
+[[noreturn]] inline void throw_cuda(cudaError_t e, const char* what, const char* file, int line) {
+  throw std::runtime_error(std::string("CUDA error in ") + what + " (" + file + ":" +
+                           std::to_string(line) + "): " + cudaGetErrorString(e));
+}
+
+inline void check_arg(bool ok, const char* kernel, const char* msg) {
+  if (!ok) throw std::invalid_argument(std::string(kernel) + ": " + msg);
+}
+
+}  // namespace cuda
+}  // namespace glm
+
+#define GLM_CUDA_CHECK(expr)                                              \
+  do {                                                                    \
+    cudaError_t glm_e_ = (expr);                                          \
+    if (glm_e_ != cudaSuccess) ::glm::cuda::throw_cuda(glm_e_, #expr, __FILE__, __LINE__); \
+  } while (0)
+
+// After a launch: catches bad configurations (not asynchronous faults).
+#define GLM_CUDA_LAUNCH_CHECK(name)                                       \
+  do {                                                                    \
+    cudaError_t glm_e_ = cudaGetLastError();                              \
+    if (glm_e_ != cudaSuccess) ::glm::cuda::throw_cuda(glm_e_, name, __FILE__, __LINE__); \
+  } while (0)

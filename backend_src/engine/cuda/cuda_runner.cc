@@ -1,0 +1,645 @@
+// The CUDA ModelRunner: fp16 weights and activations, fp32 accumulation,
+// layernorm/softmax in fp32, cuBLAS GEMMs, fused kernels (kernels.h), GPU
+// sampling, CUDA graphs for decode steps (one per padded batch-size bucket).
+//
+// Step data flow (T tokens, R = rows whose logits are wanted):
+//   a = LN_in0(emb[ids])                                   add_layernorm (gather)
+//   per layer: qkv = a Wqkv^T                              cuBLAS
+//              q, K/V cache <- rotary(qkv + b)             qkv_rotary_kv_write
+//              att = paged attention(q)                    paged_attention
+//              d = att Wd^T;  m = LN_post(a*alpha + d + bd)  cuBLAS + add_layernorm
+//              f = gelu(m W1^T + b1)                       cuBLAS + bias_gelu
+//              d = f W2^T;  a = LN_next(m*alpha + d + b2)  cuBLAS + add_layernorm
+//   (the last layer's LN is the final LN, over the R selected rows only)
+//   logits[R, vocab] (fp32) = h lm_head^T                  cuBLAS
+// then repetition penalty, argmax / sampling on the GPU.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "engine.h"
+#include "model_runner.h"
+#include "rng.h"
+#include "weights.h"
+#include "cuda/cuda_check.h"
+#include "cuda/gemm.h"
+#include "cuda/kernels.h"
+
+namespace glm {
+namespace {
+
+using cuda::Gemm;
+
+template <typename T>
+T* dev_alloc(size_t count) {
+  void* p = nullptr;
+  GLM_CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)));
+  return static_cast<T*>(p);
+}
+
+struct Layer {
+  __half *wqkv = nullptr, *wdense = nullptr, *w1 = nullptr, *w2 = nullptr;
+  float *bqkv = nullptr, *bdense = nullptr, *b1 = nullptr, *b2 = nullptr;
+  float *ln_in_w = nullptr, *ln_in_b = nullptr, *ln_post_w = nullptr, *ln_post_b = nullptr;
+};
+
+// Padded batch sizes that get their own decode graph.
+std::vector<int> make_buckets(int max_seqs) {
+  std::vector<int> b = {1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256};
+  for (int x = 320; x < max_seqs + 64; x += 64) b.push_back(x);
+  std::vector<int> out;
+  for (int x : b) {
+    if (x >= max_seqs) {
+      out.push_back(max_seqs);
+      break;
+    }
+    out.push_back(x);
+  }
+  return out;
+}
+
+class CudaRunner final : public ModelRunner {
+ public:
+  CudaRunner(const ModelConfig& cfg, const EngineOptions& opts);
+  ~CudaRunner() override;
+
+  int64_t kv_block_bytes(int block_size) const override {
+    return 2ll * cfg_.num_layers * block_size * cfg_.hidden_size * static_cast<int64_t>(sizeof(__half));
+  }
+  int plan_kv_blocks(const EngineOptions& opts) const override;
+  void allocate_kv_cache(int num_blocks, int block_size) override;
+  void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
+
+ private:
+  // Device metadata of a step, packed for (T, S) = (tokens, seqs) with fixed
+  // offsets given the padded sizes, so that a graph captured for a bucket
+  // reads the same addresses every step.
+  struct Meta {
+    int32_t *tokens, *pos, *bpos, *slot, *tok_seq, *n_keys, *sel_rows, *tables;
+  };
+  Meta meta_at(int32_t* base, int T, int /*S*/) const {
+    Meta m;
+    m.tokens = base;
+    m.pos = base + T;
+    m.bpos = base + 2 * T;
+    m.slot = base + 3 * T;
+    m.tok_seq = base + 4 * T;
+    m.n_keys = base + 5 * T;
+    m.sel_rows = base + 6 * T;  // [R <= T]
+    m.tables = base + 7 * T;    // [S, mbps_]
+    return m;
+  }
+  size_t meta_ints(int T, int S) const { return 7 * (size_t)T + (size_t)S * mbps_; }
+
+  void load_weights_from(const ModelWeights& w);
+  void init_random_weights(uint64_t seed);
+  void alloc_activations(int max_tokens);
+  void free_activations();
+  void run_model(const Meta& m, int T, int R, float* logits);
+  void upload_half(__half* dst, const TensorView& t, const char* name);
+  void upload_float(float* dst, const TensorView& t, const char* name);
+  void clear_graphs();
+  void ensure_host(size_t ints);
+
+  ModelConfig cfg_;
+  EngineOptions opts_;
+  int H_ = 0, I_ = 0, V_ = 0, L_ = 0, heads_ = 0, hd_ = 0;
+  float alpha_ = 0.f;
+  bool fp16_angles_ = false;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Gemm> gemm_;
+
+  // weights
+  __half* emb_ = nullptr;
+  __half* lm_head_ = nullptr;
+  float *lnf_w_ = nullptr, *lnf_b_ = nullptr, *inv_freq_ = nullptr;
+  std::vector<Layer> layers_;
+  std::vector<void*> allocations_;
+
+  // KV cache
+  __half* kv_ = nullptr;
+  int num_blocks_ = 0, block_size_ = 0, mbps_ = 0;
+  std::vector<__half*> k_layer_, v_layer_;
+
+  // activations
+  int max_tokens_ = 0, max_seqs_ = 0;
+  __half *a_ = nullptr, *m_ = nullptr, *qkv_ = nullptr, *q_ = nullptr, *att_ = nullptr, *d_ = nullptr,
+         *f_ = nullptr, *hfinal_ = nullptr;
+  float* logits_ = nullptr;       // [max_seqs, V]
+  float* dbg_logits_ = nullptr;   // [dbg_rows, V], debug_forward only
+  int dbg_rows_ = 0;
+  int32_t* meta_dev_ = nullptr;   // meta_ints(max_tokens_, max_seqs_)
+  int32_t* meta_host_ = nullptr;  // pinned
+  size_t meta_host_ints_ = 0;
+  int32_t* out_dev_ = nullptr;    // [max_seqs]
+  int32_t* out_host_ = nullptr;   // pinned [max_seqs]
+  // sampling staging
+  void* samp_ws_ = nullptr;
+  size_t samp_ws_bytes_ = 0;
+  char* samp_dev_ = nullptr;
+  char* samp_host_ = nullptr;
+  size_t samp_cap_ = 0;
+
+  std::vector<int> buckets_;
+  std::map<int, cudaGraphExec_t> graphs_;
+};
+
+CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_(cfg), opts_(opts) {
+  if (opts.dtype != "fp16" && opts.dtype != "float16")
+    throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cuda (use fp16)");
+  if (opts.int8 || cfg.int8)
+    throw EngineError("device cuda: INT8 weight-only mode is not implemented in the CUDA back-end yet");
+  H_ = cfg.hidden_size;
+  I_ = cfg.inner_hidden_size;
+  V_ = cfg.vocab_size;
+  L_ = cfg.num_layers;
+  heads_ = cfg.num_attention_heads;
+  hd_ = cfg.head_dim;
+  alpha_ = cfg.residual_alpha();
+  if (hd_ != 4 && hd_ != 8 && hd_ != 16 && hd_ != 32 && hd_ != 64 && hd_ != 128)
+    throw EngineError("device cuda: head_dim " + std::to_string(hd_) + " is not supported (4..128, power of two)");
+  if (H_ % 2 || I_ % 2) throw EngineError("device cuda: hidden and inner sizes must be even");
+  const char* rot = std::getenv("GLM_CUDA_ROTARY_FP16");
+  fp16_angles_ = rot && std::string(rot) == "1";
+
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0)
+    throw EngineError("device cuda: no CUDA device is visible");
+  if (opts.device_id >= ndev)
+    throw EngineError("device_id " + std::to_string(opts.device_id) + " but only " + std::to_string(ndev) +
+                      " CUDA device(s)");
+  try {
+    GLM_CUDA_CHECK(cudaSetDevice(opts.device_id));
+    GLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    gemm_ = std::make_unique<Gemm>();
+    gemm_->set_stream(stream_);
+
+    // weights
+    const size_t HH = (size_t)H_ * H_;
+    auto alloc_h = [&](size_t n) {
+      __half* p = dev_alloc<__half>(n);
+      allocations_.push_back(p);
+      return p;
+    };
+    auto alloc_f = [&](size_t n) {
+      float* p = dev_alloc<float>(n);
+      allocations_.push_back(p);
+      return p;
+    };
+    emb_ = alloc_h((size_t)V_ * H_);
+    lm_head_ = alloc_h((size_t)V_ * H_);
+    lnf_w_ = alloc_f(H_);
+    lnf_b_ = alloc_f(H_);
+    layers_.resize(L_);
+    for (Layer& l : layers_) {
+      l.wqkv = alloc_h(3 * HH);
+      l.wdense = alloc_h(HH);
+      l.w1 = alloc_h((size_t)I_ * H_);
+      l.w2 = alloc_h((size_t)H_ * I_);
+      l.bqkv = alloc_f(3 * (size_t)H_);
+      l.bdense = alloc_f(H_);
+      l.b1 = alloc_f(I_);
+      l.b2 = alloc_f(H_);
+      l.ln_in_w = alloc_f(H_);
+      l.ln_in_b = alloc_f(H_);
+      l.ln_post_w = alloc_f(H_);
+      l.ln_post_b = alloc_f(H_);
+    }
+    if (opts.random_weights) {
+      init_random_weights(opts.weights_seed);
+    } else {
+      ModelWeights w = load_weights(opts.checkpoint_dir, cfg);
+      load_weights_from(w);
+    }
+    // rotary table: as the CPU runner (fp16-rounded inv_freq)
+    const int half = hd_ / 2;
+    std::vector<float> invf;
+    for (int j = 0; j < half / 2; ++j)
+      invf.push_back(round_to_f16(static_cast<float>(1.0 / std::pow(10000.0, (2.0 * j) / half))));
+    inv_freq_ = alloc_f(invf.size());
+    GLM_CUDA_CHECK(cudaMemcpy(inv_freq_, invf.data(), invf.size() * sizeof(float), cudaMemcpyHostToDevice));
+
+    max_seqs_ = std::max(1, opts.max_running_seqs);
+    mbps_ = (cfg.max_sequence_length + opts.block_size - 1) / std::max(1, opts.block_size);
+    alloc_activations(std::max(opts.max_batched_tokens, cfg.max_sequence_length) + max_seqs_);
+    logits_ = alloc_f((size_t)max_seqs_ * V_);
+    out_dev_ = dev_alloc<int32_t>(max_seqs_);
+    allocations_.push_back(out_dev_);
+    GLM_CUDA_CHECK(cudaMallocHost(&out_host_, sizeof(int32_t) * max_seqs_));
+    samp_ws_bytes_ = cuda::sample_workspace_bytes(max_seqs_, V_);
+    GLM_CUDA_CHECK(cudaMalloc(&samp_ws_, samp_ws_bytes_));
+    buckets_ = make_buckets(max_seqs_);
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  } catch (const EngineError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw EngineError(std::string("device cuda: ") + e.what());
+  }
+}
+
+CudaRunner::~CudaRunner() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  clear_graphs();
+  free_activations();
+  for (void* p : allocations_) cudaFree(p);
+  if (kv_) cudaFree(kv_);
+  if (dbg_logits_) cudaFree(dbg_logits_);
+  if (out_host_) cudaFreeHost(out_host_);
+  if (samp_ws_) cudaFree(samp_ws_);
+  if (samp_dev_) cudaFree(samp_dev_);
+  if (samp_host_) cudaFreeHost(samp_host_);
+  gemm_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaRunner::alloc_activations(int max_tokens) {
+  free_activations();
+  max_tokens_ = max_tokens;
+  const size_t T = max_tokens;
+  a_ = dev_alloc<__half>(T * H_);
+  m_ = dev_alloc<__half>(T * H_);
+  qkv_ = dev_alloc<__half>(T * 3 * H_);
+  q_ = dev_alloc<__half>(T * H_);
+  att_ = dev_alloc<__half>(T * H_);
+  d_ = dev_alloc<__half>(T * H_);
+  f_ = dev_alloc<__half>(T * I_);
+  hfinal_ = dev_alloc<__half>(T * H_);
+  meta_dev_ = dev_alloc<int32_t>(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
+  ensure_host(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
+}
+
+void CudaRunner::free_activations() {
+  for (void* p : {(void*)a_, (void*)m_, (void*)qkv_, (void*)q_, (void*)att_, (void*)d_, (void*)f_,
+                  (void*)hfinal_, (void*)meta_dev_})
+    if (p) cudaFree(p);
+  a_ = m_ = qkv_ = q_ = att_ = d_ = f_ = hfinal_ = nullptr;
+  meta_dev_ = nullptr;
+}
+
+void CudaRunner::ensure_host(size_t ints) {
+  if (ints <= meta_host_ints_) return;
+  if (meta_host_) cudaFreeHost(meta_host_);
+  meta_host_ = nullptr;
+  GLM_CUDA_CHECK(cudaMallocHost(&meta_host_, ints * sizeof(int32_t)));
+  meta_host_ints_ = ints;
+}
+
+void CudaRunner::clear_graphs() {
+  for (auto& kv : graphs_) cudaGraphExecDestroy(kv.second);
+  graphs_.clear();
+}
+
+void CudaRunner::upload_half(__half* dst, const TensorView& t, const char* name) {
+  const int64_t n = t.numel();
+  if (t.dtype == DType::kF16) {
+    GLM_CUDA_CHECK(cudaMemcpy(dst, t.data, (size_t)n * 2, cudaMemcpyHostToDevice));
+  } else if (t.dtype == DType::kF32) {
+    // in slices, through a device fp32 buffer
+    const int64_t chunk = 64ll << 20;
+    float* tmp = dev_alloc<float>((size_t)std::min(n, chunk));
+    for (int64_t i = 0; i < n; i += chunk) {
+      const int64_t c = std::min(chunk, n - i);
+      GLM_CUDA_CHECK(cudaMemcpy(tmp, static_cast<const char*>(t.data) + i * 4, (size_t)c * 4,
+                                cudaMemcpyHostToDevice));
+      cuda::float_to_half(tmp, dst + i, c, stream_);
+      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
+    cudaFree(tmp);
+  } else {
+    throw EngineError(std::string("device cuda: tensor ") + name + " has dtype " + dtype_name(t.dtype));
+  }
+}
+
+void CudaRunner::upload_float(float* dst, const TensorView& t, const char* name) {
+  std::vector<float> h(static_cast<size_t>(t.numel()));
+  if (t.dtype != DType::kF16 && t.dtype != DType::kF32)
+    throw EngineError(std::string("device cuda: tensor ") + name + " has dtype " + dtype_name(t.dtype));
+  to_float(t, h.data());
+  GLM_CUDA_CHECK(cudaMemcpy(dst, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+void CudaRunner::load_weights_from(const ModelWeights& w) {
+  upload_half(emb_, w.word_embeddings, "word_embeddings");
+  upload_half(lm_head_, w.lm_head.weight, "lm_head");
+  upload_float(lnf_w_, w.final_layernorm_weight, "final_layernorm.weight");
+  upload_float(lnf_b_, w.final_layernorm_bias, "final_layernorm.bias");
+  for (int i = 0; i < L_; ++i) {
+    const LayerWeights& s = w.layers[i];
+    Layer& d = layers_[i];
+    upload_half(d.wqkv, s.query_key_value.weight, "query_key_value.weight");
+    upload_half(d.wdense, s.dense.weight, "dense.weight");
+    upload_half(d.w1, s.dense_h_to_4h.weight, "dense_h_to_4h.weight");
+    upload_half(d.w2, s.dense_4h_to_h.weight, "dense_4h_to_h.weight");
+    upload_float(d.bqkv, s.query_key_value.bias, "query_key_value.bias");
+    upload_float(d.bdense, s.dense.bias, "dense.bias");
+    upload_float(d.b1, s.dense_h_to_4h.bias, "dense_h_to_4h.bias");
+    upload_float(d.b2, s.dense_4h_to_h.bias, "dense_4h_to_h.bias");
+    upload_float(d.ln_in_w, s.input_layernorm_weight, "input_layernorm.weight");
+    upload_float(d.ln_in_b, s.input_layernorm_bias, "input_layernorm.bias");
+    upload_float(d.ln_post_w, s.post_attention_layernorm_weight, "post_attention_layernorm.weight");
+    upload_float(d.ln_post_b, s.post_attention_layernorm_bias, "post_attention_layernorm.bias");
+  }
+}
+
+// The values of weights.cc random_weights(), generated on the GPU: tensor k
+// (1-based, in checkpoint slot order) uses tseed = splitmix64(seed ^ k*golden),
+// element i = amp * (2 u(tseed, i) - 1); layernorm weights are 1; amp is 0.02
+// for biases, 1 for the embedding, 1/sqrt(fan_in) for matrices. Matrices are
+// rounded to fp16, vectors kept in fp32.
+void CudaRunner::init_random_weights(uint64_t seed) {
+  uint64_t k = 0;
+  auto tseed = [&]() { return splitmix64(seed ^ ((++k) * 0x9E3779B97F4A7C15ull)); };
+  auto mat = [&](__half* p, int64_t out, int64_t in, float amp) {
+    cuda::fill_uniform_half(p, out * in, tseed(), amp, stream_);
+  };
+  auto bias = [&](float* p, int64_t n) { cuda::fill_uniform_float(p, n, tseed(), 0.02f, stream_); };
+  auto norm_w = [&](float* p, int64_t n) {
+    ++k;
+    cuda::fill_const_float(p, n, 1.0f, stream_);
+  };
+  auto inv_sqrt = [](int64_t fan_in) { return 1.0f / std::sqrt(static_cast<float>(fan_in)); };
+  mat(emb_, V_, H_, 1.0f);
+  for (Layer& l : layers_) {
+    norm_w(l.ln_in_w, H_);
+    bias(l.ln_in_b, H_);
+    mat(l.wqkv, 3ll * H_, H_, inv_sqrt(H_));
+    bias(l.bqkv, 3ll * H_);
+    mat(l.wdense, H_, H_, inv_sqrt(H_));
+    bias(l.bdense, H_);
+    norm_w(l.ln_post_w, H_);
+    bias(l.ln_post_b, H_);
+    mat(l.w1, I_, H_, inv_sqrt(H_));
+    bias(l.b1, I_);
+    mat(l.w2, H_, I_, inv_sqrt(I_));
+    bias(l.b2, H_);
+  }
+  norm_w(lnf_w_, H_);
+  bias(lnf_b_, H_);
+  mat(lm_head_, V_, H_, inv_sqrt(H_));
+  GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+int CudaRunner::plan_kv_blocks(const EngineOptions& opts) const {
+  if (opts.num_kv_blocks > 0) return opts.num_kv_blocks;
+  size_t free_b = 0, total_b = 0;
+  GLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  const double fraction = opts.kv_cache_fraction > 0 && opts.kv_cache_fraction <= 1 ? opts.kv_cache_fraction : 0.9;
+  // Keep room for cuBLAS, graphs and the debug logits buffer.
+  const int64_t reserve = 1ll << 30;
+  const int64_t usable = static_cast<int64_t>(static_cast<double>(free_b) * fraction) - reserve;
+  const int64_t by_bytes = usable / kv_block_bytes(opts.block_size);
+  const int64_t per_seq = (cfg_.max_sequence_length + opts.block_size - 1) / opts.block_size;
+  const int64_t cap = per_seq * std::max(1, opts.max_running_seqs);
+  const int64_t n = std::min(by_bytes, cap);
+  if (n < 1)
+    throw EngineError("device cuda: no GPU memory left for the KV cache (" + std::to_string(free_b >> 20) +
+                      " MiB free after the weights)");
+  return static_cast<int>(std::min<int64_t>(n, 1 << 30));
+}
+
+void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
+  if (block_size != opts_.block_size)
+    throw EngineError("device cuda: allocate_kv_cache block_size differs from the engine option");
+  if (kv_) cudaFree(kv_);
+  kv_ = nullptr;
+  clear_graphs();
+  num_blocks_ = num_blocks;
+  block_size_ = block_size;
+  const size_t per = (size_t)num_blocks * block_size * H_;  // one layer's K (or V)
+  cudaError_t e = cudaMalloc(&kv_, per * 2 * L_ * sizeof(__half));
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw EngineError("device cuda: cannot allocate the KV cache (" + std::to_string(num_blocks) + " blocks, " +
+                      std::to_string((per * 2 * L_ * 2) >> 20) + " MiB): " + cudaGetErrorString(e));
+  }
+  k_layer_.resize(L_);
+  v_layer_.resize(L_);
+  for (int l = 0; l < L_; ++l) {
+    k_layer_[l] = kv_ + (size_t)(2 * l) * per;
+    v_layer_[l] = kv_ + (size_t)(2 * l + 1) * per;
+  }
+}
+
+void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
+  cudaStream_t s = stream_;
+  const float eps = cfg_.layernorm_epsilon;
+  cuda::RotaryParams rp;
+  rp.heads = heads_;
+  rp.head_dim = hd_;
+  rp.block_size = block_size_;
+  rp.inv_freq = inv_freq_;
+  rp.fp16_angles = fp16_angles_;
+  cuda::AttentionParams ap;
+  ap.heads = heads_;
+  ap.head_dim = hd_;
+  ap.block_size = block_size_;
+  ap.max_blocks_per_seq = mbps_;
+  ap.max_keys = cfg_.max_sequence_length;
+  ap.scale = 1.0f / std::sqrt(static_cast<float>(hd_));
+
+  cuda::add_layernorm(nullptr, 0.f, emb_, nullptr, m.tokens, layers_[0].ln_in_w, layers_[0].ln_in_b, eps, a_, T,
+                      H_, s);
+  for (int l = 0; l < L_; ++l) {
+    const Layer& w = layers_[l];
+    gemm_->linear(a_, w.wqkv, qkv_, T, H_, 3 * H_);
+    cuda::qkv_rotary_kv_write(qkv_, w.bqkv, m.pos, m.bpos, m.slot, rp, q_, k_layer_[l], v_layer_[l], T, s);
+    cuda::paged_attention(q_, k_layer_[l], v_layer_[l], m.tok_seq, m.n_keys, m.tables, ap, att_, T, s);
+    gemm_->linear(att_, w.wdense, d_, T, H_, H_);
+    cuda::add_layernorm(a_, alpha_, d_, w.bdense, nullptr, w.ln_post_w, w.ln_post_b, eps, m_, T, H_, s);
+    gemm_->linear(m_, w.w1, f_, T, H_, I_);
+    cuda::bias_gelu(f_, w.b1, T, I_, s);
+    gemm_->linear(f_, w.w2, d_, T, I_, H_);
+    if (l + 1 < L_) {
+      const Layer& nx = layers_[l + 1];
+      cuda::add_layernorm(m_, alpha_, d_, w.b2, nullptr, nx.ln_in_w, nx.ln_in_b, eps, a_, T, H_, s);
+    } else {
+      cuda::add_layernorm(m_, alpha_, d_, w.b2, m.sel_rows, lnf_w_, lnf_b_, eps, hfinal_, R, H_, s);
+    }
+  }
+  gemm_->linear_f32out(hfinal_, lm_head_, logits, R, H_, V_);
+}
+
+void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) {
+  if (!kv_) throw EngineError("cuda runner: forward before allocate_kv_cache");
+  const int S = static_cast<int>(batch.seqs.size());
+  if (S == 0) return;
+  if (S > max_seqs_) throw EngineError("cuda runner: more sequences in a step than max_running_seqs");
+  int T = 0;
+  bool decode_only = !batch.want_all_logits;
+  for (const SeqBatchEntry& e : batch.seqs) {
+    if (e.num_tokens < 1) throw EngineError("cuda runner: a sequence with no tokens in the batch");
+    const int total = e.num_cached + e.num_tokens;
+    if (total > cfg_.max_sequence_length) throw EngineError("cuda runner: sequence longer than max_sequence_length");
+    if (e.num_blocks > mbps_ || static_cast<int64_t>(e.num_blocks) * block_size_ < total)
+      throw EngineError("cuda runner: block table too short for the sequence");
+    for (int b = 0; b < e.num_blocks; ++b)
+      if (e.block_table[b] < 0 || e.block_table[b] >= num_blocks_) throw EngineError("cuda runner: bad KV block id");
+    for (int j = 0; j < e.num_tokens; ++j)
+      if (e.tokens[j] < 0 || e.tokens[j] >= V_) throw EngineError("cuda runner: token id out of range");
+    T += e.num_tokens;
+    if (e.num_tokens != 1) decode_only = false;
+  }
+  try {
+    if (T > max_tokens_) {
+      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      clear_graphs();
+      alloc_activations(T + max_seqs_);
+    }
+    const int R = batch.want_all_logits ? T : S;
+    // Padding to a graph bucket (decode steps only).
+    int Tp = T, Sp = S;
+    const bool use_graph = decode_only && opts_.use_cuda_graphs;
+    if (use_graph) {
+      Sp = *std::lower_bound(buckets_.begin(), buckets_.end(), S);
+      Tp = Sp;
+    }
+    const size_t nints = meta_ints(Tp, Sp);
+    ensure_host(nints);
+    Meta h = meta_at(meta_host_, Tp, Sp);
+    std::fill(meta_host_, meta_host_ + nints, 0);
+    int row = 0;
+    for (int i = 0; i < S; ++i) {
+      const SeqBatchEntry& e = batch.seqs[i];
+      const int total = e.num_cached + e.num_tokens;
+      std::memcpy(h.tables + (size_t)i * mbps_, e.block_table, sizeof(int32_t) * e.num_blocks);
+      for (int j = 0; j < e.num_tokens; ++j, ++row) {
+        const int t = e.num_cached + j;
+        h.tokens[row] = e.tokens[j];
+        h.pos[row] = e.position_ids[j];
+        h.bpos[row] = e.block_position_ids[j];
+        h.slot[row] = e.block_table[t / block_size_] * block_size_ + t % block_size_;
+        h.tok_seq[row] = i;
+        h.n_keys[row] = std::min(total, std::max(e.context_length, t + 1));
+        if (batch.want_all_logits) h.sel_rows[row] = row;
+      }
+      if (!batch.want_all_logits) h.sel_rows[i] = row - 1;
+    }
+    for (int r = T; r < Tp; ++r) {
+      h.slot[r] = -1;  // padding: no KV write, no attention (n_keys 0)
+      h.sel_rows[r] = r;
+    }
+    GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, meta_host_, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    const Meta dm = meta_at(meta_dev_, Tp, Sp);
+
+    float* logits = logits_;
+    if (batch.want_all_logits) {
+      if (R > dbg_rows_) {
+        if (dbg_logits_) cudaFree(dbg_logits_);
+        dbg_logits_ = nullptr;
+        dbg_logits_ = dev_alloc<float>((size_t)R * V_);
+        dbg_rows_ = R;
+      }
+      logits = dbg_logits_;
+    }
+    if (use_graph) {
+      auto it = graphs_.find(Sp);
+      if (it == graphs_.end()) {
+        cudaGraph_t g = nullptr;
+        GLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+        try {
+          run_model(dm, Tp, Sp, logits_);
+        } catch (...) {
+          cudaStreamEndCapture(stream_, &g);
+          if (g) cudaGraphDestroy(g);
+          throw;
+        }
+        GLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+        cudaGraphExec_t ge = nullptr;
+        GLM_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+        cudaGraphDestroy(g);
+        it = graphs_.emplace(Sp, ge).first;
+      }
+      GLM_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+    } else {
+      run_model(dm, Tp, R, logits);
+    }
+
+    if (batch.want_all_logits) {
+      all_logits->resize((size_t)R * V_);
+      GLM_CUDA_CHECK(cudaMemcpyAsync(all_logits->data(), logits, (size_t)R * V_ * sizeof(float),
+                                     cudaMemcpyDeviceToHost, stream_));
+      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      return;
+    }
+
+    // Sampling inputs: penalty rows (+ history), sampled rows (+ params).
+    std::vector<int32_t> pen_rows, hist_off(1, 0), hist, samp_rows;
+    std::vector<float> pen;
+    std::vector<cuda::SampleRowParams> sp;
+    for (int i = 0; i < S; ++i) {
+      const SeqBatchEntry& e = batch.seqs[i];
+      const SamplingParams& p = *e.params;
+      if (p.repetition_penalty != 1.0f && e.history_len > 0) {
+        pen_rows.push_back(i);
+        pen.push_back(p.repetition_penalty);
+        hist.insert(hist.end(), e.history, e.history + e.history_len);
+        hist_off.push_back(static_cast<int32_t>(hist.size()));
+      }
+      if (p.temperature != 0.0f) {
+        samp_rows.push_back(i);
+        sp.push_back(cuda::SampleRowParams{p.temperature, p.top_k, p.top_p, p.seed, e.rng_offset});
+      }
+    }
+    if (!pen_rows.empty() || !samp_rows.empty()) {
+      auto al = [](size_t x) { return (x + 255) & ~size_t(255); };
+      const size_t o_pr = 0, o_pen = al(o_pr + pen_rows.size() * 4), o_hoff = al(o_pen + pen.size() * 4),
+                   o_hist = al(o_hoff + hist_off.size() * 4), o_sr = al(o_hist + hist.size() * 4),
+                   o_sp = al(o_sr + samp_rows.size() * 4), total = al(o_sp + sp.size() * sizeof(cuda::SampleRowParams));
+      if (total > samp_cap_) {
+        GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        if (samp_dev_) cudaFree(samp_dev_);
+        if (samp_host_) cudaFreeHost(samp_host_);
+        samp_dev_ = nullptr;
+        samp_host_ = nullptr;
+        samp_cap_ = total * 2;
+        GLM_CUDA_CHECK(cudaMalloc(&samp_dev_, samp_cap_));
+        GLM_CUDA_CHECK(cudaMallocHost(&samp_host_, samp_cap_));
+      }
+      auto put = [&](size_t off, const void* src, size_t n) {
+        if (n) std::memcpy(samp_host_ + off, src, n);
+      };
+      put(o_pr, pen_rows.data(), pen_rows.size() * 4);
+      put(o_pen, pen.data(), pen.size() * 4);
+      put(o_hoff, hist_off.data(), hist_off.size() * 4);
+      put(o_hist, hist.data(), hist.size() * 4);
+      put(o_sr, samp_rows.data(), samp_rows.size() * 4);
+      put(o_sp, sp.data(), sp.size() * sizeof(cuda::SampleRowParams));
+      GLM_CUDA_CHECK(cudaMemcpyAsync(samp_dev_, samp_host_, total, cudaMemcpyHostToDevice, stream_));
+      if (!pen_rows.empty())
+        cuda::repetition_penalty(logits_, V_, reinterpret_cast<int32_t*>(samp_dev_ + o_pr),
+                                 reinterpret_cast<float*>(samp_dev_ + o_pen), reinterpret_cast<int32_t*>(samp_dev_ + o_hist),
+                                 reinterpret_cast<int32_t*>(samp_dev_ + o_hoff), (int)pen_rows.size(), stream_);
+      cuda::argmax_rows(logits_, V_, S, out_dev_, stream_);
+      if (!samp_rows.empty())
+        cuda::sample_rows(logits_, V_, reinterpret_cast<int32_t*>(samp_dev_ + o_sr),
+                          reinterpret_cast<cuda::SampleRowParams*>(samp_dev_ + o_sp), (int)samp_rows.size(), samp_ws_,
+                          samp_ws_bytes_, out_dev_, stream_);
+    } else {
+      cuda::argmax_rows(logits_, V_, S, out_dev_, stream_);
+    }
+    GLM_CUDA_CHECK(cudaMemcpyAsync(out_host_, out_dev_, sizeof(int32_t) * S, cudaMemcpyDeviceToHost, stream_));
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::memcpy(next_tokens, out_host_, sizeof(int32_t) * S);
+  } catch (const EngineError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw EngineError(std::string("cuda runner: ") + e.what());
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig& cfg, const EngineOptions& opts) {
+  return std::make_unique<CudaRunner>(cfg, opts);
+}
+
+}  // namespace glm

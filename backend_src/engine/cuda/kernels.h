@@ -1,0 +1,106 @@
+// Launchers of the CUDA back-end's kernels. Every launcher checks its
+// arguments (throws std::invalid_argument naming the bad one), launches on the
+// given stream and checks the launch (throws std::runtime_error). Nothing here
+// synchronises. Pointers are device pointers unless named h_*.
+//
+// Layouts (row-major):
+//   activations      [tokens, features] fp16
+//   small vectors    (biases, layernorm gamma/beta) fp32
+//   paged KV cache   one array per layer for K and one for V:
+//                    [num_blocks, heads, block_size, head_dim] fp16;
+//                    token slot s lives in block s / block_size at offset s % block_size.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace glm {
+namespace cuda {
+
+// ---- layernorm.cu -------------------------------------------------------
+// out[i] = LN(x_i) with x_i = alpha * resid[r] + y[r] + y_bias, r = in_rows ? in_rows[i] : i.
+// resid and y_bias may be null; y is required. Math in fp32; gamma/beta fp32.
+// This one kernel is: embedding gather + LN (resid null, in_rows = token ids),
+// the alpha-residual + bias + LN between sub-layers, and the final LN of
+// selected rows (in_rows = rows whose logits are wanted).
+void add_layernorm(const __half* resid, float alpha, const __half* y, const float* y_bias,
+                   const int32_t* in_rows, const float* gamma, const float* beta, float eps,
+                   __half* out, int rows, int hidden, cudaStream_t stream);
+
+// x[i, j] = gelu_tanh(x[i, j] + bias[j]) in place, fp32 math. bias may be null.
+void bias_gelu(__half* x, const float* bias, int rows, int cols, cudaStream_t stream);
+
+// ---- rotary.cu ----------------------------------------------------------
+struct RotaryParams {
+  int heads = 0;
+  int head_dim = 0;          // 4..128, a power of two >= 4
+  int block_size = 0;        // KV block size in tokens
+  const float* inv_freq = nullptr;  // [head_dim / 4] (already rounded as the model wants)
+  bool fp16_angles = false;  // THUDM fp16 quirk: angle and cos/sin rounded to fp16
+};
+// qkv [T, heads * 3 * head_dim] (per head: q | k | v) + bias (fp32, may be null):
+// 2D rotary on q and k (first half of head_dim with pos, second half with
+// block_pos), q written to q_out [T, heads, head_dim], k and v written into the
+// paged cache at slot[t] (slot < 0: not written).
+void qkv_rotary_kv_write(const __half* qkv, const float* bias, const int32_t* pos,
+                         const int32_t* block_pos, const int32_t* slot, const RotaryParams& p,
+                         __half* q_out, __half* k_cache, __half* v_cache, int tokens,
+                         cudaStream_t stream);
+
+// ---- attention.cu -------------------------------------------------------
+// Paged attention, one query token per (head, token) block: token t of the
+// batch belongs to sequence tok_seq[t] and sees keys 0 .. n_keys[t]-1 of that
+// sequence (the engine's mask rule reduces to a prefix: s < max(c, t+1)).
+// n_keys[t] == 0: the output row is written as zeros (padding).
+// block_tables [num_seqs, max_blocks_per_seq]. Softmax in fp32, scores scaled
+// by `scale`; out [T, heads * head_dim].
+struct AttentionParams {
+  int heads = 0;
+  int head_dim = 0;          // 4, 8, 16, 32, 64 or 128
+  int block_size = 0;
+  int max_blocks_per_seq = 0;
+  int max_keys = 0;          // upper bound of n_keys (sizes shared memory)
+  float scale = 0.f;
+};
+void paged_attention(const __half* q, const __half* k_cache, const __half* v_cache,
+                     const int32_t* tok_seq, const int32_t* n_keys, const int32_t* block_tables,
+                     const AttentionParams& p, __half* out, int tokens, cudaStream_t stream);
+
+// ---- sampling.cu --------------------------------------------------------
+// Repetition penalty (HF) on rows of fp32 logits [rows, vocab]: for row r =
+// rows_idx[i], every distinct id in hist[hist_off[i] .. hist_off[i+1]) gets
+// logit < 0 ? logit * penalty[i] : logit / penalty[i].
+void repetition_penalty(float* logits, int vocab, const int32_t* rows_idx, const float* penalty,
+                        const int32_t* hist, const int32_t* hist_off, int n, cudaStream_t stream);
+
+// out[r] = argmax of logits row r (lowest id on ties; NaN never wins).
+void argmax_rows(const float* logits, int vocab, int rows, int32_t* out, cudaStream_t stream);
+
+// Temperature / top-k / top-p sampling of rows rows_idx[0..n) (see sampling.cu
+// for the exact semantics, the CPU sampler's). Needs a workspace from
+// sample_workspace_bytes(n, vocab). Writes out[rows_idx[i]].
+struct SampleRowParams {
+  float temperature;   // > 0
+  int top_k;           // 0 = off
+  float top_p;         // (0, 1]
+  uint64_t seed;
+  uint64_t rng_offset;
+};
+size_t sample_workspace_bytes(int n, int vocab);
+void sample_rows(const float* logits, int vocab, const int32_t* rows_idx,
+                 const SampleRowParams* params, int n, void* workspace, size_t workspace_bytes,
+                 int32_t* out, cudaStream_t stream);
+
+// ---- init.cu ------------------------------------------------------------
+// x[i] = amp * (2 * uniform01(tseed, i) - 1) (rng.h), rounded to fp16 / kept in
+// fp32: exactly what the engine's random_weights() writes for one tensor.
+void fill_uniform_half(__half* x, int64_t n, uint64_t tseed, float amp, cudaStream_t stream);
+void fill_uniform_float(float* x, int64_t n, uint64_t tseed, float amp, cudaStream_t stream);
+void fill_const_float(float* x, int64_t n, float value, cudaStream_t stream);
+void float_to_half(const float* in, __half* out, int64_t n, cudaStream_t stream);
+void half_to_float(const __half* in, float* out, int64_t n, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace glm

@@ -1,0 +1,116 @@
+// Layernorm with the alpha-residual and bias fused in; bias + GeLU.
+#include "cuda_check.h"
+#include "kernels.h"
+
+namespace glm {
+namespace cuda {
+namespace {
+
+constexpr int kLnThreads = 256;
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  __syncthreads();  // red may still be read by a previous call
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float t = 0.f;
+  const int nw = blockDim.x >> 5;
+  for (int i = 0; i < nw; ++i) t += red[i];
+  return t;
+}
+
+__global__ void __launch_bounds__(kLnThreads)
+    add_layernorm_kernel(const __half* __restrict__ resid, float alpha, const __half* __restrict__ y,
+                         const float* __restrict__ y_bias, const int32_t* __restrict__ in_rows,
+                         const float* __restrict__ gamma, const float* __restrict__ beta, float eps,
+                         __half* __restrict__ out, int hidden) {
+  extern __shared__ float xs[];  // [hidden]
+  __shared__ float red[32];
+  const int row = blockIdx.x;
+  const int64_t src = in_rows ? (int64_t)in_rows[row] : (int64_t)row;
+  const __half2* y2 = reinterpret_cast<const __half2*>(y + src * hidden);
+  const __half2* r2 = resid ? reinterpret_cast<const __half2*>(resid + src * hidden) : nullptr;
+  const int h2 = hidden >> 1;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < h2; i += blockDim.x) {
+    float2 v = __half22float2(y2[i]);
+    if (r2) {
+      float2 r = __half22float2(r2[i]);
+      v.x += alpha * r.x;
+      v.y += alpha * r.y;
+    }
+    if (y_bias) {
+      v.x += y_bias[2 * i];
+      v.y += y_bias[2 * i + 1];
+    }
+    xs[2 * i] = v.x;
+    xs[2 * i + 1] = v.y;
+    s += v.x + v.y;
+  }
+  const float mean = block_sum(s, red) / hidden;
+  float q = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float d = xs[i] - mean;
+    q += d * d;
+  }
+  const float var = block_sum(q, red) / hidden;
+  const float rstd = rsqrtf(var + eps);
+  __half2* o2 = reinterpret_cast<__half2*>(out + (int64_t)row * hidden);
+  for (int i = threadIdx.x; i < h2; i += blockDim.x) {
+    const float a = (xs[2 * i] - mean) * rstd * gamma[2 * i] + beta[2 * i];
+    const float b = (xs[2 * i + 1] - mean) * rstd * gamma[2 * i + 1] + beta[2 * i + 1];
+    o2[i] = __floats2half2_rn(a, b);
+  }
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
+}
+
+__global__ void bias_gelu_kernel(__half2* __restrict__ x, const float* __restrict__ bias, int64_t n2,
+                                 int cols2) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    float2 v = __half22float2(x[i]);
+    if (bias) {
+      const int c = (int)(i % cols2) * 2;
+      v.x += bias[c];
+      v.y += bias[c + 1];
+    }
+    x[i] = __floats2half2_rn(gelu_tanh(v.x), gelu_tanh(v.y));
+  }
+}
+
+}  // namespace
+
+void add_layernorm(const __half* resid, float alpha, const __half* y, const float* y_bias,
+                   const int32_t* in_rows, const float* gamma, const float* beta, float eps,
+                   __half* out, int rows, int hidden, cudaStream_t stream) {
+  const char* k = "add_layernorm";
+  check_arg(y && gamma && beta && out, k, "null tensor");
+  check_arg(rows >= 0, k, "rows < 0");
+  check_arg(hidden >= 2 && hidden % 2 == 0 && hidden <= 12288, k, "hidden must be even, <= 12288");
+  check_arg(eps > 0.f, k, "eps must be > 0");
+  if (rows == 0) return;
+  add_layernorm_kernel<<<rows, kLnThreads, hidden * sizeof(float), stream>>>(
+      resid, alpha, y, y_bias, in_rows, gamma, beta, eps, out, hidden);
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+void bias_gelu(__half* x, const float* bias, int rows, int cols, cudaStream_t stream) {
+  const char* k = "bias_gelu";
+  check_arg(x != nullptr, k, "null tensor");
+  check_arg(rows >= 0 && cols >= 2 && cols % 2 == 0, k, "cols must be even");
+  if (rows == 0) return;
+  const int64_t n2 = (int64_t)rows * cols / 2;
+  const int threads = 256;
+  int64_t blocks = (n2 + threads - 1) / threads;
+  if (blocks > 65535LL * 8) blocks = 65535LL * 8;
+  bias_gelu_kernel<<<(unsigned)blocks, threads, 0, stream>>>(reinterpret_cast<__half2*>(x), bias, n2,
+                                                            cols / 2);
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+}  // namespace cuda
+}  // namespace glm
