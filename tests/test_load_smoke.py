@@ -1,0 +1,85 @@
+"""CI smoke tests of the load-test tools against the real server (tiny model on CPU).
+
+- ``make load-test``'s script: Locust headless, 8 users for 20 s -> 0 failures and
+  tokens/s > 0 in summary.md.
+- load_tests/sweep.py with tiny numbers (the real sweep runs on the GPU machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def server(request: pytest.FixtureRequest) -> Any:
+    try:
+        return request.getfixturevalue("triton_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("the triton_server fixture (tests/conftest.py) is not available yet")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("VENV", str(Path(sys.executable).parent.parent))  # no resolve: a venv
+    env.update(extra)
+    return env
+
+
+def test_locust_headless_8_users_20s(server: Any, tmp_path: Path) -> None:
+    host, port = server.grpc_url.rsplit(":", 1)
+    results = tmp_path / "run"
+    proc = subprocess.run(
+        ["bash", "scripts/load_test.sh"],
+        cwd=ROOT,
+        env=_env(
+            USERS="8", SPAWN_RATE="8", DURATION="20s", HOST=host, GRPC_PORT=port,
+            PROMPTS="seed", RESULTS=str(results),
+        ),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (results / "summary.md").read_text()
+    assert summary in proc.stdout  # printed too
+    assert "| failures | 0 |" in summary
+    tps = float(re.search(r"\| tokens/s \(aggregate\) \| ([0-9.]+) \|", summary).group(1))
+    assert tps > 0
+    requests = int(re.search(r"\| requests \| (\d+) \|", summary).group(1))
+    assert requests > 0
+    # Every seed request streamed exactly 150 tokens (Locust's average response size).
+    assert "avg tokens | " in summary and ", 150.0 |" in summary
+    for name in ("locust_stats.csv", "locust_stats_history.csv", "throughput_latency.png"):
+        assert (results / name).stat().st_size > 0, name
+    stats = (results / "locust_stats.csv").read_text()
+    assert "TTFT,seed" in stats and "ITL,seed" in stats and "gRPC,generate seed" in stats
+
+
+def test_sweep_quick(server: Any, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "load_tests.sweep", "--url", server.grpc_url, "--out", str(out),
+         "--concurrency", "1,2", "--duration", "2", "--warmup", "0.5", "--procs", "1",
+         "--compare-concurrency", "2", "--requests", "4", "--rate", "4", "--server", "CPU tiny"],
+        cwd=ROOT,
+        env=_env(GLM_TOKENIZER=str(server.checkpoint_dir / "ice_text.model")),
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((out / "sweep.json").read_text())
+    assert [r["concurrency"] for r in result["sweep"]] == [1, 2]
+    assert all(r["tokens_per_s"] > 0 and r["failures"] == 0 for r in result["sweep"])
+    assert [r["mode"] for r in result["compare"]] == ["inflight", "static"]
+    assert all(r["requests"] == 4 and r["failures"] == 0 for r in result["compare"])
+    assert "In-flight / static throughput" in (out / "sweep.md").read_text()
+    assert (out / "sweep_throughput.png").stat().st_size > 10_000
