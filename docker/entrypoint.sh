@@ -18,7 +18,8 @@
 #   HOST            listen address (default 0.0.0.0 in a container)
 #   HTTP_PORT GRPC_PORT METRICS_PORT   8000 8001 8002
 #   TRITONSERVER    the tritonserver binary (default /opt/tritonserver/bin/tritonserver
-#                   when it exists, else serve.sh's own choice)
+#                   when it exists, else nvidia-pytriton's in the venv)
+#   TRITON_ARGS     more tritonserver arguments (so are the arguments after "serve")
 #   TRITON_PYTHON_BACKEND   Triton's Python backend folder whose stub matches
 #                   the venv's Python (default /opt/tritonserver/backends/python)
 set -euo pipefail
@@ -114,9 +115,11 @@ case "$cmd" in
     fi
     export MODEL="$MODEL_DIR"
     [ -n "$MODEL" ] || [ -f models/chatglm-tiny/model.safetensors ] || make --no-print-directory demo-model
+    # extra arguments go to tritonserver (serve.sh appends TRITON_ARGS)
+    if [ $# -gt 0 ]; then export TRITON_ARGS="${TRITON_ARGS:+$TRITON_ARGS }$*"; fi
     PATH="$(realpath "$VENV")/bin:$PATH"
     export PATH
-    exec bash scripts/serve.sh "$@"
+    exec bash scripts/serve.sh
     ;;
   prepare) prepare ;;
   demo-model) make --no-print-directory demo-model ;;

@@ -17,7 +17,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -456,3 +461,122 @@ def test_validator_needs_no_network_at_run_time():
     assert warm.returncode == 0, out(warm)  # installs the validator if needed (network)
     proc = run(["unshare", "-rn", "bash", "docker/validate_k8s.sh"], env=env, timeout=300)
     assert proc.returncode == 0, out(proc)
+
+
+# ------------------------------------------------------- the container's serve path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 2.0):
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None, ""
+
+
+def pytriton_home() -> Path | None:
+    found = sorted(VENV.glob("lib/python3*/site-packages/pytriton/tritonserver"))
+    return found[0] if found else None
+
+
+@pytest.mark.server
+@pytest.mark.skipif(
+    not (BUILD / "backends/chatglm/libtriton_chatglm.so").is_file()
+    or not (ROOT / "models/chatglm-tiny/model.safetensors").is_file()
+    or pytriton_home() is None,
+    reason="needs `make build`, `make demo-model` and nvidia-pytriton (make test provides them)",
+)
+def test_entrypoint_serves_through_an_image_like_server_layout(tmp_path):
+    """The container's serve path on this machine: docker/entrypoint.sh serve ->
+    scripts/serve.sh, with TRITONSERVER/TRITON_PYTHON_BACKEND pointing at a copy
+    of the NGC image's layout (<root>/bin/tritonserver, <root>/backends/python
+    with the stub of the venv's Python), made from nvidia-pytriton's server (the
+    same 2.51.0). The server gets ready, serves the backend's HPA metric on the
+    metrics port, runs as the entry point's own process (exec, so SIGTERM from
+    Kubernetes reaches it) and stops cleanly on SIGTERM."""
+    home = pytriton_home()
+    site = home.parents[1]
+    pyver = subprocess.run(
+        [
+            str(VENV / "bin/python"),
+            "-c",
+            "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    opt = tmp_path / "opt-tritonserver"
+    (opt / "bin").mkdir(parents=True)
+    (opt / "backends/python").mkdir(parents=True)
+    (opt / "bin/tritonserver").symlink_to(home / "bin/tritonserver")
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy2(home / "backends/python" / name, opt / "backends/python" / name)
+    shutil.copy2(
+        home / "python_backend_stubs" / pyver / "triton_python_backend_stub",
+        opt / "backends/python",
+    )
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    env = dict(os.environ)
+    env.update(
+        {
+            "VENV": str(VENV),
+            "BUILD": str(BUILD),
+            "MODEL_DIR": "",
+            "DEVICE": "cpu",
+            "HOST": "127.0.0.1",
+            "HTTP_PORT": str(http),
+            "GRPC_PORT": str(grpc),
+            "METRICS_PORT": str(metrics),
+            "TRITONSERVER": str(opt / "bin/tritonserver"),
+            "TRITON_PYTHON_BACKEND": str(opt / "backends/python"),
+            # the image's server finds its libraries itself; this copy needs pytriton's
+            "LD_LIBRARY_PATH": str(site / "nvidia_pytriton.libs"),
+        }
+    )
+    env.pop("TRITON_ARGS", None)
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        ["bash", "docker/entrypoint.sh", "serve", "--log-info=true"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            status, _ = http_get(f"http://127.0.0.1:{http}/v2/health/ready")
+            if status == 200:
+                ready = True
+                break
+            time.sleep(1)
+        text = (tmp_path / "server.log").read_text()
+        assert ready, f"not ready (rc={proc.poll()}):\n{text[-4000:]}"
+        status, live = http_get(f"http://127.0.0.1:{http}/v2/health/live")
+        assert status == 200
+        status, body = http_get(f"http://127.0.0.1:{metrics}/metrics")
+        assert status == 200 and re.search(r"^glm_waiting_sequences\{", body, re.M), body[:2000]
+        # exec all the way down: the entry point's process is tritonserver itself
+        argv0 = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        external = "TRITON_PYTHON_BACKEND" in (ROOT / "scripts/triton_env.sh").read_text()
+        expected = opt / "bin/tritonserver" if external else home / "bin/tritonserver"
+        assert Path(argv0) == expected, (argv0, expected)
+        assert "--log-info=true" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(
+            errors="replace"
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "server.log").read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        log.close()
