@@ -83,6 +83,10 @@ class EngineImpl final : public Engine {
   void submit(uint64_t request_id, std::vector<int32_t> ids, const SamplingParams& p, TokenCallback cb) override {
     const int n = static_cast<int>(ids.size());
     auto bad = [&](const std::string& what) { throw EngineError("request " + std::to_string(request_id) + ": " + what); };
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!healthy_) bad("the engine is unhealthy after a back-end fault (" + fault_message_ + "); restart it");
+    }
     if (ids.empty()) bad("input_ids is empty");
     for (int t = 0; t < n; ++t)
       if (ids[static_cast<size_t>(t)] < 0 || ids[static_cast<size_t>(t)] >= cfg_.vocab_size)

@@ -49,8 +49,10 @@ extern "C" {
 
 TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend* backend) {
   return guarded("chatglm backend initialize", [&]() -> TRITONSERVER_Error* {
-    uint32_t major = 0, minor = 0;
+    uint32_t major = 0, minor = 0, be_major = 0, be_minor = 0;
     GLM_RETURN_IF_ERROR(TRITONBACKEND_ApiVersion(&major, &minor));
+    be_major = major;
+    be_minor = minor;
     if (major != GLM_TRITONBACKEND_API_VERSION_MAJOR ||
         minor < GLM_TRITONBACKEND_API_VERSION_MINOR) {
       return make_error(TRITONSERVER_ERROR_UNSUPPORTED,
@@ -85,7 +87,8 @@ TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend* backend) {
     state->families = std::make_unique<MetricFamilies>();
     GLM_RETURN_IF_ERROR(TRITONBACKEND_BackendSetState(backend, state.get()));
     state.release();
-    GLM_LOG_INFO("chatglm backend initialized (TRITONBACKEND API " + std::to_string(major) + "." +
+    GLM_LOG_INFO("chatglm backend initialized (TRITONBACKEND API " + std::to_string(be_major) + "." +
+                 std::to_string(be_minor) + ", TRITONSERVER API " + std::to_string(major) + "." +
                  std::to_string(minor) + ")");
     return nullptr;
   });

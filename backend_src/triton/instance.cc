@@ -390,6 +390,13 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
       a->stream = parsed.stream;
       a->exec_start_ns = exec_start;
       a->submit_ns = now_ns();
+      uint64_t timeout_us = 0;
+      log_if_error(TRITONBACKEND_InferenceRequestTimeoutMicroseconds(request, &timeout_us),
+                   "request timeout");
+      if (timeout_us > 0) {
+        a->timeout_us = timeout_us;
+        a->deadline_ns = exec_start + timeout_us * 1000ull;
+      }
       size_t n_active;
       {
         std::lock_guard<std::mutex> lk(active_mu_);
@@ -513,28 +520,37 @@ void DecoderInstance::refresh_metrics(bool force) {
 }
 
 void DecoderInstance::check_cancellations() {
-  std::vector<uint64_t> cancelled;
+  std::vector<std::pair<uint64_t, const Active*>> all;
   {
     std::lock_guard<std::mutex> lk(active_mu_);
-    for (auto& kv : active_) {
-      if (is_cancelled(*kv.second)) cancelled.push_back(kv.first);
-    }
+    for (auto& kv : active_) all.emplace_back(kv.first, kv.second.get());
   }
-  for (uint64_t id : cancelled) {
+  // Entries are only erased by this (the responder) thread: the pointers stay valid.
+  const uint64_t now = now_ns();
+  for (auto& e : all) stop_if_cancelled_or_late(e.first, *e.second, now);
+}
+
+bool DecoderInstance::stop_if_cancelled_or_late(uint64_t id, const Active& a, uint64_t now) {
+  if (is_cancelled(a)) {
     engine_->cancel(id);
     finish_with_error(id, TRITONSERVER_ERROR_CANCELLED, "request cancelled", Outcome::kCancelled);
+    return true;
   }
+  if (a.deadline_ns != 0 && now > a.deadline_ns) {
+    engine_->cancel(id);
+    finish_with_error(id, TRITONSERVER_ERROR_UNAVAILABLE,
+                      "request timeout expired (timeout " + std::to_string(a.timeout_us) +
+                          " us): generation stopped",
+                      Outcome::kCancelled);
+    return true;
+  }
+  return false;
 }
 
 void DecoderInstance::handle(Event& ev) {
   Active* a = find(ev.id);
   if (a == nullptr) return;  // already finished (cancelled by us, or failed to send)
-  if (!ev.finished && is_cancelled(*a)) {
-    engine_->cancel(ev.id);
-    finish_with_error(ev.id, TRITONSERVER_ERROR_CANCELLED, "request cancelled",
-                      Outcome::kCancelled);
-    return;
-  }
+  if (!ev.finished && stop_if_cancelled_or_late(ev.id, *a, now_ns())) return;
   if (ev.finished && ev.reason == glm::FinishReason::kCancelled) {
     finish_with_error(ev.id, TRITONSERVER_ERROR_CANCELLED,
                       is_cancelled(*a) ? "request cancelled" : "request cancelled by the engine",

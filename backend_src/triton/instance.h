@@ -61,6 +61,8 @@ class DecoderInstance {
     std::vector<int32_t> ids;  // non-stream: everything so far; stream: the last <= 16
     uint64_t exec_start_ns = 0;
     uint64_t submit_ns = 0;
+    uint64_t deadline_ns = 0;  // from the request's timeout (0 = none)
+    uint64_t timeout_us = 0;
     bool got_first = false;
   };
   struct Event {
@@ -81,6 +83,9 @@ class DecoderInstance {
   void handle(Event& ev);
   void check_cancellations();
   bool is_cancelled(const Active& a) const;
+  // Cancels `id` in the engine and answers it when it was cancelled by the
+  // client or ran past its timeout. Returns true when it did.
+  bool stop_if_cancelled_or_late(uint64_t id, const Active& a, uint64_t now);
   // Sends an error final response, reports statistics, releases, forgets `id`.
   void finish_with_error(uint64_t id, TRITONSERVER_Error_Code code, const std::string& msg,
                          Outcome outcome);
