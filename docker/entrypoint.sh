@@ -10,8 +10,9 @@
 #   entrypoint.sh COMMAND...                      run anything else (bash, make ..., python ...)
 #
 # Environment knobs (Makefile names; defaults are the container's):
-#   MODEL_DIR       converted checkpoint to serve (default /models/chatglm-6b, the
-#                   volume); empty: the tiny demo model, on CPU
+#   MODEL_DIR       checkpoint to serve (default /models/chatglm-6b, the volume):
+#                   converted (`make model`), or hub-style (serve.sh converts it
+#                   once into $BUILD/converted); empty: the tiny demo model
 #   PREPARE_MODEL   1: when MODEL_DIR has no config.json, run `make model` first
 #                   (downloads ~13 GB from the model hub); 0 (default): fail with a hint
 #   DEVICE DTYPE INT8 GPUS       as for `make serve` (INT8=1 also makes `prepare` write int8)
@@ -40,7 +41,8 @@ fi
 
 log() { echo "entrypoint: $*" >&2; }
 
-have_checkpoint() { [ -f "$1/config.json" ] && compgen -G "$1/*.safetensors" >/dev/null; }
+# a converted checkpoint, or a hub-style one (serve.sh converts that once into $BUILD)
+have_checkpoint() { [ -f "$1/config.json" ]; }
 
 prepare() {
   [ -n "$MODEL_DIR" ] || { log "prepare needs MODEL_DIR"; exit 2; }
@@ -106,7 +108,7 @@ case "$cmd" in
       if [ "$PREPARE_MODEL" = 1 ]; then
         prepare
       else
-        log "no checkpoint in MODEL_DIR=$MODEL_DIR (config.json + *.safetensors)."
+        log "no checkpoint in MODEL_DIR=$MODEL_DIR (no config.json)."
         log "Mount one (docker run -v /path/to/models:/models), run the 'prepare' command"
         log "(or set PREPARE_MODEL=1) to download and convert THUDM/chatglm-6b, or set"
         log "MODEL_DIR= (empty) for the tiny CPU demo model."
