@@ -38,6 +38,7 @@ from load_tests.prompts import Conversation, load_set  # noqa: E402
 from load_tests.streaming import RequestRecord, StreamSession  # noqa: E402
 
 METER = Meter()
+ERROR_BACKOFF_S = 1.0  # a user pauses this long after a failed request
 WINDOW: dict[str, float] = {}
 _STATE: dict[str, Any] = {"set": None, "name": None, "counter": itertools.count()}
 
@@ -178,6 +179,7 @@ class ChatGLMUser(User):
         for query in conv.turns:
             rec = self._request(conv, query, history)
             if rec.error is not None:
+                gevent.sleep(ERROR_BACKOFF_S)  # no busy loop while the server is down
                 return
             history.append([query, rec.text])
 

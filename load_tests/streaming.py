@@ -138,9 +138,17 @@ class StreamSession:
                 self._grpcclient, prompt, max_tokens, ignore_eos, history, batched=self.batched
             )
             self._ensure_stream()
-            self._client.async_stream_infer(
-                MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
-            )
+            try:
+                self._client.async_stream_infer(
+                    MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
+                )
+            except Exception as exc:
+                # A stream that broke at once (server down) says why through the callback.
+                try:
+                    _, error = self._queue.get(timeout=1.0)
+                except queue.Empty:
+                    error = None
+                raise RuntimeError(_message(error) if error is not None else str(exc)) from None
             while True:
                 try:
                     result, error = self._queue.get(timeout=self.timeout)
@@ -163,7 +171,8 @@ class StreamSession:
                 if "triton_final_response" in params and params["triton_final_response"].bool_param:
                     break
         except Exception as exc:
-            rec.error = f"{type(exc).__name__}: {exc}"
+            plain = isinstance(exc, (RuntimeError, TimeoutError))
+            rec.error = str(exc) if plain else f"{type(exc).__name__}: {exc}"
             self._reset()  # a failed stream cannot be reused
         rec.end = time.perf_counter()
         rec.text = "".join(pieces)
