@@ -473,11 +473,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--direct",
         type=Path,
-        help="JSON {batch size: tokens/s} of the engine's direct benchmark, for the ratio column",
+        help="the engine's direct tokens/s by batch size, for the ratio column: the file of "
+        "'python -m glmserve.bench --out FILE', or JSON {\"8\": tokens/s, ...}",
     )
     p.add_argument("--server", default="", help="what served (GPU, model, build), for the report")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per streamed response")
     return p
+
+
+def load_direct(path: Path) -> dict[str, float]:
+    """Engine-direct tokens/s by batch size, from ``{"8": tps, ...}``, from JSON with
+    ``rows`` of ``{"batch", "tokens_per_s"}``, or from ``glmserve.bench --out``'s file
+    (markdown holding such JSON in a ```json block)."""
+    text = path.read_text()
+    if "```json" in text:
+        text = text.split("```json", 1)[1].split("```", 1)[0]
+    data = json.loads(text)
+    if isinstance(data, dict) and isinstance(data.get("rows"), list):
+        return {str(r["batch"]): float(r["tokens_per_s"]) for r in data["rows"]}
+    if isinstance(data, dict):
+        return {str(k): float(v) for k, v in data.items()}
+    raise ValueError(f"{path}: expected a JSON object")
 
 
 def _check_server(url: str) -> None:
@@ -499,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sweep-%Y%m%dT%H%M%SZ", time.gmtime()
     )
     out.mkdir(parents=True, exist_ok=True)
-    direct = json.loads(args.direct.read_text()) if args.direct else {}
+    direct = load_direct(args.direct) if args.direct else {}
     need = max([*args.concurrency, args.compare_concurrency])
     pool = Pool(args.url, max(1, min(args.procs, need)), args.timeout)
     result: dict[str, Any] = {

@@ -22,7 +22,7 @@ from load_tests.prompts import (  # noqa: E402
     seed_set,
 )
 from load_tests.summarize import summarize  # noqa: E402
-from load_tests.sweep import next_batch, poisson_arrivals, render, split  # noqa: E402
+from load_tests.sweep import load_direct, next_batch, poisson_arrivals, render, split  # noqa: E402
 
 GOLDEN = ROOT.parent / "shared" / "golden" / "tokenizer_cases.json"
 
@@ -171,3 +171,13 @@ def test_sweep_report_has_ratio_and_speedup() -> None:
     md = render(result)
     assert "| 8 | 850.0 | 1000.0 | 85% |" in md
     assert "In-flight / static throughput: 2.00x." in md
+
+
+def test_direct_figures_from_bench_output(tmp_path: Path) -> None:
+    md = tmp_path / "bench.md"
+    rows = [{"batch": 1, "tokens_per_s": 110.5}, {"batch": 256, "tokens_per_s": 9000.0}]
+    md.write_text("| table |\n\n```json\n" + json.dumps({"device": "x", "rows": rows}) + "\n```\n")
+    assert load_direct(md) == {"1": 110.5, "256": 9000.0}
+    plain = tmp_path / "d.json"
+    plain.write_text('{"8": 800}')
+    assert load_direct(plain) == {"8": 800.0}
