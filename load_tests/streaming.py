@@ -3,10 +3,15 @@
 Usable from Locust (after ``grpc.experimental.gevent.init_gevent()``; tritonclient's
 stream thread is then a greenlet and ``queue`` is gevent's) and from plain threads.
 
-Tokens are counted as the number of streamed responses that carry ``text_output``:
-the decoder sends one response per generated token step (a response's text may be
-empty while a multi-byte character is held back). The empty final response that
-closes a request (``triton_final_response``) is not counted.
+Two targets:
+
+- ``chatglm`` (the ensemble, text in and out): tokens are counted as the streamed
+  responses that carry ``text_output``; the decoder sends one response per
+  generated token step (a response's text may be empty while a multi-byte character
+  is held back). The empty final response that closes a request
+  (``triton_final_response``) is not counted.
+- ``chatglm_decoder`` (ids in, ids out; what a server without a tokenizer serves):
+  tokens are the ``output_ids`` of each response, counted one by one.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import json
 import queue
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 MODEL = "chatglm"
+DECODER = "chatglm_decoder"
 
 
 @dataclass
@@ -53,32 +60,35 @@ class RequestRecord:
 
 def build_inputs(
     grpcclient: Any,
-    prompt: str,
+    prompt: str | Sequence[int],
     max_tokens: int,
     ignore_eos: bool,
     history: list[list[str]] | None = None,
     stream: bool = True,
     batched: bool = True,
 ) -> list[Any]:
-    """tritonclient InferInputs for one request to the ``chatglm`` ensemble
-    (shape [1, 1] when the model has a batch dimension, else [1])."""
-    shape = [1, 1] if batched else [1]
+    """tritonclient InferInputs for one request: text (``chatglm``) or a list of ids
+    (``chatglm_decoder``). Shapes carry a batch dimension of 1 when ``batched``."""
+    lead = [1] if batched else []
 
-    def make(name: str, datatype: str, value: Any, dtype: Any) -> Any:
-        arr = np.array([value], dtype=dtype).reshape(shape)
-        inp = grpcclient.InferInput(name, shape, datatype)
+    def make(name: str, datatype: str, values: list[Any], dtype: Any) -> Any:
+        arr = np.array(values, dtype=dtype).reshape([*lead, len(values)])
+        inp = grpcclient.InferInput(name, list(arr.shape), datatype)
         inp.set_data_from_numpy(arr)
         return inp
 
-    inputs = [
-        make("text_input", "BYTES", prompt.encode("utf-8"), np.object_),
-        make("max_tokens", "INT32", max_tokens, np.int32),
-        make("ignore_eos", "BOOL", ignore_eos, np.bool_),
-        make("stream", "BOOL", stream, np.bool_),
+    if isinstance(prompt, str):
+        inputs = [make("text_input", "BYTES", [prompt.encode("utf-8")], np.object_)]
+    else:
+        inputs = [make("input_ids", "INT32", list(prompt), np.int32)]
+    inputs += [
+        make("max_tokens", "INT32", [max_tokens], np.int32),
+        make("ignore_eos", "BOOL", [ignore_eos], np.bool_),
+        make("stream", "BOOL", [stream], np.bool_),
     ]
     if history:
         hist = json.dumps(history, ensure_ascii=False).encode("utf-8")
-        inputs.append(make("history", "BYTES", hist, np.object_))
+        inputs.append(make("history", "BYTES", [hist], np.object_))
     return inputs
 
 
@@ -88,17 +98,18 @@ class StreamSession:
     Not for concurrent requests: one request at a time per session.
     """
 
-    def __init__(self, url: str, timeout: float = 600.0) -> None:
+    def __init__(self, url: str, timeout: float = 600.0, model: str = MODEL) -> None:
         import tritonclient.grpc as grpcclient
 
         self._grpcclient = grpcclient
         self.url = url
         self.timeout = timeout
+        self.model = model
         self._client = grpcclient.InferenceServerClient(url=url)
         self._queue: queue.Queue[tuple[Any, Any]] = queue.Queue()
         self._open = False
         self.current: RequestRecord | None = None  # the request in flight, if any
-        self.batched: bool | None = None  # from the model metadata, on the first request
+        self.batched: bool | None = None  # from the model's max_batch_size, on first use
 
     def _callback(self, result: Any, error: Any) -> None:
         self._queue.put((result, error))
@@ -119,7 +130,7 @@ class StreamSession:
 
     def request(
         self,
-        prompt: str,
+        prompt: str | Sequence[int],
         max_tokens: int,
         ignore_eos: bool,
         history: list[list[str]] | None = None,
@@ -130,9 +141,8 @@ class StreamSession:
         self.current = rec
         try:
             if self.batched is None:
-                meta = self._client.get_model_metadata(MODEL)
-                shapes = {i.name: list(i.shape) for i in meta.inputs}
-                self.batched = len(shapes.get("text_input", [1])) == 2
+                config = self._client.get_model_config(self.model).config
+                self.batched = config.max_batch_size > 0
                 rec.start = time.perf_counter()
             inputs = build_inputs(
                 self._grpcclient, prompt, max_tokens, ignore_eos, history, batched=self.batched
@@ -140,7 +150,10 @@ class StreamSession:
             self._ensure_stream()
             try:
                 self._client.async_stream_infer(
-                    MODEL, inputs, request_id=uuid.uuid4().hex, enable_empty_final_response=True
+                    self.model,
+                    inputs,
+                    request_id=uuid.uuid4().hex,
+                    enable_empty_final_response=True,
                 )
             except Exception as exc:
                 # A stream that broke at once (server down) says why through the callback.
@@ -157,18 +170,8 @@ class StreamSession:
                 now = time.perf_counter()
                 if error is not None:
                     raise RuntimeError(_message(error))
-                out = result.as_numpy("text_output")
-                if out is not None:
-                    rec.token_times.append(now)
-                    if out.size:
-                        piece = out.reshape(-1)[0]
-                        pieces.append(
-                            piece.decode("utf-8", "replace")
-                            if isinstance(piece, bytes)
-                            else str(piece)
-                        )
-                params = result.get_response().parameters
-                if "triton_final_response" in params and params["triton_final_response"].bool_param:
+                _absorb(result, now, rec, pieces)
+                if _is_final(result):
                     break
         except Exception as exc:
             plain = isinstance(exc, (RuntimeError, TimeoutError))
@@ -185,6 +188,27 @@ class StreamSession:
             self._client.close()
         except Exception:
             pass
+
+
+def _absorb(result: Any, now: float, rec: RequestRecord, pieces: list[str]) -> None:
+    """Record one response's tokens (the end of a request is its final flag, not this)."""
+    text = result.as_numpy("text_output")
+    if text is not None:
+        rec.token_times.append(now)
+        if text.size:
+            piece = text.reshape(-1)[0]
+            pieces.append(
+                piece.decode("utf-8", "replace") if isinstance(piece, bytes) else str(piece)
+            )
+        return
+    ids = result.as_numpy("output_ids")
+    if ids is not None:
+        rec.token_times.extend([now] * int(ids.size))
+
+
+def _is_final(result: Any) -> bool:
+    params = result.get_response().parameters
+    return "triton_final_response" in params and params["triton_final_response"].bool_param
 
 
 def _message(error: Any) -> str:

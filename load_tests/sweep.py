@@ -48,7 +48,7 @@ from load_tests.prompts import Conversation, mixed_set, seed_set  # noqa: E402
 @dataclass
 class Job:
     index: int
-    prompt: str
+    prompt: str | list[int]  # text (chatglm) or ids (chatglm_decoder)
     max_tokens: int
     ignore_eos: bool
     arrival: float = 0.0  # wall-clock time it may be sent (0: at once)
@@ -71,8 +71,36 @@ class Rec:
         )
 
 
-def _jobs_from(convs: Sequence[Conversation]) -> list[Job]:
-    return [Job(i, c.turns[0], c.max_tokens, c.ignore_eos) for i, c in enumerate(convs)]
+@dataclass(frozen=True)
+class IdsSpec:
+    """Special ids for ``chatglm_decoder`` prompts (ChatGLM-6B's unless a config says)."""
+
+    mask: int = 130000
+    gmask: int = 130001
+    bos: int = 130004
+
+    @classmethod
+    def from_config(cls, path: Path) -> IdsSpec:
+        cfg = json.loads(path.read_text())
+        return cls(cfg["mask_token_id"], cfg["gmask_token_id"], cfg["bos_token_id"])
+
+    def prompt(self, n: int, rng: random.Random) -> list[int]:
+        """n ordinary ids (below the special ones), then [gMASK] <sop>, as the bench does."""
+        top = min(self.mask, self.gmask)
+        return [rng.randrange(10, top) for _ in range(n)] + [self.gmask, self.bos]
+
+
+def _jobs_from(convs: Sequence[Conversation], ids: IdsSpec | None = None, seed: int = 0):
+    """Jobs of a prompt set: its text, or (``ids``) random ids of the same token lengths
+    (the seed workload: 16 ids, like ``make bench``)."""
+    rng = random.Random(seed)
+    jobs = []
+    for i, c in enumerate(convs):
+        prompt: str | list[int] = c.turns[0]
+        if ids is not None:
+            prompt = ids.prompt(c.prompt_tokens or 16, rng)
+        jobs.append(Job(i, prompt, c.max_tokens, c.ignore_eos))
+    return jobs
 
 
 # ------------------------------------------------------------------ worker processes
@@ -81,10 +109,10 @@ def _jobs_from(convs: Sequence[Conversation]) -> list[Job]:
 class _Runner:
     """Inside a worker process: a pool of gRPC stream sessions driven by threads."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, model: str) -> None:
         from load_tests.streaming import StreamSession
 
-        self._make = lambda: StreamSession(url, timeout=timeout)
+        self._make = lambda: StreamSession(url, timeout=timeout, model=model)
         self.sessions: list[Any] = []
         self.offset = time.time() - time.perf_counter()
 
@@ -162,8 +190,8 @@ class _Runner:
             s.close()
 
 
-def _worker_main(url: str, timeout: float, inq: Any, outq: Any) -> None:
-    runner = _Runner(url, timeout)
+def _worker_main(url: str, timeout: float, model: str, inq: Any, outq: Any) -> None:
+    runner = _Runner(url, timeout, model)
     outq.put(("ready", None))
     while True:
         msg = inq.get()
@@ -184,12 +212,12 @@ def _worker_main(url: str, timeout: float, inq: Any, outq: Any) -> None:
 class Pool:
     """Persistent client processes; each message goes to some of them, results come back."""
 
-    def __init__(self, url: str, procs: int, timeout: float) -> None:
+    def __init__(self, url: str, procs: int, timeout: float, model: str = "chatglm") -> None:
         ctx = mp.get_context("spawn")  # no fork: grpc does not survive it
         self.workers = []
         for _ in range(procs):
             inq, outq = ctx.Queue(), ctx.Queue()
-            p = ctx.Process(target=_worker_main, args=(url, timeout, inq, outq), daemon=True)
+            p = ctx.Process(target=_worker_main, args=(url, timeout, model, inq, outq), daemon=True)
             p.start()
             self.workers.append((p, inq, outq))
         for _, _, outq in self.workers:
@@ -235,8 +263,10 @@ def _stats(values: list[float]) -> dict[str, float | None]:
     return {"p50": percentile(values, 50), "p99": percentile(values, 99)}
 
 
-def closed_loop(pool: Pool, conc: int, duration: float, warmup: float) -> dict[str, Any]:
-    jobs = _jobs_from(seed_set())
+def closed_loop(
+    pool: Pool, conc: int, duration: float, warmup: float, ids: IdsSpec | None = None
+) -> dict[str, Any]:
+    jobs = _jobs_from(seed_set(), ids)
     used = min(len(pool.workers), conc)
     t0 = time.time() + 0.5
     deadline = t0 + warmup + duration
@@ -478,6 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--server", default="", help="what served (GPU, model, build), for the report")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per streamed response")
+    p.add_argument(
+        "--target",
+        choices=["chatglm", "chatglm_decoder"],
+        default="chatglm",
+        help="the text ensemble (default), or the decoder alone with random-id prompts of "
+        "the same lengths (for a server without a tokenizer)",
+    )
+    p.add_argument(
+        "--ids-config",
+        type=Path,
+        help="checkpoint config.json giving the special ids for --target chatglm_decoder "
+        "(default: ChatGLM-6B's)",
+    )
     return p
 
 
@@ -496,42 +539,50 @@ def load_direct(path: Path) -> dict[str, float]:
     raise ValueError(f"{path}: expected a JSON object")
 
 
-def _check_server(url: str) -> None:
+def _check_server(url: str, model: str) -> None:
     import tritonclient.grpc as grpcclient
 
     try:
-        ready = grpcclient.InferenceServerClient(url).is_model_ready("chatglm")
+        ready = grpcclient.InferenceServerClient(url).is_model_ready(model)
     except Exception as exc:
         first = str(exc).splitlines()[0][:200]
         raise SystemExit(f"sweep: no Triton server at {url}: {first}") from None
     if not ready:
-        raise SystemExit(f"sweep: model 'chatglm' is not ready at {url}")
+        raise SystemExit(f"sweep: model {model!r} is not ready at {url}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _check_server(args.url)
+    _check_server(args.url, args.target)
     out = args.out or Path("load_tests/results") / time.strftime(
         "sweep-%Y%m%dT%H%M%SZ", time.gmtime()
     )
     out.mkdir(parents=True, exist_ok=True)
     direct = load_direct(args.direct) if args.direct else {}
     need = max([*args.concurrency, args.compare_concurrency])
-    pool = Pool(args.url, max(1, min(args.procs, need)), args.timeout)
+    ids = None
+    if args.target == "chatglm_decoder":
+        ids = IdsSpec.from_config(args.ids_config) if args.ids_config else IdsSpec()
+    pool = Pool(args.url, max(1, min(args.procs, need)), args.timeout, args.target)
     result: dict[str, Any] = {
         "server": args.server or args.url,
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "procs": len(pool.workers),
         "duration_s": args.duration,
         "direct": {str(k): v for k, v in direct.items()},
-        "note": "tokens = streamed responses; TTFT/ITL exact percentiles",
+        "note": (
+            "target chatglm_decoder (random-id prompts); tokens = output ids"
+            if args.target == "chatglm_decoder"
+            else "target chatglm; tokens = streamed responses"
+        )
+        + "; TTFT/ITL exact percentiles",
         "sweep": [],
         "compare": [],
     }
     try:
         if not args.skip_sweep:
             for conc in args.concurrency:
-                row = closed_loop(pool, conc, args.duration, args.warmup)
+                row = closed_loop(pool, conc, args.duration, args.warmup, ids)
                 result["sweep"].append(row)
                 print(
                     f"sweep: concurrency {conc}: {row['tokens_per_s']:.1f} tokens/s, "
@@ -541,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_compare:
             conc = args.compare_concurrency
             convs = mixed_set(args.requests, seed=args.seed)
-            jobs = _jobs_from(convs)
+            jobs = _jobs_from(convs, ids, args.seed)
             if args.rate == "auto":
                 probe = pool.run(_probe_msgs(pool, jobs, conc, args.probe))
                 finished = [r for r in probe if not r.failed]

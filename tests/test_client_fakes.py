@@ -51,6 +51,12 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelReady(self, request: Any, context: Any) -> Any:
         return service_pb2.ModelReadyResponse(ready=True)
 
+    def ModelConfig(self, request: Any, context: Any) -> Any:
+        resp = service_pb2.ModelConfigResponse()
+        resp.config.name = request.name
+        resp.config.max_batch_size = 256 if len(self.script.input_shape) == 2 else 0
+        return resp
+
     def ModelMetadata(self, request: Any, context: Any) -> Any:
         meta = service_pb2.ModelMetadataResponse(name=request.name)
         t = meta.inputs.add()

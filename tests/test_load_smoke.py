@@ -83,3 +83,19 @@ def test_sweep_quick(server: Any, tmp_path: Path) -> None:
     assert all(r["requests"] == 4 and r["failures"] == 0 for r in result["compare"])
     assert "In-flight / static throughput" in (out / "sweep.md").read_text()
     assert (out / "sweep_throughput.png").stat().st_size > 10_000
+
+
+def test_sweep_decoder_target(server: Any, tmp_path: Path) -> None:
+    """The sweep also drives chatglm_decoder alone (a server without a tokenizer)."""
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "load_tests.sweep", "--url", server.grpc_url, "--out", str(out),
+         "--target", "chatglm_decoder", "--ids-config", str(server.checkpoint_dir / "config.json"),
+         "--concurrency", "2", "--duration", "2", "--warmup", "0.5", "--procs", "1",
+         "--skip-compare"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads((out / "sweep.json").read_text())["sweep"]
+    # Each request returned exactly its 150 ids (a wrong count is a failure).
+    assert row["failures"] == 0 and row["requests"] > 0 and row["tokens_per_s"] > 0
