@@ -41,7 +41,7 @@ def _text_of(result: Any) -> str | None:
     if arr.size == 0:
         return ""
     piece = arr.reshape(-1)[0]
-    return piece.decode("utf-8") if isinstance(piece, bytes) else str(piece)
+    return piece.decode("utf-8", "replace") if isinstance(piece, bytes) else str(piece)
 
 
 class GrpcTransport:
@@ -58,7 +58,6 @@ class GrpcTransport:
             self._client = grpcclient.InferenceServerClient(url=url)
         except Exception as exc:  # bad URL syntax and similar
             raise ClientError(f"cannot create a gRPC client for {url!r}: {exc}") from None
-
         self._batched: bool | None = None
 
     def close(self) -> None:
