@@ -188,3 +188,19 @@ def test_random_weights_engine_runs(_engine, tmp_path):
     assert np.isfinite(eng.debug_forward([p])).all()
     again = _engine.Engine(str(d), random_weights=True, weights_seed=3, num_threads=1)
     assert again.generate([p], max_tokens=5, ignore_eos=True) == a
+
+
+def test_int8_option_quantizes_like_the_converter(_engine, tiny):
+    """int8=True on a float checkpoint = the converter's int8 scheme (the CLI's reference path)."""
+    from glmserve.cli import fake_quantize_int8
+    from glmserve.reference import ChatGLMModel, chunked_logits
+
+    d, _, eng = tiny
+    model = ChatGLMModel.from_pretrained(d)
+    fake_quantize_int8(model)
+    q = _engine.Engine(str(d), int8=True, num_threads=2)
+    p = tiny_prompts(eng.model_info(), [12], seed=6)[0]
+    chunks = [p, [7, 8]]
+    got = q.debug_forward(chunks)
+    np.testing.assert_allclose(got, chunked_logits(model, chunks).numpy(), atol=1e-4, rtol=1e-4)
+    assert np.abs(got - eng.debug_forward(chunks)).max() > 1e-4  # it really is quantized

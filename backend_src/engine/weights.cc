@@ -440,4 +440,24 @@ std::vector<float> dequantize(const LinearWeights& w) {
   return v;
 }
 
+QuantizedRows quantize_int8_rows(const float* w, int64_t rows, int64_t cols) {
+  QuantizedRows out;
+  out.q.resize(static_cast<size_t>(rows * cols));
+  out.scale.resize(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = w + r * cols;
+    float amax = 0.0f;
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(row[c]));
+    uint16_t s = f32_to_f16(amax / 127.0f);
+    if (!(f16_to_f32(s) > 0.0f)) s = 0x3C00;  // 1.0
+    out.scale[static_cast<size_t>(r)] = s;
+    const float sf = f16_to_f32(s);
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = std::nearbyint(row[c] / sf);  // half to even, as torch.round
+      out.q[static_cast<size_t>(r * cols + c)] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
+    }
+  }
+  return out;
+}
+
 }  // namespace glm

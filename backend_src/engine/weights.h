@@ -117,4 +117,13 @@ std::vector<float> to_float(const TensorView& t);
 // The [out, in] weight as float; for I8 weights multiplies row r by scale[r].
 std::vector<float> dequantize(const LinearWeights& w);
 
+// Symmetric per-row INT8, exactly glmserve.convert.quantize_int8:
+// scale = fp16(max|w_row| / 127) (1 when that is 0), q = round_half_even(w / scale)
+// clamped to [-127, 127]. w is [rows, cols] float32.
+struct QuantizedRows {
+  std::vector<int8_t> q;        // [rows, cols]
+  std::vector<uint16_t> scale;  // [rows], fp16 bits
+};
+QuantizedRows quantize_int8_rows(const float* w, int64_t rows, int64_t cols);
+
 }  // namespace glm

@@ -145,7 +145,7 @@ DecoderInstance::DecoderInstance(ModelState* model, TRITONBACKEND_ModelInstance*
   metrics_ = std::make_unique<InstanceMetrics>(model->families, model->name, model->version,
                                                instance_name_);
   engine_->start();
-  responder_ = std::thread([this] { responder_loop(); });
+  responder_ = std::thread([this, ctl = ctl_] { responder_loop(ctl); });
   refresh_metrics(true);
   glm::EngineStats s = engine_->stats();
   GLM_LOG_INFO("chatglm_decoder instance " + instance_name_ + " ready: vocab " +
@@ -166,7 +166,16 @@ DecoderInstance::~DecoderInstance() {
     stop_ = true;
   }
   cv_.notify_all();
-  if (responder_.joinable()) responder_.join();
+  if (responder_.joinable()) {
+    if (std::this_thread::get_id() == responder_.get_id()) {
+      // We are inside the responder (it released the last request): it must
+      // not touch this object again; it returns as soon as it sees `gone`.
+      ctl_->gone = true;
+      responder_.detach();
+    } else {
+      responder_.join();
+    }
+  }
   // Anything the engine did not finish gets an error now (never left hanging).
   std::vector<uint64_t> left;
   {
@@ -474,7 +483,8 @@ bool DecoderInstance::is_cancelled(const Active& a) const {
   return c;
 }
 
-void DecoderInstance::responder_loop() {
+void DecoderInstance::responder_loop(std::shared_ptr<ResponderControl> ctl) {
+  const std::atomic<bool>& gone = ctl->gone;
   std::deque<Event> batch;
   uint64_t last_tick = now_ns();
   for (;;) {
@@ -491,12 +501,14 @@ void DecoderInstance::responder_loop() {
       } catch (const std::exception& ex) {
         GLM_LOG_ERROR(std::string("chatglm_decoder responder: ") + ex.what());
       }
+      if (gone) return;  // this object no longer exists
     }
     batch.clear();
     const uint64_t now = now_ns();
     if (now - last_tick >= kTickNs) {
       last_tick = now;
-      check_cancellations();
+      check_cancellations(gone);
+      if (gone) return;
       refresh_metrics(true);
     } else {
       refresh_metrics(false);
@@ -519,7 +531,7 @@ void DecoderInstance::refresh_metrics(bool force) {
   metrics_->set_active(n);
 }
 
-void DecoderInstance::check_cancellations() {
+void DecoderInstance::check_cancellations(const std::atomic<bool>& gone) {
   std::vector<std::pair<uint64_t, const Active*>> all;
   {
     std::lock_guard<std::mutex> lk(active_mu_);
@@ -527,7 +539,9 @@ void DecoderInstance::check_cancellations() {
   }
   // Entries are only erased by this (the responder) thread: the pointers stay valid.
   const uint64_t now = now_ns();
-  for (auto& e : all) stop_if_cancelled_or_late(e.first, *e.second, now);
+  for (auto& e : all) {
+    if (stop_if_cancelled_or_late(e.first, *e.second, now) && gone) return;
+  }
 }
 
 bool DecoderInstance::stop_if_cancelled_or_late(uint64_t id, const Active& a, uint64_t now) {
@@ -669,13 +683,17 @@ void DecoderInstance::finish(uint64_t id, bool success, Outcome outcome) {
   log_if_error(TRITONBACKEND_ModelInstanceReportStatistics(instance_, a->request, success,
                                                            a->exec_start_ns, a->submit_ns, end, end),
                "reporting statistics");
-  log_if_error(TRITONBACKEND_RequestRelease(a->request, TRITONSERVER_REQUEST_RELEASE_ALL),
-               "releasing a request");
   log_if_error(TRITONBACKEND_ResponseFactoryDelete(a->factory), "deleting a response factory");
   if (metrics_) {
     metrics_->add_request(outcome);
     metrics_->set_active(left);
   }
+  // Last: releasing the last request of a model being unloaded may destroy
+  // this instance right here (see ResponderControl).
+  TRITONBACKEND_Request* request = a->request;
+  a.reset();
+  log_if_error(TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL),
+               "releasing a request");
 }
 
 }  // namespace glmtriton

@@ -79,9 +79,16 @@ class DecoderInstance {
   void reject(TRITONBACKEND_Request* request, TRITONSERVER_Error_Code code, const std::string& msg,
               uint64_t exec_start_ns);
   void on_tokens(const glm::TokenEvent& ev);  // engine thread
-  void responder_loop();
+  // The responder thread may itself run ~DecoderInstance: Triton unloads a
+  // model when its last request is released, and we release requests on the
+  // responder thread. `gone` then turns true, and from that moment the thread
+  // touches no member: every path that can release a request returns at once.
+  struct ResponderControl {
+    std::atomic<bool> gone{false};
+  };
+  void responder_loop(std::shared_ptr<ResponderControl> ctl);
   void handle(Event& ev);
-  void check_cancellations();
+  void check_cancellations(const std::atomic<bool>& gone);
   bool is_cancelled(const Active& a) const;
   // Cancels `id` in the engine and answers it when it was cancelled by the
   // client or ran past its timeout. Returns true when it did.
@@ -112,6 +119,7 @@ class DecoderInstance {
   std::unordered_map<uint64_t, std::unique_ptr<Active>> active_;
   std::atomic<uint64_t> next_id_{1};
   uint64_t last_metrics_ns_ = 0;
+  std::shared_ptr<ResponderControl> ctl_ = std::make_shared<ResponderControl>();
   std::thread responder_;
 };
 

@@ -44,6 +44,7 @@ struct Matrix {
   int64_t rows = 0, cols = 0;
   std::vector<float> scale;  // I8: per-row scale (from F16)
   std::vector<float> owned;  // F32 copy when the stored data is misaligned
+  std::vector<int8_t> owned_q;  // weights quantized at load (int8 option on a float checkpoint)
 
   static Matrix from(const TensorView& w, const TensorView* scale) {
     Matrix m;
@@ -56,6 +57,18 @@ struct Matrix {
       m.owned = to_float(w);
       m.data = m.owned.data();
     }
+    return m;
+  }
+  // Quantizes a float weight like the converter does, then serves it as I8.
+  static Matrix quantized(const TensorView& w) {
+    QuantizedRows qr = quantize_int8_rows(to_float(w).data(), w.shape[0], w.shape[1]);
+    Matrix m;
+    m.dtype = DType::kI8;
+    m.rows = w.shape[0];
+    m.cols = w.shape[1];
+    m.owned_q = std::move(qr.q);
+    m.data = m.owned_q.data();
+    for (uint16_t h : qr.scale) m.scale.push_back(f16_to_f32(h));
     return m;
   }
   // Row r as float32: a pointer into the weights (F32) or into buf (F16, I8).
@@ -112,6 +125,12 @@ class CpuRunner final : public ModelRunner {
                    ? random_weights(cfg, opts.weights_seed, DType::kF32, opts.int8 || cfg.int8, cfg.int8_lm_head)
                    : load_weights(opts.checkpoint_dir, cfg);
     const ModelWeights& w = weights_;
+    // int8 option on a float checkpoint: quantize the layer linears at load
+    // (lm_head stays float, as the converter's default).
+    const bool quantize_now = opts.int8 && !w.int8;
+    auto linear_matrix = [&](const LinearWeights& lw) {
+      return quantize_now ? Matrix::quantized(lw.weight) : Matrix::from(lw.weight, &lw.scale);
+    };
     embeddings_ = Matrix::from(w.word_embeddings, nullptr);
     for (const LayerWeights& lw : w.layers) {
       Layer L;
@@ -119,10 +138,10 @@ class CpuRunner final : public ModelRunner {
       L.ln1_b = to_float(lw.input_layernorm_bias);
       L.ln2_w = to_float(lw.post_attention_layernorm_weight);
       L.ln2_b = to_float(lw.post_attention_layernorm_bias);
-      L.qkv = Matrix::from(lw.query_key_value.weight, &lw.query_key_value.scale);
-      L.dense = Matrix::from(lw.dense.weight, &lw.dense.scale);
-      L.h_to_4h = Matrix::from(lw.dense_h_to_4h.weight, &lw.dense_h_to_4h.scale);
-      L.four_h_to_h = Matrix::from(lw.dense_4h_to_h.weight, &lw.dense_4h_to_h.scale);
+      L.qkv = linear_matrix(lw.query_key_value);
+      L.dense = linear_matrix(lw.dense);
+      L.h_to_4h = linear_matrix(lw.dense_h_to_4h);
+      L.four_h_to_h = linear_matrix(lw.dense_4h_to_h);
       L.qkv_b = to_float(lw.query_key_value.bias);
       L.dense_b = to_float(lw.dense.bias);
       L.h_to_4h_b = to_float(lw.dense_h_to_4h.bias);

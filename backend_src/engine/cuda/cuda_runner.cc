@@ -141,6 +141,7 @@ class CudaRunner final : public ModelRunner {
   int32_t* meta_host_ = nullptr;  // pinned
   size_t meta_host_ints_ = 0;
   int32_t* out_dev_ = nullptr;    // [max_seqs]
+  unsigned long long* argmax_scratch_ = nullptr;  // [max_seqs]
   int32_t* out_host_ = nullptr;   // pinned [max_seqs]
   // sampling staging
   void* samp_ws_ = nullptr;
@@ -234,6 +235,12 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     logits_ = alloc_f((size_t)max_seqs_ * V_);
     out_dev_ = dev_alloc<int32_t>(max_seqs_);
     allocations_.push_back(out_dev_);
+    argmax_scratch_ = dev_alloc<unsigned long long>(max_seqs_);
+    allocations_.push_back(argmax_scratch_);
+    {
+      const char* g = std::getenv("GLM_CUDA_GEMV");
+      gemm_->set_use_gemv(!(g && std::string(g) == "0"));
+    }
     GLM_CUDA_CHECK(cudaMallocHost(&out_host_, sizeof(int32_t) * max_seqs_));
     samp_ws_bytes_ = cuda::sample_workspace_bytes(max_seqs_, V_);
     GLM_CUDA_CHECK(cudaMalloc(&samp_ws_, samp_ws_bytes_));
@@ -455,8 +462,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
     cuda::paged_attention(q_, k_layer_[l], v_layer_[l], m.tok_seq, m.n_keys, m.tables, ap, att_, T, s);
     gemm_->linear(att_, w.wdense, d_, T, H_, H_);
     cuda::add_layernorm(a_, alpha_, d_, w.bdense, nullptr, w.ln_post_w, w.ln_post_b, eps, m_, T, H_, s);
-    gemm_->linear(m_, w.w1, f_, T, H_, I_);
-    cuda::bias_gelu(f_, w.b1, T, I_, s);
+    gemm_->linear(m_, w.w1, f_, T, H_, I_, w.b1, /*gelu=*/true);
     gemm_->linear(f_, w.w2, d_, T, I_, H_);
     if (l + 1 < L_) {
       const Layer& nx = layers_[l + 1];
@@ -618,13 +624,13 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
         cuda::repetition_penalty(logits_, V_, reinterpret_cast<int32_t*>(samp_dev_ + o_pr),
                                  reinterpret_cast<float*>(samp_dev_ + o_pen), reinterpret_cast<int32_t*>(samp_dev_ + o_hist),
                                  reinterpret_cast<int32_t*>(samp_dev_ + o_hoff), (int)pen_rows.size(), stream_);
-      cuda::argmax_rows(logits_, V_, S, out_dev_, stream_);
+      cuda::argmax_rows(logits_, V_, S, out_dev_, argmax_scratch_, stream_);
       if (!samp_rows.empty())
         cuda::sample_rows(logits_, V_, reinterpret_cast<int32_t*>(samp_dev_ + o_sr),
                           reinterpret_cast<cuda::SampleRowParams*>(samp_dev_ + o_sp), (int)samp_rows.size(), samp_ws_,
                           samp_ws_bytes_, out_dev_, stream_);
     } else {
-      cuda::argmax_rows(logits_, V_, S, out_dev_, stream_);
+      cuda::argmax_rows(logits_, V_, S, out_dev_, argmax_scratch_, stream_);
     }
     GLM_CUDA_CHECK(cudaMemcpyAsync(out_host_, out_dev_, sizeof(int32_t) * S, cudaMemcpyDeviceToHost, stream_));
     GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cuda_check.h"
+#include "kernels.h"
 
 namespace glm {
 namespace cuda {
@@ -43,15 +44,27 @@ Gemm::~Gemm() {
 }
 
 void Gemm::set_stream(cudaStream_t stream) {
+  stream_ = stream;
   check_blas(cublasSetStream(handle_, stream), "cublasSetStream");
   check_blas(cublasSetWorkspace(handle_, workspace_, workspace_bytes_), "cublasSetWorkspace");
 }
 
-void Gemm::linear(const __half* x, const __half* w, __half* y, int tokens, int in, int out) {
+void Gemm::linear(const __half* x, const __half* w, __half* y, int tokens, int in, int out, const float* bias,
+                  bool gelu) {
+  check_arg(!(bias && !gelu), "linear", "a bias is only fused together with GeLU");
+  if (use_gemv_ && gemv_supported(x, w, tokens, in)) {
+    gemv(x, w, y, false, bias, gelu, tokens, in, out, stream_);
+    return;
+  }
   gemm(handle_, x, w, y, CUDA_R_16F, tokens, in, out);
+  if (gelu) bias_gelu(y, bias, tokens, out, stream_);
 }
 
 void Gemm::linear_f32out(const __half* x, const __half* w, float* y, int tokens, int in, int out) {
+  if (use_gemv_ && gemv_supported(x, w, tokens, in)) {
+    gemv(x, w, y, true, nullptr, false, tokens, in, out, stream_);
+    return;
+  }
   gemm(handle_, x, w, y, CUDA_R_32F, tokens, in, out);
 }
 

@@ -18,11 +18,18 @@ class Gemm {
   // Binds the handle to `stream` and gives cuBLAS a fixed workspace, so that
   // calls can be captured into CUDA graphs.
   void set_stream(cudaStream_t stream);
-  void linear(const __half* x, const __half* w, __half* y, int tokens, int in, int out);
+  // With gelu: y = gelu_tanh(x W^T + bias) (bias may be null only without gelu).
+  // Up to kGemvMaxTokens tokens go to the weight-streaming GEMV (gemv.cu)
+  // unless use_gemv is off; more go to cuBLAS.
+  void linear(const __half* x, const __half* w, __half* y, int tokens, int in, int out,
+              const float* bias = nullptr, bool gelu = false);
   void linear_f32out(const __half* x, const __half* w, float* y, int tokens, int in, int out);
+  void set_use_gemv(bool on) { use_gemv_ = on; }
 
  private:
   cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  bool use_gemv_ = true;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };

@@ -172,6 +172,36 @@ void test_gemm(int tokens, int in, int out) {
   report("gemm fp32 out " + sz, e2 < 1e-4, fmt(e2));
 }
 
+void test_gemv(int M, int K, int N, bool f32_out, bool gelu) {
+  auto x = to_half(randn((size_t)M * K));
+  auto w = to_half(randn((size_t)N * K, 0.05f));
+  auto b = randn(N, 0.5f);
+  Dev<__half> dx(x), dw(w), dy((size_t)M * N);
+  Dev<float> dyf((size_t)M * N), db(b);
+  dy.poison();
+  dyf.poison();
+  if (f32_out)
+    gemv(dx.p, dw.p, dyf.p, true, nullptr, false, M, K, N, 0);
+  else
+    gemv(dx.p, dw.p, dy.p, false, gelu ? db.p : nullptr, gelu, M, K, N, 0);
+  GLM_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> ref((size_t)M * N);
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += (double)h2f(x[(size_t)m * K + k]) * h2f(w[(size_t)n * K + k]);
+      if (gelu) {
+        s += b[n];
+        s = 0.5 * s * (1 + std::tanh(0.7978845608028654 * s * (1 + 0.044715 * s * s)));
+      }
+      ref[(size_t)m * N + n] = (float)s;
+    }
+  const double e = rel_err(f32_out ? dyf.down() : from_half(dy.down()), ref);
+  char nm[128];
+  std::snprintf(nm, sizeof nm, "gemv M=%d K=%d N=%d%s%s", M, K, N, f32_out ? " f32out" : "", gelu ? " bias+gelu" : "");
+  report(nm, e < (f32_out ? 1e-5 : 2e-3), fmt(e));
+}
+
 // ------------------------------------------------------------ rotary + kv
 std::vector<float> inv_freq_table(int head_dim) {
   const int R = head_dim / 2;
@@ -385,7 +415,8 @@ void test_sampling(int vocab, int rows) {
     dout.poison();
     if (c.pen != 1.f) repetition_penalty(dl.p, vocab, dri.p, dpen.p, dh.p, dho.p, n, 0);
     if (c.t == 0.f) {
-      argmax_rows(dl.p, vocab, n, dout.p, 0);
+      Dev<unsigned long long> scratch(n);
+      argmax_rows(dl.p, vocab, n, dout.p, scratch.p, 0);
     } else {
       const size_t wb = sample_workspace_bytes(n, vocab);
       Dev<char> ws(wb);
@@ -451,6 +482,13 @@ int main(int argc, char** argv) {
     test_gemm(1, 4096, 1000);
     test_gemm(7, 96, 136);
     test_gemm(33, 4096, 12288);
+    test_gemv(1, 4096, 12288, false, false);
+    test_gemv(3, 4096, 1001, true, false);
+    test_gemv(8, 16384, 4096, false, false);
+    test_gemv(5, 4096, 16384, false, true);
+    test_gemv(2, 128, 515, false, true);
+    test_gemv(7, 520, 33, true, false);
+    test_layernorm(3, 768, true, true);
     test_rotary(13, 32, 128, 16, false);
     test_rotary(13, 32, 128, 16, true);
     test_rotary(9, 8, 4, 5, false);
@@ -460,6 +498,7 @@ int main(int argc, char** argv) {
     test_attention(8, 4, 5, {3, 11, 2}, 3);
     test_attention(4, 16, 7, {29, 1}, 29);
     test_attention(6, 64, 16, {2047}, 2);
+    test_attention(4, 32, 16, {23, 40, 7}, 5);
     test_sampling(1001, 5);
     test_sampling(130528, 3);
   } catch (const std::exception& e) {

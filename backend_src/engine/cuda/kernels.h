@@ -32,6 +32,14 @@ void add_layernorm(const __half* resid, float alpha, const __half* y, const floa
 // x[i, j] = gelu_tanh(x[i, j] + bias[j]) in place, fp32 math. bias may be null.
 void bias_gelu(__half* x, const float* bias, int rows, int cols, cudaStream_t stream);
 
+// ---- gemv.cu ------------------------------------------------------------
+// y[M, N] = x[M, K] @ w[N, K]^T (+ bias, then GeLU when gelu), fp32 accumulation,
+// fp16 or fp32 (f32_out) output. For decode steps of 1..kGemvMaxTokens tokens.
+constexpr int kGemvMaxTokens = 8;
+bool gemv_supported(const void* x, const void* w, int M, int K);
+void gemv(const __half* x, const __half* w, void* y, bool f32_out, const float* bias, bool gelu, int M, int K,
+          int N, cudaStream_t stream);
+
 // ---- rotary.cu ----------------------------------------------------------
 struct RotaryParams {
   int heads = 0;
@@ -76,7 +84,9 @@ void repetition_penalty(float* logits, int vocab, const int32_t* rows_idx, const
                         const int32_t* hist, const int32_t* hist_off, int n, cudaStream_t stream);
 
 // out[r] = argmax of logits row r (lowest id on ties; NaN never wins).
-void argmax_rows(const float* logits, int vocab, int rows, int32_t* out, cudaStream_t stream);
+// scratch: [rows] 64-bit words of device memory.
+void argmax_rows(const float* logits, int vocab, int rows, int32_t* out, unsigned long long* scratch,
+                 cudaStream_t stream);
 
 // Temperature / top-k / top-p sampling of rows rows_idx[0..n) (see sampling.cu
 // for the exact semantics, the CPU sampler's). Needs a workspace from

@@ -64,6 +64,87 @@ __global__ void __launch_bounds__(kLnThreads)
   }
 }
 
+// Fast path: the row lives in registers, VPT 16-byte vectors per thread,
+// blockDim = hidden / (8 * VPT) (a multiple of 32). One read, one write.
+template <int VPT>
+__global__ void __launch_bounds__(1024)
+    add_layernorm_vec_kernel(const __half* __restrict__ resid, float alpha, const __half* __restrict__ y,
+                             const float* __restrict__ y_bias, const int32_t* __restrict__ in_rows,
+                             const float* __restrict__ gamma, const float* __restrict__ beta, float eps,
+                             __half* __restrict__ out, int hidden) {
+  __shared__ float red[2][32];
+  const int row = blockIdx.x;
+  const int64_t src = in_rows ? (int64_t)in_rows[row] : (int64_t)row;
+  const uint4* y4 = reinterpret_cast<const uint4*>(y + src * hidden);
+  const uint4* r4 = resid ? reinterpret_cast<const uint4*>(resid + src * hidden) : nullptr;
+  float v[VPT][8];
+  uint4 yr[VPT], rr[VPT];
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const int c = j * blockDim.x + threadIdx.x;
+    yr[j] = y4[c];
+    if (r4) rr[j] = r4[c];
+  }
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const int c = j * blockDim.x + threadIdx.x;
+    const __half2* yh = reinterpret_cast<const __half2*>(&yr[j]);
+    const __half2* rh = reinterpret_cast<const __half2*>(&rr[j]);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float2 f = __half22float2(yh[e]);
+      if (r4) {
+        const float2 g = __half22float2(rh[e]);
+        f.x += alpha * g.x;
+        f.y += alpha * g.y;
+      }
+      if (y_bias) {
+        f.x += y_bias[c * 8 + 2 * e];
+        f.y += y_bias[c * 8 + 2 * e + 1];
+      }
+      v[j][2 * e] = f.x;
+      v[j][2 * e + 1] = f.y;
+      s += f.x + f.y;
+    }
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) red[0][warp] = s;
+  __syncthreads();
+  s = 0.f;
+  for (int i = 0; i < nw; ++i) s += red[0][i];
+  const float mean = s / hidden;
+  float q = 0.f;
+#pragma unroll
+  for (int j = 0; j < VPT; ++j)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float d = v[j][e] - mean;
+      q += d * d;
+    }
+  for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+  if (lane == 0) red[1][warp] = q;
+  __syncthreads();
+  q = 0.f;
+  for (int i = 0; i < nw; ++i) q += red[1][i];
+  const float rstd = rsqrtf(q / hidden + eps);
+  uint4* o4 = reinterpret_cast<uint4*>(out + (int64_t)row * hidden);
+#pragma unroll
+  for (int j = 0; j < VPT; ++j) {
+    const int c = j * blockDim.x + threadIdx.x;
+    uint4 w;
+    __half2* wh = reinterpret_cast<__half2*>(&w);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int k = c * 8 + 2 * e;
+      wh[e] = __floats2half2_rn((v[j][2 * e] - mean) * rstd * gamma[k] + beta[k],
+                                (v[j][2 * e + 1] - mean) * rstd * gamma[k + 1] + beta[k + 1]);
+    }
+    o4[c] = w;
+  }
+}
+
 __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
 }
@@ -93,8 +174,17 @@ void add_layernorm(const __half* resid, float alpha, const __half* y, const floa
   check_arg(hidden >= 2 && hidden % 2 == 0 && hidden <= 12288, k, "hidden must be even, <= 12288");
   check_arg(eps > 0.f, k, "eps must be > 0");
   if (rows == 0) return;
-  add_layernorm_kernel<<<rows, kLnThreads, hidden * sizeof(float), stream>>>(
-      resid, alpha, y, y_bias, in_rows, gamma, beta, eps, out, hidden);
+  const bool aligned = ((uintptr_t)y % 16 == 0) && ((uintptr_t)out % 16 == 0) && (!resid || (uintptr_t)resid % 16 == 0);
+  if (aligned && hidden % (8 * 32 * 4) == 0 && hidden / 32 <= 1024) {
+    add_layernorm_vec_kernel<4><<<rows, hidden / 32, 0, stream>>>(resid, alpha, y, y_bias, in_rows, gamma, beta,
+                                                                 eps, out, hidden);
+  } else if (aligned && hidden % (8 * 32) == 0 && hidden / 8 <= 1024) {
+    add_layernorm_vec_kernel<1><<<rows, hidden / 8, 0, stream>>>(resid, alpha, y, y_bias, in_rows, gamma, beta,
+                                                                eps, out, hidden);
+  } else {
+    add_layernorm_kernel<<<rows, kLnThreads, hidden * sizeof(float), stream>>>(
+        resid, alpha, y, y_bias, in_rows, gamma, beta, eps, out, hidden);
+  }
   GLM_CUDA_LAUNCH_CHECK(k);
 }
 

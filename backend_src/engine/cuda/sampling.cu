@@ -50,42 +50,42 @@ __global__ void penalty_kernel(float* __restrict__ logits, int vocab,
   }
 }
 
-__global__ void argmax_kernel(const float* __restrict__ logits, int vocab, int32_t* __restrict__ out) {
-  const float* row = logits + (int64_t)blockIdx.x * vocab;
-  float best = -INFINITY;
-  int idx = vocab;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
-    if (v > best || (v == best && i < idx)) {  // strided: i grows, so ties keep the first
-      best = v;
-      idx = i;
-    }
+// Argmax in two launches: blocks of a row reduce chunks to a 64-bit key
+// (orderable value << 32 | ~id), combined with atomicMax; then key -> id.
+constexpr int kArgmaxChunk = 4096;
+
+__device__ __forceinline__ uint32_t order_bits_any(float x) {
+  if (x == 0.f) x = 0.f;
+  const uint32_t b = __float_as_uint(x);
+  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__global__ void argmax_partial_kernel(const float* __restrict__ logits, int vocab,
+                                      unsigned long long* __restrict__ keys) {
+  const int row = blockIdx.y;
+  const float* r = logits + (int64_t)row * vocab;
+  const int begin = blockIdx.x * kArgmaxChunk;
+  const int end = min(vocab, begin + kArgmaxChunk);
+  unsigned long long best = 0ull;
+  for (int i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const float v = r[i];
+    if (v != v) continue;  // NaN never wins
+    const unsigned long long key = ((unsigned long long)order_bits_any(v) << 32) | (0xFFFFFFFFu - (uint32_t)i);
+    best = key > best ? key : best;
   }
-  __shared__ float sv[32];
-  __shared__ int si[32];
   for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (ov > best || (ov == best && oi < idx)) {
-      best = ov;
-      idx = oi;
-    }
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, best, o);
+    best = other > best ? other : best;
   }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) {
-    sv[warp] = best;
-    si[warp] = idx;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < (int)(blockDim.x >> 5); ++w) {
-      if (sv[w] > best || (sv[w] == best && si[w] < idx)) {
-        best = sv[w];
-        idx = si[w];
-      }
-    }
-    out[blockIdx.x] = idx < vocab ? idx : 0;
-  }
+  if ((threadIdx.x & 31) == 0 && best) atomicMax(&keys[row], best);
+}
+
+__global__ void argmax_finish_kernel(const unsigned long long* __restrict__ keys, int rows,
+                                     int32_t* __restrict__ out) {
+  const int r = blockIdx.x * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  const unsigned long long k = keys[r];
+  out[r] = k ? (int32_t)(0xFFFFFFFFu - (uint32_t)(k & 0xFFFFFFFFull)) : 0;
 }
 
 // Monotone float -> uint32 (ascending); -0 is treated as +0, as `>` does.
@@ -216,12 +216,17 @@ void repetition_penalty(float* logits, int vocab, const int32_t* rows_idx, const
   GLM_CUDA_LAUNCH_CHECK(k);
 }
 
-void argmax_rows(const float* logits, int vocab, int rows, int32_t* out, cudaStream_t stream) {
+void argmax_rows(const float* logits, int vocab, int rows, int32_t* out, unsigned long long* scratch,
+                 cudaStream_t stream) {
   const char* k = "argmax_rows";
-  check_arg(logits && out, k, "null tensor");
-  check_arg(vocab > 0 && rows >= 0, k, "bad sizes");
+  check_arg(logits && out && scratch, k, "null tensor");
+  check_arg(vocab > 0 && rows >= 0 && rows <= 65535, k, "bad sizes");
   if (rows == 0) return;
-  argmax_kernel<<<rows, 1024, 0, stream>>>(logits, vocab, out);
+  GLM_CUDA_CHECK(cudaMemsetAsync(scratch, 0, sizeof(unsigned long long) * rows, stream));
+  dim3 grid((vocab + kArgmaxChunk - 1) / kArgmaxChunk, rows);
+  argmax_partial_kernel<<<grid, 256, 0, stream>>>(logits, vocab, scratch);
+  GLM_CUDA_LAUNCH_CHECK(k);
+  argmax_finish_kernel<<<(rows + 255) / 256, 256, 0, stream>>>(scratch, rows, out);
   GLM_CUDA_LAUNCH_CHECK(k);
 }
 

@@ -1,0 +1,149 @@
+// Weight-streaming GEMV for decode steps with few tokens (M <= 8):
+// y[m, n] = sum_k x[m, k] W[n, k] (+ bias[n], GeLU). Memory-bound on W: each
+// warp streams two rows of W with 16-byte loads that skip L1 (x stays there),
+// several loads in flight per lane, fp32 accumulation, a warp reduction.
+#include "cuda_check.h"
+#include "kernels.h"
+
+namespace glm {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kRows = 2;  // rows of W per warp
+
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
+  const __half2* ha = reinterpret_cast<const __half2*>(&a);
+  const __half2* hb = reinterpret_cast<const __half2*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 fa = __half22float2(ha[i]);
+    const float2 fb = __half22float2(hb[i]);
+    s = fmaf(fa.x, fb.x, s);
+    s = fmaf(fa.y, fb.y, s);
+  }
+  return s;
+}
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
+}
+
+template <int M, bool F32OUT, bool GELU>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_kernel(const __half* __restrict__ x, const __half* __restrict__ w, void* __restrict__ y,
+                const float* __restrict__ bias, int N, int K) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n0 = (blockIdx.x * kWarps + warp) * kRows;
+  if (n0 >= N) return;
+  const bool two = n0 + 1 < N;
+  const __half* w0 = w + (int64_t)n0 * K;
+  const __half* w1 = w + (int64_t)(two ? n0 + 1 : n0) * K;
+  float acc[kRows][M];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+  constexpr int U = 4;
+  int k = lane * 8;
+  for (; k + (U - 1) * 256 < K; k += U * 256) {
+    uint4 a[U], b[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      a[u] = ld_stream(w0 + k + u * 256);
+      b[u] = ld_stream(w1 + k + u * 256);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)m * K + k + u * 256);
+        acc[0][m] += dot8(a[u], xv);
+        acc[1][m] += dot8(b[u], xv);
+      }
+    }
+  }
+  for (; k < K; k += 256) {
+    const uint4 a = ld_stream(w0 + k), b = ld_stream(w1 + k);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)m * K + k);
+      acc[0][m] += dot8(a, xv);
+      acc[1][m] += dot8(b, xv);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
+  if (lane == 0) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      if (r == 1 && !two) break;
+      const int n = n0 + r;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float v = acc[r][m];
+        if (bias) v += bias[n];
+        if (GELU) v = gelu_tanh(v);
+        if (F32OUT)
+          static_cast<float*>(y)[(int64_t)m * N + n] = v;
+        else
+          static_cast<__half*>(y)[(int64_t)m * N + n] = __float2half_rn(v);
+      }
+    }
+  }
+}
+
+template <int M>
+void launch_m(const __half* x, const __half* w, void* y, bool f32_out, const float* bias, bool gelu, int N,
+              int K, cudaStream_t stream) {
+  const int warps = (N + kRows - 1) / kRows;
+  const int blocks = (warps + kWarps - 1) / kWarps;
+  if (f32_out)
+    gemv_kernel<M, true, false><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+  else if (gelu)
+    gemv_kernel<M, false, true><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+  else
+    gemv_kernel<M, false, false><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+}
+
+}  // namespace
+
+bool gemv_supported(const void* x, const void* w, int M, int K) {
+  return M >= 1 && M <= kGemvMaxTokens && K % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
+}
+
+void gemv(const __half* x, const __half* w, void* y, bool f32_out, const float* bias, bool gelu, int M, int K,
+          int N, cudaStream_t stream) {
+  const char* k = "gemv";
+  check_arg(x && w && y, k, "null tensor");
+  check_arg(N > 0 && K > 0, k, "bad sizes");
+  check_arg(gemv_supported(x, w, M, K), k, "needs 1 <= M <= 8, K % 8 == 0, 16-byte aligned x and w");
+  check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
+  switch (M) {
+    case 1: launch_m<1>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+    case 2: launch_m<2>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+    case 3: launch_m<3>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+    case 4: launch_m<4>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+    case 5: launch_m<5>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+    case 6: launch_m<6>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+    case 7: launch_m<7>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+    default: launch_m<8>(x, w, y, f32_out, bias, gelu, N, K, stream); break;
+  }
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+}  // namespace cuda
+}  // namespace glm
