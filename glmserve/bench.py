@@ -169,8 +169,14 @@ def profile_steps(eng, prompts, args, torch) -> str:
 
 def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
     """glmserve.reference in eager fp16 (HF-style loop: full forward per step, KV concat)."""
+    import glmserve.reference as ref
     from glmserve.config import ChatGLMConfig
-    from glmserve.reference import ChatGLMModel, generate
+
+    # glmserve.reference makes its rotary inv_freq table on the CPU; follow the model to the GPU.
+    orig = getattr(ref, "_glm_orig_rotary_inv_freq", ref.rotary_inv_freq)
+    ref._glm_orig_rotary_inv_freq = orig
+    ref.rotary_inv_freq = lambda d: orig(d).to("cuda")
+    ChatGLMModel, generate = ref.ChatGLMModel, ref.generate
 
     cfg = ChatGLMConfig.from_dict(REAL_CONFIG)
     from glmserve._checkpoint import expected_shapes
