@@ -36,7 +36,8 @@ apt_pkgs=()
 pip_pkgs=()
 
 # --- compiler, make -----------------------------------------------------------
-if ! have g++ && ! have c++; then apt_pkgs+=(g++); fi
+# g++ (the project builds with -Werror on GCC; the image build sets CXX=g++)
+have g++ || apt_pkgs+=(g++)
 have make || apt_pkgs+=(make)
 
 # --- CMake --------------------------------------------------------------------
@@ -140,7 +141,7 @@ fi
 
 # --- verify -------------------------------------------------------------------
 fail=0
-(have g++ || have c++) || { echo "install_build_deps: no C++ compiler" >&2; fail=1; }
+have g++ || { echo "install_build_deps: no g++" >&2; fail=1; }
 cmake_now=$(cmake --version 2>/dev/null | sed -n 's/^cmake version \([0-9.]*\).*/\1/p')
 { [ -n "$cmake_now" ] && version_ge "$cmake_now" "$cmake_min"; } || { echo "install_build_deps: cmake ${cmake_now:-missing} < $cmake_min" >&2; fail=1; }
 if [ "$SKIP_CUDA" != 1 ]; then

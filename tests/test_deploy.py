@@ -244,6 +244,26 @@ def test_install_build_deps_plans_the_image_cuda_packages(tmp_path):
     assert proc.returncode == 0 and "cuda-" not in proc.stdout, out(proc)
 
 
+def test_install_build_deps_dry_run_simulates_missing_tools_with_apt(tmp_path):
+    """Without g++ and make on PATH the plan asks apt for them, and the dry run has
+    apt-get simulate the install (so a wrong package name fails here)."""
+    if not shutil.which("apt-get"):
+        pytest.skip("no apt-get on this machine")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for entry in Path(d).iterdir():
+            if entry.name in ("g++", "make") or (bindir / entry.name).exists():
+                continue
+            (bindir / entry.name).symlink_to(entry)
+    env = {"PATH": str(bindir), "SKIP_CUDA": "1"}
+    proc = run(["bash", "docker/install_build_deps.sh", "--dry-run"], env=env)
+    assert proc.returncode == 0, out(proc)
+    m = re.search(r"apt packages to install: (.*)", proc.stdout)
+    assert m and m.group(1).split() == ["g++", "make"], out(proc)
+    assert "apt-get simulation of g++ make: ok" in proc.stdout, out(proc)
+
+
 @pytest.mark.slow
 def test_install_python_env_resolves_requirements_for_the_image_python():
     """requirements.txt must install on the image's Python 3.10 / glibc 2.35 with
