@@ -52,7 +52,6 @@ def test_reference_text_greedy_not_degenerate(tiny: Path, capsys) -> None:
     code, out, err = run(capsys, "--checkpoint", str(tiny), "--text", "Hello", "--max-tokens", "48")
     assert code == 0, err
     text = out.rstrip("\n")
-    assert "\n" not in text  # one prompt, one line
     assert len(set(text.replace(" ", ""))) >= 16, text  # many different characters
 
 
