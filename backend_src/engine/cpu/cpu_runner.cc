@@ -96,15 +96,60 @@ struct Matrix {
   }
 };
 
-float dot(const float* a, const float* b, int64_t n) {
-  // 8 independent partial sums: vectorizes without -ffast-math.
-  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+// Dot products with 8 independent partial sums, reduced in one fixed order.
+// Every output of every kernel below uses exactly this order, whatever the
+// batch and the tiling, so results never depend on batch composition (and are
+// the same in the AVX2 and the baseline clone: no FMA contraction in either).
+#define GLM_CLONES __attribute__((target_clones("avx2", "default")))
+
+inline float reduce8(const float* s) { return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])); }
+
+// GCC vector extension: 8 floats (two SSE registers in the baseline clone, one
+// AVX register in the AVX2 clone). Lane j holds partial sum j.
+typedef float v8f __attribute__((vector_size(32)));
+
+GLM_CLONES float dot(const float* a, const float* b, int64_t n) {
+  v8f acc = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  for (; i + 8 <= n; i += 8) {
+    v8f va, vb;
+    std::memcpy(&va, a + i, sizeof va);
+    std::memcpy(&vb, b + i, sizeof vb);
+    acc += va * vb;
+  }
+  float s[8];
+  std::memcpy(s, &acc, sizeof s);
   float tail = 0.0f;
   for (; i < n; ++i) tail += a[i] * b[i];
-  return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
+  return reduce8(s) + tail;
+}
+
+// Four rows of X against one weight row w: y[r] = X[r] . w (same order as dot()).
+GLM_CLONES void dot4(const float* x0, const float* x1, const float* x2, const float* x3, const float* w, int64_t n,
+                     float* y) {
+  v8f a0 = {0, 0, 0, 0, 0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0;
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    v8f vw, v0, v1, v2, v3;
+    std::memcpy(&vw, w + i, sizeof vw);
+    std::memcpy(&v0, x0 + i, sizeof v0);
+    std::memcpy(&v1, x1 + i, sizeof v1);
+    std::memcpy(&v2, x2 + i, sizeof v2);
+    std::memcpy(&v3, x3 + i, sizeof v3);
+    a0 += v0 * vw;
+    a1 += v1 * vw;
+    a2 += v2 * vw;
+    a3 += v3 * vw;
+  }
+  const float* xs[4] = {x0, x1, x2, x3};
+  const v8f* accs[4] = {&a0, &a1, &a2, &a3};
+  for (int r = 0; r < 4; ++r) {
+    float s[8];
+    std::memcpy(s, accs[r], sizeof s);
+    float tail = 0.0f;
+    for (int64_t k = i; k < n; ++k) tail += xs[r][k] * w[k];
+    y[r] = reduce8(s) + tail;
+  }
 }
 
 struct Layer {
@@ -122,7 +167,8 @@ class CpuRunner final : public ModelRunner {
     if (opts.dtype != "fp32" && opts.dtype != "float32")
       throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cpu (use fp32)");
     weights_ = opts.random_weights
-                   ? random_weights(cfg, opts.weights_seed, DType::kF32, opts.int8 || cfg.int8, cfg.int8_lm_head)
+                   // F16 storage halves the memory of a 6B-shaped random model; rows are widened on use.
+                   ? random_weights(cfg, opts.weights_seed, DType::kF16, opts.int8 || cfg.int8, cfg.int8_lm_head)
                    : load_weights(opts.checkpoint_dir, cfg);
     const ModelWeights& w = weights_;
     // int8 option on a float checkpoint: quantize the layer linears at load
@@ -166,9 +212,11 @@ class CpuRunner final : public ModelRunner {
   int plan_kv_blocks(const EngineOptions& opts) const override {
     if (opts.num_kv_blocks > 0) return opts.num_kv_blocks;
     const int64_t bytes = opts.kv_cache_bytes > 0 ? opts.kv_cache_bytes : (int64_t(1) << 30);
-    const int64_t by_bytes = bytes / kv_block_bytes(opts.block_size);
-    // Never more than every running sequence at full length needs.
+    int64_t by_bytes = bytes / kv_block_bytes(opts.block_size);
     const int64_t per_seq = (cfg_.max_sequence_length + opts.block_size - 1) / opts.block_size;
+    // The default (1 GiB) always holds at least one full-length sequence.
+    if (opts.kv_cache_bytes == 0) by_bytes = std::max(by_bytes, per_seq);
+    // Never more than every running sequence at full length needs.
     const int64_t cap = per_seq * std::max(1, opts.max_running_seqs);
     const int64_t n = std::min(by_bytes, cap);
     if (n < 1)
@@ -202,7 +250,13 @@ class CpuRunner final : public ModelRunner {
       for (int64_t n = n0; n < n1; ++n) {
         const float* w = W.row(n, buf.data());
         const float b = bias ? bias[n] : 0.0f;
-        for (int64_t t = 0; t < T; ++t) Y[t * N + n] = dot(X + t * K, w, K) + b;
+        int64_t t = 0;
+        for (; t + 4 <= T; t += 4) {
+          float y[4];
+          dot4(X + t * K, X + (t + 1) * K, X + (t + 2) * K, X + (t + 3) * K, w, K, y);
+          for (int r = 0; r < 4; ++r) Y[(t + r) * N + n] = y[r] + b;
+        }
+        for (; t < T; ++t) Y[t * N + n] = dot(X + t * K, w, K) + b;
       }
     });
   }

@@ -9,9 +9,9 @@ namespace glm {
 namespace cuda {
 namespace {
 
-constexpr int kAttnThreads = 256;
+constexpr int kAttnThreads = 128;
 constexpr int kAttnWarps = kAttnThreads / 32;
-constexpr int kUnroll = 2;
+constexpr int kUnroll = 4;
 
 template <int VEC>
 struct HalfVec;

@@ -238,8 +238,9 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     argmax_scratch_ = dev_alloc<unsigned long long>(max_seqs_);
     allocations_.push_back(argmax_scratch_);
     {
-      const char* g = std::getenv("GLM_CUDA_GEMV");
-      gemm_->set_use_gemv(!(g && std::string(g) == "0"));
+      // GLM_CUDA_GEMV_MAX: largest token count that uses the GEMV (0 = cuBLAS only).
+      const char* g = std::getenv("GLM_CUDA_GEMV_MAX");
+      if (g) gemm_->set_gemv_max_tokens(std::atoi(g));
     }
     GLM_CUDA_CHECK(cudaMallocHost(&out_host_, sizeof(int32_t) * max_seqs_));
     samp_ws_bytes_ = cuda::sample_workspace_bytes(max_seqs_, V_);

@@ -52,7 +52,7 @@ void Gemm::set_stream(cudaStream_t stream) {
 void Gemm::linear(const __half* x, const __half* w, __half* y, int tokens, int in, int out, const float* bias,
                   bool gelu) {
   check_arg(!(bias && !gelu), "linear", "a bias is only fused together with GeLU");
-  if (use_gemv_ && gemv_supported(x, w, tokens, in)) {
+  if (tokens <= gemv_max_ && gemv_supported(x, w, tokens, in)) {
     gemv(x, w, y, false, bias, gelu, tokens, in, out, stream_);
     return;
   }
@@ -61,7 +61,7 @@ void Gemm::linear(const __half* x, const __half* w, __half* y, int tokens, int i
 }
 
 void Gemm::linear_f32out(const __half* x, const __half* w, float* y, int tokens, int in, int out) {
-  if (use_gemv_ && gemv_supported(x, w, tokens, in)) {
+  if (tokens <= gemv_max_ && gemv_supported(x, w, tokens, in)) {
     gemv(x, w, y, true, nullptr, false, tokens, in, out, stream_);
     return;
   }

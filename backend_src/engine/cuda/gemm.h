@@ -20,16 +20,17 @@ class Gemm {
   void set_stream(cudaStream_t stream);
   // With gelu: y = gelu_tanh(x W^T + bias) (bias may be null only without gelu).
   // Up to kGemvMaxTokens tokens go to the weight-streaming GEMV (gemv.cu)
-  // unless use_gemv is off; more go to cuBLAS.
+  // up to set_gemv_max_tokens(); more go to cuBLAS.
   void linear(const __half* x, const __half* w, __half* y, int tokens, int in, int out,
               const float* bias = nullptr, bool gelu = false);
   void linear_f32out(const __half* x, const __half* w, float* y, int tokens, int in, int out);
-  void set_use_gemv(bool on) { use_gemv_ = on; }
+  // GEMV for 1..max_tokens tokens (0 = never), at most kGemvMaxTokens.
+  void set_gemv_max_tokens(int n) { gemv_max_ = n; }
 
  private:
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  bool use_gemv_ = true;
+  int gemv_max_ = 4;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };

@@ -20,66 +20,72 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
   return r;
 }
 
-__device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
-  const __half2* ha = reinterpret_cast<const __half2*>(&a);
-  const __half2* hb = reinterpret_cast<const __half2*>(&b);
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 fa = __half22float2(ha[i]);
-    const float2 fb = __half22float2(hb[i]);
-    s = fmaf(fa.x, fb.x, s);
-    s = fmaf(fa.y, fb.y, s);
-  }
-  return s;
-}
-
 __device__ __forceinline__ float gelu_tanh(float x) {
   return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
 }
 
-template <int M, bool F32OUT, bool GELU>
+// Block = kWarps warps. KS warps share a pair of rows, each taking K/KS of the
+// row (more loads in flight for short, few rows), partials summed in shared memory.
+template <int M, bool F32OUT, bool GELU, int KS>
 __global__ void __launch_bounds__(kWarps * 32)
     gemv_kernel(const __half* __restrict__ x, const __half* __restrict__ w, void* __restrict__ y,
                 const float* __restrict__ bias, int N, int K) {
+  constexpr int kPairs = kWarps / KS;
+  __shared__ float part[kWarps][kRows][M];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n0 = (blockIdx.x * kWarps + warp) * kRows;
-  if (n0 >= N) return;
+  const int pair = warp / KS, ks = warp % KS;
+  const int n0 = (blockIdx.x * kPairs + pair) * kRows;
+  const bool valid = n0 < N;
   const bool two = n0 + 1 < N;
-  const __half* w0 = w + (int64_t)n0 * K;
-  const __half* w1 = w + (int64_t)(two ? n0 + 1 : n0) * K;
+  const int kper = K / KS;
+  const int kbeg = ks * kper, kend = kbeg + kper;
+  const __half* w0 = w + (int64_t)(valid ? n0 : 0) * K;
+  const __half* w1 = w + (int64_t)(two ? n0 + 1 : (valid ? n0 : 0)) * K;
   float acc[kRows][M];
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
-  constexpr int U = 4;
-  int k = lane * 8;
-  for (; k + (U - 1) * 256 < K; k += U * 256) {
-    uint4 a[U], b[U];
+  if (valid) {
+    constexpr int U = 4;
+    int k = kbeg + lane * 8;
+    auto body = [&](const uint4& a, const uint4& b, int kk) {
+      float wa[8], wb[8];
+      const __half2* ha = reinterpret_cast<const __half2*>(&a);
+      const __half2* hb = reinterpret_cast<const __half2*>(&b);
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      a[u] = ld_stream(w0 + k + u * 256);
-      b[u] = ld_stream(w1 + k + u * 256);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
+      for (int i = 0; i < 4; ++i) {
+        const float2 fa = __half22float2(ha[i]), fb = __half22float2(hb[i]);
+        wa[2 * i] = fa.x;
+        wa[2 * i + 1] = fa.y;
+        wb[2 * i] = fb.x;
+        wb[2 * i + 1] = fb.y;
+      }
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)m * K + k + u * 256);
-        acc[0][m] += dot8(a[u], xv);
-        acc[1][m] += dot8(b[u], xv);
-      }
-    }
-  }
-  for (; k < K; k += 256) {
-    const uint4 a = ld_stream(w0 + k), b = ld_stream(w1 + k);
+        const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)m * K + kk);
+        const __half2* hx = reinterpret_cast<const __half2*>(&xv);
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const uint4 xv = *reinterpret_cast<const uint4*>(x + (int64_t)m * K + k);
-      acc[0][m] += dot8(a, xv);
-      acc[1][m] += dot8(b, xv);
+        for (int i = 0; i < 4; ++i) {
+          const float2 fx = __half22float2(hx[i]);
+          acc[0][m] = fmaf(wa[2 * i], fx.x, acc[0][m]);
+          acc[0][m] = fmaf(wa[2 * i + 1], fx.y, acc[0][m]);
+          acc[1][m] = fmaf(wb[2 * i], fx.x, acc[1][m]);
+          acc[1][m] = fmaf(wb[2 * i + 1], fx.y, acc[1][m]);
+        }
+      }
+    };
+    for (; k + (U - 1) * 256 < kend; k += U * 256) {
+      uint4 a[U], b[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        a[u] = ld_stream(w0 + k + u * 256);
+        b[u] = ld_stream(w1 + k + u * 256);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) body(a[u], b[u], k + u * 256);
     }
+    for (; k < kend; k += 256) body(ld_stream(w0 + k), ld_stream(w1 + k), k);
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r)
@@ -87,7 +93,26 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int m = 0; m < M; ++m)
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
-  if (lane == 0) {
+  if (KS > 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) part[warp][r][m] = acc[r][m];
+    __syncthreads();
+    if (lane == 0 && ks == 0) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          float t = 0.f;
+#pragma unroll
+          for (int j = 0; j < KS; ++j) t += part[warp + j][r][m];
+          acc[r][m] = t;
+        }
+    }
+  }
+  if (lane == 0 && ks == 0 && valid) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       if (r == 1 && !two) break;
@@ -106,17 +131,28 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
+template <int M, int KS>
+void launch_mk(const __half* x, const __half* w, void* y, bool f32_out, const float* bias, bool gelu, int N,
+               int K, cudaStream_t stream) {
+  const int pairs = (N + kRows - 1) / kRows;
+  const int per_block = kWarps / KS;
+  const int blocks = (pairs + per_block - 1) / per_block;
+  if (f32_out)
+    gemv_kernel<M, true, false, KS><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+  else if (gelu)
+    gemv_kernel<M, false, true, KS><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+  else
+    gemv_kernel<M, false, false, KS><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+}
+
 template <int M>
 void launch_m(const __half* x, const __half* w, void* y, bool f32_out, const float* bias, bool gelu, int N,
               int K, cudaStream_t stream) {
-  const int warps = (N + kRows - 1) / kRows;
-  const int blocks = (warps + kWarps - 1) / kWarps;
-  if (f32_out)
-    gemv_kernel<M, true, false><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
-  else if (gelu)
-    gemv_kernel<M, false, true><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+  // Few rows: split K over 4 warps so that enough loads are in flight.
+  if (N <= 8192 && K % (4 * 256) == 0)
+    launch_mk<M, 4>(x, w, y, f32_out, bias, gelu, N, K, stream);
   else
-    gemv_kernel<M, false, false><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+    launch_mk<M, 1>(x, w, y, f32_out, bias, gelu, N, K, stream);
 }
 
 }  // namespace

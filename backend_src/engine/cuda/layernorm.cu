@@ -77,20 +77,35 @@ __global__ void __launch_bounds__(1024)
   const int64_t src = in_rows ? (int64_t)in_rows[row] : (int64_t)row;
   const uint4* y4 = reinterpret_cast<const uint4*>(y + src * hidden);
   const uint4* r4 = resid ? reinterpret_cast<const uint4*>(resid + src * hidden) : nullptr;
-  float v[VPT][8];
+  const float4* b4 = reinterpret_cast<const float4*>(y_bias);
+  const float4* g4 = reinterpret_cast<const float4*>(gamma);
+  const float4* be4 = reinterpret_cast<const float4*>(beta);
+  // Issue every load up front (activations, bias, gamma, beta): one memory round trip.
   uint4 yr[VPT], rr[VPT];
+  float4 bb[VPT][2], gg[VPT][2], ee[VPT][2];
 #pragma unroll
   for (int j = 0; j < VPT; ++j) {
     const int c = j * blockDim.x + threadIdx.x;
     yr[j] = y4[c];
     if (r4) rr[j] = r4[c];
+    if (b4) {
+      bb[j][0] = b4[2 * c];
+      bb[j][1] = b4[2 * c + 1];
+    } else {
+      bb[j][0] = bb[j][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    gg[j][0] = g4[2 * c];
+    gg[j][1] = g4[2 * c + 1];
+    ee[j][0] = be4[2 * c];
+    ee[j][1] = be4[2 * c + 1];
   }
+  float v[VPT][8];
   float s = 0.f;
 #pragma unroll
   for (int j = 0; j < VPT; ++j) {
-    const int c = j * blockDim.x + threadIdx.x;
     const __half2* yh = reinterpret_cast<const __half2*>(&yr[j]);
     const __half2* rh = reinterpret_cast<const __half2*>(&rr[j]);
+    const float* bf = reinterpret_cast<const float*>(&bb[j][0]);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       float2 f = __half22float2(yh[e]);
@@ -99,10 +114,8 @@ __global__ void __launch_bounds__(1024)
         f.x += alpha * g.x;
         f.y += alpha * g.y;
       }
-      if (y_bias) {
-        f.x += y_bias[c * 8 + 2 * e];
-        f.y += y_bias[c * 8 + 2 * e + 1];
-      }
+      f.x += bf[2 * e];
+      f.y += bf[2 * e + 1];
       v[j][2 * e] = f.x;
       v[j][2 * e + 1] = f.y;
       s += f.x + f.y;
@@ -133,14 +146,14 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
   for (int j = 0; j < VPT; ++j) {
     const int c = j * blockDim.x + threadIdx.x;
+    const float* gf = reinterpret_cast<const float*>(&gg[j][0]);
+    const float* ef = reinterpret_cast<const float*>(&ee[j][0]);
     uint4 w;
     __half2* wh = reinterpret_cast<__half2*>(&w);
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int k = c * 8 + 2 * e;
-      wh[e] = __floats2half2_rn((v[j][2 * e] - mean) * rstd * gamma[k] + beta[k],
-                                (v[j][2 * e + 1] - mean) * rstd * gamma[k + 1] + beta[k + 1]);
-    }
+    for (int e = 0; e < 4; ++e)
+      wh[e] = __floats2half2_rn((v[j][2 * e] - mean) * rstd * gf[2 * e] + ef[2 * e],
+                                (v[j][2 * e + 1] - mean) * rstd * gf[2 * e + 1] + ef[2 * e + 1]);
     o4[c] = w;
   }
 }
