@@ -1,0 +1,544 @@
+"""The real tritonserver (CPU) with our backend library and model repository.
+
+Text in / text out through the `chatglm` ensemble over gRPC streaming and the
+HTTP generate endpoints, exact streaming, equality with the C++ engine run
+directly, in-flight batching, cancellation, validation errors, statistics,
+custom metrics and a clean shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+import requests
+import tritonclient.grpc as grpcclient
+from conftest import server_prerequisites
+from tritonserver import DEFAULT_CHECKPOINT, ROOT, TritonServer
+
+pytestmark = pytest.mark.server
+
+TYPES = {
+    "max_tokens": ("INT32", np.int32),
+    "temperature": ("FP32", np.float32),
+    "top_k": ("INT32", np.int32),
+    "top_p": ("FP32", np.float32),
+    "repetition_penalty": ("FP32", np.float32),
+    "random_seed": ("UINT64", np.uint64),
+    "stream": ("BOOL", np.bool_),
+    "ignore_eos": ("BOOL", np.bool_),
+}
+PROMPTS = ["你好", "hello world", "What is the capital of China?", "写一首诗", "1 + 1 ="]
+
+
+def skip_without_server():
+    why = server_prerequisites()
+    if why:
+        pytest.skip(f"cannot start tritonserver: {why}")
+
+
+def text_inputs(text: str | bytes, history: str | None = None, **params) -> list:
+    raw = text if isinstance(text, bytes) else text.encode("utf-8")
+    tensors = [("text_input", "BYTES", np.array([[raw]], dtype=np.object_))]
+    if history is not None:
+        tensors.append(("history", "BYTES", np.array([[history.encode()]], dtype=np.object_)))
+    for name, value in params.items():
+        dt, np_dt = TYPES[name]
+        tensors.append((name, dt, np.array([[value]], dtype=np_dt)))
+    return tensors
+
+
+def to_grpc(tensors):
+    out = []
+    for name, dt, arr in tensors:
+        t = grpcclient.InferInput(name, list(arr.shape), dt)
+        t.set_data_from_numpy(arr)
+        out.append(t)
+    return out
+
+
+class Stream:
+    """One gRPC stream carrying one request; collects its responses."""
+
+    def __init__(
+        self, url: str, model: str, tensors, output: str = "text_output", timeout_us=None
+    ) -> None:
+        self.client = grpcclient.InferenceServerClient(url)
+        self.q: queue.Queue = queue.Queue()
+        self.output = output
+        self.client.start_stream(callback=lambda result, error: self.q.put((result, error)))
+        extra = {} if timeout_us is None else {"timeout": timeout_us}
+        self.client.async_stream_infer(
+            model, to_grpc(tensors), request_id="1", enable_empty_final_response=True, **extra
+        )
+
+    def next(self, timeout: float = 120.0):
+        """-> ("data", value) | ("final", value-or-None) | ("error", message)."""
+        result, error = self.q.get(timeout=timeout)
+        if error is not None:
+            return "error", str(error)
+        resp = result.get_response()
+        final = resp.parameters.get("triton_final_response")
+        value = result.as_numpy(self.output)
+        if final is not None and final.bool_param:
+            return "final", value
+        return "data", value
+
+    def collect(self, timeout: float = 120.0) -> tuple[list, str | None]:
+        values, error = [], None
+        while True:
+            kind, value = self.next(timeout)
+            if kind == "error":
+                error = value
+                break
+            if value is not None:
+                values.append(value)
+            if kind == "final":
+                break
+        return values, error
+
+    def close(self, cancel: bool = False) -> None:
+        self.client.stop_stream(cancel_requests=cancel)
+        self.client.close()
+
+
+def grpc_text(url: str, text: str, **params) -> tuple[list[str], str | None]:
+    s = Stream(url, "chatglm", text_inputs(text, **params))
+    try:
+        values, error = s.collect()
+    finally:
+        s.close()
+    return [v.reshape(-1)[0].decode("utf-8") for v in values], error
+
+
+def http_generate(url: str, body: dict, model: str = "chatglm") -> requests.Response:
+    return requests.post(f"http://{url}/v2/models/{model}/generate", json=body, timeout=120)
+
+
+def http_generate_stream(url: str, body: dict) -> list[str]:
+    r = requests.post(
+        f"http://{url}/v2/models/chatglm/generate_stream", json=body, timeout=120, stream=True
+    )
+    assert r.status_code == 200, r.text
+    pieces = []
+    for line in r.iter_lines(decode_unicode=True):
+        if line and line.startswith("data:"):
+            event = json.loads(line[5:])
+            assert "error" not in event, event
+            pieces.append(event["text_output"])
+    return pieces
+
+
+def engine_generate(prompts: list[str], max_tokens: int) -> list[str]:
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "chatglm-generate"),
+        "--checkpoint",
+        str(DEFAULT_CHECKPOINT),
+    ]
+    cmd += ["--engine", "cpu", "--max-tokens", str(max_tokens), "--json"]
+    for p in prompts:
+        cmd += ["--text", p]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    return json.loads(out.stdout)["text"]
+
+
+def stats(url: str, model: str) -> dict:
+    r = requests.get(f"http://{url}/v2/models/{model}/stats", timeout=30)
+    r.raise_for_status()
+    return r.json()["model_stats"][0]
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_backend_loaded_with_api_check(triton_server):
+    log = triton_server.log()
+    assert "chatglm backend initialized (TRITONBACKEND API 1." in log
+    for model in ("chatglm", "chatglm_decoder", "preprocessing", "postprocessing"):
+        r = requests.get(f"http://{triton_server.http_url}/v2/models/{model}/ready", timeout=10)
+        assert r.status_code == 200, model
+    cfg = requests.get(
+        f"http://{triton_server.http_url}/v2/models/chatglm_decoder/config", timeout=10
+    ).json()
+    assert cfg["backend"] == "chatglm"
+    assert cfg["model_transaction_policy"]["decoupled"] is True
+    assert "dynamic_batching" in cfg
+
+
+def test_http_generate_and_generate_stream(triton_server):
+    r = http_generate(triton_server.http_url, {"text_input": "你好", "max_tokens": 24})
+    assert r.status_code == 200, r.text
+    whole = r.json()["text_output"]
+    assert isinstance(whole, str) and whole
+    pieces = http_generate_stream(
+        triton_server.http_url, {"text_input": "你好", "max_tokens": 24, "stream": True}
+    )
+    assert len(pieces) > 1
+    assert "".join(pieces) == whole
+    # stream=false through /generate_stream: one event with everything.
+    single = http_generate_stream(triton_server.http_url, {"text_input": "你好", "max_tokens": 24})
+    assert single == [whole]
+
+
+def test_grpc_stream_equals_non_stream(triton_server):
+    for prompt in PROMPTS[:3]:
+        streamed, err = grpc_text(triton_server.grpc_url, prompt, max_tokens=40, stream=True)
+        assert err is None, err
+        whole, err = grpc_text(triton_server.grpc_url, prompt, max_tokens=40, stream=False)
+        assert err is None, err
+        assert len(whole) == 1
+        assert len(streamed) > 1
+        assert "".join(streamed) == whole[0]
+
+
+def test_greedy_text_equals_engine(triton_server):
+    prompts = PROMPTS[:3]
+    expected = engine_generate(prompts, max_tokens=48)
+    for prompt, want in zip(prompts, expected, strict=True):
+        r = http_generate(triton_server.http_url, {"text_input": prompt, "max_tokens": 48})
+        assert r.status_code == 200, r.text
+        assert r.json()["text_output"] == want, prompt
+        # Explicit greedy (temperature 0) and "off" sampling knobs give the same text.
+        r = http_generate(
+            triton_server.http_url,
+            {"text_input": prompt, "max_tokens": 48, "temperature": 0.0, "top_k": 0, "top_p": 1.0},
+        )
+        assert r.json()["text_output"] == want
+
+
+def test_sampling_is_seeded(triton_server):
+    body = {"text_input": "你好", "max_tokens": 32, "temperature": 1.0, "top_k": 50, "top_p": 0.9}
+    a = http_generate(triton_server.http_url, {**body, "random_seed": 7}).json()["text_output"]
+    b = http_generate(triton_server.http_url, {**body, "random_seed": 7}).json()["text_output"]
+    c = http_generate(triton_server.http_url, {**body, "random_seed": 8}).json()["text_output"]
+    assert a == b
+    assert a != c
+
+
+def test_history_changes_the_prompt(triton_server):
+    plain = http_generate(triton_server.http_url, {"text_input": "你好", "max_tokens": 16})
+    hist = http_generate(
+        triton_server.http_url,
+        {"text_input": "你好", "max_tokens": 16, "history": json.dumps([["hi", "hello"]])},
+    )
+    assert plain.status_code == 200 and hist.status_code == 200, hist.text
+    assert plain.json()["text_output"] != hist.json()["text_output"]
+
+
+def test_decoder_streams_ids_with_prev_ids(triton_server):
+    ids = [5, 6, 7, 681, 684]  # tiny model: [gMASK] = 681, <sop> = 684
+    tensors = [
+        ("input_ids", "INT32", np.array([ids], dtype=np.int32)),
+        ("max_tokens", "INT32", np.array([[20]], dtype=np.int32)),
+        ("stream", "BOOL", np.array([[True]], dtype=np.bool_)),
+        ("ignore_eos", "BOOL", np.array([[True]], dtype=np.bool_)),
+    ]
+    client = grpcclient.InferenceServerClient(triton_server.grpc_url)
+    q: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: q.put((result, error)))
+    try:
+        client.async_stream_infer("chatglm_decoder", to_grpc(tensors), request_id="d")
+        got, finals = [], []
+        while not finals or not finals[-1]:
+            r, e = q.get(timeout=60)
+            assert e is None, e
+            new = r.as_numpy("output_ids").reshape(-1).tolist()
+            prev = r.as_numpy("prev_ids").reshape(-1).tolist()
+            assert prev == got[-16:]  # the contract: up to 16 ids generated right before
+            got += new
+            finals.append(bool(r.as_numpy("is_final").reshape(-1)[0]))
+    finally:
+        client.stop_stream()
+        client.close()
+    assert len(got) == 20
+    assert finals.count(True) == 1
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 100000}, "max_tokens"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"history": "not json"}, "history"),
+        ({"history": json.dumps([["only question"]])}, "history"),
+        ({"history": json.dumps({"q": "a"})}, "history"),
+    ],
+)
+def test_bad_sampling_inputs_are_invalid_arg(triton_server, body, field):
+    r = http_generate(triton_server.http_url, {"text_input": "你好", **body})
+    assert r.status_code == 400, r.text  # INVALID_ARG
+    assert field in r.json()["error"]
+
+
+def test_prompt_over_context_is_invalid_arg(triton_server):
+    r = http_generate(triton_server.http_url, {"text_input": "你好 " * 400, "max_tokens": 2000})
+    assert r.status_code == 400, r.text
+    assert "max_tokens" in r.json()["error"] and "2048" in r.json()["error"]
+    r = http_generate(triton_server.http_url, {"text_input": "你好 " * 1500})
+    assert r.status_code == 400, r.text
+    assert "text_input" in r.json()["error"] and "2048" in r.json()["error"]
+
+
+def test_non_utf8_text_is_invalid_arg(triton_server):
+    s = Stream(triton_server.grpc_url, "chatglm", text_inputs(b"\xff\xfe bad"))
+    try:
+        _, err = s.collect(timeout=60)
+    finally:
+        s.close()
+    assert err is not None and "text_input" in err and "UTF-8" in err
+
+
+def decoder_error(url: str, tensors) -> str | None:
+    s = Stream(url, "chatglm_decoder", tensors, output="output_ids")
+    try:
+        _, err = s.collect(timeout=60)
+    finally:
+        s.close()
+    return err
+
+
+def test_decoder_rejects_bad_ids(triton_server):
+    url = triton_server.grpc_url
+    err = decoder_error(url, [("input_ids", "INT32", np.array([[5, 99999, 681, 684]], np.int32))])
+    assert err and "input_ids" in err and "vocabulary" in err
+    err = decoder_error(url, [("input_ids", "INT32", np.array([[-3, 681, 684]], np.int32))])
+    assert err and "input_ids" in err
+    err = decoder_error(url, [("input_ids", "INT32", np.zeros((1, 0), np.int32))])
+    assert err and "input_ids" in err
+    two = np.array([[5, 681, 684], [6, 681, 684]], np.int32)
+    err = decoder_error(url, [("input_ids", "INT32", two)])
+    assert err and "input_ids" in err and "batch" in err
+    err = decoder_error(
+        url,
+        [
+            ("input_ids", "INT32", np.array([[5, 681, 684]], np.int32)),
+            ("max_tokens", "INT32", np.array([[1, 2]], np.int32)),
+        ],
+    )
+    assert err and "max_tokens" in err
+
+
+def test_bad_request_does_not_affect_others_in_batch(triton_server):
+    """Good and bad requests arrive together (dynamic batching); only the bad fail."""
+    good = [("input_ids", "INT32", np.array([[5, 6, 681, 684]], np.int32))]
+    good += [("max_tokens", "INT32", np.array([[12]], np.int32))]
+    bad = [("input_ids", "INT32", np.array([[5, 123456, 681, 684]], np.int32))]
+    results: dict[int, object] = {}
+
+    def run(i):
+        s = Stream(triton_server.grpc_url, "chatglm_decoder", good if i % 2 else bad, "output_ids")
+        try:
+            results[i] = s.collect(timeout=60)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    outs = set()
+    for i, (values, err) in results.items():
+        if i % 2:
+            assert err is None, err
+            outs.add(tuple(np.concatenate([v.reshape(-1) for v in values]).tolist()))
+        else:
+            assert err is not None and "input_ids" in err
+    assert len(results) == 12
+    assert len(outs) == 1 and len(next(iter(outs))) == 12
+
+
+# ---------------------------------------------------------------------------- statistics
+
+
+def test_statistics_are_truthful(triton_server):
+    url = triton_server.http_url
+    before = stats(url, "chatglm_decoder")
+    for _ in range(3):
+        assert http_generate(url, {"text_input": "hi", "max_tokens": 4}).status_code == 200
+    assert http_generate(url, {"text_input": "hi", "max_tokens": 0}).status_code == 400
+    after = stats(url, "chatglm_decoder")
+    ok = (
+        after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+    )
+    assert ok == 3  # the bad one never reached the decoder (preprocessing refused it)
+    assert after["inference_count"] - before["inference_count"] == 3
+    assert after["execution_count"] > before["execution_count"]
+    tokens = triton_server.metric("glm_generated_tokens_total")
+    assert tokens >= 12
+    assert triton_server.metric("glm_time_to_first_token_seconds_count") >= 3
+
+
+# ---------------------------------------------------------------------------- in-flight batching
+
+
+def test_16_concurrent_streams_match_sequential(tmp_path):
+    skip_without_server()
+    prompts = [f"{PROMPTS[i % len(PROMPTS)]} #{i}" for i in range(16)]
+    with TritonServer(log_dir=tmp_path, backend_config={"max_running_seqs": 16}) as srv:
+        sequential = []
+        for p in prompts:
+            pieces, err = grpc_text(srv.grpc_url, p, max_tokens=64, stream=True, ignore_eos=True)
+            assert err is None, err
+            sequential.append("".join(pieces))
+        assert srv.metric("glm_max_batch_size") == 1  # one at a time so far
+
+        results: dict[int, str] = {}
+        errors: list[str] = []
+        barrier = threading.Barrier(16)
+
+        def run(i):
+            barrier.wait()
+            pieces, err = grpc_text(srv.grpc_url, prompts[i], max_tokens=64, stream=True,
+                                    ignore_eos=True)  # fmt: skip
+            if err:
+                errors.append(err)
+            results[i] = "".join(pieces)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert not errors, errors
+        assert [results[i] for i in range(16)] == sequential
+        # The engine really ran several sequences in one step.
+        assert srv.metric("glm_max_batch_size") > 1
+        assert srv.wait_metric("glm_active_requests", lambda v: v == 0) == 0
+        assert srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0) == 0
+        assert srv.stop() == 0
+
+
+# ---------------------------------------------------------------------------- cancellation
+
+
+LONG_IDS = [
+    ("input_ids", "INT32", np.array([[5, 6, 681, 684]], np.int32)),
+    ("max_tokens", "INT32", np.array([[1900]], np.int32)),
+    ("ignore_eos", "BOOL", np.array([[True]], np.bool_)),
+    ("stream", "BOOL", np.array([[True]], np.bool_)),
+]
+
+
+def test_cancel_grpc_streams_frees_kv_blocks(triton_server):
+    """Cancelling gRPC streams mid-way stops the sequences within a step or two."""
+    srv = triton_server
+    srv.wait_metric("glm_active_requests", lambda v: v == 0)
+    cancelled0 = srv.metric("glm_requests_total", {"outcome": "cancelled"})
+    tokens0 = srv.metric("glm_generated_tokens_total")
+    streams = [Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids") for _ in range(4)]
+    try:
+        for s in streams:
+            for _ in range(3):
+                assert s.next(timeout=60)[0] == "data"
+        assert srv.metric("glm_kv_blocks_used") > 0
+    finally:
+        for s in streams:
+            s.close(cancel=True)
+    srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=10)
+    srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=10)
+    srv.wait_metric("glm_running_sequences", lambda v: v == 0, timeout=10)
+    assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == cancelled0 + 4
+    assert srv.metric("glm_generated_tokens_total") - tokens0 < 4 * 1900
+    # The server still serves.
+    assert http_generate(srv.http_url, {"text_input": "hi", "max_tokens": 4}).status_code == 200
+
+
+def test_request_timeout_stops_generation_through_the_ensemble(triton_server):
+    """The ensemble hands its timeout to the decoder, which stops the sequence."""
+    srv = triton_server
+    srv.wait_metric("glm_active_requests", lambda v: v == 0)
+    tokens0 = srv.metric("glm_generated_tokens_total")
+    tensors = text_inputs("你好", max_tokens=1900, stream=True, ignore_eos=True)
+    s = Stream(srv.grpc_url, "chatglm", tensors, timeout_us=300_000)
+    try:
+        pieces, err = s.collect(timeout=60)
+    finally:
+        s.close()
+    assert err is not None and "timeout" in err
+    srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=10)
+    srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=10)
+    assert srv.metric("glm_generated_tokens_total") - tokens0 < 1900
+
+
+# ---------------------------------------------------------------------------- limits and shutdown
+
+
+def test_full_queue_is_unavailable_and_waiting_requests_complete(tmp_path):
+    skip_without_server()
+    cfg = {"max_running_seqs": 1, "max_queue": 1}
+    with TritonServer(log_dir=tmp_path, models=["chatglm_decoder"], backend_config=cfg) as srv:
+        tensors = [
+            ("input_ids", "INT32", np.array([[5, 6, 681, 684]], np.int32)),
+            ("max_tokens", "INT32", np.array([[1500]], np.int32)),
+            ("ignore_eos", "BOOL", np.array([[True]], np.bool_)),
+        ]
+        streams = [Stream(srv.grpc_url, "chatglm_decoder", tensors, "output_ids")]
+        srv.wait_metric("glm_running_sequences", lambda v: v == 1)
+        streams.append(Stream(srv.grpc_url, "chatglm_decoder", tensors, "output_ids"))
+        srv.wait_metric("glm_waiting_sequences", lambda v: v == 1)
+        third = Stream(srv.grpc_url, "chatglm_decoder", tensors, "output_ids")
+        _, err = third.collect(timeout=60)
+        third.close()
+        assert err is not None and "queue full" in err
+        for s in streams:
+            values, err = s.collect(timeout=120)
+            s.close()
+            assert err is None, err
+            assert sum(v.size for v in values) == 1500
+        assert srv.metric("glm_requests_total", {"outcome": "rejected"}) >= 1
+        r = requests.post(
+            f"http://{srv.http_url}/v2/models/chatglm_decoder/generate",
+            json={"input_ids": [5, 6, 681, 684], "max_tokens": 3},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        assert srv.stop() == 0
+
+
+def test_shutdown_is_clean_and_drains_requests_in_flight(tmp_path):
+    """SIGTERM with a stream in flight: the request is finished, then exit code 0.
+
+    (A client that keeps an idle gRPC stream open holds Triton's shutdown until
+    --exit-timeout-secs; that is Triton's frontend, so the client here closes
+    its stream once its request is done, as clients do.)"""
+    skip_without_server()
+    srv = TritonServer(log_dir=tmp_path)
+    srv.start()
+    result: dict = {}
+    try:
+        tensors = text_inputs("你好", max_tokens=300, stream=True, ignore_eos=True)
+        s = Stream(srv.grpc_url, "chatglm", tensors)
+        assert s.next(timeout=60)[0] == "data"
+
+        def drain():
+            try:
+                result["rest"], result["err"] = s.collect(timeout=60)
+            finally:
+                s.close()
+
+        t = threading.Thread(target=drain)
+        t.start()
+        code = srv.stop(timeout=90)
+        t.join(60)
+        assert code == 0, srv.log_tail()
+    finally:
+        srv.stop(check=False)
+    assert result.get("err") is None, result
+    assert result["rest"]  # the request in flight was finished, not dropped
+    log = srv.log()
+    for bad in ("Segmentation fault", "core dumped", "terminate called", "Aborted", "SIGSEGV"):
+        assert bad not in log
+    assert "successfully unloaded 'chatglm_decoder'" in log
