@@ -4,6 +4,7 @@
 # graph vs eager decode, optionally under compute-sanitizer (SANITIZE=1).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 cat > /tmp/glm_diag.py <<'PY'
 import os, sys
 import numpy as np
