@@ -166,3 +166,21 @@ def test_sampling_processors_hf_semantics() -> None:
         assert sample_next(logits, [], SamplingParams(3.0, top_k=1), g) == 0
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_fp16_rotary_rounds_angles_like_thudm() -> None:
+    from glmserve.reference import rotary_cos_sin
+
+    pos = torch.tensor([2047])
+    inv = rotary_inv_freq(64)
+    cos16, _ = rotary_cos_sin(pos, 64, torch.float16)
+    cos32, _ = rotary_cos_sin(pos, 64, torch.float32)
+    # fp16 run: the angle 2047 * inv_freq[1] = 1535.25 is rounded to fp16: 1535 (whole radians).
+    angle16 = (pos.half() * inv[1]).item()
+    assert angle16 == round(angle16) and angle16 != 2047 * inv[1].item()
+    assert cos16[0, 1].item() == torch.tensor(angle16).cos().half().item()
+    # fp32 run: fp16-rounded inv_freq, fp32 angle.
+    assert cos32[0, 1].item() == pytest.approx(
+        torch.tensor(2047 * inv[1].float().item()).cos().item()
+    )
+    assert cos16.dtype == torch.float16 and cos32.dtype == torch.float32
