@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <sstream>
+#include <thread>
 
 #include "engine.h"
 #include "json.h"
@@ -280,6 +281,25 @@ ModelWeights load_weights(const std::string& checkpoint_dir, const ModelConfig& 
 
 // ---------------------------------------------------------------- random weights
 
+namespace {
+// fn(i) for i in [0, n) on all cores (values depend on i only, not on the split).
+template <typename Fn>
+void parallel_fill(int64_t n, const Fn& fn) {
+  const int64_t threads = std::max(1u, std::thread::hardware_concurrency());
+  if (n < (int64_t(1) << 20) || threads == 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  std::vector<std::thread> pool;
+  const int64_t chunk = (n + threads - 1) / threads;
+  for (int64_t b = 0; b < n; b += chunk)
+    pool.emplace_back([&fn, b, e = std::min(n, b + chunk)] {
+      for (int64_t i = b; i < e; ++i) fn(i);
+    });
+  for (auto& t : pool) t.join();
+}
+}  // namespace
+
 ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed, DType float_dtype, bool int8, bool int8_lm_head) {
   if (float_dtype == DType::kI8) throw EngineError("random_weights: float dtype must be F32 or F16");
   ModelWeights w;
@@ -316,8 +336,9 @@ ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed, DType float_d
       t.dtype = DType::kI8;
       t.nbytes = static_cast<size_t>(n);
       int8_t* q = reinterpret_cast<int8_t*>(dst);
-      for (int64_t i = 0; i < n; ++i)
+      parallel_fill(n, [&](int64_t i) {
         q[i] = static_cast<int8_t>(static_cast<int>(uniform01(tseed, static_cast<uint64_t>(i)) * 255.0f) - 127);
+      });
       off += align(t.nbytes);
       TensorView sc;
       sc.dtype = DType::kF16;
@@ -331,13 +352,13 @@ ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed, DType float_d
     } else {
       t.dtype = float_dtype;
       t.nbytes = static_cast<size_t>(n) * dtype_size(float_dtype);
-      for (int64_t i = 0; i < n; ++i) {
+      parallel_fill(n, [&](int64_t i) {
         float v = is_norm_weight ? 1.0f : amp * (2.0f * uniform01(tseed, static_cast<uint64_t>(i)) - 1.0f);
         if (float_dtype == DType::kF32)
           reinterpret_cast<float*>(dst)[i] = v;
         else
           reinterpret_cast<uint16_t*>(dst)[i] = f32_to_f16(v);
-      }
+      });
       off += align(t.nbytes);
     }
     t.data = dst;

@@ -229,11 +229,13 @@ class CpuRunner final : public ModelRunner {
     block_size_ = block_size;
     num_blocks_ = num_blocks;
     const size_t per_layer = static_cast<size_t>(num_blocks) * block_size * cfg_.hidden_size;
-    k_cache_.assign(layers_.size(), std::vector<float>());
-    v_cache_.assign(layers_.size(), std::vector<float>());
+    // Left uninitialized: a slot is always written before it is read, and
+    // untouched pages cost no memory.
+    k_cache_.clear();
+    v_cache_.clear();
     for (size_t l = 0; l < layers_.size(); ++l) {
-      k_cache_[l].assign(per_layer, 0.0f);
-      v_cache_[l].assign(per_layer, 0.0f);
+      k_cache_.emplace_back(new float[per_layer]);
+      v_cache_.emplace_back(new float[per_layer]);
     }
   }
 
@@ -300,7 +302,7 @@ class CpuRunner final : public ModelRunner {
   std::vector<Layer> layers_;
   std::vector<float> lnf_w_, lnf_b_, inv_freq_;
   int block_size_ = 0, num_blocks_ = 0;
-  std::vector<std::vector<float>> k_cache_, v_cache_;
+  std::vector<std::unique_ptr<float[]>> k_cache_, v_cache_;  // per layer
 };
 
 void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) {
@@ -343,8 +345,8 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
     linear(a.data(), T, L.qkv, L.qkv_b.data(), qkv.data());
 
     // Rotary on q and k, then K/V into the cache.
-    float* kc = k_cache_[l].data();
-    float* vc = v_cache_[l].data();
+    float* kc = k_cache_[l].get();
+    float* vc = v_cache_[l].get();
     for (size_t i = 0; i < S; ++i) {
       const SeqBatchEntry& e = batch.seqs[i];
       for (int j = 0; j < e.num_tokens; ++j) {
