@@ -144,6 +144,8 @@ def run_reference(args: argparse.Namespace, prompts: list[list[int]]) -> list[li
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype or "fp32"]
     model = ChatGLMModel.from_pretrained(args.checkpoint, dtype=dtype)
+    if model.cfg.hidden_size <= 512:
+        torch.set_num_threads(1)  # small models: ops too small to split, threads only cost
     if args.int8 and not model.cfg.int8:
         fake_quantize_int8(model)
     return generate(

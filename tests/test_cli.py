@@ -9,10 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from glmserve.cli import main
 from glmserve.convert import convert
 from glmserve.tiny import make_tiny
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,16 @@ from glmserve.convert import convert, main, quantize_int8
 from glmserve.reference import ChatGLMModel, chunked_logits, generate
 from glmserve.tiny import tiny_config, tiny_weights
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 SPECIAL = {
     "mask_token_id": 60,
     "gmask_token_id": 61,

@@ -17,6 +17,16 @@ from glmserve.reference import (
     rotary_inv_freq,
 )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 needs_golden = pytest.mark.skipif(
     not golden.default_path().is_file(), reason=f"golden data not found at {golden.default_path()}"
 )

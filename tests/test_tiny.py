@@ -14,6 +14,16 @@ from glmserve.reference import ChatGLMModel, chunked_logits, generate
 from glmserve.tiny import DEMO_PROMPTS, main, make_tiny
 from glmserve.tokenizer import ChatGLMTokenizer
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 STEPS = 64
 
 
