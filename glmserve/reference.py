@@ -70,7 +70,7 @@ def rotary_cos_sin(
     fp32: the fp16-rounded inv_freq, everything else in fp32.
     """
     table_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-    inv_freq = rotary_inv_freq(rotary_dim).to(table_dtype)
+    inv_freq = rotary_inv_freq(rotary_dim).to(device=positions.device, dtype=table_dtype)
     angle = positions.to(table_dtype)[..., None] * inv_freq
     angle = torch.cat((angle, angle), dim=-1)
     return angle.cos().to(dtype), angle.sin().to(dtype)

@@ -13,13 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 
 @dataclass(frozen=True)
@@ -43,8 +36,16 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def processors(self) -> tuple[LogitsProcessorList, LogitsProcessorList]:
+    def processors(self):  # -> tuple[LogitsProcessorList, LogitsProcessorList]
         """(applied before the greedy/sampling split, warpers applied only when sampling)."""
+        from transformers import (  # imported here: transformers is slow to import
+            LogitsProcessorList,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
         pre = LogitsProcessorList()
         if self.repetition_penalty != 1.0:
             pre.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
@@ -74,6 +75,8 @@ def sample_next(
 ) -> int:
     """Chooses the next id from one sequence's logits [vocab] given its prompt + generated ids."""
     scores = logits.detach().float().cpu().reshape(1, -1).clone()
+    if params.greedy and params.repetition_penalty == 1.0:
+        return int(torch.argmax(scores[0]))  # lowest id on ties
     ids = torch.tensor([history], dtype=torch.long)
     pre, warp = params.processors()
     scores = pre(ids, scores)
