@@ -399,8 +399,10 @@ def generate(
     ctx = [context_and_mask_position(p, cfg) for p in prompts]
     pads = [width - len(p) for p in prompts]
 
-    # Left-padded prefill: every row uses its own token index t = j - pad.
-    ids = torch.full((bsz, width), cfg.pad_token_id, dtype=torch.long)
+    # Left-padded prefill: every row uses its own token index t = j - pad. Pad slots are
+    # masked out as keys; their id only has to be a valid embedding row.
+    pad_id = cfg.pad_token_id if cfg.pad_token_id < cfg.vocab_size else 0
+    ids = torch.full((bsz, width), pad_id, dtype=torch.long)
     pos = torch.zeros((bsz, width), dtype=torch.long)
     block = torch.zeros((bsz, width), dtype=torch.long)
     allowed = torch.zeros((bsz, width, width), dtype=torch.bool)
@@ -422,7 +424,7 @@ def generate(
         next_ids = []
         for b in range(bsz):
             if done[b]:
-                next_ids.append(cfg.pad_token_id)
+                next_ids.append(pad_id)
                 continue
             tok = sample_next(logits[b, -1], history[b], params, gens[b])
             out[b].append(tok)
