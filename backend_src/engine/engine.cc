@@ -192,6 +192,7 @@ class EngineImpl final : public Engine {
     s.steps = steps_;
     s.max_batch_seen = max_batch_seen_;
     s.healthy = healthy_;
+    s.preemptions = scheduler_->num_preemptions();
     return s;
   }
 

@@ -82,6 +82,7 @@ struct EngineStats {
   int64_t steps = 0;
   int max_batch_seen = 0;          // largest number of sequences in one step so far
   bool healthy = true;             // false after an unrecoverable back-end fault
+  int64_t preemptions = 0;         // running sequences sent back to the queue (KV cache full)
 };
 
 class Engine {

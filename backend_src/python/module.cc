@@ -229,6 +229,7 @@ PYBIND11_MODULE(_engine, m) {
              d["steps"] = s.steps;
              d["max_batch_seen"] = s.max_batch_seen;
              d["healthy"] = s.healthy;
+             d["preemptions"] = s.preemptions;
              return d;
            })
       .def("model_info",
