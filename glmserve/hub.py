@@ -78,12 +78,12 @@ def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> None:
 def resolve_revision(repo_id: str, revision: str) -> str:
     """The full commit sha of ``revision`` (a short sha is matched against the repo's commits)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import RevisionNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(endpoint=endpoint())
     try:
         return api.model_info(repo_id, revision=revision).sha or revision
-    except RevisionNotFoundError:
+    except HfHubHTTPError:  # e.g. a short sha the API does not resolve: look it up below
         pass
     for commit in api.list_repo_commits(repo_id):
         if commit.commit_id.startswith(revision):
