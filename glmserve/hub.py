@@ -47,7 +47,9 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify_tokenizer(hub_dir: Path, expected: str = TOKENIZER_SHA256) -> None:
+def verify_tokenizer(hub_dir: Path, expected: str | None = None) -> None:
+    """Checks ice_text.model's sha256 (default: THUDM's, TOKENIZER_SHA256)."""
+    expected = expected or TOKENIZER_SHA256
     tok = hub_dir / "ice_text.model"
     if not tok.is_file():
         raise HubError(f"{tok} is missing")

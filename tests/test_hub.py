@@ -80,3 +80,35 @@ def test_converted_equals_source_fp32(tiny_hub: Path, tmp_path: Path) -> None:
     a, b = ChatGLMModel.from_pretrained(tiny_hub), ChatGLMModel.from_pretrained(out)
     ids = [[7, a.cfg.gmask_token_id, a.cfg.bos_token_id]]
     assert torch.equal(chunked_logits(a, ids), chunked_logits(b, ids))
+
+
+def test_download_flow_with_fake_hub(
+    tiny_hub: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The download path end to end, with snapshot_download replaced by a local copy."""
+    import shutil
+
+    import huggingface_hub
+
+    import glmserve.hub as hub
+
+    calls = {}
+
+    def fake_snapshot_download(repo_id: str, **kw) -> str:
+        calls.update(kw, repo_id=repo_id)
+        shutil.copytree(tiny_hub, kw["local_dir"], dirs_exist_ok=True)
+        return kw["local_dir"]
+
+    monkeypatch.setattr(hub, "probe", lambda url: None)
+    monkeypatch.setattr(hub, "resolve_revision", lambda repo, rev: "8b7d335" + "0" * 33)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(hub, "TOKENIZER_SHA256", sha256_of(tiny_hub / "ice_text.model"))
+    out = tmp_path / "model"
+    assert hub.main(["--out", str(out)]) == 0
+    assert calls["repo_id"] == "THUDM/chatglm-6b" and calls["revision"].startswith("8b7d335")
+    assert calls["local_dir"] == str(out / "hub")
+    assert (out / "model.safetensors").is_file() and (out / "hub" / "config.json").is_file()
+    # a download whose tokenizer does not match is refused before conversion
+    monkeypatch.setattr(hub, "TOKENIZER_SHA256", "0" * 64)
+    assert hub.main(["--out", str(tmp_path / "bad")]) == 1
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
