@@ -1,0 +1,79 @@
+#include "weights.h"
+
+#include <cmath>
+
+#include "check.h"
+#include "config.h"
+#include "engine.h"
+
+using namespace glm;
+
+static ModelConfig small_config() {
+  return parse_model_config(R"({"vocab_size": 40, "hidden_size": 16, "num_attention_heads": 2, "num_layers": 3,
+    "inner_hidden_size": 24, "layernorm_epsilon": 1e-5, "max_sequence_length": 64, "position_encoding_2d": true,
+    "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3, "gmask_token_id": 4, "pad_token_id": 0})",
+                            "test");
+}
+
+TEST(config_fields_and_alpha) {
+  ModelConfig c = small_config();
+  CHECK_EQ(c.head_dim, 8);
+  CHECK_EQ(c.num_layers, 3);
+  CHECK(!c.int8);
+  CHECK(std::fabs(c.residual_alpha() - std::sqrt(56.0f)) < 1e-6f);
+  CHECK_THROWS(parse_model_config("[]", "cfg.json"), "cfg.json: expected a JSON object");
+}
+
+TEST(random_weights_have_every_tensor_with_its_shape) {
+  ModelConfig c = small_config();
+  ModelWeights w = random_weights(c, 1, DType::kF32, false);
+  auto all = w.by_name();
+  CHECK_EQ(all.size(), size_t(1 + 12 * 3 + 2 + 1));
+  CHECK(all.at("transformer.layers.2.attention.query_key_value.weight").shape == (std::vector<int64_t>{48, 16}));
+  CHECK(all.at("transformer.layers.0.mlp.dense_4h_to_h.weight").shape == (std::vector<int64_t>{16, 24}));
+  CHECK(all.at("lm_head.weight").shape == (std::vector<int64_t>{40, 16}));
+  for (const auto& kv : all) CHECK(!kv.second.empty());
+  // Deterministic in the seed.
+  ModelWeights again = random_weights(c, 1, DType::kF32, false);
+  ModelWeights other = random_weights(c, 2, DType::kF32, false);
+  auto a = to_float(w.layers[1].dense.weight), b = to_float(again.layers[1].dense.weight),
+       d = to_float(other.layers[1].dense.weight);
+  CHECK(a == b);
+  CHECK(a != d);
+  // Layer norms start at 1.
+  CHECK_EQ(to_float(w.layers[0].input_layernorm_weight)[5], 1.0f);
+}
+
+TEST(random_int8_weights_carry_scales) {
+  ModelConfig c = small_config();
+  ModelWeights w = random_weights(c, 3, DType::kF16, true);
+  auto all = w.by_name();
+  CHECK_EQ(all.size(), size_t(1 + 12 * 3 + 2 + 1 + 4 * 3));
+  const TensorView& s = all.at("transformer.layers.1.mlp.dense_h_to_4h.weight_scale");
+  CHECK(s.dtype == DType::kF16);
+  CHECK(s.shape == std::vector<int64_t>{24});
+  CHECK(w.layers[1].dense_h_to_4h.weight.dtype == DType::kI8);
+  CHECK(w.lm_head.weight.dtype == DType::kF16);
+  auto deq = dequantize(w.layers[1].dense_h_to_4h);
+  CHECK_EQ(deq.size(), size_t(24 * 16));
+}
+
+TEST(quantize_int8_rows_like_the_converter) {
+  // Row 0: amax 1.27 -> scale fp16(0.01); row 1 all zero -> scale 1, q 0.
+  std::vector<float> w = {1.27f, -0.635f, 0.005f, 0.015f, 0.0f, 0.0f, 0.0f, 0.0f};
+  QuantizedRows q = quantize_int8_rows(w.data(), 2, 4);
+  const float s0 = f16_to_f32(q.scale[0]);
+  CHECK_EQ(q.scale[0], f32_to_f16(1.27f / 127.0f));
+  CHECK_EQ(q.q[0], int8_t(std::nearbyint(1.27f / s0)));
+  CHECK_EQ(q.q[1], int8_t(std::nearbyint(-0.635f / s0)));
+  CHECK_EQ(q.scale[1], uint16_t(0x3C00));
+  CHECK_EQ(q.q[4], int8_t(0));
+  for (int i = 0; i < 4; ++i) CHECK(std::fabs(q.q[static_cast<size_t>(i)] * s0 - w[static_cast<size_t>(i)]) <= s0 / 2 + 1e-7f);
+}
+
+TEST(missing_files_are_named) {
+  CHECK_THROWS(load_weights("/nonexistent-dir", small_config()), "/nonexistent-dir/model.safetensors: cannot open");
+  CHECK_THROWS(load_model_config("/nonexistent-dir"), "/nonexistent-dir/config.json: cannot open");
+}
+
+TEST_MAIN()
