@@ -147,8 +147,9 @@ def iter_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             f = safe_open(str(path), framework="pt")
         except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise CheckpointError(f"{path}: cannot read safetensors file: {e}") from None
-        for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-            yield name, f.get_tensor(name)
+        with f:
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                yield name, f.get_tensor(name)
         return
     try:
         sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)

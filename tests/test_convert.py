@@ -293,3 +293,21 @@ def test_int8_reference_close_to_fp32(hub: Path, tmp_path: Path) -> None:
     rel = float((lf - lq).norm() / lf.norm())
     assert 0 < rel < 0.05, rel
     assert generate(fp, PROMPTS, 8) == generate(q8, PROMPTS, 8)
+
+
+def test_error_corrupt_safetensors(tmp_path: Path) -> None:
+    src = write_hub(tmp_path / "src")
+    (src / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    _expect_error(src, tmp_path / "out", "model.safetensors", "cannot read")
+
+
+class _NotATensor:
+    pass
+
+
+def test_error_pickle_refused_by_weights_only(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps(small_config().to_dict()))
+    torch.save({"lm_head.weight": _NotATensor()}, src / "pytorch_model.bin")
+    _expect_error(src, tmp_path / "out", "pytorch_model.bin", "weights_only=True")
