@@ -244,21 +244,34 @@ class CpuRunner final : public ModelRunner {
  private:
   // Y[t, n] = X[t, :] . W[n, :] + b[n]   (X [T, K] row-major, Y [T, N])
   void linear(const float* X, int64_t T, const Matrix& W, const float* bias, float* Y) {
+    // Tiles: kRowBlock weight rows (widened once) against kTokBlock input rows,
+    // so both stay in cache for long prompts. Each output is still one dot()
+    // in the fixed order, so tiling never changes a result.
+    constexpr int64_t kRowBlock = 16, kTokBlock = 64;
     const int64_t N = W.rows, K = W.cols;
-    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K * T));
-    pool_.parallel_for(N, grain, [&](int64_t n0, int64_t n1) {
+    const int64_t nblocks = (N + kRowBlock - 1) / kRowBlock;
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, K * T * kRowBlock));
+    pool_.parallel_for(nblocks, grain, [&](int64_t b0, int64_t b1) {
       thread_local std::vector<float> buf;
-      if (static_cast<int64_t>(buf.size()) < K) buf.resize(static_cast<size_t>(K));
-      for (int64_t n = n0; n < n1; ++n) {
-        const float* w = W.row(n, buf.data());
-        const float b = bias ? bias[n] : 0.0f;
-        int64_t t = 0;
-        for (; t + 4 <= T; t += 4) {
-          float y[4];
-          dot4(X + t * K, X + (t + 1) * K, X + (t + 2) * K, X + (t + 3) * K, w, K, y);
-          for (int r = 0; r < 4; ++r) Y[(t + r) * N + n] = y[r] + b;
+      if (static_cast<int64_t>(buf.size()) < kRowBlock * K) buf.resize(static_cast<size_t>(kRowBlock * K));
+      const float* w[kRowBlock];
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t n0 = blk * kRowBlock, rows = std::min(kRowBlock, N - n0);
+        for (int64_t r = 0; r < rows; ++r) w[r] = W.row(n0 + r, buf.data() + r * K);
+        for (int64_t t0 = 0; t0 < T; t0 += kTokBlock) {
+          const int64_t t1 = std::min(T, t0 + kTokBlock);
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t n = n0 + r;
+            const float b = bias ? bias[n] : 0.0f;
+            int64_t t = t0;
+            for (; t + 4 <= t1; t += 4) {
+              float y[4];
+              dot4(X + t * K, X + (t + 1) * K, X + (t + 2) * K, X + (t + 3) * K, w[r], K, y);
+              for (int i = 0; i < 4; ++i) Y[(t + i) * N + n] = y[i] + b;
+            }
+            for (; t < t1; ++t) Y[t * N + n] = dot(X + t * K, w[r], K) + b;
+          }
         }
-        for (; t < T; ++t) Y[t * N + n] = dot(X + t * K, w, K) + b;
       }
     });
   }
@@ -283,15 +296,21 @@ class CpuRunner final : public ModelRunner {
     }
   }
 
-  // Rotate-half rotary on one half-head (n = head_dim / 2 values) at position pos.
-  void rotary(float* x, int pos) const {
-    const int q = static_cast<int>(inv_freq_.size());  // n / 2
+  // cos/sin of pos * inv_freq[j] for j < head_dim / 4 (angle formed in fp32).
+  void rotary_table(int pos, float* cos_out, float* sin_out) const {
+    for (size_t j = 0; j < inv_freq_.size(); ++j) {
+      const float angle = static_cast<float>(pos) * inv_freq_[j];
+      cos_out[j] = std::cos(angle);
+      sin_out[j] = std::sin(angle);
+    }
+  }
+  // Rotate-half rotary on one half-head (head_dim / 2 values): pairs (j, j + q).
+  void rotary(float* x, const float* c, const float* s) const {
+    const int q = static_cast<int>(inv_freq_.size());
     for (int j = 0; j < q; ++j) {
-      const float angle = static_cast<float>(pos) * inv_freq_[static_cast<size_t>(j)];
-      const float c = std::cos(angle), s = std::sin(angle);
       const float a = x[j], b = x[j + q];
-      x[j] = a * c - b * s;
-      x[j + q] = b * c + a * s;
+      x[j] = a * c[j] - b * s[j];
+      x[j + q] = b * c[j] + a * s[j];
     }
   }
 
@@ -339,6 +358,16 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
   }
   const float alpha = cfg_.residual_alpha();
 
+  // Rotary tables per row: [cos(pos), sin(pos), cos(block pos), sin(block pos)], q values each.
+  const int64_t rq = static_cast<int64_t>(inv_freq_.size());
+  std::vector<float> rot(static_cast<size_t>(T * 4 * rq));
+  for (size_t i = 0; i < S; ++i)
+    for (int j = 0; j < batch.seqs[i].num_tokens; ++j) {
+      float* r = &rot[static_cast<size_t>((row0[i] + j) * 4 * rq)];
+      rotary_table(batch.seqs[i].position_ids[j], r, r + rq);
+      rotary_table(batch.seqs[i].block_position_ids[j], r + 2 * rq, r + 3 * rq);
+    }
+
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     layer_norm(x.data(), T, L.ln1_w, L.ln1_b, a.data());
@@ -352,16 +381,17 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
       for (int j = 0; j < e.num_tokens; ++j) {
         float* row = &qkv[static_cast<size_t>((row0[i] + j) * 3 * H)];
         const int slot = e.num_cached + j;
+        const float* r = &rot[static_cast<size_t>((row0[i] + j) * 4 * rq)];
         float* kdst = kc + (static_cast<int64_t>(e.block_table[slot / block_size_]) * block_size_ + slot % block_size_) * H;
         float* vdst = vc + (kdst - kc);
         for (int h = 0; h < heads; ++h) {
           float* q = row + h * 3 * hd;
           float* k = q + hd;
           const float* v = k + hd;
-          rotary(q, e.position_ids[j]);
-          rotary(q + hd / 2, e.block_position_ids[j]);
-          rotary(k, e.position_ids[j]);
-          rotary(k + hd / 2, e.block_position_ids[j]);
+          rotary(q, r, r + rq);
+          rotary(q + hd / 2, r + 2 * rq, r + 3 * rq);
+          rotary(k, r, r + rq);
+          rotary(k + hd / 2, r + 2 * rq, r + 3 * rq);
           std::memcpy(kdst + h * hd, k, static_cast<size_t>(hd) * sizeof(float));
           std::memcpy(vdst + h * hd, v, static_cast<size_t>(hd) * sizeof(float));
         }
