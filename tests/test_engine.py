@@ -205,3 +205,12 @@ def test_int8_option_quantizes_like_the_converter(_engine, tiny):
     got = q.debug_forward(chunks)
     np.testing.assert_allclose(got, chunked_logits(model, chunks).numpy(), atol=1e-4, rtol=1e-4)
     assert np.abs(got - eng.debug_forward(chunks)).max() > 1e-4  # it really is quantized
+
+
+def test_thread_count_does_not_change_results(_engine, tmp_path):
+    d = write_checkpoint(tmp_path / "ckpt", seed=8, hidden_size=64, inner_hidden_size=160)
+    rng = np.random.default_rng(1)
+    chunks = [prompt(rng, 70, 50, GMASK, BOS), [5, 6, 7, 8, 9], [3]]
+    one = _engine.Engine(str(d), num_threads=1).debug_forward(chunks)
+    three = _engine.Engine(str(d), num_threads=3).debug_forward(chunks)
+    assert np.array_equal(one, three)
