@@ -32,6 +32,7 @@ TYPES = {
     "stream": ("BOOL", np.bool_),
     "ignore_eos": ("BOOL", np.bool_),
 }
+CLOSE = {"Connection": "close"}  # an idle keep-alive connection delays Triton's shutdown
 PROMPTS = ["你好", "hello world", "What is the capital of China?", "写一首诗", "1 + 1 ="]
 
 
@@ -116,12 +117,18 @@ def grpc_text(url: str, text: str, **params) -> tuple[list[str], str | None]:
 
 
 def http_generate(url: str, body: dict, model: str = "chatglm") -> requests.Response:
-    return requests.post(f"http://{url}/v2/models/{model}/generate", json=body, timeout=120)
+    return requests.post(
+        f"http://{url}/v2/models/{model}/generate", json=body, timeout=120, headers=CLOSE
+    )
 
 
 def http_generate_stream(url: str, body: dict) -> list[str]:
     r = requests.post(
-        f"http://{url}/v2/models/chatglm/generate_stream", json=body, timeout=120, stream=True
+        f"http://{url}/v2/models/chatglm/generate_stream",
+        json=body,
+        timeout=120,
+        stream=True,
+        headers=CLOSE,
     )
     assert r.status_code == 200, r.text
     pieces = []
@@ -147,7 +154,7 @@ def engine_generate(prompts: list[str], max_tokens: int) -> list[str]:
 
 
 def stats(url: str, model: str) -> dict:
-    r = requests.get(f"http://{url}/v2/models/{model}/stats", timeout=30)
+    r = requests.get(f"http://{url}/v2/models/{model}/stats", timeout=30, headers=CLOSE)
     r.raise_for_status()
     return r.json()["model_stats"][0]
 
@@ -159,10 +166,14 @@ def test_backend_loaded_with_api_check(triton_server):
     log = triton_server.log()
     assert "chatglm backend initialized (TRITONBACKEND API 1." in log
     for model in ("chatglm", "chatglm_decoder", "preprocessing", "postprocessing"):
-        r = requests.get(f"http://{triton_server.http_url}/v2/models/{model}/ready", timeout=10)
+        r = requests.get(
+            f"http://{triton_server.http_url}/v2/models/{model}/ready", timeout=10, headers=CLOSE
+        )
         assert r.status_code == 200, model
     cfg = requests.get(
-        f"http://{triton_server.http_url}/v2/models/chatglm_decoder/config", timeout=10
+        f"http://{triton_server.http_url}/v2/models/chatglm_decoder/config",
+        timeout=10,
+        headers=CLOSE,
     ).json()
     assert cfg["backend"] == "chatglm"
     assert cfg["model_transaction_policy"]["decoupled"] is True
@@ -456,13 +467,16 @@ def test_cancel_grpc_streams_frees_kv_blocks(triton_server):
     assert http_generate(srv.http_url, {"text_input": "hi", "max_tokens": 4}).status_code == 200
 
 
-def test_request_timeout_stops_generation_through_the_ensemble(triton_server):
-    """The ensemble hands its timeout to the decoder, which stops the sequence."""
+def test_request_timeout_stops_generation(triton_server):
+    """A request's timeout (gRPC `timeout`, microseconds) stops its sequence.
+
+    Sent to chatglm_decoder directly: through the ensemble the timeout also
+    reaches the decoder, but Triton 2.51's batchers then expire the ensemble's
+    pre/postprocessing steps as well, so that path is not a clean test."""
     srv = triton_server
     srv.wait_metric("glm_active_requests", lambda v: v == 0)
     tokens0 = srv.metric("glm_generated_tokens_total")
-    tensors = text_inputs("你好", max_tokens=1900, stream=True, ignore_eos=True)
-    s = Stream(srv.grpc_url, "chatglm", tensors, timeout_us=300_000)
+    s = Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids", timeout_us=300_000)
     try:
         pieces, err = s.collect(timeout=60)
     finally:
@@ -470,7 +484,7 @@ def test_request_timeout_stops_generation_through_the_ensemble(triton_server):
     assert err is not None and "timeout" in err
     srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=10)
     srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=10)
-    assert srv.metric("glm_generated_tokens_total") - tokens0 < 1900
+    assert 0 < srv.metric("glm_generated_tokens_total") - tokens0 < 1900
 
 
 # ---------------------------------------------------------------------------- limits and shutdown
@@ -503,6 +517,7 @@ def test_full_queue_is_unavailable_and_waiting_requests_complete(tmp_path):
             f"http://{srv.http_url}/v2/models/chatglm_decoder/generate",
             json={"input_ids": [5, 6, 681, 684], "max_tokens": 3},
             timeout=60,
+            headers=CLOSE,
         )
         assert r.status_code == 200, r.text
         assert srv.stop() == 0

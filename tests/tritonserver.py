@@ -259,7 +259,8 @@ class TritonServer:
                     f"log {self.log_path}:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:
+                req = urllib.request.Request(url, headers={"Connection": "close"})
+                with urllib.request.urlopen(req, timeout=2) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, OSError):
@@ -316,7 +317,8 @@ class TritonServer:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as r:
+        req = urllib.request.Request(self.metrics_url, headers={"Connection": "close"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.read().decode()
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
