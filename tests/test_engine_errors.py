@@ -261,3 +261,13 @@ def test_debug_forward_errors(_engine, eng):
         eng.debug_forward([[5, GMASK, 99]])
     with pytest.raises(_engine.EngineError, match=r"\[gMASK\] or \[MASK\]"):
         eng.debug_forward([[5, 6, BOS]])
+
+
+def test_generate_names_the_prompt(_engine, eng):
+    with pytest.raises(_engine.EngineError, match=r"^generate: prompt 0: top_k must be >= 0"):
+        eng.generate([GOOD, GOOD], max_tokens=2, top_k=-3)
+    with pytest.raises(
+        _engine.EngineError, match=r"^generate: prompt 1: input_ids must end with <sop>"
+    ):
+        eng.generate([GOOD, [5, GMASK]], max_tokens=2)
+    assert eng.stats()["kv_blocks_used"] == 0 and eng.stats()["running"] == 0

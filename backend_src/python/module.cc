@@ -117,7 +117,11 @@ class PyEngine {
           });
         } catch (const glm::EngineError& e) {
           finish_all();
-          throw glm::EngineError("generate: prompt " + std::to_string(i) + ": " + e.what());
+          // Our internal request id means nothing to the caller: name the prompt instead.
+          std::string msg = e.what();
+          const std::string internal = "request " + std::to_string(base + i) + ": ";
+          if (msg.rfind(internal, 0) == 0) msg = msg.substr(internal.size());
+          throw glm::EngineError("generate: prompt " + std::to_string(i) + ": " + msg);
         }
         submitted[i] = true;
         ++num_submitted;

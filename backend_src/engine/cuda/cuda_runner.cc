@@ -115,6 +115,7 @@ class CudaRunner final : public ModelRunner {
   int H_ = 0, I_ = 0, V_ = 0, L_ = 0, heads_ = 0, hd_ = 0;
   float alpha_ = 0.f;
   bool fp16_angles_ = false;
+  int poison_ = 0;  // GLM_CUDA_POISON: 1 = KV cache, 2 = activations, filled with NaN at allocation
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
 
@@ -169,6 +170,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
   if (hd_ != 4 && hd_ != 8 && hd_ != 16 && hd_ != 32 && hd_ != 64 && hd_ != 128)
     throw EngineError("device cuda: head_dim " + std::to_string(hd_) + " is not supported (4..128, power of two)");
   if (H_ % 2 || I_ % 2) throw EngineError("device cuda: hidden and inner sizes must be even");
+  if (const char* pz = std::getenv("GLM_CUDA_POISON")) poison_ = std::atoi(pz);
   const char* rot = std::getenv("GLM_CUDA_ROTARY_FP16");
   fp16_angles_ = rot && std::string(rot) == "1";
 
@@ -283,6 +285,13 @@ void CudaRunner::alloc_activations(int max_tokens) {
   hfinal_ = dev_alloc<__half>(T * H_);
   meta_dev_ = dev_alloc<int32_t>(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
   ensure_host(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
+  if (poison_ & 2) {  // debugging aid: NaN everywhere a kernel must write before anything reads
+    for (auto pr : {std::make_pair((void*)a_, T * H_), std::make_pair((void*)m_, T * H_),
+                    std::make_pair((void*)qkv_, T * 3 * H_), std::make_pair((void*)q_, T * H_),
+                    std::make_pair((void*)att_, T * H_), std::make_pair((void*)d_, T * H_),
+                    std::make_pair((void*)f_, T * I_), std::make_pair((void*)hfinal_, T * H_)})
+      GLM_CUDA_CHECK(cudaMemset(pr.first, 0xFF, pr.second * sizeof(__half)));
+  }
 }
 
 void CudaRunner::free_activations() {
@@ -429,6 +438,7 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
     throw EngineError("device cuda: cannot allocate the KV cache (" + std::to_string(num_blocks) + " blocks, " +
                       std::to_string((per * 2 * L_ * 2) >> 20) + " MiB): " + cudaGetErrorString(e));
   }
+  if (poison_ & 1) GLM_CUDA_CHECK(cudaMemset(kv_, 0xFF, per * 2 * L_ * sizeof(__half)));
   k_layer_.resize(L_);
   v_layer_.resize(L_);
   for (int l = 0; l < L_; ++l) {

@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kLnThreads)
 // Fast path: the row lives in registers, VPT 16-byte vectors per thread,
 // blockDim = hidden / (8 * VPT) (a multiple of 32). One read, one write.
 template <int VPT>
-__global__ void __launch_bounds__(1024)
+__global__ void __launch_bounds__(256)
     add_layernorm_vec_kernel(const __half* __restrict__ resid, float alpha, const __half* __restrict__ y,
                              const float* __restrict__ y_bias, const int32_t* __restrict__ in_rows,
                              const float* __restrict__ gamma, const float* __restrict__ beta, float eps,
@@ -188,10 +188,10 @@ void add_layernorm(const __half* resid, float alpha, const __half* y, const floa
   check_arg(eps > 0.f, k, "eps must be > 0");
   if (rows == 0) return;
   const bool aligned = ((uintptr_t)y % 16 == 0) && ((uintptr_t)out % 16 == 0) && (!resid || (uintptr_t)resid % 16 == 0);
-  if (aligned && hidden % (8 * 32 * 4) == 0 && hidden / 32 <= 1024) {
+  if (aligned && hidden % (8 * 32 * 4) == 0 && hidden / 32 <= 256) {
     add_layernorm_vec_kernel<4><<<rows, hidden / 32, 0, stream>>>(resid, alpha, y, y_bias, in_rows, gamma, beta,
                                                                  eps, out, hidden);
-  } else if (aligned && hidden % (8 * 32) == 0 && hidden / 8 <= 1024) {
+  } else if (aligned && hidden % (8 * 32) == 0 && hidden / 8 <= 256) {
     add_layernorm_vec_kernel<1><<<rows, hidden / 8, 0, stream>>>(resid, alpha, y, y_bias, in_rows, gamma, beta,
                                                                 eps, out, hidden);
   } else {
