@@ -70,7 +70,7 @@ else
   fi
 fi
 if is_int8 && ! grep -q '"int8": *true' "$CKPT/config.json"; then
-  say "warning: INT8=1 but $CKPT is not an int8 checkpoint (convert with --int8); serving it as is"
+  say "INT8=1: $CKPT is a float checkpoint; the engine quantizes it to int8 at load"
 fi
 
 # ---- device -----------------------------------------------------------------
