@@ -37,7 +37,7 @@ struct EngineOptions {
   int block_size = 16;             // tokens per KV block
   int num_kv_blocks = 0;           // > 0: exactly this many blocks
   double kv_cache_fraction = 0.9;  // used when num_kv_blocks == 0 (cuda: of free memory after weights)
-  int64_t kv_cache_bytes = 0;      // cpu: bytes for the KV cache when num_kv_blocks == 0 (0 = 1 GiB)
+  int64_t kv_cache_bytes = 0;      // cpu: bytes for the KV cache when num_kv_blocks == 0 (0 = 1 GiB, at least one full-length sequence)
   int max_running_seqs = 256;      // upper bound on sequences in one step's batch
   int max_batched_tokens = 4096;   // prefill tokens admitted in one step (at least one prompt always)
   int max_queue = 0;               // waiting requests beyond this are refused (0 = unbounded)
