@@ -229,7 +229,9 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     for (int j = 0; j < half / 2; ++j)
       invf.push_back(round_to_f16(static_cast<float>(1.0 / std::pow(10000.0, (2.0 * j) / half))));
     inv_freq_ = alloc_f(invf.size());
-    GLM_CUDA_CHECK(cudaMemcpy(inv_freq_, invf.data(), invf.size() * sizeof(float), cudaMemcpyHostToDevice));
+    GLM_CUDA_CHECK(cudaMemcpyAsync(inv_freq_, invf.data(), invf.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                   stream_));
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
 
     max_seqs_ = std::max(1, opts.max_running_seqs);
     mbps_ = (cfg.max_sequence_length + opts.block_size - 1) / std::max(1, opts.block_size);
@@ -248,7 +250,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     samp_ws_bytes_ = cuda::sample_workspace_bytes(max_seqs_, V_);
     GLM_CUDA_CHECK(cudaMalloc(&samp_ws_, samp_ws_bytes_));
     buckets_ = make_buckets(max_seqs_);
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    GLM_CUDA_CHECK(cudaDeviceSynchronize());
   } catch (const EngineError&) {
     throw;
   } catch (const std::exception& e) {
@@ -291,6 +293,7 @@ void CudaRunner::alloc_activations(int max_tokens) {
                     std::make_pair((void*)att_, T * H_), std::make_pair((void*)d_, T * H_),
                     std::make_pair((void*)f_, T * I_), std::make_pair((void*)hfinal_, T * H_)})
       GLM_CUDA_CHECK(cudaMemset(pr.first, 0xFF, pr.second * sizeof(__half)));
+    GLM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 }
 
@@ -315,18 +318,22 @@ void CudaRunner::clear_graphs() {
   graphs_.clear();
 }
 
+// Uploads are ordered on stream_ (a non-blocking stream: a plain cudaMemcpy from
+// pageable memory may return before its DMA lands, and nothing would order it
+// before our kernels), and synchronised before a staging buffer is reused.
 void CudaRunner::upload_half(__half* dst, const TensorView& t, const char* name) {
   const int64_t n = t.numel();
   if (t.dtype == DType::kF16) {
-    GLM_CUDA_CHECK(cudaMemcpy(dst, t.data, (size_t)n * 2, cudaMemcpyHostToDevice));
+    GLM_CUDA_CHECK(cudaMemcpyAsync(dst, t.data, (size_t)n * 2, cudaMemcpyHostToDevice, stream_));
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   } else if (t.dtype == DType::kF32) {
     // in slices, through a device fp32 buffer
     const int64_t chunk = 64ll << 20;
     float* tmp = dev_alloc<float>((size_t)std::min(n, chunk));
     for (int64_t i = 0; i < n; i += chunk) {
       const int64_t c = std::min(chunk, n - i);
-      GLM_CUDA_CHECK(cudaMemcpy(tmp, static_cast<const char*>(t.data) + i * 4, (size_t)c * 4,
-                                cudaMemcpyHostToDevice));
+      GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, static_cast<const char*>(t.data) + i * 4, (size_t)c * 4,
+                                     cudaMemcpyHostToDevice, stream_));
       cuda::float_to_half(tmp, dst + i, c, stream_);
       GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     }
@@ -341,7 +348,8 @@ void CudaRunner::upload_float(float* dst, const TensorView& t, const char* name)
   if (t.dtype != DType::kF16 && t.dtype != DType::kF32)
     throw EngineError(std::string("device cuda: tensor ") + name + " has dtype " + dtype_name(t.dtype));
   to_float(t, h.data());
-  GLM_CUDA_CHECK(cudaMemcpy(dst, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+  GLM_CUDA_CHECK(cudaMemcpyAsync(dst, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // h dies here
 }
 
 void CudaRunner::load_weights_from(const ModelWeights& w) {
@@ -438,7 +446,10 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
     throw EngineError("device cuda: cannot allocate the KV cache (" + std::to_string(num_blocks) + " blocks, " +
                       std::to_string((per * 2 * L_ * 2) >> 20) + " MiB): " + cudaGetErrorString(e));
   }
-  if (poison_ & 1) GLM_CUDA_CHECK(cudaMemset(kv_, 0xFF, per * 2 * L_ * sizeof(__half)));
+  if (poison_ & 1) {
+    GLM_CUDA_CHECK(cudaMemset(kv_, 0xFF, per * 2 * L_ * sizeof(__half)));
+    GLM_CUDA_CHECK(cudaDeviceSynchronize());
+  }
   k_layer_.resize(L_);
   v_layer_.resize(L_);
   for (int l = 0; l < L_; ++l) {
