@@ -66,13 +66,21 @@ class Stream:
     """One gRPC stream carrying one request; collects its responses."""
 
     def __init__(
-        self, url: str, model: str, tensors, output: str = "text_output", timeout_us=None
+        self,
+        url: str,
+        model: str,
+        tensors,
+        output: str = "text_output",
+        timeout_us=None,
+        parameters=None,
     ) -> None:
         self.client = grpcclient.InferenceServerClient(url)
         self.q: queue.Queue = queue.Queue()
         self.output = output
         self.client.start_stream(callback=lambda result, error: self.q.put((result, error)))
         extra = {} if timeout_us is None else {"timeout": timeout_us}
+        if parameters:
+            extra["parameters"] = parameters
         self.client.async_stream_infer(
             model, to_grpc(tensors), request_id="1", enable_empty_final_response=True, **extra
         )
@@ -557,3 +565,34 @@ def test_shutdown_is_clean_and_drains_requests_in_flight(tmp_path):
     for bad in ("Segmentation fault", "core dumped", "terminate called", "Aborted", "SIGSEGV"):
         assert bad not in log
     assert "successfully unloaded 'chatglm_decoder'" in log
+
+
+def test_engine_fault_fails_running_requests_with_internal(tmp_path):
+    """Test hook (--backend-config=chatglm,allow_fault_injection=true): the request
+    parameter glm_inject_fault=true makes the engine's next step fail. The running
+    requests get INTERNAL, later ones UNAVAILABLE, glm_engine_healthy drops to 0,
+    and the server stays up and stops cleanly."""
+    skip_without_server()
+    cfg = {"allow_fault_injection": True}
+    with TritonServer(log_dir=tmp_path, models=["chatglm_decoder"], backend_config=cfg) as srv:
+        victim = Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids")
+        assert victim.next(timeout=60)[0] == "data"
+        trigger = Stream(
+            srv.grpc_url,
+            "chatglm_decoder",
+            LONG_IDS,
+            "output_ids",
+            parameters={"glm_inject_fault": True},
+        )
+        for s in (victim, trigger):
+            _, err = s.collect(timeout=60)
+            s.close()
+            assert err is not None and "engine error" in err and "injected fault" in err
+        srv.wait_metric("glm_engine_healthy", lambda v: v == 0)
+        assert srv.metric("glm_requests_total", {"outcome": "error"}) == 2
+        later = Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids")
+        _, err = later.collect(timeout=60)
+        later.close()
+        assert err is not None and "not serving" in err
+        assert srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0) == 0
+        assert srv.stop() == 0

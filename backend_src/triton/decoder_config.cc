@@ -163,6 +163,10 @@ DecoderConfig parse_decoder_config(const std::string& model_config_json,
   if (const auto* v = get("num_threads"))
     e.num_threads = static_cast<int>(to_int("num_threads", *v, 0, 4096));
   if (const auto* v = get("use_cuda_graphs")) e.use_cuda_graphs = to_bool("use_cuda_graphs", *v);
+  {
+    auto it = cmdline.find("allow_fault_injection");  // command line only, never config.pbtxt
+    if (it != cmdline.end()) out.allow_fault_injection = to_bool("allow_fault_injection", it->second);
+  }
   if (const auto* v = get("default_max_tokens"))
     out.default_max_tokens = static_cast<int>(to_int("default_max_tokens", *v, 1, 1 << 20));
   return out;

@@ -26,6 +26,10 @@ struct DecoderConfig {
   int default_max_tokens = 128; // used when a request carries no max_tokens
   int max_batch_size = 0;       // Triton's max_batch_size (inputs carry a batch dim when > 0)
   bool decoupled = false;
+  // Test hook, only from --backend-config=chatglm,allow_fault_injection=true:
+  // a request with the parameter glm_inject_fault=true makes the engine's next
+  // step fail inside the back-end (Engine::inject_fault).
+  bool allow_fault_injection = false;
 };
 
 // Throws std::runtime_error with a message naming the offending key.

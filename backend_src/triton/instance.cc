@@ -118,6 +118,30 @@ std::string read_tensor(TRITONBACKEND_Request* request, const char* name, Tensor
   return "";
 }
 
+// The request parameter glm_inject_fault=true (bool, or string "true").
+bool wants_fault(TRITONBACKEND_Request* request) {
+  uint32_t count = 0;
+  if (TRITONSERVER_Error* err = TRITONBACKEND_RequestParameterCount(request, &count)) {
+    TRITONSERVER_ErrorDelete(err);
+    return false;
+  }
+  for (uint32_t i = 0; i < count; ++i) {
+    const char* key = nullptr;
+    TRITONSERVER_ParameterType type = TRITONSERVER_PARAMETER_STRING;
+    const void* value = nullptr;
+    if (TRITONSERVER_Error* err = TRITONBACKEND_RequestParameter(request, i, &key, &type, &value)) {
+      TRITONSERVER_ErrorDelete(err);
+      continue;
+    }
+    if (key == nullptr || value == nullptr || std::strcmp(key, "glm_inject_fault") != 0) continue;
+    if (type == TRITONSERVER_PARAMETER_BOOL) return *static_cast<const bool*>(value);
+    if (type == TRITONSERVER_PARAMETER_STRING) {
+      return std::strcmp(static_cast<const char*>(value), "true") == 0;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 DecoderInstance::DecoderInstance(ModelState* model, TRITONBACKEND_ModelInstance* instance)
@@ -411,6 +435,10 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
         std::lock_guard<std::mutex> lk(active_mu_);
         active_[id] = std::move(a);
         n_active = active_.size();
+      }
+      if (model_->config.allow_fault_injection && wants_fault(request)) {
+        GLM_LOG_WARN("chatglm_decoder: injecting an engine fault (test hook)");
+        engine_->inject_fault();
       }
       try {
         engine_->submit(id, std::move(parsed.input_ids), parsed.params,
