@@ -118,6 +118,31 @@ std::string read_tensor(TRITONBACKEND_Request* request, const char* name, Tensor
   return "";
 }
 
+// When the responder falls behind, several steps' events of one request wait
+// in the same batch: merge them into one event (one response carrying all the
+// new ids; prev_ids stay right because they are taken before the merged ids).
+// The last event of a request is its final one, so finished/reason/error come
+// from it. Order between different requests does not matter.
+void coalesce(std::deque<DecoderInstanceEvent>* batch) {
+  if (batch->size() < 2) return;
+  std::unordered_map<uint64_t, size_t> first;  // request id -> index of its merged event
+  std::deque<DecoderInstanceEvent> out;
+  for (auto& ev : *batch) {
+    auto it = first.find(ev.id);
+    if (it == first.end()) {
+      first.emplace(ev.id, out.size());
+      out.push_back(std::move(ev));
+      continue;
+    }
+    DecoderInstanceEvent& m = out[it->second];
+    m.tokens.insert(m.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+    m.finished = ev.finished;
+    m.reason = ev.reason;
+    m.error = std::move(ev.error);
+  }
+  batch->swap(out);
+}
+
 // The request parameter glm_inject_fault=true (bool, or string "true").
 bool wants_fault(TRITONBACKEND_Request* request) {
   uint32_t count = 0;
@@ -523,6 +548,7 @@ void DecoderInstance::responder_loop(std::shared_ptr<ResponderControl> ctl) {
       batch.swap(events_);
       if (stop_ && batch.empty()) break;
     }
+    coalesce(&batch);
     for (Event& ev : batch) {
       try {
         handle(ev);

@@ -42,6 +42,15 @@ struct ParsedRequest {
   bool stream = false;
 };
 
+// What the engine's callback hands to the responder thread.
+struct DecoderInstanceEvent {
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;
+  bool finished = false;
+  glm::FinishReason reason = glm::FinishReason::kNone;
+  std::string error;
+};
+
 class DecoderInstance {
  public:
   // Creates and starts the engine. Throws std::exception with a clear message.
@@ -65,13 +74,7 @@ class DecoderInstance {
     uint64_t timeout_us = 0;
     bool got_first = false;
   };
-  struct Event {
-    uint64_t id = 0;
-    std::vector<int32_t> tokens;
-    bool finished = false;
-    glm::FinishReason reason = glm::FinishReason::kNone;
-    std::string error;
-  };
+  using Event = DecoderInstanceEvent;
 
   // Returns an empty string when valid; else the message, with *code set.
   std::string parse(TRITONBACKEND_Request* request, ParsedRequest* out,
