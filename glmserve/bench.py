@@ -83,13 +83,16 @@ def used_gpu_bytes(torch) -> int:
     return total - free
 
 
-def run_engine(_engine, ckpt: str, batch: int, args, torch, base_used: int) -> dict:
+def run_engine(
+    _engine, ckpt: str, batch: int, args, torch, base_used: int, int8: bool = False
+) -> dict:
     seq_len = args.prompt_len + 2 + args.tokens
     blocks = batch * math.ceil(seq_len / 16) + 1
     eng = _engine.Engine(
         ckpt,
         device="cuda",
         dtype="fp16",
+        int8=int8,
         random_weights=True,
         weights_seed=args.seed,
         num_kv_blocks=blocks,
@@ -240,7 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="kernel-time table over 20 decode steps")
     p.add_argument("--profile-batches", default="1,256")
     p.add_argument(
-        "--int8", action="store_true", help="add INT8 weight-only rows (not implemented yet)"
+        "--int8",
+        action="store_true",
+        help="add INT8 weight-only rows (random fp16 weights quantized on the GPU), "
+        "their ratio to fp16, logits error and memory (glmserve/bench_int8.py)",
+    )
+    p.add_argument(
+        "--int8-lm-head", action="store_true", help="with --int8: also rows with an int8 lm_head"
     )
     p.add_argument("--out", help="also write the markdown table (and JSON) to this file")
     args = p.parse_args(argv)
@@ -256,10 +265,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from glmserve import _engine
 
-    if args.int8:
-        print(
-            "bench: INT8 rows requested, but the CUDA back-end has no INT8 mode yet; fp16 rows only"
-        )
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}", flush=True)
     base_used = used_gpu_bytes(torch)
@@ -267,8 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy bandwidth: {bw / 1e12:.2f} TB/s", flush=True)
     batches = [int(x) for x in args.batches.split(",") if x]
     rows = []
+    int8_rows: dict[str, list[dict]] = {}
+    int8_md = ""
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "config.json").write_text(json.dumps(REAL_CONFIG))
+        if args.int8:
+            from glmserve import bench_int8
+
+            int8_rows, int8_md = bench_int8.run(
+                _engine, d, batches, args, torch, base_used, run_engine
+            )
         for b in batches:
             r = run_engine(_engine, d, b, args, torch, base_used)
             rows.append(r)
@@ -297,9 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python -m glmserve.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     header = f"Card: {dev}; {when}; command: `{cmd.strip()}`\n\n"
+    if int8_md:
+        md += "\n\n" + int8_md
     print("\n" + header + md)
     if args.out:
         data = {"device": dev, "date": when, "rows": rows, "baseline": base, **info}
+        if int8_rows:
+            data["int8"] = int8_rows
         for r in data["rows"]:
             r.pop("profile", None)
         Path(args.out).write_text(
