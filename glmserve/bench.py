@@ -141,15 +141,54 @@ def profile_steps(eng, prompts, args, torch) -> str:
         eng.step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         for _ in range(20):
             eng.step()
         torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
     for k in range(len(prompts)):
         eng.cancel(50_000 + k)
     while eng.step():
         pass
-    return prof.key_averages().table(
+    table = prof.key_averages().table(
         sort_by="cuda_time_total", row_limit=14, max_name_column_width=70
+    )
+    return (
+        table
+        + f"\nwall {wall * 1e3 / 20:.2f} ms/step (host clock, under the profiler); "
+        + gap_summary(prof)
+    )
+
+
+def gap_summary(prof) -> str:
+    """GPU timeline over the profiled steps: span, busy time, idle gaps (host/launch overhead)."""
+    try:
+        from torch.autograd import DeviceType
+
+        iv = sorted(
+            (e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start
+        )
+    except Exception as e:  # profiler API differences: report, do not fail the bench
+        return f"(no timeline: {e})"
+    if not iv:
+        return "(no GPU events)"
+    busy, cur_s, cur_e, gaps = 0.0, iv[0][0], iv[0][1], []
+    for s, e in iv[1:]:
+        if s > cur_e:
+            busy += cur_e - cur_s
+            gaps.append(s - cur_e)
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    busy += cur_e - cur_s
+    span = iv[-1][1] - iv[0][0]
+    big = [g for g in gaps if g > 20]
+    return (
+        f"GPU timeline: span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, idle {(span - busy) / 1e3:.2f} ms "
+        f"({len(big)} gaps > 20 us totalling {sum(big) / 1e3:.2f} ms; {len(gaps) - len(big)} smaller gaps "
+        f"totalling {(sum(gaps) - sum(big)) / 1e3:.2f} ms)"
     )
 
 

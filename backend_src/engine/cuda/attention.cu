@@ -12,6 +12,7 @@ namespace {
 constexpr int kAttnThreads = 128;
 constexpr int kAttnWarps = kAttnThreads / 32;
 constexpr int kUnroll = 4;
+constexpr int kWarpAttnMinPairs = 2048;  // (token, head) pairs from which the warp kernel is used
 
 template <int VEC>
 struct HalfVec;
@@ -171,6 +172,111 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
+// Decode-friendly variant: one warp per (token, head), online softmax in
+// registers, no shared memory or block barriers; each lane holds HD/32 dims and
+// keeps 8 keys' K and V loads in flight. Used when there are many (token, head)
+// pairs (large decode batches), where per-block overhead dominated.
+constexpr int kWarpAttnWarps = 4;
+constexpr int kWarpChunk = 8;
+
+template <int DPL>
+struct HalfVecN;
+template <>
+struct HalfVecN<4> {
+  using T = uint2;
+};
+template <>
+struct HalfVecN<2> {
+  using T = uint32_t;
+};
+
+template <int HD>
+__global__ void __launch_bounds__(kWarpAttnWarps * 32)
+    paged_attention_warp_kernel(const __half* __restrict__ q, const __half* __restrict__ kc,
+                                const __half* __restrict__ vc, const int32_t* __restrict__ tok_seq,
+                                const int32_t* __restrict__ n_keys, const int32_t* __restrict__ block_tables,
+                                AttentionParams p, int tokens, __half* __restrict__ out) {
+  constexpr int DPL = HD / 32;
+  using V = typename HalfVecN<DPL>::T;
+  const int lane = threadIdx.x & 31;
+  const int pair = blockIdx.x * kWarpAttnWarps + (threadIdx.x >> 5);
+  if (pair >= tokens * p.heads) return;
+  const int t = pair / p.heads, h = pair - t * p.heads;
+  const int n = n_keys[t];
+  __half* orow = out + ((int64_t)t * p.heads + h) * HD + lane * DPL;
+  auto unpack = [](const V& raw, float (&f)[DPL]) {
+    const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+    for (int k = 0; k < DPL / 2; ++k) {
+      const float2 x = __half22float2(h2[k]);
+      f[2 * k] = x.x;
+      f[2 * k + 1] = x.y;
+    }
+  };
+  if (n <= 0) {
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) orow[k] = __float2half(0.f);
+    return;
+  }
+  const int32_t* table = block_tables + (int64_t)tok_seq[t] * p.max_blocks_per_seq;
+  float qv[DPL];
+  unpack(*reinterpret_cast<const V*>(q + ((int64_t)t * p.heads + h) * HD + lane * DPL), qv);
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) qv[k] *= p.scale;
+  float m = -FLT_MAX, l = 0.f, acc[DPL];
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) acc[k] = 0.f;
+  for (int base = 0; base < n; base += kWarpChunk) {
+    V kr[kWarpChunk], vr[kWarpChunk];
+#pragma unroll
+    for (int u = 0; u < kWarpChunk; ++u) {
+      const int s = base + u;
+      if (s < n) {
+        const int64_t off =
+            (((int64_t)table[s / p.block_size] * p.heads + h) * p.block_size + s % p.block_size) * HD + lane * DPL;
+        kr[u] = *reinterpret_cast<const V*>(kc + off);
+        vr[u] = *reinterpret_cast<const V*>(vc + off);
+      }
+    }
+    float sc[kWarpChunk];
+    float cm = -FLT_MAX;
+#pragma unroll
+    for (int u = 0; u < kWarpChunk; ++u) {
+      float d = 0.f;
+      if (base + u < n) {
+        float kf[DPL];
+        unpack(kr[u], kf);
+#pragma unroll
+        for (int k = 0; k < DPL; ++k) d += qv[k] * kf[k];
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      sc[u] = d;
+      if (base + u < n) cm = fmaxf(cm, d);
+    }
+    const float m_new = fmaxf(m, cm);
+    const float corr = expf(m - m_new);
+    l *= corr;
+#pragma unroll
+    for (int k = 0; k < DPL; ++k) acc[k] *= corr;
+#pragma unroll
+    for (int u = 0; u < kWarpChunk; ++u) {
+      if (base + u < n) {
+        const float e = expf(sc[u] - m_new);
+        l += e;
+        float vf[DPL];
+        unpack(vr[u], vf);
+#pragma unroll
+        for (int k = 0; k < DPL; ++k) acc[k] += e * vf[k];
+      }
+    }
+    m = m_new;
+  }
+  const float inv = 1.f / l;
+#pragma unroll
+  for (int k = 0; k < DPL; ++k) orow[k] = __float2half_rn(acc[k] * inv);
+}
+
 template <int HD>
 void launch(const __half* q, const __half* kc, const __half* vc, const int32_t* tok_seq,
             const int32_t* n_keys, const int32_t* bt, const AttentionParams& p, __half* out,
@@ -197,6 +303,19 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
   check_arg(p.max_keys > 0 && p.max_keys <= 32768, k, "max_keys must be in [1, 32768]");
   check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
   if (tokens == 0) return;
+  // Many (token, head) pairs: the warp-per-pair kernel (head_dim 64 or 128).
+  if (tokens * p.heads >= kWarpAttnMinPairs && (p.head_dim == 128 || p.head_dim == 64)) {
+    const int pairs = tokens * p.heads;
+    const int blocks = (pairs + kWarpAttnWarps - 1) / kWarpAttnWarps;
+    if (p.head_dim == 128)
+      paged_attention_warp_kernel<128><<<blocks, kWarpAttnWarps * 32, 0, stream>>>(
+          q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, tokens, out);
+    else
+      paged_attention_warp_kernel<64><<<blocks, kWarpAttnWarps * 32, 0, stream>>>(
+          q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, tokens, out);
+    GLM_CUDA_LAUNCH_CHECK(k);
+    return;
+  }
   switch (p.head_dim) {
     case 4: launch<4>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
     case 8: launch<8>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;

@@ -17,6 +17,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -32,6 +34,7 @@
 #include "weights.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm.h"
+#include "cuda/int8_gemm.h"
 #include "cuda/kernels.h"
 
 namespace glm {
@@ -50,6 +53,8 @@ struct Layer {
   __half *wqkv = nullptr, *wdense = nullptr, *w1 = nullptr, *w2 = nullptr;
   float *bqkv = nullptr, *bdense = nullptr, *b1 = nullptr, *b2 = nullptr;
   float *ln_in_w = nullptr, *ln_in_b = nullptr, *ln_post_w = nullptr, *ln_post_b = nullptr;
+  // INT8 weight-only mode (docs/int8.md): the four linears as int8 + fp16 scales (the __half pointers stay null)
+  cuda::Int8Weight qkv8, dense8, w18, w28;
 };
 
 // Padded batch sizes that get their own decode graph.
@@ -107,6 +112,15 @@ class CudaRunner final : public ModelRunner {
   void run_model(const Meta& m, int T, int R, float* logits);
   void upload_half(__half* dst, const TensorView& t, const char* name);
   void upload_float(float* dst, const TensorView& t, const char* name);
+  // INT8: I8 + scale copied; a float tensor quantized on the GPU (the converter's scheme).
+  void upload_linear8(cuda::Int8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
+  void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, __half* y, int T, int in, int out,
+           const float* bias = nullptr, bool gelu = false) {
+    if (w8.q)
+      int8_gemm_->linear(x, w8, y, T, in, out, bias, gelu);
+    else
+      gemm_->linear(x, w, y, T, in, out, bias, gelu);
+  }
   void clear_graphs();
   void ensure_host(size_t ints);
 
@@ -115,9 +129,17 @@ class CudaRunner final : public ModelRunner {
   int H_ = 0, I_ = 0, V_ = 0, L_ = 0, heads_ = 0, hd_ = 0;
   float alpha_ = 0.f;
   bool fp16_angles_ = false;
-  int poison_ = 0;  // GLM_CUDA_POISON: 1 = KV cache, 2 = activations, filled with NaN at allocation
+  int poison_ = 0;
+  // GLM_CUDA_TIMING=1: host-side time per step, printed when the runner is destroyed.
+  bool timing_ = false;
+  int64_t t_steps_ = 0;
+  double t_prep_ = 0, t_enqueue_ = 0, t_wait_ = 0, t_outside_ = 0;
+  std::chrono::steady_clock::time_point t_last_end_{};  // GLM_CUDA_POISON: 1 = KV cache, 2 = activations, filled with NaN at allocation
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
+  bool int8_ = false;  // layer linears int8 (EngineOptions.int8 or an int8 checkpoint)
+  std::unique_ptr<cuda::Int8Gemm> int8_gemm_;
+  cuda::Int8Weight lm_head8_;  // int8 lm_head (checkpoint quantization.lm_head, or GLM_CUDA_INT8_LM_HEAD=1)
 
   // weights
   __half* emb_ = nullptr;
@@ -158,8 +180,7 @@ class CudaRunner final : public ModelRunner {
 CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_(cfg), opts_(opts) {
   if (opts.dtype != "fp16" && opts.dtype != "float16")
     throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cuda (use fp16)");
-  if (opts.int8 || cfg.int8)
-    throw EngineError("device cuda: INT8 weight-only mode is not implemented in the CUDA back-end yet");
+  int8_ = opts.int8 || cfg.int8;
   H_ = cfg.hidden_size;
   I_ = cfg.inner_hidden_size;
   V_ = cfg.vocab_size;
@@ -171,6 +192,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     throw EngineError("device cuda: head_dim " + std::to_string(hd_) + " is not supported (4..128, power of two)");
   if (H_ % 2 || I_ % 2) throw EngineError("device cuda: hidden and inner sizes must be even");
   if (const char* pz = std::getenv("GLM_CUDA_POISON")) poison_ = std::atoi(pz);
+  if (const char* tm = std::getenv("GLM_CUDA_TIMING")) timing_ = std::string(tm) == "1";
   const char* rot = std::getenv("GLM_CUDA_ROTARY_FP16");
   fp16_angles_ = rot && std::string(rot) == "1";
 
@@ -185,6 +207,13 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     GLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_ = std::make_unique<Gemm>();
     gemm_->set_stream(stream_);
+    bool int8_lm_head = false;
+    if (int8_) {
+      int8_gemm_ = std::make_unique<cuda::Int8Gemm>();
+      int8_gemm_->set_stream(stream_);
+      const char* lh = std::getenv("GLM_CUDA_INT8_LM_HEAD");
+      int8_lm_head = cfg.int8_lm_head || (lh && std::string(lh) == "1");
+    }
 
     // weights
     const size_t HH = (size_t)H_ * H_;
@@ -198,16 +227,31 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       allocations_.push_back(p);
       return p;
     };
+    auto alloc_8 = [&](cuda::Int8Weight& w8, size_t out, size_t in) {
+      w8.q = dev_alloc<int8_t>(out * in);
+      allocations_.push_back(w8.q);
+      w8.scale = alloc_h(out);
+    };
     emb_ = alloc_h((size_t)V_ * H_);
-    lm_head_ = alloc_h((size_t)V_ * H_);
+    if (int8_lm_head)
+      alloc_8(lm_head8_, V_, H_);
+    else
+      lm_head_ = alloc_h((size_t)V_ * H_);
     lnf_w_ = alloc_f(H_);
     lnf_b_ = alloc_f(H_);
     layers_.resize(L_);
     for (Layer& l : layers_) {
-      l.wqkv = alloc_h(3 * HH);
-      l.wdense = alloc_h(HH);
-      l.w1 = alloc_h((size_t)I_ * H_);
-      l.w2 = alloc_h((size_t)H_ * I_);
+      if (int8_) {
+        alloc_8(l.qkv8, 3 * (size_t)H_, H_);
+        alloc_8(l.dense8, H_, H_);
+        alloc_8(l.w18, I_, H_);
+        alloc_8(l.w28, H_, I_);
+      } else {
+        l.wqkv = alloc_h(3 * HH);
+        l.wdense = alloc_h(HH);
+        l.w1 = alloc_h((size_t)I_ * H_);
+        l.w2 = alloc_h((size_t)H_ * I_);
+      }
       l.bqkv = alloc_f(3 * (size_t)H_);
       l.bdense = alloc_f(H_);
       l.b1 = alloc_f(I_);
@@ -259,6 +303,12 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
 }
 
 CudaRunner::~CudaRunner() {
+  if (timing_ && t_steps_ > 0)
+    std::fprintf(stderr,
+                 "cuda runner timing: %lld steps; per step (us): host prep %.1f, enqueue %.1f, wait for GPU %.1f, "
+                 "outside forward (engine) %.1f\n",
+                 (long long)t_steps_, t_prep_ / t_steps_ * 1e6, t_enqueue_ / t_steps_ * 1e6, t_wait_ / t_steps_ * 1e6,
+                 t_outside_ / std::max<int64_t>(1, t_steps_ - 1) * 1e6);
   if (stream_) cudaStreamSynchronize(stream_);
   clear_graphs();
   free_activations();
@@ -270,6 +320,7 @@ CudaRunner::~CudaRunner() {
   if (samp_dev_) cudaFree(samp_dev_);
   if (samp_host_) cudaFreeHost(samp_host_);
   gemm_.reset();
+  int8_gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -352,18 +403,59 @@ void CudaRunner::upload_float(float* dst, const TensorView& t, const char* name)
   GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // h dies here
 }
 
+void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int64_t rows, int64_t cols,
+                                const char* name) {
+  const TensorView& t = s.weight;
+  if (t.numel() != rows * cols) throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
+  if (t.dtype == DType::kI8) {
+    if (s.scale.dtype != DType::kF16 || s.scale.numel() != rows)
+      throw EngineError(std::string("device cuda: tensor ") + name + "_scale must be F16 [" + std::to_string(rows) + "]");
+    GLM_CUDA_CHECK(cudaMemcpyAsync(d.q, t.data, (size_t)(rows * cols), cudaMemcpyHostToDevice, stream_));
+    GLM_CUDA_CHECK(cudaMemcpyAsync(d.scale, s.scale.data, (size_t)rows * 2, cudaMemcpyHostToDevice, stream_));
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
+  // A float checkpoint in int8 mode: quantize its own values (fp32 or fp16) on the GPU.
+  const size_t n = (size_t)(rows * cols);
+  if (t.dtype == DType::kF16) {
+    __half* tmp = dev_alloc<__half>(n);
+    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 2, cudaMemcpyHostToDevice, stream_));
+    cuda::int8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(tmp);
+  } else if (t.dtype == DType::kF32) {
+    float* tmp = dev_alloc<float>(n);
+    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 4, cudaMemcpyHostToDevice, stream_));
+    cuda::int8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(tmp);
+  } else {
+    throw EngineError(std::string("device cuda: tensor ") + name + " has dtype " + dtype_name(t.dtype));
+  }
+}
+
 void CudaRunner::load_weights_from(const ModelWeights& w) {
   upload_half(emb_, w.word_embeddings, "word_embeddings");
-  upload_half(lm_head_, w.lm_head.weight, "lm_head");
+  if (lm_head8_.q)
+    upload_linear8(lm_head8_, w.lm_head, V_, H_, "lm_head.weight");
+  else
+    upload_half(lm_head_, w.lm_head.weight, "lm_head");
   upload_float(lnf_w_, w.final_layernorm_weight, "final_layernorm.weight");
   upload_float(lnf_b_, w.final_layernorm_bias, "final_layernorm.bias");
   for (int i = 0; i < L_; ++i) {
     const LayerWeights& s = w.layers[i];
     Layer& d = layers_[i];
-    upload_half(d.wqkv, s.query_key_value.weight, "query_key_value.weight");
-    upload_half(d.wdense, s.dense.weight, "dense.weight");
-    upload_half(d.w1, s.dense_h_to_4h.weight, "dense_h_to_4h.weight");
-    upload_half(d.w2, s.dense_4h_to_h.weight, "dense_4h_to_h.weight");
+    if (int8_) {
+      upload_linear8(d.qkv8, s.query_key_value, 3ll * H_, H_, "query_key_value.weight");
+      upload_linear8(d.dense8, s.dense, H_, H_, "dense.weight");
+      upload_linear8(d.w18, s.dense_h_to_4h, I_, H_, "dense_h_to_4h.weight");
+      upload_linear8(d.w28, s.dense_4h_to_h, H_, I_, "dense_4h_to_h.weight");
+    } else {
+      upload_half(d.wqkv, s.query_key_value.weight, "query_key_value.weight");
+      upload_half(d.wdense, s.dense.weight, "dense.weight");
+      upload_half(d.w1, s.dense_h_to_4h.weight, "dense_h_to_4h.weight");
+      upload_half(d.w2, s.dense_4h_to_h.weight, "dense_4h_to_h.weight");
+    }
     upload_float(d.bqkv, s.query_key_value.bias, "query_key_value.bias");
     upload_float(d.bdense, s.dense.bias, "dense.bias");
     upload_float(d.b1, s.dense_h_to_4h.bias, "dense_h_to_4h.bias");
@@ -383,7 +475,16 @@ void CudaRunner::load_weights_from(const ModelWeights& w) {
 void CudaRunner::init_random_weights(uint64_t seed) {
   uint64_t k = 0;
   auto tseed = [&]() { return splitmix64(seed ^ ((++k) * 0x9E3779B97F4A7C15ull)); };
-  auto mat = [&](__half* p, int64_t out, int64_t in, float amp) {
+  // INT8 mode: the same fp16 values, quantized on the GPU through a staging buffer.
+  __half* stage = nullptr;
+  if (int8_)
+    stage = dev_alloc<__half>((size_t)std::max({3ll * H_ * H_, (int64_t)I_ * H_, lm_head8_.q ? (int64_t)V_ * H_ : 0ll}));
+  auto mat = [&](__half* p, int64_t out, int64_t in, float amp, cuda::Int8Weight* w8 = nullptr) {
+    if (w8 && w8->q) {
+      cuda::fill_uniform_half(stage, out * in, tseed(), amp, stream_);
+      cuda::int8_quantize_rows(stage, out, in, w8->q, w8->scale, stream_);
+      return;
+    }
     cuda::fill_uniform_half(p, out * in, tseed(), amp, stream_);
   };
   auto bias = [&](float* p, int64_t n) { cuda::fill_uniform_float(p, n, tseed(), 0.02f, stream_); };
@@ -396,21 +497,22 @@ void CudaRunner::init_random_weights(uint64_t seed) {
   for (Layer& l : layers_) {
     norm_w(l.ln_in_w, H_);
     bias(l.ln_in_b, H_);
-    mat(l.wqkv, 3ll * H_, H_, inv_sqrt(H_));
+    mat(l.wqkv, 3ll * H_, H_, inv_sqrt(H_), &l.qkv8);
     bias(l.bqkv, 3ll * H_);
-    mat(l.wdense, H_, H_, inv_sqrt(H_));
+    mat(l.wdense, H_, H_, inv_sqrt(H_), &l.dense8);
     bias(l.bdense, H_);
     norm_w(l.ln_post_w, H_);
     bias(l.ln_post_b, H_);
-    mat(l.w1, I_, H_, inv_sqrt(H_));
+    mat(l.w1, I_, H_, inv_sqrt(H_), &l.w18);
     bias(l.b1, I_);
-    mat(l.w2, H_, I_, inv_sqrt(I_));
+    mat(l.w2, H_, I_, inv_sqrt(I_), &l.w28);
     bias(l.b2, H_);
   }
   norm_w(lnf_w_, H_);
   bias(lnf_b_, H_);
-  mat(lm_head_, V_, H_, inv_sqrt(H_));
+  mat(lm_head_, V_, H_, inv_sqrt(H_), &lm_head8_);
   GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (stage) cudaFree(stage);
 }
 
 int CudaRunner::plan_kv_blocks(const EngineOptions& opts) const {
@@ -479,13 +581,13 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
                       H_, s);
   for (int l = 0; l < L_; ++l) {
     const Layer& w = layers_[l];
-    gemm_->linear(a_, w.wqkv, qkv_, T, H_, 3 * H_);
+    lin(a_, w.wqkv, w.qkv8, qkv_, T, H_, 3 * H_);
     cuda::qkv_rotary_kv_write(qkv_, w.bqkv, m.pos, m.bpos, m.slot, rp, q_, k_layer_[l], v_layer_[l], T, s);
     cuda::paged_attention(q_, k_layer_[l], v_layer_[l], m.tok_seq, m.n_keys, m.tables, ap, att_, T, s);
-    gemm_->linear(att_, w.wdense, d_, T, H_, H_);
+    lin(att_, w.wdense, w.dense8, d_, T, H_, H_);
     cuda::add_layernorm(a_, alpha_, d_, w.bdense, nullptr, w.ln_post_w, w.ln_post_b, eps, m_, T, H_, s);
-    gemm_->linear(m_, w.w1, f_, T, H_, I_, w.b1, /*gelu=*/true);
-    gemm_->linear(f_, w.w2, d_, T, I_, H_);
+    lin(m_, w.w1, w.w18, f_, T, H_, I_, w.b1, /*gelu=*/true);
+    lin(f_, w.w2, w.w28, d_, T, I_, H_);
     if (l + 1 < L_) {
       const Layer& nx = layers_[l + 1];
       cuda::add_layernorm(m_, alpha_, d_, w.b2, nullptr, nx.ln_in_w, nx.ln_in_b, eps, a_, T, H_, s);
@@ -493,11 +595,19 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
       cuda::add_layernorm(m_, alpha_, d_, w.b2, m.sel_rows, lnf_w_, lnf_b_, eps, hfinal_, R, H_, s);
     }
   }
-  gemm_->linear_f32out(hfinal_, lm_head_, logits, R, H_, V_);
+  if (lm_head8_.q)
+    int8_gemm_->linear_f32out(hfinal_, lm_head8_, logits, R, H_, V_);
+  else
+    gemm_->linear_f32out(hfinal_, lm_head_, logits, R, H_, V_);
 }
 
 void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) {
   if (!kv_) throw EngineError("cuda runner: forward before allocate_kv_cache");
+  using clk = std::chrono::steady_clock;
+  const auto t_enter = clk::now();
+  auto secs = [](clk::time_point a, clk::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  if (timing_ && t_steps_ > 0) t_outside_ += secs(t_last_end_, t_enter);
+  clk::time_point t_prepped = t_enter, t_enqueued = t_enter;
   const int S = static_cast<int>(batch.seqs.size());
   if (S == 0) return;
   if (S > max_seqs_) throw EngineError("cuda runner: more sequences in a step than max_running_seqs");
@@ -555,6 +665,7 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
       h.slot[r] = -1;  // padding: no KV write, no attention (n_keys 0)
       h.sel_rows[r] = r;
     }
+    if (timing_) t_prepped = clk::now();
     GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, meta_host_, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     const Meta dm = meta_at(meta_dev_, Tp, Sp);
 
@@ -655,8 +766,17 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
       cuda::argmax_rows(logits_, V_, S, out_dev_, argmax_scratch_, stream_);
     }
     GLM_CUDA_CHECK(cudaMemcpyAsync(out_host_, out_dev_, sizeof(int32_t) * S, cudaMemcpyDeviceToHost, stream_));
+    if (timing_) t_enqueued = clk::now();
     GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     std::memcpy(next_tokens, out_host_, sizeof(int32_t) * S);
+    if (timing_) {
+      const auto t_end = clk::now();
+      t_prep_ += secs(t_enter, t_prepped);
+      t_enqueue_ += secs(t_prepped, t_enqueued);
+      t_wait_ += secs(t_enqueued, t_end);
+      t_last_end_ = t_end;
+      ++t_steps_;
+    }
   } catch (const EngineError&) {
     throw;
   } catch (const std::exception& e) {

@@ -499,6 +499,12 @@ int main(int argc, char** argv) {
     test_attention(4, 16, 7, {29, 1}, 29);
     test_attention(6, 64, 16, {2047}, 2);
     test_attention(4, 32, 16, {23, 40, 7}, 5);
+    {  // the warp-per-(token, head) kernel: >= 2048 (token, head) pairs
+      std::vector<int> lens;
+      for (int i = 0; i < 70; ++i) lens.push_back(1 + (i * 37) % 190);
+      test_attention(32, 128, 16, lens, 1);
+      test_attention(32, 64, 16, {150, 9}, 80);
+    }
     test_sampling(1001, 5);
     test_sampling(130528, 3);
   } catch (const std::exception& e) {

@@ -1,0 +1,546 @@
+// INT8 weight-only linear layers: see int8_gemm.h for the contract and
+// docs/int8.md for the method and the numbers.
+#include "int8_gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#include "cuda_check.h"
+
+namespace glm {
+namespace cuda {
+namespace {
+
+// ------------------------------------------------------------- helpers
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ uint4 ld_cached(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+__device__ __forceinline__ float gelu_tanh(float x) {
+  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// Four int8 (one 32-bit word, byte j = element j) -> fp32, exactly: with the
+// sign bit flipped each byte is q + 128; placed under the exponent of 2^23 it
+// reads 8388608 + q + 128, and one subtraction leaves q.
+__device__ __forceinline__ void i8x4_to_f32(uint32_t w, float* f) {
+  const uint32_t u = w ^ 0x80808080u;
+  f[0] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540)) - 8388736.f;
+  f[1] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7541)) - 8388736.f;
+  f[2] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7542)) - 8388736.f;
+  f[3] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7543)) - 8388736.f;
+}
+
+// Two int8 of u (already xor 0x80808080; bytes picked by sel) -> fp16x2,
+// exactly: 0x64XX is the fp16 number 1024 + XX, minus 1152 = q.
+__device__ __forceinline__ uint32_t i8x2_to_h2(uint32_t u, uint32_t sel) {
+  const uint32_t h = __byte_perm(u, 0x64646464u, sel);
+  uint32_t r;
+  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(h), "r"(0x64806480u));
+  return r;
+}
+
+__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void store_out(void* y, bool f32_out, int64_t i, float v) {
+  if (f32_out)
+    static_cast<float*>(y)[i] = v;
+  else
+    static_cast<__half*>(y)[i] = __float2half_rn(v);
+}
+
+// ------------------------------------------------------------- GEMV (M <= 8)
+// Block = 8 warps; a warp streams two weight rows, 16 int8 per lane per load
+// (512 per warp), 4 loads per row in flight; KS warps split one row pair's K.
+constexpr int kGemvWarps = 8;
+
+template <int M, bool F32OUT, bool GELU, int KS>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    int8_gemv_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
+                     void* __restrict__ y, const float* __restrict__ bias, int N, int K) {
+  constexpr int kPairs = kGemvWarps / KS;
+  __shared__ float part[kGemvWarps][2][M];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int pair = warp / KS, ks = warp % KS;
+  const int n0 = (blockIdx.x * kPairs + pair) * 2;
+  const bool valid = n0 < N;
+  const bool two = n0 + 1 < N;
+  const int kper = (K + KS * 16 - 1) / (KS * 16) * 16;
+  const int kbeg = ks * kper, kend = min(K, kbeg + kper);
+  const int8_t* q0 = q + (int64_t)(valid ? n0 : 0) * K;
+  const int8_t* q1 = q + (int64_t)(two ? n0 + 1 : (valid ? n0 : 0)) * K;
+  float acc[2][M];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+  auto body = [&](const uint4& a, const uint4& b, int kk) {
+    float wa[16], wb[16];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      i8x4_to_f32(word_of(a, i), wa + 4 * i);
+      i8x4_to_f32(word_of(b, i), wb + 4 * i);
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const __half* xr = x + (int64_t)m * K + kk;
+#pragma unroll
+      for (int hlf = 0; hlf < 2; ++hlf) {
+        const uint4 xv = ld_cached(xr + 8 * hlf);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t xw = word_of(xv, i);
+          const float2 fx = __half22float2(*reinterpret_cast<const __half2*>(&xw));
+          const int e = 8 * hlf + 2 * i;
+          acc[0][m] = fmaf(wa[e], fx.x, acc[0][m]);
+          acc[0][m] = fmaf(wa[e + 1], fx.y, acc[0][m]);
+          acc[1][m] = fmaf(wb[e], fx.x, acc[1][m]);
+          acc[1][m] = fmaf(wb[e + 1], fx.y, acc[1][m]);
+        }
+      }
+    }
+  };
+  if (valid) {
+    constexpr int U = 4;
+    int k = kbeg + lane * 16;
+    for (; k + (U - 1) * 512 < kend; k += U * 512) {
+      uint4 a[U], b[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        a[u] = ld_stream(q0 + k + u * 512);
+        b[u] = ld_stream(q1 + k + u * 512);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) body(a[u], b[u], k + u * 512);
+    }
+    for (; k < kend; k += 512) body(ld_stream(q0 + k), ld_stream(q1 + k), k);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
+  if (KS > 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) part[warp][r][m] = acc[r][m];
+    __syncthreads();
+    if (lane == 0 && ks == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          float s = 0.f;
+#pragma unroll
+          for (int j = 0; j < KS; ++j) s += part[warp + j][r][m];
+          acc[r][m] = s;
+        }
+    }
+  }
+  if (lane == 0 && ks == 0 && valid) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      if (r == 1 && !two) break;
+      const int n = n0 + r;
+      const float sc = __half2float(scale[n]);
+      const float b = bias ? bias[n] : 0.f;
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        float v = acc[r][m] * sc + b;
+        if (GELU) v = gelu_tanh(v);
+        store_out(y, F32OUT, (int64_t)m * N + n, v);
+      }
+    }
+  }
+}
+
+template <int M, int KS>
+void gemv_launch_mk(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+                    bool gelu, int N, int K, cudaStream_t stream) {
+  const int pairs = (N + 1) / 2;
+  const int per_block = kGemvWarps / KS;
+  const int blocks = (pairs + per_block - 1) / per_block;
+  if (f32_out)
+    int8_gemv_kernel<M, true, false, KS><<<blocks, kGemvWarps * 32, 0, stream>>>(x, q, scale, y, bias, N, K);
+  else if (gelu)
+    int8_gemv_kernel<M, false, true, KS><<<blocks, kGemvWarps * 32, 0, stream>>>(x, q, scale, y, bias, N, K);
+  else
+    int8_gemv_kernel<M, false, false, KS><<<blocks, kGemvWarps * 32, 0, stream>>>(x, q, scale, y, bias, N, K);
+}
+
+template <int M>
+void gemv_launch_m(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+                   bool gelu, int N, int K, cudaStream_t stream) {
+  if (N <= 8192 && K % (4 * 512) == 0)
+    gemv_launch_mk<M, 4>(x, q, scale, y, f32_out, bias, gelu, N, K, stream);
+  else
+    gemv_launch_mk<M, 1>(x, q, scale, y, f32_out, bias, gelu, N, K, stream);
+}
+
+// ------------------------------------------------------------- tensor cores
+// Block = 8 warps = 256 weight rows; warp = 32 rows (two m16 tiles) x 8*TN
+// tokens (TN n8 tiles), K in chunks of 64. mma.m16n8k16: A = weight rows
+// (row-major), B = tokens (x rows, "col"), C = [rows, tokens] in fp32.
+// K order inside a chunk is permuted (the sum does not care, as long as A and
+// B agree): lane (g = lane/4, t = lane%4) loads bytes [16t, 16t+16) of its
+// rows and the 16 matching fp16 of x; in k-step s it uses bytes 16t+4s+{0..3}
+// as the logical columns {2t, 2t+1, 2t+8, 2t+9}, for A and for B alike.
+constexpr int kMmaWarps = 8, kMmaWarpRows = 32, kMmaBlockRows = kMmaWarps * kMmaWarpRows;
+
+// mode 0: fp32 partial sums to part[z][m][n]; 1: fp16 y; 2: fp32 y (epilogue applied).
+template <int TN>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    int8_mma_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
+                    float* __restrict__ part, void* __restrict__ y, const float* __restrict__ bias, int M, int K,
+                    int N, int slice, int mode, bool gelu) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int nb = blockIdx.x * kMmaBlockRows + warp * kMmaWarpRows;
+  if (nb >= N) return;
+  const int mb = blockIdx.y * 8 * TN;
+  const int kbeg = blockIdx.z * slice;
+  const int kend = min(K, kbeg + slice);
+  const int8_t* wp[4];  // rows nb + 8i + g: tile 0 rows g, g+8; tile 1 rows 16+g, 24+g
+#pragma unroll
+  for (int i = 0; i < 4; ++i) wp[i] = q + (int64_t)min(nb + 8 * i + g, N - 1) * K + 16 * t;
+  const __half* xp[TN];
+#pragma unroll
+  for (int j = 0; j < TN; ++j) xp[j] = x + (int64_t)min(mb + 8 * j + g, M - 1) * K + 16 * t;
+  float acc[2][TN][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int j = 0; j < TN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
+  uint4 w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w[i] = ld_stream(wp[i] + kbeg);
+  for (int k = kbeg; k < kend; k += 64) {
+    uint4 wn[4];
+    const bool more = k + 64 < kend;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wn[i] = more ? ld_stream(wp[i] + k + 64) : w[i];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint4 xv[TN];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) xv[j] = ld_cached(xp[j] + k + 8 * h);
+#pragma unroll
+      for (int ss = 0; ss < 2; ++ss) {
+        const int s = 2 * h + ss;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint32_t ua = word_of(w[2 * r], s) ^ 0x80808080u;      // row g (+16r)
+          const uint32_t ub = word_of(w[2 * r + 1], s) ^ 0x80808080u;  // row g + 8 (+16r)
+          const uint32_t a0 = i8x2_to_h2(ua, 0x5140), a2 = i8x2_to_h2(ua, 0x5342);
+          const uint32_t a1 = i8x2_to_h2(ub, 0x5140), a3 = i8x2_to_h2(ub, 0x5342);
+#pragma unroll
+          for (int j = 0; j < TN; ++j)
+            mma16816(acc[r][j], a0, a1, a2, a3, word_of(xv[j], 2 * ss), word_of(xv[j], 2 * ss + 1));
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = wn[i];
+  }
+  // C fragment: e = 0/1 row g, tokens 2t/2t+1; e = 2/3 row g + 8.
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int j = 0; j < TN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int n = nb + 16 * r + g + (e >= 2 ? 8 : 0);
+        const int m = mb + 8 * j + 2 * t + (e & 1);
+        if (n >= N || m >= M) continue;
+        float v = acc[r][j][e];
+        if (mode == 0) {
+          part[((int64_t)blockIdx.z * M + m) * N + n] = v;
+        } else {
+          v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
+          if (gelu) v = gelu_tanh(v);
+          store_out(y, mode == 2, (int64_t)m * N + n, v);
+        }
+      }
+}
+
+// Fixed-order sum of the split-K partials + the epilogue.
+__global__ void splitk_reduce_kernel(const float* __restrict__ part, int splits, const __half* __restrict__ scale,
+                                     const float* __restrict__ bias, bool gelu, void* __restrict__ y, bool f32_out,
+                                     int M, int N) {
+  const int64_t total = (int64_t)M * N;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int n = static_cast<int>(i % N);
+    float s = 0.f;
+    for (int z = 0; z < splits; ++z) s += part[z * total + i];
+    float v = s * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
+    if (gelu) v = gelu_tanh(v);
+    store_out(y, f32_out, i, v);
+  }
+}
+
+__global__ void bias_act_kernel(void* __restrict__ y, bool f32_out, const float* __restrict__ bias, bool gelu,
+                                int M, int N) {
+  const int64_t total = (int64_t)M * N;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    float v = f32_out ? static_cast<float*>(y)[i] : __half2float(static_cast<__half*>(y)[i]);
+    if (bias) v += bias[i % N];
+    if (gelu) v = gelu_tanh(v);
+    store_out(y, f32_out, i, v);
+  }
+}
+
+__global__ void dequantize_kernel(const int8_t* __restrict__ q, const __half* __restrict__ scale,
+                                  __half* __restrict__ out, int64_t rows, int64_t cols) {
+  const int64_t total = rows * cols;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = __float2half_rn(static_cast<float>(q[i]) * __half2float(scale[i / cols]));
+}
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+    quantize_rows_kernel(const T* __restrict__ w, int64_t cols, int8_t* __restrict__ q, __half* __restrict__ scale) {
+  __shared__ float red[8];
+  __shared__ float s_scale;
+  const int64_t row = blockIdx.x;
+  const T* wr = w + row * cols;
+  float amax = 0.f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(to_f32(wr[c])));
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = red[0];
+    for (int i = 1; i < (int)(blockDim.x >> 5); ++i) m = fmaxf(m, red[i]);
+    __half sh = __float2half_rn(m / 127.0f);
+    if (!(__half2float(sh) > 0.f)) sh = __float2half_rn(1.0f);
+    scale[row] = sh;
+    s_scale = __half2float(sh);
+  }
+  __syncthreads();
+  const float sf = s_scale;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float v = fminf(127.f, fmaxf(-127.f, rintf(to_f32(wr[c]) / sf)));
+    q[row * cols + c] = static_cast<int8_t>(v);
+  }
+}
+
+int grid_for(int64_t total) { return static_cast<int>(std::min<int64_t>((total + 255) / 256, 65535)); }
+
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLAS error in ") + what + ": " + cublasGetStatusString(s));
+}
+
+}  // namespace
+
+// ------------------------------------------------------------- launchers
+bool int8_gemv_supported(const void* x, const void* q, int M, int K) {
+  return M >= 1 && M <= 8 && K > 0 && K % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)q % 16 == 0;
+}
+
+void int8_gemv(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+               bool gelu, int M, int K, int N, cudaStream_t stream) {
+  const char* k = "int8_gemv";
+  check_arg(x && q && scale && y, k, "null tensor");
+  check_arg(N > 0, k, "bad sizes");
+  check_arg(int8_gemv_supported(x, q, M, K), k, "needs 1 <= M <= 8, K % 16 == 0, 16-byte aligned x and q");
+  check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
+  switch (M) {
+    case 1: gemv_launch_m<1>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+    case 2: gemv_launch_m<2>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+    case 3: gemv_launch_m<3>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+    case 4: gemv_launch_m<4>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+    case 5: gemv_launch_m<5>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+    case 6: gemv_launch_m<6>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+    case 7: gemv_launch_m<7>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+    default: gemv_launch_m<8>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
+  }
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+bool int8_mma_supported(const void* x, const void* q, int K) {
+  return K > 0 && K % 64 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)q % 16 == 0;
+}
+
+void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+              bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int num_sms,
+              cudaStream_t stream) {
+  const char* k = "int8_mma";
+  check_arg(x && q && scale && y, k, "null tensor");
+  check_arg(M >= 1 && N >= 1, k, "bad sizes");
+  check_arg(int8_mma_supported(x, q, K), k, "needs K % 64 == 0, 16-byte aligned x and q");
+  check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
+  const int tn = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
+  const int row_blocks = (N + kMmaBlockRows - 1) / kMmaBlockRows;
+  const int tiles = (M + 8 * tn - 1) / (8 * tn);
+  const int chunks = K / 64;
+  const int64_t base = (int64_t)row_blocks * tiles;
+  // Split K over blocks when the grid would not fill the GPU twice.
+  int ksplit = 1;
+  const int64_t want = 2ll * std::max(1, num_sms);
+  if (partials && base < want) ksplit = static_cast<int>(std::min<int64_t>(chunks, (want + base - 1) / base));
+  while (ksplit > 1 && (size_t)ksplit * M * N > partial_floats) --ksplit;
+  const int slice_chunks = (chunks + ksplit - 1) / ksplit;
+  ksplit = (chunks + slice_chunks - 1) / slice_chunks;  // every split non-empty
+  const int slice = slice_chunks * 64;
+  const int mode = ksplit > 1 ? 0 : (f32_out ? 2 : 1);
+  const dim3 grid(row_blocks, tiles, ksplit);
+  switch (tn) {
+    case 1:
+      int8_mma_kernel<1><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+    case 2:
+      int8_mma_kernel<2><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+    case 4:
+      int8_mma_kernel<4><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+    default:
+      int8_mma_kernel<8><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+  }
+  GLM_CUDA_LAUNCH_CHECK(k);
+  if (mode == 0) {
+    splitk_reduce_kernel<<<grid_for((int64_t)M * N), 256, 0, stream>>>(partials, ksplit, scale, bias, gelu, y, f32_out,
+                                                                       M, N);
+    GLM_CUDA_LAUNCH_CHECK("int8_mma (split-K reduction)");
+  }
+}
+
+void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
+                     cudaStream_t stream) {
+  check_arg(q && scale && out, "int8_dequantize", "null tensor");
+  check_arg(rows >= 0 && cols > 0, "int8_dequantize", "bad sizes");
+  if (rows == 0) return;
+  dequantize_kernel<<<grid_for(rows * cols), 256, 0, stream>>>(q, scale, out, rows, cols);
+  GLM_CUDA_LAUNCH_CHECK("int8_dequantize");
+}
+
+template <typename T>
+static void quantize_launch(const T* w, int64_t rows, int64_t cols, int8_t* q, __half* scale, cudaStream_t stream) {
+  check_arg(w && q && scale, "int8_quantize_rows", "null tensor");
+  check_arg(rows >= 0 && rows < (1ll << 31) && cols > 0, "int8_quantize_rows", "bad sizes");
+  if (rows == 0) return;
+  quantize_rows_kernel<T><<<static_cast<unsigned>(rows), 256, 0, stream>>>(w, cols, q, scale);
+  GLM_CUDA_LAUNCH_CHECK("int8_quantize_rows");
+}
+
+void int8_quantize_rows(const float* w, int64_t rows, int64_t cols, int8_t* q, __half* scale, cudaStream_t stream) {
+  quantize_launch(w, rows, cols, q, scale, stream);
+}
+void int8_quantize_rows(const __half* w, int64_t rows, int64_t cols, int8_t* q, __half* scale, cudaStream_t stream) {
+  quantize_launch(w, rows, cols, q, scale, stream);
+}
+
+// ------------------------------------------------------------- Int8Gemm
+Int8Gemm::Int8Gemm() {
+  int dev = 0;
+  GLM_CUDA_CHECK(cudaGetDevice(&dev));
+  GLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
+  if (const char* e = std::getenv("GLM_INT8_GEMV_MAX")) gemv_max_ = std::atoi(e);
+  if (const char* e = std::getenv("GLM_INT8_MMA_MAX")) mma_max_ = std::atoi(e);
+  check_blas(cublasCreate(&handle_), "cublasCreate");
+  try {
+    workspace_bytes_ = 32u << 20;
+    GLM_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+    check_blas(cublasSetWorkspace(handle_, workspace_, workspace_bytes_), "cublasSetWorkspace");
+    // Split-K partials: at most (2 * SMs + grid) blocks of 256 rows x 64 tokens.
+    partial_bytes_ = (size_t)4 * num_sms_ * kMmaBlockRows * 64 * sizeof(float);
+    GLM_CUDA_CHECK(cudaMalloc(&partials_, partial_bytes_));
+    scratch_bytes_ = (size_t)32 << 21;  // 32M fp16
+    GLM_CUDA_CHECK(cudaMalloc(&scratch_, scratch_bytes_));
+  } catch (...) {
+    if (workspace_) cudaFree(workspace_);
+    if (partials_) cudaFree(partials_);
+    cublasDestroy(handle_);
+    throw;
+  }
+}
+
+Int8Gemm::~Int8Gemm() {
+  if (handle_) cublasDestroy(handle_);
+  if (workspace_) cudaFree(workspace_);
+  if (partials_) cudaFree(partials_);
+  if (scratch_) cudaFree(scratch_);
+}
+
+void Int8Gemm::set_stream(cudaStream_t stream) {
+  stream_ = stream;
+  check_blas(cublasSetStream(handle_, stream), "cublasSetStream");
+  check_blas(cublasSetWorkspace(handle_, workspace_, workspace_bytes_), "cublasSetWorkspace");
+}
+
+void Int8Gemm::linear(const __half* x, const Int8Weight& w, __half* y, int tokens, int in, int out, const float* bias,
+                      bool gelu) {
+  run(x, w, y, false, tokens, in, out, bias, gelu);
+}
+
+void Int8Gemm::linear_f32out(const __half* x, const Int8Weight& w, float* y, int tokens, int in, int out) {
+  run(x, w, y, true, tokens, in, out, nullptr, false);
+}
+
+void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in, int out,
+                   const float* bias, bool gelu) {
+  const char* k = "int8 linear";
+  check_arg(x && w.q && w.scale && y, k, "null tensor");
+  check_arg(tokens >= 0 && in > 0 && out > 0, k, "bad sizes");
+  check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
+  if (tokens == 0) return;
+  if (tokens <= gemv_max_ && int8_gemv_supported(x, w.q, tokens, in)) {
+    int8_gemv(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, stream_);
+    return;
+  }
+  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in)) {
+    int8_mma(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_, partial_bytes_ / sizeof(float),
+             num_sms_, stream_);
+    return;
+  }
+  // Prefill: dequantize slices of rows into the scratch buffer, cuBLAS each.
+  const int64_t cap = static_cast<int64_t>(scratch_bytes_ / sizeof(__half));
+  check_arg(in <= cap, k, "input size larger than the dequantization scratch");
+  const int64_t rows_per = std::max<int64_t>(1, cap / in);
+  const float one = 1.f, zero = 0.f;
+  for (int64_t n0 = 0; n0 < out; n0 += rows_per) {
+    const int nc = static_cast<int>(std::min<int64_t>(rows_per, out - n0));
+    int8_dequantize(w.q + n0 * in, w.scale + n0, scratch_, nc, in, stream_);
+    void* yo = f32_out ? static_cast<void*>(static_cast<float*>(y) + n0) : static_cast<void*>(static_cast<__half*>(y) + n0);
+    check_blas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, nc, tokens, in, &one, scratch_, CUDA_R_16F, in, x,
+                            CUDA_R_16F, in, &zero, yo, f32_out ? CUDA_R_32F : CUDA_R_16F, out, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (int8 dequantized)");
+  }
+  if (bias || gelu) {
+    bias_act_kernel<<<grid_for((int64_t)tokens * out), 256, 0, stream_>>>(y, f32_out, bias, gelu, tokens, out);
+    GLM_CUDA_LAUNCH_CHECK("int8 linear (bias/GeLU)");
+  }
+}
+
+}  // namespace cuda
+}  // namespace glm

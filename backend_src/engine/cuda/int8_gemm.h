@@ -1,0 +1,96 @@
+// INT8 weight-only linear layers of the CUDA back-end (docs/int8.md).
+//
+// Weights are the checkpoint's int8 format: q [out, in] int8 and scale [out]
+// fp16, symmetric per output channel, w = q * scale. Activations stay fp16;
+// every product is accumulated in fp32 and the scale is applied per output
+// channel in the epilogue (with the bias and GeLU when asked):
+//   y[m, n] = act(scale[n] * sum_k x[m, k] q[n, k] + bias[n])
+//
+// Three kernels, picked by the token count M (Int8Gemm::linear):
+//   M <= gemv_max (4)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
+//                       int8 -> fp32 by byte permutation + one add, fp32 FMAs.
+//   M <= mma_max (256)  int8_mma: tensor-core mma.m16n8k16 (fp16 in, fp32 acc),
+//                       weights dequantized in registers (exact: |q| <= 127),
+//                       split over K across blocks when the grid is small,
+//                       a fixed-order reduction (deterministic results).
+//   larger (prefill)    the weight dequantized slice by slice into a fp16
+//                       scratch buffer, then cuBLAS (compute-bound anyway).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace glm {
+namespace cuda {
+
+struct Int8Weight {
+  int8_t* q = nullptr;      // [out, in]
+  __half* scale = nullptr;  // [out]
+};
+
+// ---- kernels (launchers check their arguments, throw std::invalid_argument)
+// The GEMV: 1 <= M <= 8, K % 16 == 0, x and q 16-byte aligned.
+bool int8_gemv_supported(const void* x, const void* q, int M, int K);
+void int8_gemv(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+               bool gelu, int M, int K, int N, cudaStream_t stream);
+
+// The tensor-core GEMM: K % 64 == 0, x and q 16-byte aligned, any M >= 1, N >= 1.
+// `partials` (fp32, `partial_floats` of them) holds the split-K partial sums;
+// the split is chosen so they fit (no split when partial_floats is 0).
+bool int8_mma_supported(const void* x, const void* q, int K);
+void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+              bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int num_sms,
+              cudaStream_t stream);
+
+// out[r, c] = fp16(q[r, c] * scale[r]) for rows [0, rows).
+void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
+                     cudaStream_t stream);
+
+// Symmetric per-row quantization, exactly glmserve.convert.quantize_int8 (and
+// glm::quantize_int8_rows): scale = fp16(max|w_row| / 127) (1 when that is not
+// > 0), q = round_half_even(w / scale) clamped to [-127, 127], in fp32.
+void int8_quantize_rows(const float* w, int64_t rows, int64_t cols, int8_t* q, __half* scale, cudaStream_t stream);
+void int8_quantize_rows(const __half* w, int64_t rows, int64_t cols, int8_t* q, __half* scale, cudaStream_t stream);
+
+// ---- the dispatcher: owns the split-K partials, the dequantization scratch
+// and a cuBLAS handle of its own (fixed workspace, so calls can be captured
+// into CUDA graphs).
+class Int8Gemm {
+ public:
+  Int8Gemm();
+  ~Int8Gemm();
+  Int8Gemm(const Int8Gemm&) = delete;
+  Int8Gemm& operator=(const Int8Gemm&) = delete;
+  void set_stream(cudaStream_t stream);
+  // y[T, out] = act(x[T, in] W^T * scale + bias); bias may be null; gelu only with fp16 output.
+  void linear(const __half* x, const Int8Weight& w, __half* y, int tokens, int in, int out,
+              const float* bias = nullptr, bool gelu = false);
+  void linear_f32out(const __half* x, const Int8Weight& w, float* y, int tokens, int in, int out);
+  // Token-count limits of the GEMV and the tensor-core kernel (0 = never);
+  // GLM_INT8_GEMV_MAX / GLM_INT8_MMA_MAX override the defaults at construction.
+  void set_gemv_max_tokens(int n) { gemv_max_ = n; }
+  void set_mma_max_tokens(int n) { mma_max_ = n; }
+  int gemv_max_tokens() const { return gemv_max_; }
+  int mma_max_tokens() const { return mma_max_; }
+  size_t device_bytes() const { return partial_bytes_ + scratch_bytes_ + workspace_bytes_; }
+
+ private:
+  void run(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in, int out,
+           const float* bias, bool gelu);
+  cublasHandle_t handle_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  int gemv_max_ = 4, mma_max_ = 256, num_sms_ = 1;
+  float* partials_ = nullptr;
+  size_t partial_bytes_ = 0;
+  __half* scratch_ = nullptr;  // dequantized weight slices for cuBLAS
+  size_t scratch_bytes_ = 0;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+};
+
+}  // namespace cuda
+}  // namespace glm
