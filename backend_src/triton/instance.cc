@@ -442,7 +442,8 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
         continue;
       }
       const uint64_t id = next_id_.fetch_add(1);
-      auto a = std::make_unique<Active>();
+      auto a = std::make_shared<Active>();
+      std::shared_ptr<Active> keep = a;  // the responder may finish it before submit() returns
       a->request = request;
       a->factory = factory;
       a->stream = parsed.stream;
@@ -468,6 +469,7 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
       try {
         engine_->submit(id, std::move(parsed.input_ids), parsed.params,
                         [this](const glm::TokenEvent& ev) { on_tokens(ev); });
+        keep->submitted = true;
         ++accepted;
         if (metrics_) metrics_->set_active(n_active);
       } catch (const std::exception& ex) {
@@ -586,12 +588,14 @@ void DecoderInstance::refresh_metrics(bool force) {
 }
 
 void DecoderInstance::check_cancellations(const std::atomic<bool>& gone) {
-  std::vector<std::pair<uint64_t, const Active*>> all;
+  std::vector<std::pair<uint64_t, std::shared_ptr<Active>>> all;
   {
     std::lock_guard<std::mutex> lk(active_mu_);
-    for (auto& kv : active_) all.emplace_back(kv.first, kv.second.get());
+    for (auto& kv : active_) {
+      // Skip a request whose submit() has not returned: Execute may still drop it.
+      if (kv.second->submitted) all.emplace_back(kv.first, kv.second);
+    }
   }
-  // Entries are only erased by this (the responder) thread: the pointers stay valid.
   const uint64_t now = now_ns();
   for (auto& e : all) {
     if (stop_if_cancelled_or_late(e.first, *e.second, now) && gone) return;
@@ -723,7 +727,7 @@ void DecoderInstance::finish_with_error(uint64_t id, TRITONSERVER_Error_Code cod
 }
 
 void DecoderInstance::finish(uint64_t id, bool success, Outcome outcome) {
-  std::unique_ptr<Active> a;
+  std::shared_ptr<Active> a;
   size_t left;
   {
     std::lock_guard<std::mutex> lk(active_mu_);

@@ -70,6 +70,7 @@ class DecoderInstance {
     std::vector<int32_t> ids;  // non-stream: everything so far; stream: the last <= 16
     uint64_t exec_start_ns = 0;
     uint64_t submit_ns = 0;
+    std::atomic<bool> submitted{false};  // engine.submit() returned (else Execute may erase it)
     uint64_t deadline_ns = 0;  // from the request's timeout (0 = none)
     uint64_t timeout_us = 0;
     bool got_first = false;
@@ -119,7 +120,7 @@ class DecoderInstance {
   bool stop_ = false;
 
   std::mutex active_mu_;  // active_ (the responder is the only one that erases entries it finished)
-  std::unordered_map<uint64_t, std::unique_ptr<Active>> active_;
+  std::unordered_map<uint64_t, std::shared_ptr<Active>> active_;
   std::atomic<uint64_t> next_id_{1};
   uint64_t last_metrics_ns_ = 0;
   std::shared_ptr<ResponderControl> ctl_ = std::make_shared<ResponderControl>();
