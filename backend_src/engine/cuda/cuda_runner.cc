@@ -478,7 +478,7 @@ void CudaRunner::init_random_weights(uint64_t seed) {
   // INT8 mode: the same fp16 values, quantized on the GPU through a staging buffer.
   __half* stage = nullptr;
   if (int8_)
-    stage = dev_alloc<__half>((size_t)std::max({3ll * H_ * H_, (int64_t)I_ * H_, lm_head8_.q ? (int64_t)V_ * H_ : 0ll}));
+    stage = dev_alloc<__half>((size_t)std::max<int64_t>({3ll * H_ * H_, (int64_t)I_ * H_, lm_head8_.q ? (int64_t)V_ * H_ : (int64_t)0}));
   auto mat = [&](__half* p, int64_t out, int64_t in, float amp, cuda::Int8Weight* w8 = nullptr) {
     if (w8 && w8->q) {
       cuda::fill_uniform_half(stage, out * in, tseed(), amp, stream_);
