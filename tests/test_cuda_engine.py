@@ -436,3 +436,38 @@ def test_512_sequences_of_168_tokens_fit(eng_mod, tmp_path):
     out = eng.generate(prompts, max_tokens=18, ignore_eos=True)
     assert all(len(o) == 18 for o in out)
     assert eng.stats()["max_batch_seen"] == 512
+
+
+def test_rotary_fp16_quirk_mode_measured(eng_mod, tiny, monkeypatch):
+    """DESIGN.md's fp16 rotary quirk, measured at positions above 1024 (tiny model):
+    the default (fp32 angles) tracks the fp32 reference, GLM_CUDA_ROTARY_FP16=1
+    tracks THUDM's fp16 arithmetic (glmserve.reference in fp16) better."""
+    import torch
+
+    ref = reference_on_cuda()
+    d, cfg, hi = tiny
+    rng = np.random.default_rng(9)
+    p = make_prompt(rng, 1300, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
+    chunks = [p, [17], [23, 29]]
+    ref32 = ref.ChatGLMModel.from_pretrained(d, torch.float32, "cuda")
+    ref16 = ref.ChatGLMModel.from_pretrained(d, torch.float16, "cuda")
+    r32 = ref.chunked_logits(ref32, chunks).cpu().numpy()
+    r16 = ref.chunked_logits(ref16, chunks).cpu().numpy()
+    exact = np.asarray(
+        eng_mod.Engine(str(d), device="cuda", dtype="fp16", num_kv_blocks=96).debug_forward(chunks)
+    )
+    monkeypatch.setenv("GLM_CUDA_ROTARY_FP16", "1")
+    quirk = np.asarray(
+        eng_mod.Engine(str(d), device="cuda", dtype="fp16", num_kv_blocks=96).debug_forward(chunks)
+    )
+    rows = slice(1100, None)  # positions above 1024
+    e = {
+        "exact vs ref fp32": rel_err(exact[rows], r32[rows]),
+        "exact vs ref fp16": rel_err(exact[rows], r16[rows]),
+        "quirk vs ref fp32": rel_err(quirk[rows], r32[rows]),
+        "quirk vs ref fp16": rel_err(quirk[rows], r16[rows]),
+        "ref fp16 vs ref fp32": rel_err(r16[rows], r32[rows]),
+    }
+    print("rotary modes, rows at positions > 1024:", {k: f"{v:.3g}" for k, v in e.items()})
+    assert e["exact vs ref fp32"] < e["quirk vs ref fp32"]
+    assert e["quirk vs ref fp16"] < e["exact vs ref fp16"]
