@@ -18,6 +18,7 @@ import datetime as _dt
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -252,11 +253,11 @@ def table(rows: list[dict], base: dict[int, dict], info: dict) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        b = base.get(r["batch"])
+        b = None if "variant" in r else base.get(r["batch"])
         bs = f"{b['tokens_per_s']:,.1f}" if b else "-"
         ratio = f"{r['tokens_per_s'] / b['tokens_per_s']:.1f}x" if b else "-"
         lines.append(
-            f"| {r['batch']} | {r['tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} "
+            f"| {r['batch']}{' (' + r['variant'] + ')' if 'variant' in r else ''} | {r['tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} "
             f"| {r['ttft_ms']:.1f} | {r['gpu_mem_gib']:.1f} | {bs} | {ratio} |"
         )
     lines.append("")
@@ -279,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-graphs", action="store_true")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ENV=VALUE",
+        help="also run batch 1 and the largest batch with this environment setting (A/B in the same run)",
+    )
     p.add_argument("--profile", action="store_true", help="kernel-time table over 20 decode steps")
     p.add_argument("--profile-batches", default="1,256")
     p.add_argument(
@@ -334,11 +342,29 @@ def main(argv: list[str] | None = None) -> int:
                     f"--- kernel profile, batch {b}, 20 decode steps ---\n{r['profile']}",
                     flush=True,
                 )
+        for var in args.variant:
+            name, _, value = var.partition("=")
+            old_value = os.environ.get(name)
+            os.environ[name] = value
+            try:
+                for b in sorted({batches[0], batches[-1]}):
+                    r = run_engine(_engine, d, b, args, torch, base_used)
+                    r["variant"] = var
+                    rows.append(r)
+                    print(
+                        f"batch {b} [{var}]: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step",
+                        flush=True,
+                    )
+            finally:
+                if old_value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = old_value
     bbs = [int(x) for x in args.baseline_batches.split(",") if x]
     base = run_baseline(bbs, args, torch) if bbs else {}
     wbytes = weight_bytes_per_step(REAL_CONFIG)
     bound = bw / wbytes
-    b1 = next((r for r in rows if r["batch"] == 1), None)
+    b1 = next((r for r in rows if r["batch"] == 1 and "variant" not in r), None)
     info = {
         "bw": bw,
         "wbytes": wbytes,

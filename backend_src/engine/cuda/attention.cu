@@ -4,6 +4,7 @@
 
 #include "cuda_check.h"
 #include "kernels.h"
+#include "pdl.h"
 
 namespace glm {
 namespace cuda {
@@ -68,6 +69,8 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* accs = smem + p.max_keys;        // [kAttnWarps * HD]
   float* red = accs + kAttnWarps * HD;    // [32]
 
+  pdl_wait();
+  pdl_launch_dependents();
   const int h = blockIdx.x;
   const int t = blockIdx.y;
   const int n = n_keys[t];
@@ -198,6 +201,8 @@ __global__ void __launch_bounds__(kWarpAttnWarps * 32)
                                 AttentionParams p, int tokens, __half* __restrict__ out) {
   constexpr int DPL = HD / 32;
   using V = typename HalfVecN<DPL>::T;
+  pdl_wait();
+  pdl_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int pair = blockIdx.x * kWarpAttnWarps + (threadIdx.x >> 5);
   if (pair >= tokens * p.heads) return;
@@ -287,8 +292,8 @@ void launch(const __half* q, const __half* kc, const __half* vc, const int32_t* 
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   }
   dim3 grid(p.heads, tokens);
-  paged_attention_kernel<HD><<<grid, kAttnThreads, smem, stream>>>(q, kc, vc, tok_seq, n_keys, bt, p,
-                                                                   out);
+  launch_k("paged_attention", paged_attention_kernel<HD>, grid, dim3(kAttnThreads), smem, stream, q, kc, vc, tok_seq,
+           n_keys, bt, p, out);
 }
 
 }  // namespace
@@ -308,11 +313,11 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
     const int pairs = tokens * p.heads;
     const int blocks = (pairs + kWarpAttnWarps - 1) / kWarpAttnWarps;
     if (p.head_dim == 128)
-      paged_attention_warp_kernel<128><<<blocks, kWarpAttnWarps * 32, 0, stream>>>(
-          q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, tokens, out);
+      launch_k(k, paged_attention_warp_kernel<128>, dim3(blocks), dim3(kWarpAttnWarps * 32), 0, stream, q, k_cache,
+               v_cache, tok_seq, n_keys, block_tables, p, tokens, out);
     else
-      paged_attention_warp_kernel<64><<<blocks, kWarpAttnWarps * 32, 0, stream>>>(
-          q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, tokens, out);
+      launch_k(k, paged_attention_warp_kernel<64>, dim3(blocks), dim3(kWarpAttnWarps * 32), 0, stream, q, k_cache,
+               v_cache, tok_seq, n_keys, block_tables, p, tokens, out);
     GLM_CUDA_LAUNCH_CHECK(k);
     return;
   }

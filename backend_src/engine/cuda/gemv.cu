@@ -4,6 +4,7 @@
 // several loads in flight per lane, fp32 accumulation, a warp reduction.
 #include "cuda_check.h"
 #include "kernels.h"
+#include "pdl.h"
 
 namespace glm {
 namespace cuda {
@@ -46,9 +47,22 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int r = 0; r < kRows; ++r)
 #pragma unroll
     for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+  constexpr int U = 4;
+  int k = kbeg + lane * 8;
+  // The weights do not depend on the previous kernel: start streaming them
+  // before waiting for it (programmatic dependent launch).
+  uint4 a[U], b[U];
+  bool full = valid && k + (U - 1) * 256 < kend;
+  if (full) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      a[u] = ld_stream(w0 + k + u * 256);
+      b[u] = ld_stream(w1 + k + u * 256);
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
   if (valid) {
-    constexpr int U = 4;
-    int k = kbeg + lane * 8;
     auto body = [&](const uint4& a, const uint4& b, int kk) {
       float wa[8], wb[8];
       const __half2* ha = reinterpret_cast<const __half2*>(&a);
@@ -75,15 +89,18 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
       }
     };
-    for (; k + (U - 1) * 256 < kend; k += U * 256) {
-      uint4 a[U], b[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        a[u] = ld_stream(w0 + k + u * 256);
-        b[u] = ld_stream(w1 + k + u * 256);
-      }
+    while (full) {
 #pragma unroll
       for (int u = 0; u < U; ++u) body(a[u], b[u], k + u * 256);
+      k += U * 256;
+      full = k + (U - 1) * 256 < kend;
+      if (full) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          a[u] = ld_stream(w0 + k + u * 256);
+          b[u] = ld_stream(w1 + k + u * 256);
+        }
+      }
     }
     for (; k < kend; k += 256) body(ld_stream(w0 + k), ld_stream(w1 + k), k);
   }
@@ -138,11 +155,12 @@ void launch_mk(const __half* x, const __half* w, void* y, bool f32_out, const fl
   const int per_block = kWarps / KS;
   const int blocks = (pairs + per_block - 1) / per_block;
   if (f32_out)
-    gemv_kernel<M, true, false, KS><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+    launch_k("gemv", gemv_kernel<M, true, false, KS>, dim3(blocks), dim3(kWarps * 32), 0, stream, x, w, y, bias, N, K);
   else if (gelu)
-    gemv_kernel<M, false, true, KS><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+    launch_k("gemv", gemv_kernel<M, false, true, KS>, dim3(blocks), dim3(kWarps * 32), 0, stream, x, w, y, bias, N, K);
   else
-    gemv_kernel<M, false, false, KS><<<blocks, kWarps * 32, 0, stream>>>(x, w, y, bias, N, K);
+    launch_k("gemv", gemv_kernel<M, false, false, KS>, dim3(blocks), dim3(kWarps * 32), 0, stream, x, w, y, bias, N,
+             K);
 }
 
 template <int M>

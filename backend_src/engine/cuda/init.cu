@@ -3,6 +3,7 @@
 #include "../rng.h"
 #include "cuda_check.h"
 #include "kernels.h"
+#include "pdl.h"
 
 namespace glm {
 namespace cuda {
@@ -45,7 +46,12 @@ __global__ void h2f_kernel(const __half* in, float* out, int64_t n) {
     out[i] = __half2float(in[i]);
 }
 
+bool g_pdl = false;
+
 }  // namespace
+
+void set_pdl(bool on) { g_pdl = on; }
+bool pdl_enabled() { return g_pdl; }
 
 void fill_uniform_half(__half* x, int64_t n, uint64_t tseed, float amp, cudaStream_t stream) {
   check_arg(x != nullptr && n >= 0, "fill_uniform_half", "null tensor or n < 0");

@@ -103,6 +103,11 @@ void sample_rows(const float* logits, int vocab, const int32_t* rows_idx,
                  const SampleRowParams* params, int n, void* workspace, size_t workspace_bytes,
                  int32_t* out, cudaStream_t stream);
 
+// ---- pdl.h / init.cu: programmatic dependent launch for the decode kernels
+// (layernorm, bias_gelu, gemv, rotary, attention) on sm_90; process-wide switch.
+void set_pdl(bool on);
+bool pdl_enabled();
+
 // ---- init.cu ------------------------------------------------------------
 // x[i] = amp * (2 * uniform01(tseed, i) - 1) (rng.h), rounded to fp16 / kept in
 // fp32: exactly what the engine's random_weights() writes for one tensor.

@@ -1,6 +1,7 @@
 // Layernorm with the alpha-residual and bias fused in; bias + GeLU.
 #include "cuda_check.h"
 #include "kernels.h"
+#include "pdl.h"
 
 namespace glm {
 namespace cuda {
@@ -27,6 +28,8 @@ __global__ void __launch_bounds__(kLnThreads)
                          __half* __restrict__ out, int hidden) {
   extern __shared__ float xs[];  // [hidden]
   __shared__ float red[32];
+  pdl_wait();
+  pdl_launch_dependents();
   const int row = blockIdx.x;
   const int64_t src = in_rows ? (int64_t)in_rows[row] : (int64_t)row;
   const __half2* y2 = reinterpret_cast<const __half2*>(y + src * hidden);
@@ -73,6 +76,8 @@ __global__ void __launch_bounds__(256)
                              const float* __restrict__ gamma, const float* __restrict__ beta, float eps,
                              __half* __restrict__ out, int hidden) {
   __shared__ float red[2][32];
+  pdl_wait();
+  pdl_launch_dependents();
   const int row = blockIdx.x;
   const int64_t src = in_rows ? (int64_t)in_rows[row] : (int64_t)row;
   const uint4* y4 = reinterpret_cast<const uint4*>(y + src * hidden);
@@ -164,6 +169,8 @@ __device__ __forceinline__ float gelu_tanh(float x) {
 
 __global__ void bias_gelu_kernel(__half2* __restrict__ x, const float* __restrict__ bias, int64_t n2,
                                  int cols2) {
+  pdl_wait();
+  pdl_launch_dependents();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n2;
        i += (int64_t)gridDim.x * blockDim.x) {
     float2 v = __half22float2(x[i]);
@@ -189,14 +196,14 @@ void add_layernorm(const __half* resid, float alpha, const __half* y, const floa
   if (rows == 0) return;
   const bool aligned = ((uintptr_t)y % 16 == 0) && ((uintptr_t)out % 16 == 0) && (!resid || (uintptr_t)resid % 16 == 0);
   if (aligned && hidden % (8 * 32 * 4) == 0 && hidden / 32 <= 256) {
-    add_layernorm_vec_kernel<4><<<rows, hidden / 32, 0, stream>>>(resid, alpha, y, y_bias, in_rows, gamma, beta,
-                                                                 eps, out, hidden);
+    launch_k(k, add_layernorm_vec_kernel<4>, dim3(rows), dim3(hidden / 32), 0, stream, resid, alpha, y, y_bias,
+             in_rows, gamma, beta, eps, out, hidden);
   } else if (aligned && hidden % (8 * 32) == 0 && hidden / 8 <= 256) {
-    add_layernorm_vec_kernel<1><<<rows, hidden / 8, 0, stream>>>(resid, alpha, y, y_bias, in_rows, gamma, beta,
-                                                                eps, out, hidden);
+    launch_k(k, add_layernorm_vec_kernel<1>, dim3(rows), dim3(hidden / 8), 0, stream, resid, alpha, y, y_bias,
+             in_rows, gamma, beta, eps, out, hidden);
   } else {
-    add_layernorm_kernel<<<rows, kLnThreads, hidden * sizeof(float), stream>>>(
-        resid, alpha, y, y_bias, in_rows, gamma, beta, eps, out, hidden);
+    launch_k(k, add_layernorm_kernel, dim3(rows), dim3(kLnThreads), hidden * sizeof(float), stream, resid, alpha,
+             y, y_bias, in_rows, gamma, beta, eps, out, hidden);
   }
   GLM_CUDA_LAUNCH_CHECK(k);
 }
@@ -210,8 +217,8 @@ void bias_gelu(__half* x, const float* bias, int rows, int cols, cudaStream_t st
   const int threads = 256;
   int64_t blocks = (n2 + threads - 1) / threads;
   if (blocks > 65535LL * 8) blocks = 65535LL * 8;
-  bias_gelu_kernel<<<(unsigned)blocks, threads, 0, stream>>>(reinterpret_cast<__half2*>(x), bias, n2,
-                                                            cols / 2);
+  launch_k(k, bias_gelu_kernel, dim3((unsigned)blocks), dim3(threads), 0, stream, reinterpret_cast<__half2*>(x),
+           bias, n2, cols / 2);
   GLM_CUDA_LAUNCH_CHECK(k);
 }
 

@@ -1,6 +1,7 @@
 // QKV bias + ChatGLM's 2D rotary embedding + paged KV-cache write, one pass.
 #include "cuda_check.h"
 #include "kernels.h"
+#include "pdl.h"
 
 namespace glm {
 namespace cuda {
@@ -14,6 +15,8 @@ __global__ void qkv_rotary_kernel(const __half* __restrict__ qkv, const float* _
                                   const int32_t* __restrict__ slot, RotaryParams p,
                                   __half* __restrict__ q_out, __half* __restrict__ k_cache,
                                   __half* __restrict__ v_cache) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int t = blockIdx.x;
   const int pairs_per_head = p.head_dim >> 1;
   const int pair = blockIdx.y * blockDim.x + threadIdx.x;
@@ -94,8 +97,8 @@ void qkv_rotary_kv_write(const __half* qkv, const float* bias, const int32_t* po
   const int pairs = p.heads * p.head_dim / 2;
   const int threads = pairs < 256 ? ((pairs + 31) / 32) * 32 : 256;
   dim3 grid(tokens, (pairs + threads - 1) / threads);
-  qkv_rotary_kernel<<<grid, threads, 0, stream>>>(qkv, bias, pos, block_pos, slot, p, q_out, k_cache,
-                                                  v_cache);
+  launch_k(k, qkv_rotary_kernel, grid, dim3(threads), 0, stream, qkv, bias, pos, block_pos, slot, p, q_out, k_cache,
+           v_cache);
   GLM_CUDA_LAUNCH_CHECK(k);
 }
 
