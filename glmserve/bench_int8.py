@@ -130,7 +130,11 @@ def run(
         for name, int8, lm in ms:
             with lm_head_env(lm):
                 r = run_engine_fn(_engine, ckpt, b, args, torch, base_used, int8=int8)
-            r.pop("profile", None)
+            prof = r.pop("profile", None)
+            if prof:
+                print(
+                    f"--- kernel profile, {name} batch {b}, 20 decode steps ---\n{prof}", flush=True
+                )
             rows[name].append(r)
             print(
                 f"{name} batch {b}: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step, "
@@ -201,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--int8-lm-head", action="store_true")
+    p.add_argument("--profile-batches", default="", help="kernel-time tables for these batches")
     p.add_argument("--out")
     args = p.parse_args(argv)
-    args.profile = False
-    args.profile_batches = []
+    args.profile_batches = [int(x) for x in args.profile_batches.split(",") if x]
+    args.profile = bool(args.profile_batches)
     import torch
 
     if not torch.cuda.is_available():

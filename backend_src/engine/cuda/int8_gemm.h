@@ -7,12 +7,13 @@
 //   y[m, n] = act(scale[n] * sum_k x[m, k] q[n, k] + bias[n])
 //
 // Three kernels, picked by the token count M (Int8Gemm::linear):
-//   M <= gemv_max (4)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
+//   M <= gemv_max (0)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
 //                       int8 -> fp32 by byte permutation + one add, fp32 FMAs.
 //   M <= mma_max (256)  int8_mma: tensor-core mma.m16n8k16 (fp16 in, fp32 acc),
 //                       weights dequantized in registers (exact: |q| <= 127),
 //                       split over K across blocks when the grid is small,
-//                       a fixed-order reduction (deterministic results).
+//                       the last block of a tile sums the splits in order
+//                       (deterministic results, no extra launch).
 //   larger (prefill)    the weight dequantized slice by slice into a fp16
 //                       scratch buffer, then cuBLAS (compute-bound anyway).
 #pragma once
@@ -39,12 +40,13 @@ void int8_gemv(const __half* x, const int8_t* q, const __half* scale, void* y, b
                bool gelu, int M, int K, int N, cudaStream_t stream);
 
 // The tensor-core GEMM: K % 64 == 0, x and q 16-byte aligned, any M >= 1, N >= 1.
-// `partials` (fp32, `partial_floats` of them) holds the split-K partial sums;
-// the split is chosen so they fit (no split when partial_floats is 0).
+// `partials` (fp32, `partial_floats` of them) holds the split-K partial sums and
+// `counters` (counter_count ints, zero, left zero) counts finished splits per
+// tile; the split is chosen so they fit (no split when either is null).
 bool int8_mma_supported(const void* x, const void* q, int K);
 void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
-              bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int num_sms,
-              cudaStream_t stream);
+              bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
+              int counter_count, int num_sms, cudaStream_t stream);
 
 // out[r, c] = fp16(q[r, c] * scale[r]) for rows [0, rows).
 void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
@@ -83,7 +85,9 @@ class Int8Gemm {
            const float* bias, bool gelu);
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
-  int gemv_max_ = 4, mma_max_ = 256, num_sms_ = 1;
+  static constexpr int kCounters = 4096;
+  int gemv_max_ = 0, mma_max_ = 256, num_sms_ = 1;
+  int* counters_ = nullptr;
   float* partials_ = nullptr;
   size_t partial_bytes_ = 0;
   __half* scratch_ = nullptr;  // dequantized weight slices for cuBLAS

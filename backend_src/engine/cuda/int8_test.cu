@@ -168,7 +168,8 @@ void test_linear(std::mt19937& rng, Int8Gemm& gemm, Path path, int M, int K, int
   GLM_CUDA_CHECK(cudaMemset(dy, 0xFF, ybytes));  // NaN: every output must be written
   auto run = [&]() {
     if (path == kMmaNoSplit) {
-      int8_mma(dx, dw.q, dw.scale, dy, f32, use_bias ? db : nullptr, use_gelu, M, K, N, nullptr, 0, 1, nullptr);
+      int8_mma(dx, dw.q, dw.scale, dy, f32, use_bias ? db : nullptr, use_gelu, M, K, N, nullptr, 0, nullptr, 0, 1,
+               nullptr);
       return;
     }
     gemm.set_gemv_max_tokens(path == kGemv ? 8 : 0);
