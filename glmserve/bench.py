@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ENV=VALUE",
         help="also run batch 1 and the largest batch with this environment setting (A/B in the same run)",
     )
+    p.add_argument(
+        "--variant-batches", default="", help="batches for --variant (default: first and last)"
+    )
     p.add_argument("--profile", action="store_true", help="kernel-time table over 20 decode steps")
     p.add_argument("--profile-batches", default="1,256")
     p.add_argument(
@@ -301,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the markdown table (and JSON) to this file")
     args = p.parse_args(argv)
     args.profile_batches = [int(x) for x in args.profile_batches.split(",") if x]
+    args.variant_batches = [int(x) for x in args.variant_batches.split(",") if x]
 
     try:
         import torch
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             old_value = os.environ.get(name)
             os.environ[name] = value
             try:
-                for b in sorted({batches[0], batches[-1]}):
+                for b in args.variant_batches or sorted({batches[0], batches[-1]}):
                     r = run_engine(_engine, d, b, args, torch, base_used)
                     r["variant"] = var
                     rows.append(r)

@@ -1,6 +1,8 @@
 // Paged attention (decode, prefill and mixed batches): one block per
 // (head, query token); keys and values read from the paged cache.
 #include <cfloat>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda_check.h"
 #include "kernels.h"
@@ -308,8 +310,14 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
   check_arg(p.max_keys > 0 && p.max_keys <= 32768, k, "max_keys must be in [1, 32768]");
   check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
   if (tokens == 0) return;
-  // Many (token, head) pairs: the warp-per-pair kernel (head_dim 64 or 128).
-  if (tokens * p.heads >= kWarpAttnMinPairs && (p.head_dim == 128 || p.head_dim == 64)) {
+  // Many (token, head) pairs: the warp-per-pair kernel (head_dim 64 or 128), when
+  // GLM_CUDA_ATTN_WARP=1. Off by default: on an H200 it was no faster at batch 256
+  // and 8-10% slower end to end at batch 64/128 (docs/cuda_notes.md, v5).
+  static const bool warp_on = [] {
+    const char* e = std::getenv("GLM_CUDA_ATTN_WARP");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  if (warp_on && tokens * p.heads >= kWarpAttnMinPairs && (p.head_dim == 128 || p.head_dim == 64)) {
     const int pairs = tokens * p.heads;
     const int blocks = (pairs + kWarpAttnWarps - 1) / kWarpAttnWarps;
     if (p.head_dim == 128)
