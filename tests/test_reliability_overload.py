@@ -49,6 +49,22 @@ def small_kv(tmp_path_factory):
         srv.stop(check=False)
 
 
+@pytest.fixture(scope="module")
+def timeouts_server(tmp_path_factory):
+    """Default configuration, own server: on 2.51 an ensemble request ended by its timeout can
+    leave the ensemble with an in-flight inference (R5), which must not slow down the shared
+    session server's shutdown. A short exit timeout bounds this server's."""
+    skip_without_server()
+    srv = TritonServer(
+        log_dir=tmp_path_factory.mktemp("timeouts"), extra_args=["--exit-timeout-secs=3"]
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop(check=False)
+
+
 def test_beyond_kv_capacity_requests_wait_and_complete(small_kv):
     srv = small_kv
     assert srv.metric("glm_kv_blocks_total") == KV_BLOCKS
@@ -133,9 +149,9 @@ def test_request_that_can_never_fit_fails_at_once(small_kv):
     assert err is None and len(ids) == 150
 
 
-def test_client_deadline_cancels_and_frees(triton_server):
+def test_client_deadline_cancels_and_frees(timeouts_server):
     """A gRPC stream deadline (the client's timeout) ends the request on the server too."""
-    srv = triton_server
+    srv = timeouts_server
     srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=30)
     cancelled0 = srv.metric("glm_requests_total", {"outcome": "cancelled"})
     tensors = id_tensors(prompt_ids(3), max_tokens=2000, ignore_eos=True, stream=True)
@@ -150,10 +166,10 @@ def test_client_deadline_cancels_and_frees(triton_server):
 
 
 @pytest.mark.parametrize("model", ["chatglm", "chatglm_decoder"])
-def test_request_timeout_is_honoured(triton_server, model):
+def test_request_timeout_is_honoured(timeouts_server, model):
     """Triton's per-request `timeout` (microseconds; tritonclient's timeout=) ends a long
     generation with the timeout error, frees its KV blocks, and the server keeps serving."""
-    srv = triton_server
+    srv = timeouts_server
     if model == "chatglm":
         tensors = text_tensors("你好", max_tokens=1900, ignore_eos=True, stream=True)
         output = "text_output"
@@ -161,7 +177,9 @@ def test_request_timeout_is_honoured(triton_server, model):
         tensors = id_tensors(prompt_ids(3), max_tokens=2000, ignore_eos=True, stream=True)
         output = "output_ids"
     values, err = run_stream(srv.grpc_url, model, tensors, output, request_timeout_us=200_000)
-    assert err is not None and "request timeout expired" in err, err
+    # The decoder's "request timeout expired (timeout N us)", or Triton's own "Request timeout
+    # expired" when a batcher of the ensemble saw the deadline pass first.
+    assert err is not None and "timeout expired" in err.lower(), err
     srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=30)
     srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=30)
     # A generous timeout does not cut a request short.

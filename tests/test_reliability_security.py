@@ -237,7 +237,6 @@ def test_the_audit_would_catch_a_violation():
 # ---------------------------------------------------------------------------- documentation
 
 
-@pytest.mark.xfail(strict=True, reason="needs: R6 in docs/reliability_requests.md")
 def test_readme_documents_safe_exposure():
     """README tells how to expose the server beyond loopback: behind a reverse proxy with
     authentication (and TLS), model control kept off, metrics not published."""
