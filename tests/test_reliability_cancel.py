@@ -1,5 +1,5 @@
 """Cancellation storms: hundreds of streams, many cancelled at random points (before the first
-token, after k tokens, at a client deadline) while the others run.
+token, after k tokens, at a client-side deadline) while the others run.
 
 Afterwards: every KV block is free and nothing is running or waiting (custom metrics on the
 metrics port), the server's thread count and RSS (/proc/<pid>/status) did not grow from
@@ -52,7 +52,7 @@ pytestmark = pytest.mark.server
 
 PROMPTS = ["你好", "hello world", "写一首诗", "1 + 1 =", "What is AI?", "晚上好", "abc", "天气"]
 MAX_TOKENS = 40  # uncancelled streams
-LONG_TOKENS = 400  # streams that will be cancelled: still generating when the cancel comes
+LONG_TOKENS = 2000  # streams that will be cancelled: far from done when the cancel comes
 STORM_LONG_TOKENS = 200  # the same in the ensemble storm (2.51 does not stop them: R5)
 STORM = int(os.environ.get("RELIABILITY_STORM", "200"))
 WARMUP = 40
@@ -163,17 +163,14 @@ def _sse_ids(url: str, ids: list[int], how: str, k: int) -> dict:
     closing the connection (before the first event, after k events, or at a read deadline)."""
     n = MAX_TOKENS if how == "none" else LONG_TOKENS
     body = {"input_ids": ids, "max_tokens": n, "ignore_eos": True, "stream": True}
-    read_timeout = 0.05 * k if how == "deadline" else CLIENT_TIMEOUT
+    deadline = time.monotonic() + 0.05 * k
     got, err, done = [], None, False
-    try:
-        r = requests.post(
-            f"http://{url}/v2/models/chatglm_decoder/generate_stream",
-            json=body,
-            stream=True,
-            timeout=(10, read_timeout),
-        )
-    except requests.Timeout:
-        return {"how": how, "ids": got, "error": "deadline", "done": False}
+    r = requests.post(
+        f"http://{url}/v2/models/chatglm_decoder/generate_stream",
+        json=body,
+        stream=True,
+        timeout=(10, CLIENT_TIMEOUT),
+    )
     try:
         if how == "before_first":
             return {"how": how, "ids": got, "error": None, "done": False}
@@ -191,8 +188,8 @@ def _sse_ids(url: str, ids: list[int], how: str, k: int) -> dict:
                 break
             if how == "after_k" and len(got) >= k:
                 break
-    except requests.exceptions.ConnectionError as e:  # the read deadline (urllib3 wraps it)
-        err = f"deadline: {type(e).__name__}"
+            if how == "deadline" and time.monotonic() > deadline:
+                break
     finally:
         r.close()
     return {"how": how, "ids": got, "error": err, "done": done}
@@ -245,18 +242,15 @@ def test_cancellation_storm_on_the_decoder(tmp_path):
         after = proc_status(pid)
         got = {k: int(_outcomes(srv)[k] - o0[k]) for k in OUTCOMES}
         by_how: dict[str, int] = {}
-        deadline_done = 0
         for p, r in results:
             by_how[r["how"]] = by_how.get(r["how"], 0) + 1
             if r["how"] == "none":
                 assert r["error"] is None and r["done"], r["error"]
                 assert r["ids"] == alone[p], "an uncancelled stream differs from its solo run"
-            elif r["how"] == "after_k":
-                assert r["error"] is None, r["error"]
+            else:
+                assert r["error"] is None and not r["done"], r
                 m = min(len(r["ids"]), MAX_TOKENS)
                 assert r["ids"][:m] == alone[p][:m]
-            elif r["how"] == "deadline" and r["done"]:
-                deadline_done += 1
         record(
             "cancel_storm_decoder",
             streams=STORM,
@@ -269,9 +263,10 @@ def test_cancellation_storm_on_the_decoder(tmp_path):
         )
         assert srv.metric("glm_kv_blocks_used") == 0
         assert got["error"] == 0 and got["rejected"] == 0, got
-        # Each stream cancelled after k of 400 tokens was cancelled in the engine.
-        assert got["cancelled"] >= by_how["after_k"], got
-        assert got["ok"] == by_how["none"] + deadline_done, got
+        # Each stream closed after k of 2000 tokens or at its deadline was cancelled in the
+        # engine (those closed before their first token may not have reached it yet).
+        assert got["cancelled"] >= by_how["after_k"] + by_how["deadline"], got
+        assert got["ok"] == by_how["none"], got
         assert got["ok"] + got["cancelled"] <= STORM
         assert after["Threads"] - before["Threads"] <= MAX_THREAD_GROWTH, (before, after)
         assert after["VmRSS"] - before["VmRSS"] <= MAX_RSS_GROWTH_KB, (before, after)
