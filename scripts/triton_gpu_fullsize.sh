@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# GPU check of the Triton path at full size: chatglm_decoder alone (ids in, ids
-# out) with ChatGLM-6B's real config and random fp16 weights
-# (--backend-config=chatglm,random_weights=true), KIND_GPU via
-# --model-config-name=gpu. One streamed request, then tokens/s of concurrent
-# /generate requests through tritonserver (HTTP + ensemble-free path).
+# GPU check of the Triton path at full size, ChatGLM-6B's shapes with random
+# fp16 weights (--backend-config=chatglm,random_weights=true), KIND_GPU via
+# --model-config-name=gpu:
+#  1. chatglm_decoder alone (ids in, ids out): one streamed request, then tokens/s
+#     of concurrent /generate requests;
+#  2. the whole ensemble (Python pre/postprocessing included, their gpu variants)
+#     with the tiny demo tokenizer (its special ids written into the config), text
+#     in: tokens/s of concurrent /generate (one response each) and of concurrent
+#     /generate_stream (one response per token through postprocessing).
+#     (Part 2 has not been run yet: the shared GPU budget went to the engine
+#     work; part 1 gave the figures in backend_src/triton/README.md.)
 # Run on the GPU machine after scripts/gpu_triton_e2e.sh (same call), which
 # leaves the Python venv ($E2E_VENV) and the CUDA build ($BUILD) behind.
 #   OUT=... bash scripts/triton_gpu_fullsize.sh
@@ -58,3 +64,38 @@ done
 curl -s localhost:18102/metrics | grep -E '^glm_(max_batch|kv_blocks|generated|requests_total)' \
   | tee -a "$OUT/fullsize.log"
 kill -INT $spid; wait $spid; log "server exit code $?"
+
+# ---- 2. the whole ensemble at full size -------------------------------------
+CK2="$OUT/chatglm-6b-random-tinytok"
+mkdir -p "$CK2"
+cp models/chatglm-tiny/ice_text.model "$CK2/"
+sed -e 's/"bos_token_id": 130004/"bos_token_id": 684/' -e 's/"eos_token_id": 130005/"eos_token_id": 685/' \
+  -e 's/"mask_token_id": 130000/"mask_token_id": 680/' -e 's/"gmask_token_id": 130001/"gmask_token_id": 681/' \
+  "$CK/config.json" >"$CK2/config.json"
+GLM_CHECKPOINT_DIR="$CK2" "$TRITONSERVER" --model-repository="$ROOT/model_repository" \
+  --backend-directory="$TRITON_BACKEND_DIR" --model-config-name=gpu \
+  --backend-config=chatglm,random_weights=true --http-address=127.0.0.1 \
+  --grpc-address=127.0.0.1 --http-port=18100 --grpc-port=18101 --metrics-port=18102 \
+  >"$OUT/server_ensemble.log" 2>&1 &
+spid=$!
+for _ in $(seq 300); do curl -sf localhost:18100/v2/health/ready >/dev/null && break; sleep 1; done
+if ! curl -sf localhost:18100/v2/health/ready >/dev/null; then
+  log "ensemble server not ready"; tail -30 "$OUT/server_ensemble.log"; kill -9 $spid; exit 1
+fi
+text='hello world, this is a test prompt for the full size model'
+for mode in generate generate_stream; do
+  stream=false; [ $mode = generate_stream ] && stream=true
+  body="{\"text_input\": \"$text\", \"max_tokens\": $TOKENS, \"ignore_eos\": true, \"stream\": $stream}"
+  for c in $CONC; do
+    t0=$(date +%s.%N)
+    seq "$c" | xargs -P "$c" -I{} sh -c "curl -s -X POST localhost:18100/v2/models/chatglm/$mode -d '$body' | grep -c '^data:' >/dev/null"
+    t1=$(date +%s.%N)
+    log "$(python3 -c "c=$c; t=$TOKENS; s=$t1-$t0; print(f'ensemble $mode concurrency {c:4d}: {c*t} tokens in {s:.2f} s = {c*t/s:.0f} tokens/s')")"
+  done
+done
+curl -s -X POST localhost:18100/v2/models/chatglm/generate_stream \
+  -d "{\"text_input\": \"$text\", \"max_tokens\": 16, \"stream\": true}" | grep -c '^data:' \
+  | sed 's/^/ensemble stream events for 16 tokens: /' | tee -a "$OUT/fullsize.log"
+curl -s localhost:18102/metrics | grep -E '^glm_(max_batch|kv_blocks_used|requests_total)' \
+  | tee -a "$OUT/fullsize.log"
+kill -INT $spid; wait $spid; log "ensemble server exit code $?"
