@@ -18,7 +18,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 from conftest import server_prerequisites
-from tritonserver import DEFAULT_CHECKPOINT, ROOT, TritonServer
+from tritonserver import DEFAULT_CHECKPOINT, TritonServer, venv_dir
 
 pytestmark = pytest.mark.server
 
@@ -150,7 +150,7 @@ def http_generate_stream(url: str, body: dict) -> list[str]:
 
 def engine_generate(prompts: list[str], max_tokens: int) -> list[str]:
     cmd = [
-        str(ROOT / ".venv" / "bin" / "chatglm-generate"),
+        str(venv_dir() / "bin" / "chatglm-generate"),
         "--checkpoint",
         str(DEFAULT_CHECKPOINT),
     ]
