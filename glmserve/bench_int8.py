@@ -141,11 +141,13 @@ def run(
                 f"TTFT {r['ttft_ms']:.1f} ms",
                 flush=True,
             )
-    acc = {}
+    acc: dict = {}
+    mem: dict = {}
+    if getattr(args, "speed_only", False):
+        return {"rows": rows}, table(rows, acc, mem)
     for name, _int8, lm in ms[1:]:
         acc[name] = logits_error(_engine, ckpt, args, lm)
         print(f"{name} logits vs fp16: {acc[name]}", flush=True)
-    mem = {}
     for name, int8, lm in ms:
         mem[name] = memory(_engine, ckpt, args, torch, base_used, int8, lm)
         print(f"{name} memory: {mem[name]}", flush=True)
@@ -173,6 +175,8 @@ def table(rows: dict[str, list[dict]], acc: dict, mem: dict) -> str:
         cells.append(f"{r16['ttft_ms']:.1f}")
         cells += [f"{rows[n][k]['ttft_ms']:.1f}" for n in q]
         lines.append("| " + " | ".join(cells) + " |")
+    if not mem:
+        return "\n".join(lines)
     lines.append("")
     lines.append(
         "| mode | logits rel. error vs fp16 | max abs error | argmax agreement | weights (GiB) "
@@ -206,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--int8-lm-head", action="store_true")
     p.add_argument("--profile-batches", default="", help="kernel-time tables for these batches")
+    p.add_argument("--speed-only", action="store_true", help="tokens/s rows only")
     p.add_argument("--out")
     args = p.parse_args(argv)
     args.profile_batches = [int(x) for x in args.profile_batches.split(",") if x]

@@ -207,7 +207,7 @@ void gemv_launch_m(const __half* x, const int8_t* q, const __half* scale, void* 
 // A and B agree): lane (g = lane/4, t = lane%4) loads bytes [16t, 16t+16) of
 // its rows and the 16 matching fp16 of x; in k-step s it uses bytes
 // 16t+4s+{0..3} as the logical columns {2t, 2t+1, 2t+8, 2t+9}, for A and B alike.
-// Weights are loaded 4 chunks at a time, so every row is read in 256-byte runs.
+// Weights are software-pipelined: three chunks in registers, two in flight.
 // Split-K: blocks of one tile write fp32 partials; the last one to finish (a
 // counter per tile) sums them in split order (deterministic) and applies the
 // epilogue, then resets the counter (CUDA-graph replays need no memset).
@@ -235,6 +235,13 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[2][TN][4], const uint4 (&
           mma16816(acc[r][j], a0, a1, a2, a3, word_of(xv[j], 2 * ss), word_of(xv[j], 2 * ss + 1));
       }
     }
+  }
+}
+
+__device__ __forceinline__ void load_chunk(uint4 (&w)[4], const int8_t* const (&wp)[4], int kbeg, int c, int nc) {
+  if (c < nc) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = ld_stream(wp[i] + kbeg + 64 * c);
   }
 }
 
@@ -268,21 +275,23 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
 
   if (active) {
-    int k = kbeg;
-    for (; k + 256 <= kend; k += 256) {
-      uint4 w[4][4];
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) w[c][i] = ld_stream(wp[i] + k + 64 * c);
-#pragma unroll
-      for (int c = 0; c < 4; ++c) mma_chunk<TN>(acc, w[c], xp, k + 64 * c);
-    }
-    for (; k < kend; k += 64) {
-      uint4 w[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) w[i] = ld_stream(wp[i] + k);
-      mma_chunk<TN>(acc, w, xp, k);
+    // Three chunks in registers: two loads in flight while one is multiplied.
+    const int nc = (kend - kbeg) / 64;
+    uint4 wa[4], wb[4], wc[4];
+    load_chunk(wa, wp, kbeg, 0, nc);
+    load_chunk(wb, wp, kbeg, 1, nc);
+    load_chunk(wc, wp, kbeg, 2, nc);
+    for (int c = 0; c < nc; c += 3) {
+      mma_chunk<TN>(acc, wa, xp, kbeg + 64 * c);
+      load_chunk(wa, wp, kbeg, c + 3, nc);
+      if (c + 1 < nc) {
+        mma_chunk<TN>(acc, wb, xp, kbeg + 64 * (c + 1));
+        load_chunk(wb, wp, kbeg, c + 4, nc);
+      }
+      if (c + 2 < nc) {
+        mma_chunk<TN>(acc, wc, xp, kbeg + 64 * (c + 2));
+        load_chunk(wc, wp, kbeg, c + 5, nc);
+      }
     }
   }
   // C fragment: e = 0/1 row g, tokens 2t/2t+1; e = 2/3 row g + 8.
@@ -328,6 +337,101 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
     if (gelu) v = gelu_tanh(v);
     store_out(y, f32_out, (int64_t)m * N + n, v);
+  }
+}
+
+// Variant 1 (GLM_INT8_MMA_VARIANT=1): one chunk prefetched, split-K summed by a
+// second kernel. Kept for comparison on new cards.
+// mode 0: fp32 partial sums to part[z][m][n]; 1: fp16 y; 2: fp32 y (epilogue applied).
+template <int TN>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    int8_mma_v1_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
+                    float* __restrict__ part, void* __restrict__ y, const float* __restrict__ bias, int M, int K,
+                    int N, int slice, int mode, bool gelu) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int nb = blockIdx.x * kMmaBlockRows + warp * kMmaWarpRows;
+  if (nb >= N) return;
+  const int mb = blockIdx.y * 8 * TN;
+  const int kbeg = blockIdx.z * slice;
+  const int kend = min(K, kbeg + slice);
+  const int8_t* wp[4];  // rows nb + 8i + g: tile 0 rows g, g+8; tile 1 rows 16+g, 24+g
+#pragma unroll
+  for (int i = 0; i < 4; ++i) wp[i] = q + (int64_t)min(nb + 8 * i + g, N - 1) * K + 16 * t;
+  const __half* xp[TN];
+#pragma unroll
+  for (int j = 0; j < TN; ++j) xp[j] = x + (int64_t)min(mb + 8 * j + g, M - 1) * K + 16 * t;
+  float acc[2][TN][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int j = 0; j < TN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
+  uint4 w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w[i] = ld_stream(wp[i] + kbeg);
+  for (int k = kbeg; k < kend; k += 64) {
+    uint4 wn[4];
+    const bool more = k + 64 < kend;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) wn[i] = more ? ld_stream(wp[i] + k + 64) : w[i];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint4 xv[TN];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) xv[j] = ld_cached(xp[j] + k + 8 * h);
+#pragma unroll
+      for (int ss = 0; ss < 2; ++ss) {
+        const int s = 2 * h + ss;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const uint32_t ua = word_of(w[2 * r], s) ^ 0x80808080u;      // row g (+16r)
+          const uint32_t ub = word_of(w[2 * r + 1], s) ^ 0x80808080u;  // row g + 8 (+16r)
+          const uint32_t a0 = i8x2_to_h2(ua, 0x5140), a2 = i8x2_to_h2(ua, 0x5342);
+          const uint32_t a1 = i8x2_to_h2(ub, 0x5140), a3 = i8x2_to_h2(ub, 0x5342);
+#pragma unroll
+          for (int j = 0; j < TN; ++j)
+            mma16816(acc[r][j], a0, a1, a2, a3, word_of(xv[j], 2 * ss), word_of(xv[j], 2 * ss + 1));
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = wn[i];
+  }
+  // C fragment: e = 0/1 row g, tokens 2t/2t+1; e = 2/3 row g + 8.
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int j = 0; j < TN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int n = nb + 16 * r + g + (e >= 2 ? 8 : 0);
+        const int m = mb + 8 * j + 2 * t + (e & 1);
+        if (n >= N || m >= M) continue;
+        float v = acc[r][j][e];
+        if (mode == 0) {
+          part[((int64_t)blockIdx.z * M + m) * N + n] = v;
+        } else {
+          v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
+          if (gelu) v = gelu_tanh(v);
+          store_out(y, mode == 2, (int64_t)m * N + n, v);
+        }
+      }
+}
+
+// Fixed-order sum of the split-K partials + the epilogue.
+__global__ void splitk_reduce_kernel(const float* __restrict__ part, int splits, const __half* __restrict__ scale,
+                                     const float* __restrict__ bias, bool gelu, void* __restrict__ y, bool f32_out,
+                                     int M, int N) {
+  const int64_t total = (int64_t)M * N;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int n = static_cast<int>(i % N);
+    float s = 0.f;
+    for (int z = 0; z < splits; ++z) s += part[z * total + i];
+    float v = s * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
+    if (gelu) v = gelu_tanh(v);
+    store_out(y, f32_out, i, v);
   }
 }
 
@@ -418,6 +522,47 @@ bool int8_mma_supported(const void* x, const void* q, int K) {
   return K > 0 && K % 64 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)q % 16 == 0;
 }
 
+static void int8_mma_v1(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out,
+                        const float* bias, bool gelu, int M, int K, int N, float* partials, size_t partial_floats,
+                        int num_sms, cudaStream_t stream) {
+  const char* k = "int8_mma";
+  const int tn = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
+  const int row_blocks = (N + kMmaBlockRows - 1) / kMmaBlockRows;
+  const int tiles = (M + 8 * tn - 1) / (8 * tn);
+  const int chunks = K / 64;
+  const int64_t base = (int64_t)row_blocks * tiles;
+  // Split K over blocks when the grid would not fill the GPU twice.
+  int ksplit = 1;
+  const int64_t want = 2ll * std::max(1, num_sms);
+  if (partials && base < want) ksplit = static_cast<int>(std::min<int64_t>(chunks, (want + base - 1) / base));
+  while (ksplit > 1 && (size_t)ksplit * M * N > partial_floats) --ksplit;
+  const int slice_chunks = (chunks + ksplit - 1) / ksplit;
+  ksplit = (chunks + slice_chunks - 1) / slice_chunks;  // every split non-empty
+  const int slice = slice_chunks * 64;
+  const int mode = ksplit > 1 ? 0 : (f32_out ? 2 : 1);
+  const dim3 grid(row_blocks, tiles, ksplit);
+  switch (tn) {
+    case 1:
+      int8_mma_v1_kernel<1><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+    case 2:
+      int8_mma_v1_kernel<2><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+    case 4:
+      int8_mma_v1_kernel<4><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+    default:
+      int8_mma_v1_kernel<8><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
+      break;
+  }
+  GLM_CUDA_LAUNCH_CHECK(k);
+  if (mode == 0) {
+    splitk_reduce_kernel<<<grid_for((int64_t)M * N), 256, 0, stream>>>(partials, ksplit, scale, bias, gelu, y, f32_out,
+                                                                       M, N);
+    GLM_CUDA_LAUNCH_CHECK("int8_mma (split-K reduction)");
+  }
+}
+
 void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
               bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
               int counter_count, int num_sms, cudaStream_t stream) {
@@ -430,12 +575,12 @@ void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bo
   const int row_blocks = (N + kMmaBlockRows - 1) / kMmaBlockRows;
   const int tiles = (M + 8 * tn - 1) / (8 * tn);
   const int64_t base = (int64_t)row_blocks * tiles;
-  // K in units of 4 chunks (256) when possible, so that splits keep 256-byte runs.
-  const int unit = K % 256 == 0 ? 256 : 64;
+  const int unit = 64;
   const int units = K / unit;
-  // Split K over blocks when the grid would not fill the GPU twice.
+  // Split K over blocks when the grid would not fill the GPU 2x (4x for the
+  // small-register kernels, several of whose blocks fit on one SM).
   int ksplit = 1;
-  const int64_t want = 2ll * std::max(1, num_sms);
+  const int64_t want = (tn <= 2 ? 4ll : 2ll) * std::max(1, num_sms);
   if (partials && counters && base < want && base <= counter_count)
     ksplit = static_cast<int>(std::min<int64_t>(units, (want + base - 1) / base));
   while (ksplit > 1 && (size_t)ksplit * M * N > partial_floats) --ksplit;
@@ -489,6 +634,7 @@ Int8Gemm::Int8Gemm() {
   GLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
   if (const char* e = std::getenv("GLM_INT8_GEMV_MAX")) gemv_max_ = std::atoi(e);
   if (const char* e = std::getenv("GLM_INT8_MMA_MAX")) mma_max_ = std::atoi(e);
+  if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT")) mma_variant_ = std::atoi(e);
   check_blas(cublasCreate(&handle_), "cublasCreate");
   try {
     workspace_bytes_ = 32u << 20;
@@ -542,6 +688,11 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
   if (tokens == 0) return;
   if (tokens <= gemv_max_ && int8_gemv_supported(x, w.q, tokens, in)) {
     int8_gemv(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, stream_);
+    return;
+  }
+  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 1) {
+    int8_mma_v1(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_, partial_bytes_ / sizeof(float),
+                num_sms_, stream_);
     return;
   }
   if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in)) {

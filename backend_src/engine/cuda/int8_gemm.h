@@ -7,7 +7,7 @@
 //   y[m, n] = act(scale[n] * sum_k x[m, k] q[n, k] + bias[n])
 //
 // Three kernels, picked by the token count M (Int8Gemm::linear):
-//   M <= gemv_max (0)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
+//   M <= gemv_max (4)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
 //                       int8 -> fp32 by byte permutation + one add, fp32 FMAs.
 //   M <= mma_max (256)  int8_mma: tensor-core mma.m16n8k16 (fp16 in, fp32 acc),
 //                       weights dequantized in registers (exact: |q| <= 127),
@@ -76,6 +76,9 @@ class Int8Gemm {
   // GLM_INT8_GEMV_MAX / GLM_INT8_MMA_MAX override the defaults at construction.
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
+  // Tensor-core kernel variant: 2 (default) software-pipelined, in-kernel split-K
+  // sum; 1 one chunk prefetched, split-K summed by a second kernel. GLM_INT8_MMA_VARIANT.
+  void set_mma_variant(int v) { mma_variant_ = v; }
   int gemv_max_tokens() const { return gemv_max_; }
   int mma_max_tokens() const { return mma_max_; }
   size_t device_bytes() const { return partial_bytes_ + scratch_bytes_ + workspace_bytes_; }
@@ -86,8 +89,9 @@ class Int8Gemm {
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
   static constexpr int kCounters = 4096;
-  int gemv_max_ = 0, mma_max_ = 256, num_sms_ = 1;
+  int gemv_max_ = 4, mma_max_ = 256, num_sms_ = 1;
   int* counters_ = nullptr;
+  int mma_variant_ = 2;
   float* partials_ = nullptr;
   size_t partial_bytes_ = 0;
   __half* scratch_ = nullptr;  // dequantized weight slices for cuBLAS

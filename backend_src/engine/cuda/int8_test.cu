@@ -250,10 +250,15 @@ int main(int argc, char** argv) {
         {kCublas, 9, 4096, 129},
     };
     int i = 0;
-    for (const Case& c : cases) {
-      test_linear(rng, gemm, c.p, c.M, c.K, c.N, i % 4);
-      ++i;
+    for (int variant : {2, 1}) {
+      std::printf("-- tensor-core kernel variant %d\n", variant);
+      gemm.set_mma_variant(variant);
+      for (const Case& c : cases) {
+        test_linear(rng, gemm, c.p, c.M, c.K, c.N, i % 4);
+        ++i;
+      }
     }
+    gemm.set_mma_variant(2);
     // all four epilogues on the paths the decoder uses most
     for (int act = 0; act < 4; ++act) {
       test_linear(rng, gemm, kGemv, 1, 4096, 515, act);
