@@ -311,8 +311,8 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
   check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
   if (tokens == 0) return;
   // Many (token, head) pairs: the warp-per-pair kernel (head_dim 64 or 128), when
-  // GLM_CUDA_ATTN_WARP=1. Off by default: on an H200 it was no faster at batch 256
-  // and 8-10% slower end to end at batch 64/128 (docs/cuda_notes.md, v5).
+  // GLM_CUDA_ATTN_WARP=1. Off by default: in an A/B on one H200 it made no
+  // measurable difference at batch 1/64/256 (docs/cuda_notes.md, v5/v6).
   static const bool warp_on = [] {
     const char* e = std::getenv("GLM_CUDA_ATTN_WARP");
     return e && std::strcmp(e, "1") == 0;
