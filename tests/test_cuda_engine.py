@@ -471,3 +471,34 @@ def test_rotary_fp16_quirk_mode_measured(eng_mod, tiny, monkeypatch):
     print("rotary modes, rows at positions > 1024:", {k: f"{v:.3g}" for k, v in e.items()})
     assert e["exact vs ref fp32"] < e["quirk vs ref fp32"]
     assert e["quirk vs ref fp16"] < e["exact vs ref fp16"]
+
+
+def test_cli_generate_cuda_random_weights(eng_mod, tmp_path):
+    """`chatglm-generate --engine cuda --random-weights` on the real config (ids in, ids out)."""
+    import sys
+
+    d = write_config(tmp_path / "cli")
+    g, bos = REAL_CONFIG["gmask_token_id"], REAL_CONFIG["bos_token_id"]
+    ids = f"5,6,7,8,{g},{bos};900,901,{g},{bos}"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glmserve.cli",
+            "--checkpoint",
+            str(d),
+            "--engine",
+            "cuda",
+            "--random-weights",
+        ]
+        + ["--input-ids", ids, "--max-tokens", "6", "--ignore-eos", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])["output_ids"]
+    print("chatglm-generate --engine cuda --random-weights:", out)
+    assert [len(o) for o in out] == [6, 6]
+    assert all(0 <= t < REAL_CONFIG["vocab_size"] for o in out for t in o)
