@@ -213,9 +213,9 @@ void gemv_launch_m(const __half* x, const int8_t* q, const __half* scale, void* 
 // epilogue, then resets the counter (CUDA-graph replays need no memset).
 constexpr int kMmaWarps = 8, kMmaWarpRows = 32, kMmaBlockRows = kMmaWarps * kMmaWarpRows;
 
-template <int TN>
-__device__ __forceinline__ void mma_chunk(float (&acc)[2][TN][4], const uint4 (&w)[4], const __half* const (&xp)[TN],
-                                          int k) {
+template <int TN, int WR>
+__device__ __forceinline__ void mma_chunk(float (&acc)[WR][TN][4], const uint4 (&w)[2 * WR],
+                                          const __half* const (&xp)[TN], int k) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     uint4 xv[TN];
@@ -225,7 +225,7 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[2][TN][4], const uint4 (&
     for (int ss = 0; ss < 2; ++ss) {
       const int s = 2 * h + ss;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
+      for (int r = 0; r < WR; ++r) {
         const uint32_t ua = word_of(w[2 * r], s) ^ 0x80808080u;      // row g (+16r)
         const uint32_t ub = word_of(w[2 * r + 1], s) ^ 0x80808080u;  // row g + 8 (+16r)
         const uint32_t a0 = i8x2_to_h2(ua, 0x5140), a2 = i8x2_to_h2(ua, 0x5342);
@@ -238,15 +238,18 @@ __device__ __forceinline__ void mma_chunk(float (&acc)[2][TN][4], const uint4 (&
   }
 }
 
-__device__ __forceinline__ void load_chunk(uint4 (&w)[4], const int8_t* const (&wp)[4], int kbeg, int c, int nc) {
+template <int R>
+__device__ __forceinline__ void load_chunk(uint4 (&w)[R], const int8_t* const (&wp)[R], int kbeg, int c, int nc) {
   if (c < nc) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = ld_stream(wp[i] + kbeg + 64 * c);
+    for (int i = 0; i < R; ++i) w[i] = ld_stream(wp[i] + kbeg + 64 * c);
   }
 }
 
-template <int TN>
-__global__ void __launch_bounds__(kMmaWarps * 32)
+// WR = m16 row tiles per warp (2: 32 rows, more reuse of x; 1: 16 rows, fewer
+// registers, so more warps per SM).
+template <int TN, int WR>
+__global__ void __launch_bounds__(kMmaWarps * 32, WR == 1 ? 2 : 1)
     int8_mma_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
                     float* __restrict__ part, int* __restrict__ counters, void* __restrict__ y,
                     const float* __restrict__ bias, int M, int K, int N, int slice, int ksplit, bool f32_out,
@@ -254,21 +257,22 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   // grid = (token tiles, row blocks, splits): the tiles of one row block run
   // side by side, so a weight row read from DRAM serves them all from L2.
-  const int rb = blockIdx.y * kMmaBlockRows;
-  const int nb = rb + warp * kMmaWarpRows;
+  constexpr int kBR = kMmaWarps * 16 * WR;  // rows per block
+  const int rb = blockIdx.y * kBR;
+  const int nb = rb + warp * 16 * WR;
   const bool active = nb < N;
   const int mb = blockIdx.x * 8 * TN;
   const int kbeg = blockIdx.z * slice;
   const int kend = min(K, kbeg + slice);
-  const int8_t* wp[4];  // rows nb + 8i + g: tile 0 rows g, g+8; tile 1 rows 16+g, 24+g
+  const int8_t* wp[2 * WR];  // rows nb + 8i + g: tile r has rows 16r + g and 16r + 8 + g
 #pragma unroll
-  for (int i = 0; i < 4; ++i) wp[i] = q + (int64_t)min(nb + 8 * i + g, N - 1) * K + 16 * t;
+  for (int i = 0; i < 2 * WR; ++i) wp[i] = q + (int64_t)min(nb + 8 * i + g, N - 1) * K + 16 * t;
   const __half* xp[TN];
 #pragma unroll
   for (int j = 0; j < TN; ++j) xp[j] = x + (int64_t)min(mb + 8 * j + g, M - 1) * K + 16 * t;
-  float acc[2][TN][4];
+  float acc[WR][TN][4];
 #pragma unroll
-  for (int r = 0; r < 2; ++r)
+  for (int r = 0; r < WR; ++r)
 #pragma unroll
     for (int j = 0; j < TN; ++j)
 #pragma unroll
@@ -277,26 +281,26 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   if (active) {
     // Three chunks in registers: two loads in flight while one is multiplied.
     const int nc = (kend - kbeg) / 64;
-    uint4 wa[4], wb[4], wc[4];
+    uint4 wa[2 * WR], wb[2 * WR], wc[2 * WR];
     load_chunk(wa, wp, kbeg, 0, nc);
     load_chunk(wb, wp, kbeg, 1, nc);
     load_chunk(wc, wp, kbeg, 2, nc);
     for (int c = 0; c < nc; c += 3) {
-      mma_chunk<TN>(acc, wa, xp, kbeg + 64 * c);
+      mma_chunk<TN, WR>(acc, wa, xp, kbeg + 64 * c);
       load_chunk(wa, wp, kbeg, c + 3, nc);
       if (c + 1 < nc) {
-        mma_chunk<TN>(acc, wb, xp, kbeg + 64 * (c + 1));
+        mma_chunk<TN, WR>(acc, wb, xp, kbeg + 64 * (c + 1));
         load_chunk(wb, wp, kbeg, c + 4, nc);
       }
       if (c + 2 < nc) {
-        mma_chunk<TN>(acc, wc, xp, kbeg + 64 * (c + 2));
+        mma_chunk<TN, WR>(acc, wc, xp, kbeg + 64 * (c + 2));
         load_chunk(wc, wp, kbeg, c + 5, nc);
       }
     }
   }
   // C fragment: e = 0/1 row g, tokens 2t/2t+1; e = 2/3 row g + 8.
 #pragma unroll
-  for (int r = 0; r < 2; ++r)
+  for (int r = 0; r < WR; ++r)
 #pragma unroll
     for (int j = 0; j < TN; ++j)
 #pragma unroll
@@ -327,9 +331,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   if (!s_last) return;
   __threadfence();
   const int64_t plane = (int64_t)M * N;
-  for (int e = threadIdx.x; e < kMmaBlockRows * 8 * TN; e += blockDim.x) {
-    const int n = rb + e % kMmaBlockRows;
-    const int m = mb + e / kMmaBlockRows;
+  for (int e = threadIdx.x; e < kBR * 8 * TN; e += blockDim.x) {
+    const int n = rb + e % kBR;
+    const int m = mb + e / kBR;
     if (n >= N || m >= M) continue;
     const float* pp = part + (int64_t)m * N + n;
     float v = 0.f;
@@ -565,14 +569,16 @@ static void int8_mma_v1(const __half* x, const int8_t* q, const __half* scale, v
 
 void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
               bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
-              int counter_count, int num_sms, cudaStream_t stream) {
+              int counter_count, int num_sms, cudaStream_t stream, int warp_row_tiles) {
   const char* k = "int8_mma";
   check_arg(x && q && scale && y, k, "null tensor");
   check_arg(M >= 1 && N >= 1, k, "bad sizes");
   check_arg(int8_mma_supported(x, q, K), k, "needs K % 64 == 0, 16-byte aligned x and q");
   check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
   const int tn = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
-  const int row_blocks = (N + kMmaBlockRows - 1) / kMmaBlockRows;
+  const int wr = warp_row_tiles == 1 ? 1 : 2;
+  const int block_rows = kMmaWarps * 16 * wr;
+  const int row_blocks = (N + block_rows - 1) / block_rows;
   const int tiles = (M + 8 * tn - 1) / (8 * tn);
   const int64_t base = (int64_t)row_blocks * tiles;
   const int unit = 64;
@@ -589,14 +595,23 @@ void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bo
   const int slice = slice_units * unit;
   check_arg(row_blocks <= 65535, k, "too many output rows");
   const dim3 grid(tiles, row_blocks, ksplit);
-#define GLM_INT8_MMA(TN)                                                                                  \
-  int8_mma_kernel<TN><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, counters, y, bias, M, K, N, \
-                                                           slice, ksplit, f32_out, gelu)
-  switch (tn) {
-    case 1: GLM_INT8_MMA(1); break;
-    case 2: GLM_INT8_MMA(2); break;
-    case 4: GLM_INT8_MMA(4); break;
-    default: GLM_INT8_MMA(8); break;
+#define GLM_INT8_MMA(TN, WR)                                                                                \
+  int8_mma_kernel<TN, WR><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, counters, y, bias, M, K, N, \
+                                                               slice, ksplit, f32_out, gelu)
+  if (wr == 2) {
+    switch (tn) {
+      case 1: GLM_INT8_MMA(1, 2); break;
+      case 2: GLM_INT8_MMA(2, 2); break;
+      case 4: GLM_INT8_MMA(4, 2); break;
+      default: GLM_INT8_MMA(8, 2); break;
+    }
+  } else {
+    switch (tn) {
+      case 1: GLM_INT8_MMA(1, 1); break;
+      case 2: GLM_INT8_MMA(2, 1); break;
+      case 4: GLM_INT8_MMA(4, 1); break;
+      default: GLM_INT8_MMA(8, 1); break;
+    }
   }
 #undef GLM_INT8_MMA
   GLM_CUDA_LAUNCH_CHECK(k);
@@ -697,7 +712,7 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
   }
   if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in)) {
     int8_mma(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_, partial_bytes_ / sizeof(float),
-             counters_, kCounters, num_sms_, stream_);
+             counters_, kCounters, num_sms_, stream_, mma_variant_ == 3 ? 1 : 2);
     return;
   }
   // Prefill: dequantize slices of rows into the scratch buffer, cuBLAS each.

@@ -46,7 +46,7 @@ void int8_gemv(const __half* x, const int8_t* q, const __half* scale, void* y, b
 bool int8_mma_supported(const void* x, const void* q, int K);
 void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
               bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
-              int counter_count, int num_sms, cudaStream_t stream);
+              int counter_count, int num_sms, cudaStream_t stream, int warp_row_tiles = 2);
 
 // out[r, c] = fp16(q[r, c] * scale[r]) for rows [0, rows).
 void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
@@ -77,7 +77,8 @@ class Int8Gemm {
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
   // Tensor-core kernel variant: 2 (default) software-pipelined, in-kernel split-K
-  // sum; 1 one chunk prefetched, split-K summed by a second kernel. GLM_INT8_MMA_VARIANT.
+  // sum, 32 rows per warp; 3 the same with 16 rows per warp (more warps per SM);
+  // 1 one chunk prefetched, split-K summed by a second kernel. GLM_INT8_MMA_VARIANT.
   void set_mma_variant(int v) { mma_variant_ = v; }
   int gemv_max_tokens() const { return gemv_max_; }
   int mma_max_tokens() const { return mma_max_; }

@@ -250,7 +250,7 @@ int main(int argc, char** argv) {
         {kCublas, 9, 4096, 129},
     };
     int i = 0;
-    for (int variant : {2, 1}) {
+    for (int variant : {2, 3, 1}) {
       std::printf("-- tensor-core kernel variant %d\n", variant);
       gemm.set_mma_variant(variant);
       for (const Case& c : cases) {
