@@ -115,6 +115,7 @@ class Stream:
         output: str = "text_output",
         stream_timeout: float | None = None,
         request_timeout_us: int | None = None,
+        parameters: dict | None = None,
     ) -> None:
         self.client = grpcclient.InferenceServerClient(url)
         self.q: queue.Queue = queue.Queue()
@@ -126,6 +127,8 @@ class Stream:
         kwargs = {}
         if request_timeout_us is not None:
             kwargs["timeout"] = request_timeout_us
+        if parameters:
+            kwargs["parameters"] = parameters
         self.client.async_stream_infer(
             model, to_grpc(tensors), request_id="r", enable_empty_final_response=True, **kwargs
         )
