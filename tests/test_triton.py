@@ -319,6 +319,31 @@ def test_non_utf8_text_is_invalid_arg(triton_server):
     assert err is not None and "text_input" in err and "UTF-8" in err
 
 
+def test_missing_text_input_is_invalid_arg(triton_server):
+    """Other inputs but no text_input (R1): an error naming text_input, never an empty
+    success; with no inputs at all too. A good request alongside is unaffected."""
+    srv = triton_server
+    good = Stream(srv.grpc_url, "chatglm", text_inputs("你好", max_tokens=4))
+    s = Stream(srv.grpc_url, "chatglm", [("max_tokens", "INT32", np.array([[8]], np.int32))])
+    try:
+        values, err = s.collect(timeout=60)
+    finally:
+        s.close()
+    assert values == [] and err is not None, (values, err)
+    assert "text_input: required input is missing" in err
+    try:
+        good_values, good_err = good.collect(timeout=60)
+    finally:
+        good.close()
+    assert good_err is None and len(good_values) == 1
+    r = http_generate(srv.http_url, {"max_tokens": 8})
+    assert r.status_code == 400, r.text
+    assert "text_input: required input is missing" in r.json()["error"]
+    r = http_generate(srv.http_url, {})
+    assert r.status_code == 400, r.text
+    assert "text_input" in r.json()["error"]
+
+
 def decoder_error(url: str, tensors) -> str | None:
     s = Stream(url, "chatglm_decoder", tensors, output="output_ids")
     try:
