@@ -110,7 +110,7 @@ def test_model_reports_not_ready_after_a_fault(tmp_path):
         assert model_ready(srv, "chatglm_decoder")
         err = _trigger(srv.grpc_url)
         assert err is not None and "chatglm engine error" in err, err
-        wait_until(lambda: not model_ready(srv, "chatglm_decoder"), timeout=30,
+        wait_until(lambda: not model_ready(srv, "chatglm_decoder"), timeout=10,
                    what="chatglm_decoder not ready after the fault")  # fmt: skip
         assert http_get(f"http://{srv.http_url}/v2/health/live")[0] == 200
         # Recovery: load again.

@@ -38,8 +38,6 @@ from test_reliability_common import (
 
 pytestmark = pytest.mark.server
 
-MISSING_TEXT = "R1 in docs/reliability_requests.md"
-
 GOOD_PROMPT = "你好"
 GOOD_MAX = 16
 GOOD_IDS = prompt_ids(3)
@@ -239,11 +237,10 @@ def test_ensemble_rejects(triton_server, expected, case, tensors, words):
     assert values == []
 
 
-@pytest.mark.xfail(strict=True, reason=f"needs: {MISSING_TEXT}")
 def test_ensemble_rejects_missing_text_input_with_other_inputs(triton_server, expected):
-    """Only optional inputs (max_tokens) and no text_input: today Triton's input-count check
-    passes, the ensemble never runs preprocessing and ends the stream with no response and
-    no error (HTTP /generate answers 200 with an error text)."""
+    """Only optional inputs (max_tokens) and no text_input: Triton 2.51's input-count check
+    lets it through; before R1 the ensemble never ran preprocessing and ended the stream with
+    no response and no error (HTTP /generate: 200 with an error text)."""
     values, err = _bad_with_good_alongside(
         triton_server, "chatglm", text_tensors(None, max_tokens=8), expected
     )
