@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import subprocess
 import threading
 
@@ -18,7 +19,7 @@ import pytest
 import requests
 import tritonclient.grpc as grpcclient
 from conftest import server_prerequisites
-from tritonserver import DEFAULT_CHECKPOINT, TritonServer, venv_dir
+from tritonserver import DEFAULT_CHECKPOINT, DEFAULT_REPO, TritonServer, venv_dir
 
 pytestmark = pytest.mark.server
 
@@ -344,8 +345,8 @@ def test_missing_text_input_is_invalid_arg(triton_server):
     assert "text_input" in r.json()["error"]
 
 
-def decoder_error(url: str, tensors) -> str | None:
-    s = Stream(url, "chatglm_decoder", tensors, output="output_ids")
+def decoder_error(url: str, tensors, parameters=None) -> str | None:
+    s = Stream(url, "chatglm_decoder", tensors, output="output_ids", parameters=parameters)
     try:
         _, err = s.collect(timeout=60)
     finally:
@@ -624,4 +625,51 @@ def test_engine_fault_fails_running_requests_with_internal(tmp_path):
         later.close()
         assert err is not None and "not serving" in err
         assert srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0) == 0
+        assert srv.stop() == 0
+
+
+SHORT_IDS = LONG_IDS[:1] + [("max_tokens", "INT32", np.array([[3]], np.int32))]
+
+
+def _fault_repo(tmp_path, enable: bool):
+    """chatglm_decoder alone, its config declaring the BOOL input inject_fault (and, when
+    `enable`, the model parameter enable_fault_injection=true), as R2 asked."""
+    repo = tmp_path / "fault_repo"
+    shutil.copytree(DEFAULT_REPO / "chatglm_decoder", repo / "chatglm_decoder")
+    cfg = repo / "chatglm_decoder" / "config.pbtxt"
+    text = cfg.read_text()
+    assert "input [\n" in text and "parameters [\n" in text
+    text = text.replace(
+        "input [\n",
+        'input [\n  { name: "inject_fault" data_type: TYPE_BOOL dims: [ 1 ] optional: true },\n',
+        1,
+    )
+    if enable:
+        text = text.replace(
+            "parameters [\n",
+            'parameters [\n  { key: "enable_fault_injection" value: { string_value: "true" } },\n',
+            1,
+        )
+    cfg.write_text(text)
+    return repo
+
+
+def test_fault_hook_by_input_and_model_parameter(tmp_path):
+    """R2's form of the hook: the input inject_fault is refused (INVALID_ARG naming it and
+    enable_fault_injection) unless the model parameter enable_fault_injection=true; with
+    it the running request fails with INTERNAL."""
+    skip_without_server()
+    fault = [("inject_fault", "BOOL", np.array([[True]], np.bool_))]
+    off = tmp_path / "off"
+    with TritonServer(repo=_fault_repo(off, enable=False), log_dir=off) as srv:
+        err = decoder_error(srv.grpc_url, LONG_IDS + fault)
+        assert err is not None and "inject_fault" in err and "enable_fault_injection" in err, err
+        assert srv.metric("glm_engine_healthy") == 1
+        assert srv.stop() == 0
+    on = tmp_path / "on"
+    with TritonServer(repo=_fault_repo(on, enable=True), log_dir=on) as srv:
+        assert decoder_error(srv.grpc_url, SHORT_IDS) is None
+        err = decoder_error(srv.grpc_url, LONG_IDS + fault)
+        assert err is not None and "engine error" in err and "injected fault" in err, err
+        srv.wait_metric("glm_engine_healthy", lambda v: v == 0)
         assert srv.stop() == 0

@@ -15,7 +15,7 @@ const std::vector<std::string> kKeys = {
     "int8",           "random_weights",  "weights_seed",      "block_size",
     "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
     "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
-    "default_max_tokens"};
+    "default_max_tokens", "enable_fault_injection"};
 
 [[noreturn]] void bad(const std::string& key, const std::string& value, const std::string& want) {
   throw std::runtime_error("chatglm_decoder parameter '" + key + "' = '" + value + "': expected " +
@@ -164,8 +164,12 @@ DecoderConfig parse_decoder_config(const std::string& model_config_json,
     e.num_threads = static_cast<int>(to_int("num_threads", *v, 0, 4096));
   if (const auto* v = get("use_cuda_graphs")) e.use_cuda_graphs = to_bool("use_cuda_graphs", *v);
   {
-    auto it = cmdline.find("allow_fault_injection");  // command line only, never config.pbtxt
+    auto it = cmdline.find("allow_fault_injection");  // command line only
     if (it != cmdline.end()) out.allow_fault_injection = to_bool("allow_fault_injection", it->second);
+  }
+  if (const auto* v = get("enable_fault_injection")) {  // model parameter (tests' own configs)
+    out.allow_fault_injection =
+        out.allow_fault_injection || to_bool("enable_fault_injection", *v);
   }
   if (const auto* v = get("default_max_tokens"))
     out.default_max_tokens = static_cast<int>(to_int("default_max_tokens", *v, 1, 1 << 20));

@@ -26,9 +26,13 @@ struct DecoderConfig {
   int default_max_tokens = 128; // used when a request carries no max_tokens
   int max_batch_size = 0;       // Triton's max_batch_size (inputs carry a batch dim when > 0)
   bool decoupled = false;
-  // Test hook, only from --backend-config=chatglm,allow_fault_injection=true:
-  // a request with the parameter glm_inject_fault=true makes the engine's next
-  // step fail inside the back-end (Engine::inject_fault).
+  // Test hook, off unless --backend-config=chatglm,allow_fault_injection=true or
+  // the model parameter enable_fault_injection=true (never in the shipped
+  // configs): a request with the Triton request parameter glm_inject_fault=true,
+  // or with the BOOL input inject_fault=true (when the model config declares
+  // it), makes the engine's next step fail inside the back-end
+  // (Engine::inject_fault). While off, the input gets INVALID_ARG and the
+  // request parameter is ignored.
   bool allow_fault_injection = false;
 };
 

@@ -379,6 +379,20 @@ std::string DecoderInstance::parse(TRITONBACKEND_Request* request, ParsedRequest
   if (has) out->stream = t.data[0] != 0;
   if (!(e = scalar("ignore_eos", TRITONSERVER_TYPE_BOOL, &t, &has)).empty()) return e;
   if (has) p.ignore_eos = t.data[0] != 0;
+
+  // Test hook. The input inject_fault (only where a test's config declares it)
+  // is refused while the hook is off; the request parameter glm_inject_fault
+  // is then ignored, like any request parameter the backend does not use.
+  if (!(e = scalar("inject_fault", TRITONSERVER_TYPE_BOOL, &t, &has)).empty()) return e;
+  if (has && t.data[0] != 0) {
+    if (!model_->config.allow_fault_injection) {
+      return "inject_fault: fault injection is disabled (tests only: set the model parameter "
+             "enable_fault_injection=true or start with "
+             "--backend-config=chatglm,allow_fault_injection=true)";
+    }
+    out->inject_fault = true;
+  }
+  if (model_->config.allow_fault_injection && wants_fault(request)) out->inject_fault = true;
   return "";
 }
 
@@ -462,7 +476,7 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
         active_[id] = std::move(a);
         n_active = active_.size();
       }
-      if (model_->config.allow_fault_injection && wants_fault(request)) {
+      if (parsed.inject_fault) {
         GLM_LOG_WARN("chatglm_decoder: injecting an engine fault (test hook)");
         engine_->inject_fault();
       }

@@ -40,6 +40,7 @@ struct ParsedRequest {
   std::vector<int32_t> input_ids;
   glm::SamplingParams params;
   bool stream = false;
+  bool inject_fault = false;  // test hook asked for (and allowed)
 };
 
 // What the engine's callback hands to the responder thread.
