@@ -12,8 +12,7 @@
 //   M <= mma_max (256)  int8_mma: tensor-core mma.m16n8k16 (fp16 in, fp32 acc),
 //                       weights dequantized in registers (exact: |q| <= 127),
 //                       split over K across blocks when the grid is small,
-//                       the last block of a tile sums the splits in order
-//                       (deterministic results, no extra launch).
+//                       the splits summed in a fixed order (deterministic).
 //   larger (prefill)    the weight dequantized slice by slice into a fp16
 //                       scratch buffer, then cuBLAS (compute-bound anyway).
 #pragma once
@@ -76,9 +75,10 @@ class Int8Gemm {
   // GLM_INT8_GEMV_MAX / GLM_INT8_MMA_MAX override the defaults at construction.
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
-  // Tensor-core kernel variant: 2 (default) software-pipelined, in-kernel split-K
-  // sum, 32 rows per warp; 3 the same with 16 rows per warp (more warps per SM);
-  // 1 one chunk prefetched, split-K summed by a second kernel. GLM_INT8_MMA_VARIANT.
+  // Tensor-core kernel variant (GLM_INT8_MMA_VARIANT): 1 (default, fastest
+  // measured) one chunk prefetched, split-K summed by a second kernel; 2
+  // three-chunk software pipeline, split-K summed in the kernel by the last block;
+  // 3 = 2 with 16 rows per warp (2 blocks per SM).
   void set_mma_variant(int v) { mma_variant_ = v; }
   int gemv_max_tokens() const { return gemv_max_; }
   int mma_max_tokens() const { return mma_max_; }
@@ -92,7 +92,7 @@ class Int8Gemm {
   static constexpr int kCounters = 4096;
   int gemv_max_ = 4, mma_max_ = 256, num_sms_ = 1;
   int* counters_ = nullptr;
-  int mma_variant_ = 2;
+  int mma_variant_ = 1;  // the fastest measured on H200 (docs/int8.md)
   float* partials_ = nullptr;
   size_t partial_bytes_ = 0;
   __half* scratch_ = nullptr;  // dequantized weight slices for cuBLAS
