@@ -41,6 +41,7 @@ if want kernels; then
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 if want tests; then
+  export GLM_CUDA_INT8_TEST=$PWD/$BUILD/engine/cuda/glm_cuda_int8_test
   "$PY" -m pytest -m gpu -v -s -p no:cacheprovider tests/test_int8_cuda.py ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$OUT/pytest.log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
