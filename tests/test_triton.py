@@ -625,6 +625,43 @@ def test_engine_fault_fails_running_requests_with_internal(tmp_path):
         later.close()
         assert err is not None and "not serving" in err
         assert srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0) == 0
+        # Model control mode none: the backend's unload request is refused; one warning,
+        # the model stays loaded and keeps answering UNAVAILABLE at once.
+        refused = "the server refused to unload model 'chatglm_decoder'"
+        srv.wait_until(lambda: refused in srv.log(), what="unload refused")
+        assert srv.log().count(refused) == 1
+        assert srv.model_ready("chatglm_decoder")
+        assert decoder_error(srv.grpc_url, SHORT_IDS) == NOT_SERVING
+        assert srv.stop() == 0
+
+
+NOT_SERVING = "chatglm_decoder: the engine failed and is not serving (reload the model)"
+
+
+def test_fault_unloads_the_decoder_in_explicit_mode(tmp_path):
+    """R4: after an engine fault the backend asks the server to unload chatglm_decoder
+    (explicit model control), so /ready stops answering 200 instead of the model hanging
+    on; loading it again brings a fresh, healthy engine."""
+    skip_without_server()
+    cfg = {"allow_fault_injection": True}
+    args = ["--model-control-mode=explicit", "--load-model=chatglm_decoder"]
+    with TritonServer(
+        log_dir=tmp_path, models=["chatglm_decoder"], backend_config=cfg, extra_args=args
+    ) as srv:
+        assert srv.model_ready("chatglm_decoder")
+        err = decoder_error(srv.grpc_url, LONG_IDS, parameters={"glm_inject_fault": True})
+        assert err is not None and "injected fault" in err, err
+        srv.wait_until(lambda: not srv.model_ready("chatglm_decoder"), 60, "not ready")
+        assert "is being unloaded after an engine failure" in srv.log()
+        r = requests.post(
+            f"http://{srv.http_url}/v2/repository/models/chatglm_decoder/load",
+            timeout=120,
+            headers=CLOSE,
+        )
+        assert r.status_code == 200, r.text
+        assert srv.model_ready("chatglm_decoder")
+        assert srv.metric("glm_engine_healthy") == 1
+        assert decoder_error(srv.grpc_url, SHORT_IDS) is None
         assert srv.stop() == 0
 
 

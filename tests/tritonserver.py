@@ -333,6 +333,26 @@ class TritonServer:
             raise KeyError(f"metric {name} {labels or ''} not exported")
         return total
 
+    def model_ready(self, model: str) -> bool:
+        """GET /v2/models/<model>/ready answers 200."""
+        req = urllib.request.Request(
+            f"http://{self.http_url}/v2/models/{model}/ready", headers={"Connection": "close"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    def wait_until(self, predicate, timeout: float = 30.0, what: str = "condition") -> None:
+        """Polls predicate() until it holds (bounded wait; raises TimeoutError)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{what}: not reached within {timeout}s")
+
     def wait_metric(self, name: str, predicate, timeout: float = 30.0, labels=None) -> float:
         """Polls metric `name` until predicate(value) holds; returns the value."""
         deadline = time.monotonic() + timeout

@@ -181,6 +181,16 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInsta
   });
 }
 
+TRITONSERVER_Error* TRITONBACKEND_ModelInstanceReady(TRITONBACKEND_ModelInstance* instance) {
+  return guarded("chatglm instance ready", [&]() -> TRITONSERVER_Error* {
+    void* vstate = nullptr;
+    GLM_RETURN_IF_ERROR(TRITONBACKEND_ModelInstanceState(instance, &vstate));
+    if (vstate == nullptr) return nullptr;
+    if (static_cast<DecoderInstance*>(vstate)->healthy()) return nullptr;
+    return make_error(TRITONSERVER_ERROR_UNAVAILABLE, kNotServingMessage);
+  });
+}
+
 TRITONSERVER_Error* TRITONBACKEND_ModelInstanceExecute(TRITONBACKEND_ModelInstance* instance,
                                                        TRITONBACKEND_Request** requests,
                                                        const uint32_t request_count) {

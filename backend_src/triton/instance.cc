@@ -423,7 +423,7 @@ void DecoderInstance::reject(TRITONBACKEND_Request* request, TRITONSERVER_Error_
 void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) {
   const uint64_t exec_start = now_ns();
   uint64_t accepted = 0;
-  const bool healthy = engine_->stats().healthy;
+  const bool engine_ok = engine_->stats().healthy;
   for (uint32_t i = 0; i < count; ++i) {
     TRITONBACKEND_Request* request = requests[i];
     if (request == nullptr) continue;
@@ -434,10 +434,8 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
         reject(request, TRITONSERVER_ERROR_CANCELLED, "request cancelled", exec_start);
         continue;
       }
-      if (!healthy) {
-        reject(request, TRITONSERVER_ERROR_UNAVAILABLE,
-               "chatglm_decoder: the engine failed and is not serving (reload the model)",
-               exec_start);
+      if (!engine_ok) {
+        reject(request, TRITONSERVER_ERROR_UNAVAILABLE, kNotServingMessage, exec_start);
         continue;
       }
       ParsedRequest parsed;
@@ -513,6 +511,40 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
                  "reporting batch statistics");
   }
   cv_.notify_one();
+  if (!engine_ok) request_unload_once();
+}
+
+bool DecoderInstance::healthy() const { return engine_ && engine_->stats().healthy; }
+
+void DecoderInstance::request_unload_once() {
+  if (unload_requested_.exchange(true)) return;
+  TRITONSERVER_Server* server = nullptr;
+  TRITONSERVER_Error* err = TRITONBACKEND_ModelServer(model_->model, &server);
+  if (err != nullptr) {
+    GLM_LOG_WARN(std::string("chatglm_decoder: the engine failed; cannot reach the server to "
+                             "unload the model: ") +
+                 TRITONSERVER_ErrorMessage(err));
+    TRITONSERVER_ErrorDelete(err);
+    return;
+  }
+  const std::string name = model_->name;
+  GLM_LOG_WARN("chatglm_decoder instance " + instance_name_ +
+               ": the engine failed; asking the server to unload model '" + name + "'");
+  // Unloading waits for this instance to finalize, which joins the responder:
+  // never from Execute or the responder. The thread holds no pointer into us.
+  std::thread([server, name] {
+    TRITONSERVER_Error* e = TRITONSERVER_ServerUnloadModel(server, name.c_str());
+    if (e == nullptr) {
+      GLM_LOG_INFO("chatglm_decoder: model '" + name +
+                   "' is being unloaded after an engine failure (load it again to recover)");
+      return;
+    }
+    GLM_LOG_WARN("chatglm_decoder: the engine failed and the server refused to unload model '" +
+                 name + "' (" + TRITONSERVER_ErrorMessage(e) +
+                 "); it stays loaded and answers UNAVAILABLE until it is reloaded or the server "
+                 "restarts (alert on glm_engine_healthy == 0)");
+    TRITONSERVER_ErrorDelete(e);
+  }).detach();
 }
 
 void DecoderInstance::on_tokens(const glm::TokenEvent& ev) {
@@ -644,6 +676,8 @@ void DecoderInstance::handle(Event& ev) {
     return;
   }
   if (ev.finished && ev.reason == glm::FinishReason::kError) {
+    // Before answering: releasing the request may destroy this instance (unload).
+    if (!unload_requested_ && !healthy()) request_unload_once();
     finish_with_error(ev.id, TRITONSERVER_ERROR_INTERNAL,
                       "chatglm engine error: " + (ev.error.empty() ? std::string("unknown") : ev.error),
                       Outcome::kError);

@@ -52,6 +52,10 @@ struct DecoderInstanceEvent {
   std::string error;
 };
 
+// The UNAVAILABLE answer once the engine failed (stable: clients match "is not serving").
+inline constexpr const char* kNotServingMessage =
+    "chatglm_decoder: the engine failed and is not serving (reload the model)";
+
 class DecoderInstance {
  public:
   // Creates and starts the engine. Throws std::exception with a clear message.
@@ -62,6 +66,9 @@ class DecoderInstance {
 
   // Takes ownership of every request (each gets its responses and is released).
   void execute(TRITONBACKEND_Request** requests, uint32_t count);
+
+  // False once an engine step failed (the engine serves nothing after that).
+  bool healthy() const;
 
  private:
   struct Active {
@@ -105,6 +112,10 @@ class DecoderInstance {
   TRITONSERVER_Error* send_ids(Active& a, const int32_t* ids, size_t n, const int32_t* prev,
                                size_t n_prev, bool final);
   void refresh_metrics(bool force);
+  // Once, after the engine failed: asks the server (from a detached thread) to
+  // unload this model, so that it stops reporting ready. Refused in model-control
+  // mode none: then one warning, and requests keep getting UNAVAILABLE.
+  void request_unload_once();
   Active* find(uint64_t id);
 
   ModelState* model_;
@@ -123,6 +134,7 @@ class DecoderInstance {
   std::mutex active_mu_;  // active_ (the responder is the only one that erases entries it finished)
   std::unordered_map<uint64_t, std::shared_ptr<Active>> active_;
   std::atomic<uint64_t> next_id_{1};
+  std::atomic<bool> unload_requested_{false};
   uint64_t last_metrics_ns_ = 0;
   std::shared_ptr<ResponderControl> ctl_ = std::make_shared<ResponderControl>();
   std::thread responder_;
