@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import ClientError, ServerUnavailable
+from .errors import ClientError, ServerUnavailable, error_from_message
 from .params import MODEL_NAME, TEXT_INPUT, TEXT_OUTPUT, TensorValue
 
 # gRPC status codes that mean "the server is not there" rather than "it said no".
@@ -25,7 +25,7 @@ def map_grpc_error(error: Any, url: str = "") -> ClientError:
         return ServerUnavailable(f"server unavailable{where} (gRPC {status[11:]}): {message}")
     if status == "StatusCode.CANCELLED":
         return ClientError(f"request cancelled: {message}")
-    return ClientError(message)
+    return error_from_message(message)
 
 
 def _is_final(result: Any) -> bool:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
-from .errors import ClientError, ServerUnavailable
+from .errors import ClientError, ServerUnavailable, error_from_message
 from .params import MODEL_NAME, TEXT_OUTPUT
 from .sse import iter_sse_data
 
@@ -60,7 +60,7 @@ def parse_event(data: str) -> str:
     if not isinstance(obj, dict):
         raise ClientError(f"malformed event from server: {data[:200]!r}")
     if "error" in obj:
-        raise ClientError(str(obj["error"]))
+        raise error_from_message(str(obj["error"]))
     text = obj.get(TEXT_OUTPUT, "")
     return text if isinstance(text, str) else str(text)
 
@@ -96,7 +96,7 @@ class HttpTransport:
             conn.close()
             if resp.status in (502, 503, 504):
                 raise ServerUnavailable(f"server unavailable (HTTP {resp.status}): {message}")
-            raise ClientError(message)
+            raise error_from_message(message)
         return conn, resp
 
     def generate(self, body: dict[str, Any]) -> str:
@@ -112,7 +112,7 @@ class HttpTransport:
         if not isinstance(obj, dict):
             raise ClientError(f"malformed response from server: {raw[:200]!r}")
         if "error" in obj:
-            raise ClientError(str(obj["error"]))
+            raise error_from_message(str(obj["error"]))
         text = obj.get(TEXT_OUTPUT, "")
         return text if isinstance(text, str) else str(text)
 
@@ -142,7 +142,7 @@ class HttpTransport:
         except ValueError:
             raise ClientError(f"malformed response from server: {raw[:200]!r}") from None
         if isinstance(obj, dict) and "error" in obj:
-            raise ClientError(str(obj["error"]))
+            raise error_from_message(str(obj["error"]))
         if isinstance(obj, dict) and TEXT_OUTPUT in obj:
             return str(obj[TEXT_OUTPUT])
         raise ClientError(f"malformed response from server: {raw[:200]!r}")
