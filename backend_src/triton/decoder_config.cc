@@ -15,7 +15,7 @@ const std::vector<std::string> kKeys = {
     "int8",           "random_weights",  "weights_seed",      "block_size",
     "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
     "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
-    "default_max_tokens", "enable_fault_injection"};
+    "default_max_tokens", "enable_fault_injection", "max_request_seconds"};
 
 [[noreturn]] void bad(const std::string& key, const std::string& value, const std::string& want) {
   throw std::runtime_error("chatglm_decoder parameter '" + key + "' = '" + value + "': expected " +
@@ -171,6 +171,8 @@ DecoderConfig parse_decoder_config(const std::string& model_config_json,
     out.allow_fault_injection =
         out.allow_fault_injection || to_bool("enable_fault_injection", *v);
   }
+  if (const auto* v = get("max_request_seconds"))
+    out.max_request_seconds = to_double("max_request_seconds", *v, 0.0, 1e7, false);
   if (const auto* v = get("default_max_tokens"))
     out.default_max_tokens = static_cast<int>(to_int("default_max_tokens", *v, 1, 1 << 20));
   return out;

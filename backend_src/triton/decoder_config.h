@@ -24,6 +24,11 @@ struct DecoderConfig {
   std::string device = "auto";  // auto | cpu | cuda, as configured
   bool dtype_set = false;       // dtype given explicitly (else: fp32 on cpu, fp16 on cuda)
   int default_max_tokens = 128; // used when a request carries no max_tokens
+  // Server-side cap on a request's life (0 = off): a request still running this
+  // long after it arrived ends with UNAVAILABLE "request timeout expired
+  // (max_request_seconds N) ...". Bounds what a stream cancelled through the
+  // ensemble costs (Triton 2.51 never tells the decoder about that cancel).
+  double max_request_seconds = 0.0;
   int max_batch_size = 0;       // Triton's max_batch_size (inputs carry a batch dim when > 0)
   bool decoupled = false;
   // Test hook, off unless --backend-config=chatglm,allow_fault_injection=true or

@@ -468,6 +468,10 @@ void DecoderInstance::execute(TRITONBACKEND_Request** requests, uint32_t count) 
         a->timeout_us = timeout_us;
         a->deadline_ns = exec_start + timeout_us * 1000ull;
       }
+      if (model_->config.max_request_seconds > 0) {
+        a->cap_deadline_ns =
+            exec_start + static_cast<uint64_t>(model_->config.max_request_seconds * 1e9);
+      }
       size_t n_active;
       {
         std::lock_guard<std::mutex> lk(active_mu_);
@@ -659,6 +663,18 @@ bool DecoderInstance::stop_if_cancelled_or_late(uint64_t id, const Active& a, ui
     finish_with_error(id, TRITONSERVER_ERROR_UNAVAILABLE,
                       "request timeout expired (timeout " + std::to_string(a.timeout_us) +
                           " us): generation stopped",
+                      Outcome::kCancelled);
+    return true;
+  }
+  if (a.cap_deadline_ns != 0 && now > a.cap_deadline_ns) {
+    std::ostringstream cap;
+    cap << model_->config.max_request_seconds;
+    GLM_LOG_VERBOSE("chatglm_decoder: request " + std::to_string(id) +
+                    " ran past max_request_seconds; stopped");
+    engine_->cancel(id);
+    finish_with_error(id, TRITONSERVER_ERROR_UNAVAILABLE,
+                      "request timeout expired (max_request_seconds " + cap.str() +
+                          "): generation stopped",
                       Outcome::kCancelled);
     return true;
   }

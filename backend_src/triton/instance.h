@@ -81,6 +81,7 @@ class DecoderInstance {
     std::atomic<bool> submitted{false};  // engine.submit() returned (else Execute may erase it)
     uint64_t deadline_ns = 0;  // from the request's timeout (0 = none)
     uint64_t timeout_us = 0;
+    uint64_t cap_deadline_ns = 0;  // from max_request_seconds (0 = none)
     bool got_first = false;
   };
   using Event = DecoderInstanceEvent;
