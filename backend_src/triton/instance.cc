@@ -23,6 +23,12 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return os.str();
 }
 
+std::string seconds_str(double s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
+}
+
 struct Tensor {
   TRITONSERVER_DataType dtype = TRITONSERVER_TYPE_INVALID;
   std::vector<int64_t> shape;
@@ -188,7 +194,9 @@ DecoderInstance::DecoderInstance(ModelState* model, TRITONBACKEND_ModelInstance*
                ", dtype " + opts.dtype + (opts.int8 ? ", int8" : "") +
                ", num_kv_blocks " + std::to_string(opts.num_kv_blocks) + ", max_running_seqs " +
                std::to_string(opts.max_running_seqs) + ", max_queue " +
-               std::to_string(opts.max_queue));
+               std::to_string(opts.max_queue) + ", max_request_seconds " +
+               seconds_str(model->config.max_request_seconds) +
+               (model->config.allow_fault_injection ? ", FAULT INJECTION ON (tests only)" : ""));
   engine_ = glm::Engine::create(opts);
   info_ = engine_->model_info();
   metrics_ = std::make_unique<InstanceMetrics>(model->families, model->name, model->version,
@@ -667,13 +675,12 @@ bool DecoderInstance::stop_if_cancelled_or_late(uint64_t id, const Active& a, ui
     return true;
   }
   if (a.cap_deadline_ns != 0 && now > a.cap_deadline_ns) {
-    std::ostringstream cap;
-    cap << model_->config.max_request_seconds;
     GLM_LOG_VERBOSE("chatglm_decoder: request " + std::to_string(id) +
                     " ran past max_request_seconds; stopped");
     engine_->cancel(id);
     finish_with_error(id, TRITONSERVER_ERROR_UNAVAILABLE,
-                      "request timeout expired (max_request_seconds " + cap.str() +
+                      "request timeout expired (max_request_seconds " +
+                          seconds_str(model_->config.max_request_seconds) +
                           "): generation stopped",
                       Outcome::kCancelled);
     return true;
