@@ -52,7 +52,7 @@ serve: $(SETUP_STAMP) build demo-model
 test: $(SETUP_STAMP) build demo-model
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest -m "not gpu" tests
+	$(VENV)/bin/pytest -rs -m "not gpu" tests
 
 test-gpu: $(SETUP_STAMP) build demo-model
 	$(VENV)/bin/pytest -m gpu tests
