@@ -9,5 +9,6 @@
 
 from .api import ChatGLMClient
 from .errors import ClientError, ServerUnavailable
+from .params import Chunk
 
-__all__ = ["ChatGLMClient", "ClientError", "ServerUnavailable"]
+__all__ = ["ChatGLMClient", "Chunk", "ClientError", "ServerUnavailable"]

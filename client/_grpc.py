@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import ClientError, ServerUnavailable, error_from_message
-from .params import MODEL_NAME, TEXT_INPUT, TEXT_OUTPUT, TensorValue
+from .params import MODEL_NAME, TEXT_INPUT, TEXT_OUTPUT, TOKEN_COUNT, Chunk, TensorValue
 
 # gRPC status codes that mean "the server is not there" rather than "it said no".
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -42,6 +42,14 @@ def _text_of(result: Any) -> str | None:
         return ""
     piece = arr.reshape(-1)[0]
     return piece.decode("utf-8", "replace") if isinstance(piece, bytes) else str(piece)
+
+
+def _tokens_of(result: Any) -> int:
+    """The response's ``token_count`` (1 when the server does not send it)."""
+    arr = result.as_numpy(TOKEN_COUNT)
+    if arr is None or arr.size == 0:
+        return 1
+    return int(arr.reshape(-1)[0])
 
 
 class GrpcTransport:
@@ -86,6 +94,15 @@ class GrpcTransport:
 
     def stream(self, tensors: list[TensorValue]) -> Iterator[str]:
         """Yield the text pieces of every response of one request, until its final one."""
+        chunks = self.chunks(tensors)
+        try:
+            for chunk in chunks:
+                yield chunk.text
+        finally:
+            chunks.close()
+
+    def chunks(self, tensors: list[TensorValue]) -> Iterator[Chunk]:
+        """Yield (text, tokens) of every response of one request, until its final one."""
         responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
 
         def callback(result: Any, error: Any) -> None:
@@ -123,7 +140,7 @@ class GrpcTransport:
                     raise map_grpc_error(error, self.url)
                 text = _text_of(result)
                 if text is not None:
-                    yield text
+                    yield Chunk(text, _tokens_of(result))
                 if _is_final(result):
                     finished = True
                     return

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .errors import ClientError, ServerUnavailable, error_from_message
-from .params import MODEL_NAME, TEXT_OUTPUT
+from .params import MODEL_NAME, TEXT_OUTPUT, TOKEN_COUNT, Chunk
 from .sse import iter_sse_data
 
 
@@ -53,6 +53,22 @@ def error_message(body: bytes, status: int, reason: str) -> str:
 
 def parse_event(data: str) -> str:
     """One SSE event's data -> its text delta; an error event raises ClientError."""
+    return parse_event_chunk(data).text
+
+
+def _token_count(obj: dict[str, Any]) -> int:
+    """``token_count`` of a generate JSON object (a number, or a one-element list);
+    1 when absent (a server whose ensemble does not send it)."""
+    value = obj.get(TOKEN_COUNT)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int):
+        return 1
+    return value
+
+
+def parse_event_chunk(data: str) -> Chunk:
+    """One SSE event's data -> its text delta and token count; errors raise ClientError."""
     try:
         obj = json.loads(data)
     except ValueError:
@@ -62,7 +78,7 @@ def parse_event(data: str) -> str:
     if "error" in obj:
         raise error_from_message(str(obj["error"]))
     text = obj.get(TEXT_OUTPUT, "")
-    return text if isinstance(text, str) else str(text)
+    return Chunk(text if isinstance(text, str) else str(text), _token_count(obj))
 
 
 class HttpTransport:
@@ -117,6 +133,14 @@ class HttpTransport:
         return text if isinstance(text, str) else str(text)
 
     def stream(self, body: dict[str, Any]) -> Iterator[str]:
+        chunks = self.chunks(body)
+        try:
+            for chunk in chunks:
+                yield chunk.text
+        finally:
+            chunks.close()
+
+    def chunks(self, body: dict[str, Any]) -> Iterator[Chunk]:
         conn, resp = self._post("generate_stream", body)
         try:
             ctype = resp.getheader("Content-Type", "")
@@ -127,7 +151,7 @@ class HttpTransport:
                 return
             try:
                 for data in iter_sse_data(resp):
-                    yield parse_event(data)
+                    yield parse_event_chunk(data)
             except TimeoutError:
                 raise ClientError(f"no event from {self.url} within {self.timeout:g} s") from None
             except (ConnectionError, http.client.HTTPException) as exc:
@@ -136,7 +160,7 @@ class HttpTransport:
             conn.close()
 
     @staticmethod
-    def _single(raw: bytes) -> str:
+    def _single(raw: bytes) -> Chunk:
         try:
             obj = json.loads(raw)
         except ValueError:
@@ -144,5 +168,5 @@ class HttpTransport:
         if isinstance(obj, dict) and "error" in obj:
             raise error_from_message(str(obj["error"]))
         if isinstance(obj, dict) and TEXT_OUTPUT in obj:
-            return str(obj[TEXT_OUTPUT])
+            return Chunk(str(obj[TEXT_OUTPUT]), _token_count(obj))
         raise ClientError(f"malformed response from server: {raw[:200]!r}")

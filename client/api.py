@@ -7,7 +7,7 @@ from typing import Any
 
 from ._http import split_host_port
 from .errors import ClientError
-from .params import MODEL_NAME, History, build_generate_body, build_tensors
+from .params import MODEL_NAME, Chunk, History, build_generate_body, build_tensors
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -65,7 +65,9 @@ class ChatGLMClient:
     def stream(self, prompt: str, history: History | None = None, **sampling: Any) -> Iterator[str]:
         """Yield the reply's text deltas as the server produces them.
 
-        There is one delta per generated token step; a delta may be empty when
+        Usually one delta per generated token step, but one delta may cover several
+        tokens (the server merges steps when it is behind), so count tokens with
+        :meth:`stream_chunks`, not by counting deltas. A delta may be empty when
         the server holds back an incomplete character. The deltas concatenate to
         the text :meth:`generate` returns. Arguments are checked before the
         generator is returned.
@@ -75,6 +77,18 @@ class ChatGLMClient:
             return self._transport.stream(body)
         tensors = build_tensors(prompt, history, sampling, stream=True)
         return self._transport.stream(tensors)
+
+    def stream_chunks(
+        self, prompt: str, history: History | None = None, **sampling: Any
+    ) -> Iterator[Chunk]:
+        """Like :meth:`stream`, but yield :class:`Chunk` ``(text, tokens)`` pairs:
+        ``tokens`` is the response's ``token_count`` output (1 when the server does not
+        send it); their sum is the number of tokens generated."""
+        if self.protocol == "http":
+            body = build_generate_body(prompt, history, sampling, stream=True)
+            return self._transport.chunks(body)
+        tensors = build_tensors(prompt, history, sampling, stream=True)
+        return self._transport.chunks(tensors)
 
     def chat(
         self,
@@ -97,4 +111,4 @@ class ChatGLMClient:
         self.close()
 
 
-__all__ = ["ChatGLMClient", "ClientError", "default_url", "PROTOCOLS"]
+__all__ = ["ChatGLMClient", "Chunk", "ClientError", "default_url", "PROTOCOLS"]

@@ -5,13 +5,26 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 MODEL_NAME = "chatglm"
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
+TOKEN_COUNT = "token_count"
+
+
+class Chunk(NamedTuple):
+    """One streamed response: its text delta and how many generated tokens it carries.
+
+    ``tokens`` is the response's ``token_count`` output (usually 1; more when the
+    server merged steps that piled up while it was behind), or 1 when the server
+    does not send that output (a model repository from before it existed).
+    """
+
+    text: str
+    tokens: int
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ Run headless through ``make load-test`` (scripts/load_test.sh), or with the web 
 
 Each request is reported as ``gRPC generate <set>`` with its full time (response
 length = tokens generated), its time to first token as ``TTFT <set>``, and every gap
-between two tokens as ``ITL <set>``. Tokens are counted as streamed responses (one
-per generated token step; see load_tests/streaming.py). Aggregate tokens/s, exact
+between two tokens as ``ITL <set>``. Tokens are the sum of the streamed responses'
+``token_count`` (one response may carry several tokens; see load_tests/streaming.py). Aggregate tokens/s, exact
 TTFT/ITL percentiles and a per-second time series are written next to Locust's CSVs
 (``<csv prefix>_glm_metrics.json`` / ``_glm_timeseries.csv``) and served by the web
 UI at ``/glm-metrics``.

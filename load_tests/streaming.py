@@ -5,13 +5,19 @@ stream thread is then a greenlet and ``queue`` is gevent's) and from plain threa
 
 Two targets:
 
-- ``chatglm`` (the ensemble, text in and out): tokens are counted as the streamed
-  responses that carry ``text_output``; the decoder sends one response per
-  generated token step (a response's text may be empty while a multi-byte character
-  is held back). The empty final response that closes a request
-  (``triton_final_response``) is not counted.
+- ``chatglm`` (the ensemble, text in and out): each response's ``token_count``
+  output says how many generated tokens it carries (usually 1; more when the decoder
+  merged steps that piled up while its responder was behind), and the tokens of a
+  request are the sum. A response's text may be empty while a multi-byte character
+  is held back. Against a server whose ensemble has no ``token_count`` output (older
+  model repositories) each response carrying ``text_output`` counts as one token,
+  which undercounts merged responses. The empty final response that closes a request
+  (``triton_final_response``) carries no output and is not counted.
 - ``chatglm_decoder`` (ids in, ids out; what a server without a tokenizer serves):
   tokens are the ``output_ids`` of each response, counted one by one.
+
+All tokens of one response get that response's arrival time (so merged tokens show
+up as inter-token gaps of 0).
 """
 
 from __future__ import annotations
@@ -194,7 +200,7 @@ def _absorb(result: Any, now: float, rec: RequestRecord, pieces: list[str]) -> N
     """Record one response's tokens (the end of a request is its final flag, not this)."""
     text = result.as_numpy("text_output")
     if text is not None:
-        rec.token_times.append(now)
+        rec.token_times.extend([now] * response_tokens(result))
         if text.size:
             piece = text.reshape(-1)[0]
             pieces.append(
@@ -204,6 +210,15 @@ def _absorb(result: Any, now: float, rec: RequestRecord, pieces: list[str]) -> N
     ids = result.as_numpy("output_ids")
     if ids is not None:
         rec.token_times.extend([now] * int(ids.size))
+
+
+def response_tokens(result: Any) -> int:
+    """Tokens one ``chatglm`` response carries: its ``token_count`` output, or 1 (one
+    response per token step) when the server does not send that output."""
+    count = result.as_numpy("token_count")
+    if count is None or count.size == 0:
+        return 1
+    return int(count.reshape(-1)[0])
 
 
 def _is_final(result: Any) -> bool:

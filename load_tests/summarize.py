@@ -72,7 +72,8 @@ def render_markdown(data: dict[str, Any], title: str, params: dict[str, str]) ->
         )
     lines += [
         "",
-        "Tokens are counted as streamed responses (one per generated token step); "
+        "Tokens are the sum of the responses' token_count (one streamed response may "
+        "carry several tokens); "
         "tokens of requests cut off by the end of the run count too. TTFT and ITL "
         "percentiles are exact (from every sample), not Locust's rounded ones.",
     ]

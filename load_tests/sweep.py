@@ -17,7 +17,8 @@
 Writes sweep.md (tables), sweep.json (all numbers) and sweep_throughput.png (tokens/s
 against concurrency; and the two modes) into --out. Clients run in --procs processes
 (threads inside each), so the client does not become the bottleneck at 256 streams.
-Tokens are counted as streamed responses (one per generated token step).
+Tokens: the sum of the responses' ``token_count`` output (target chatglm; one streamed
+response may carry several tokens), or the returned ``output_ids`` (target chatglm_decoder).
 
     python -m load_tests.sweep --url 127.0.0.1:8001                       # the full run
     python -m load_tests.sweep --concurrency 1,2 --duration 3 --requests 8 # a quick check
@@ -573,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "note": (
             "target chatglm_decoder (random-id prompts); tokens = output ids"
             if args.target == "chatglm_decoder"
-            else "target chatglm; tokens = streamed responses"
+            else "target chatglm; tokens = sum of token_count"
         )
         + "; TTFT/ITL exact percentiles",
         "sweep": [],

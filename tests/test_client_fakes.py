@@ -38,6 +38,7 @@ class Script:
     """What the fake answers: text pieces, then optionally an error message."""
 
     pieces: list[str] = field(default_factory=list)
+    token_counts: list[int] | None = None  # a token_count output per piece, when given
     error: str | None = None
     delay: float = 0.0  # seconds before each piece
     input_shape: list[int] = field(default_factory=lambda: [-1, 1])
@@ -67,7 +68,7 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def ModelStreamInfer(self, request_iterator: Iterator[Any], context: Any) -> Iterator[Any]:
         for request in request_iterator:
             self.script.requests.append(request)
-            for piece in self.script.pieces:
+            for i, piece in enumerate(self.script.pieces):
                 if self.script.delay:
                     time.sleep(self.script.delay)
                 resp = service_pb2.ModelStreamInferResponse()
@@ -77,6 +78,12 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 out.name, out.datatype = "text_output", "BYTES"
                 out.shape.append(1)
                 r.raw_output_contents.append(_bytes_tensor(piece))
+                if self.script.token_counts is not None:
+                    n = self.script.token_counts[i]
+                    cnt = r.outputs.add()
+                    cnt.name, cnt.datatype = "token_count", "INT32"
+                    cnt.shape.extend([1, 1])
+                    r.raw_output_contents.append(struct.pack("<i", n))
                 yield resp
             if self.script.error is not None:
                 yield service_pb2.ModelStreamInferResponse(error_message=self.script.error)

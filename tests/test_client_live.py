@@ -51,13 +51,16 @@ def reference(grpc_client: ChatGLMClient) -> str:
     return text
 
 
-def test_grpc_stream_one_piece_per_token_concatenating_to_generate(
+def test_grpc_stream_token_counts_sum_to_max_tokens_and_text_to_generate(
     grpc_client: ChatGLMClient, reference: str
 ) -> None:
-    pieces = list(grpc_client.stream(Q1, **GREEDY))
-    # One streamed response per generated token: the load tests count tokens this way.
-    assert len(pieces) == GREEDY["max_tokens"]
-    assert "".join(pieces) == reference
+    chunks = list(grpc_client.stream_chunks(Q1, **GREEDY))
+    # One response may carry several tokens (merged when the server is behind): the
+    # token_count outputs sum to the tokens generated; the load tests count this way.
+    assert sum(c.tokens for c in chunks) == GREEDY["max_tokens"]
+    assert all(c.tokens >= 1 for c in chunks)
+    assert "".join(c.text for c in chunks) == reference
+    assert "".join(grpc_client.stream(Q1, **GREEDY)) == reference
 
 
 def test_http_generate_matches_grpc(http_client: ChatGLMClient, reference: str) -> None:
@@ -65,9 +68,10 @@ def test_http_generate_matches_grpc(http_client: ChatGLMClient, reference: str) 
 
 
 def test_http_generate_stream_matches(http_client: ChatGLMClient, reference: str) -> None:
-    pieces = list(http_client.stream(Q1, **GREEDY))
-    assert len(pieces) == GREEDY["max_tokens"]
-    assert "".join(pieces) == reference
+    chunks = list(http_client.stream_chunks(Q1, **GREEDY))
+    assert sum(c.tokens for c in chunks) == GREEDY["max_tokens"]
+    assert "".join(c.text for c in chunks) == reference
+    assert "".join(http_client.stream(Q1, **GREEDY)) == reference
 
 
 def test_sampling_inputs_reach_the_server(grpc_client: ChatGLMClient) -> None:

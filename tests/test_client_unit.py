@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from test_client_fakes import FakeGrpcServer, FakeHttpServer, Script, free_port, reply
 
-from client import ChatGLMClient, ClientError, ServerUnavailable
+from client import ChatGLMClient, Chunk, ClientError, ServerUnavailable
 from client._grpc import map_grpc_error
-from client._http import error_message, parse_event, split_host_port
+from client._http import error_message, parse_event, parse_event_chunk, split_host_port
 from client.cli import build_parser, main, run_chat, sampling_from_args
 from client.params import build_generate_body, build_tensors, normalize_sampling
 from client.sse import iter_sse_data
@@ -138,6 +138,36 @@ def test_sse_event_payloads() -> None:
         parse_event('{"error": "out of KV blocks"}')
     with pytest.raises(ClientError, match="malformed"):
         parse_event("not json")
+
+
+def test_sse_event_token_count() -> None:
+    # Triton's generate JSON carries every output: token_count as a number or a list.
+    assert parse_event_chunk('{"text_output": "ab", "token_count": 3}') == Chunk("ab", 3)
+    assert parse_event_chunk('{"text_output": "", "token_count": [2]}') == Chunk("", 2)
+    # A server without the output: one token per event (the old contract).
+    assert parse_event_chunk('{"text_output": "a"}') == Chunk("a", 1)
+
+
+def test_grpc_chunks_sum_token_count() -> None:
+    script = Script(pieces=["a", "bcd", ""], token_counts=[1, 3, 0])
+    with FakeGrpcServer(script) as fake, ChatGLMClient(fake.url, timeout=10) as c:
+        assert list(c.stream_chunks("x")) == [Chunk("a", 1), Chunk("bcd", 3), Chunk("", 0)]
+        assert list(c.stream("x")) == ["a", "bcd", ""]
+    with FakeGrpcServer(Script(pieces=["a", "b"])) as fake, ChatGLMClient(fake.url) as c:
+        assert list(c.stream_chunks("x")) == [Chunk("a", 1), Chunk("b", 1)]  # no output: 1
+
+
+def test_http_chunks_sum_token_count() -> None:
+    def respond(h: Any, path: str, body: dict[str, Any]) -> None:
+        events = (
+            b'data: {"text_output": "a", "token_count": 1}\n\n'
+            b'data: {"text_output": "bc", "token_count": 2}\n\n'
+        )
+        reply(h, 200, "text/event-stream; charset=utf-8", events)
+
+    with FakeHttpServer(respond) as fake, ChatGLMClient(fake.url, "http", timeout=10) as c:
+        assert list(c.stream_chunks("x")) == [Chunk("a", 1), Chunk("bc", 2)]
+        assert list(c.stream("x")) == ["a", "bc"]
 
 
 def test_http_error_bodies() -> None:

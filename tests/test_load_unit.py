@@ -7,6 +7,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,7 @@ from load_tests.prompts import (  # noqa: E402
     mixed_set,
     seed_set,
 )
+from load_tests.streaming import RequestRecord, _absorb, response_tokens  # noqa: E402
 from load_tests.summarize import summarize  # noqa: E402
 from load_tests.sweep import load_direct, next_batch, poisson_arrivals, render, split  # noqa: E402
 
@@ -181,3 +183,53 @@ def test_direct_figures_from_bench_output(tmp_path: Path) -> None:
     plain = tmp_path / "d.json"
     plain.write_text('{"8": 800}')
     assert load_direct(plain) == {"8": 800.0}
+
+
+class _FakeResult:
+    """A tritonclient gRPC InferResult stand-in: outputs by name."""
+
+    def __init__(self, **outputs: np.ndarray) -> None:
+        self.outputs = outputs
+
+    def as_numpy(self, name: str) -> np.ndarray | None:
+        return self.outputs.get(name)
+
+
+def _text(s: str) -> np.ndarray:
+    return np.array([[s.encode("utf-8")]], dtype=np.object_)
+
+
+def test_stream_tokens_sum_token_count_of_merged_responses() -> None:
+    rec = RequestRecord(start=0.0)
+    pieces: list[str] = []
+    # One response per step, then one carrying 3 merged steps, then an empty final one.
+    _absorb(
+        _FakeResult(text_output=_text("a"), token_count=np.array([[1]], np.int32)), 1.0, rec, pieces
+    )
+    _absorb(
+        _FakeResult(text_output=_text("bcd"), token_count=np.array([[3]], np.int32)),
+        2.0,
+        rec,
+        pieces,
+    )
+    _absorb(_FakeResult(), 3.0, rec, pieces)
+    assert rec.tokens == 4
+    assert rec.token_times == [1.0, 2.0, 2.0, 2.0]
+    assert rec.itls == [1.0, 0.0, 0.0]
+    assert "".join(pieces) == "abcd"
+
+
+def test_stream_tokens_fall_back_to_responses_without_token_count() -> None:
+    rec = RequestRecord(start=0.0)
+    pieces: list[str] = []
+    for t, s in enumerate(["x", "", "y"]):
+        _absorb(_FakeResult(text_output=_text(s)), float(t), rec, pieces)
+    assert rec.tokens == 3 and "".join(pieces) == "xy"
+    assert response_tokens(_FakeResult(text_output=_text("z"))) == 1
+
+
+def test_decoder_target_counts_output_ids() -> None:
+    rec = RequestRecord(start=0.0)
+    _absorb(_FakeResult(output_ids=np.array([[5, 6, 7]], np.int32)), 1.0, rec, [])
+    _absorb(_FakeResult(output_ids=np.array([[8]], np.int32)), 2.0, rec, [])
+    assert rec.tokens == 4 and rec.token_times == [1.0, 1.0, 1.0, 2.0]

@@ -204,6 +204,33 @@ def test_http_generate_and_generate_stream(triton_server):
     assert single == [whole]
 
 
+def test_ensemble_reports_token_count(triton_server):
+    """chatglm's token_count output: the tokens each response carries (HTTP JSON and gRPC)."""
+    body = {"text_input": "你好", "max_tokens": 20, "ignore_eos": True}
+    r = http_generate(triton_server.http_url, body)
+    assert r.status_code == 200, r.text
+    assert r.json()["token_count"] == 20 and r.json()["text_output"]
+    s = requests.post(
+        f"http://{triton_server.http_url}/v2/models/chatglm/generate_stream",
+        json={**body, "stream": True}, timeout=120, stream=True, headers=CLOSE,
+    )  # fmt: skip
+    assert s.status_code == 200, s.text
+    events = [
+        json.loads(x[5:]) for x in s.iter_lines(decode_unicode=True) if x and x[:5] == "data:"
+    ]
+    assert events and all("error" not in e for e in events), events
+    assert sum(e["token_count"] for e in events) == 20
+    assert "".join(e["text_output"] for e in events) == r.json()["text_output"]
+    inputs = text_inputs("你好", max_tokens=20, ignore_eos=True, stream=True)
+    g = Stream(triton_server.grpc_url, "chatglm", inputs, output="token_count")
+    try:
+        counts, error = g.collect()
+    finally:
+        g.close()
+    assert error is None and counts
+    assert sum(int(c.reshape(-1)[0]) for c in counts) == 20
+
+
 def test_grpc_stream_equals_non_stream(triton_server):
     for prompt in PROMPTS[:3]:
         streamed, err = grpc_text(triton_server.grpc_url, prompt, max_tokens=40, stream=True)

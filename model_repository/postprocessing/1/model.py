@@ -5,6 +5,10 @@ Each chatglm_decoder response carries output_ids (the new ids), prev_ids (up to
 ChatGLMTokenizer.decode_delta(prev_ids, output_ids, is_final): stateless, and
 the pieces of one stream concatenate to exactly decode(all ids) (multi-byte
 characters, <n>, blanks and emoji are never split or duplicated).
+
+token_count (INT32 [1]) = len(output_ids) of that decoder response: how many
+generated tokens the response carries (more than one when the decoder merged
+steps that piled up while its responder was behind; 0 for an empty final one).
 """
 
 import json
@@ -42,8 +46,14 @@ class TritonPythonModel:
                     prev.reshape(-1).tolist(), ids.reshape(-1).tolist(), bool(final.reshape(-1)[0])
                 )
                 out = np.asarray([[text.encode("utf-8")]], dtype=np.object_)
+                count = np.asarray([[ids.size]], dtype=np.int32)
                 responses.append(
-                    pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text_output", out)])
+                    pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor("text_output", out),
+                            pb_utils.Tensor("token_count", count),
+                        ]
+                    )
                 )
             except Exception as e:  # noqa: BLE001 - one bad request must not fail the batch
                 err = pb_utils.TritonError(f"postprocessing: {type(e).__name__}: {e}")
