@@ -13,6 +13,8 @@
 #      then unload/load cycles with host RSS and GPU memory per cycle while time remains.
 # Everything stops by $BUDGET_S seconds after the start (default 560). Results: $OUT.
 #   OUT=/tmp/gs CARRY=.gpucarry bash scripts/gpu_serving.sh
+# Short run, reload first (checks the per-load RSS), no sweep:
+#   RELOAD_FIRST=1 SWEEP=none BUDGET_S=420 OUT=/tmp/gs bash scripts/gpu_serving.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,6 +31,10 @@ IVS_RATE=${IVS_RATE:-12}   # the 2026-11-26 H200 run used 50: both modes saturat
 IVS_CONC=${IVS_CONC:-64}
 SOAK_MAX=${SOAK_MAX:-240}
 CYCLES=${CYCLES:-20}
+RELOAD_FIRST=${RELOAD_FIRST:-0}   # 1: the reload cycles right after the warm-up, before the benchmarks
+SOAK_RESERVE=${SOAK_RESERVE:-}    # seconds kept after the soak (default 100, or 20 with RELOAD_FIRST=1)
+[ -n "$SOAK_RESERVE" ] || { [ "$RELOAD_FIRST" = 1 ] && SOAK_RESERVE=20 || SOAK_RESERVE=100; }
+# SWEEP=none skips the sweep. Each phase's results are copied to $OUT as soon as it ends.
 mkdir -p "$OUT" "$W"
 log() { echo "gpu_serving [$(( $(date +%s) - T0 ))s]: $*" | tee -a "$W/run.log"; }
 left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }
@@ -92,46 +98,56 @@ curl -sN -X POST "$URL/v2/models/chatglm_decoder/generate_stream" \
 log "warm-up stream: $(grep -c '^data:' "$W/warm.txt") events"
 HB=("$PYB" load_tests/http_bench.py --url "$URL" --config "$CK/config.json" --out "$W/b" --pause 2)
 
+# ---- reload cycles (a function: run first or last, see RELOAD_FIRST) --------------
+reload_cycles() {
+  field() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$SPID/status"; }
+  gpu() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; }
+  echo "cycle,unload_s,load_s,rss_kb,threads,gpu_mib" >"$W/reload.csv"
+  echo "0,,,$(field VmRSS),$(field Threads),$(gpu)" >>"$W/reload.csv"
+  BODY="{\"input_ids\": $IDS, \"max_tokens\": 8, \"ignore_eos\": true}"
+  last=30
+  for i in $(seq "$CYCLES"); do
+    [ "$(left)" -lt $(( last * 3 / 2 + 10 )) ] && { log "reload: stopped after $((i - 1)) cycles (time)"; break; }
+    a=$(date +%s.%N)
+    curl -sf -X POST "$URL/v2/repository/models/chatglm_decoder/unload" >/dev/null
+    for _ in $(seq 600); do ready || break; sleep 0.1; done
+    b=$(date +%s.%N)
+    curl -sf -X POST "$URL/v2/repository/models/chatglm_decoder/load" >/dev/null || { log "load $i failed"; break; }
+    for _ in $(seq 1200); do ready && break; sleep 0.1; done
+    c=$(date +%s.%N)
+    curl -sf -X POST "$URL/v2/models/chatglm_decoder/generate" -d "$BODY" | grep -q output_ids \
+      || log "request after load $i failed"
+    row=$(python3 -c "print(f'{$b-$a:.2f},{$c-$b:.2f}')")
+    last=$(python3 -c "print(int($c-$a)+1)")
+    echo "$i,$row,$(field VmRSS),$(field Threads),$(gpu)" >>"$W/reload.csv"
+  done
+  cat "$W/reload.csv" | tee -a "$W/run.log"
+  cp "$W/reload.csv" "$OUT/"
+}
+[ "$RELOAD_FIRST" = 1 ] && reload_cycles
+
 # ---- 3. benchmarks ------------------------------------------------------------
+[ "$SWEEP" = none ] && SWEEP=""
 for cs in $SWEEP; do
   c=${cs%%:*}; d=${cs##*:}
   "${HB[@]}" sweep --conc "$c" -d "$d" --name "sweep_c$c" 2>&1 | grep -E "^C=|Error|error" | tee -a "$W/run.log"
 done
 "${HB[@]}" inflight-vs-static --conc "$IVS_CONC" --rate "$IVS_RATE" -d "$IVS_S" 2>&1 \
   | grep -vE "^\|" | tee -a "$W/run.log"
-soak=$(( $(left) - 100 )); [ $soak -gt "$SOAK_MAX" ] && soak=$SOAK_MAX
+cp "$W/b/inflight_vs_static.json" "$OUT/" 2>/dev/null
+soak=$(( $(left) - SOAK_RESERVE )); [ $soak -gt "$SOAK_MAX" ] && soak=$SOAK_MAX
 if [ $soak -ge 30 ]; then
   log "soak at 256 for $soak s"
   "${HB[@]}" soak --conc 256 -d "$soak" --pid $SPID 2>&1 | grep -E "^soak|^C=" | tee -a "$W/run.log"
+  cp "$W/b/soak.json" "$OUT/" 2>/dev/null
 else
   log "no time left for the soak"
 fi
 curl -s "127.0.0.1:$((PORT + 2))/metrics" | grep -E '^glm_(max_batch|kv_blocks|requests_total)' \
   | tee -a "$W/run.log"
 
-# ---- 4. reload cycles -----------------------------------------------------------
-field() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$SPID/status"; }
-gpu() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1; }
-echo "cycle,unload_s,load_s,rss_kb,threads,gpu_mib" >"$W/reload.csv"
-echo "0,,,$(field VmRSS),$(field Threads),$(gpu)" >>"$W/reload.csv"
-BODY="{\"input_ids\": $IDS, \"max_tokens\": 8, \"ignore_eos\": true}"
-last=30
-for i in $(seq "$CYCLES"); do
-  [ "$(left)" -lt $(( last * 3 / 2 + 10 )) ] && { log "reload: stopped after $((i - 1)) cycles (time)"; break; }
-  a=$(date +%s.%N)
-  curl -sf -X POST "$URL/v2/repository/models/chatglm_decoder/unload" >/dev/null
-  for _ in $(seq 600); do ready || break; sleep 0.1; done
-  b=$(date +%s.%N)
-  curl -sf -X POST "$URL/v2/repository/models/chatglm_decoder/load" >/dev/null || { log "load $i failed"; break; }
-  for _ in $(seq 1200); do ready && break; sleep 0.1; done
-  c=$(date +%s.%N)
-  curl -sf -X POST "$URL/v2/models/chatglm_decoder/generate" -d "$BODY" | grep -q output_ids \
-    || log "request after load $i failed"
-  row=$(python3 -c "print(f'{$b-$a:.2f},{$c-$b:.2f}')")
-  last=$(python3 -c "print(int($c-$a)+1)")
-  echo "$i,$row,$(field VmRSS),$(field Threads),$(gpu)" >>"$W/reload.csv"
-done
-cat "$W/reload.csv" | tee -a "$W/run.log"
+# ---- 4. reload cycles (unless RELOAD_FIRST=1: done before the benchmarks) ----------
+[ "$RELOAD_FIRST" = 1 ] || reload_cycles
 kill -INT $SPID; wait $SPID; log "server exit code $?"
 
 # ---- 5. collect -------------------------------------------------------------------
