@@ -20,23 +20,7 @@ pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
 
 # The real ChatGLM-6B config (ids and sizes), as a converted checkpoint's config.json.
-REAL_CONFIG = {
-    "vocab_size": 130528,
-    "hidden_size": 4096,
-    "num_attention_heads": 32,
-    "num_layers": 28,
-    "inner_hidden_size": 16384,
-    "layernorm_epsilon": 1e-05,
-    "max_sequence_length": 2048,
-    "position_encoding_2d": True,
-    "bos_token_id": 130004,
-    "eos_token_id": 130005,
-    "mask_token_id": 130000,
-    "gmask_token_id": 130001,
-    "pad_token_id": 3,
-    "torch_dtype": "float16",
-    "glmserve_format": 1,
-}
+from glmserve.bench import REAL_CONFIG  # noqa: E402
 
 
 def _engine_module():
