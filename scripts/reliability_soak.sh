@@ -15,7 +15,9 @@
 # DURATION (10m), SAMPLE_S (10), MODEL (decoder mode: a config-only checkpoint made here from
 # glmserve.bench.REAL_CONFIG; ensemble mode: models/chatglm-tiny), PORT (base port, 8000),
 # OUT (build/reliability_soak/<UTC time>), BUILD, VENV (needs tritonclient, locust and
-# nvidia-pytriton: `make setup`'s venv).
+# nvidia-pytriton: `make setup`'s venv), LOCUST (the Locust launcher, $VENV/bin/locust),
+# PYTHON (the Python of the checkpoint and summary steps, $VENV/bin/python).
+# On the GPU machine, in two device calls (setup, detached soak, collection): scripts/gpu_soak.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -29,7 +31,8 @@ PORT=${PORT:-8000}
 VENV=${VENV:-.venv}
 BUILD=${BUILD:-build}
 OUT=${OUT:-$ROOT/build/reliability_soak/$(date -u +%Y%m%dT%H%M%SZ)}
-PY="$VENV/bin/python"
+PY=${PYTHON:-$VENV/bin/python}
+LOCUST=${LOCUST:-$VENV/bin/locust}
 mkdir -p "$OUT"
 
 if [ "$MODE" = "decoder" ]; then
@@ -91,7 +94,7 @@ SAMPLER=$!
 
 set +e
 if [ "$MODE" = "decoder" ]; then
-  "$VENV/bin/locust" -f load_tests/soak_decoder.py --headless --only-summary \
+  "$LOCUST" -f load_tests/soak_decoder.py --headless --only-summary \
     -u "$USERS" -r "$SPAWN_RATE" -t "$DURATION" --host "127.0.0.1:$((PORT + 1))" \
     --ids-config "$MODEL/config.json" --csv "$OUT/locust" >"$OUT/locust.log" 2>&1
   rc=$?
@@ -115,6 +118,10 @@ if stats:
     for r in csv.DictReader(open(stats[0])):
         if r["Name"] == "Aggregated":
             fails, reqs = int(r["Failure Count"]), int(r["Request Count"])
+if not rows:  # the server died before the first sample
+    print(f"soak: requests {reqs}, failures {fails}; no samples")
+    open(f"{out}/soak_summary.txt", "w").write(f"requests {reqs}, failures {fails}; no samples\n")
+    sys.exit(0)
 warm = [r for r in rows if int(r["t_s"]) >= 60] or rows
 first, last = warm[0], warm[-1]
 line = [f"requests {reqs}, failures {fails}",
