@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -424,6 +425,262 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       }
 }
 
+// ------------------------------------------------------------- tensor cores, pipelined (variants 4, 5)
+// The same mma.m16n8k16 and in-register dequantization as above, fed from
+// shared memory by a multi-stage cp.async pipeline: each stage holds KC 64-wide
+// K chunks of the block's weight rows (int8; KC * 64 contiguous bytes of every
+// row, so DRAM is read in whole 128-byte lines or more) and of its tokens
+// (fp16), copied global -> shared by all threads with 16-byte cp.async.cg (L2
+// only, no register round trip), STAGES-1 stages ahead of the one being
+// multiplied: many bytes in flight per SM with few registers. Warps split the
+// block's rows (8 warps x 16*WM rows) and each covers all of the block's 8*WN
+// tokens, so every weight is dequantized once per token tile. K order inside a
+// 64-wide chunk: the permutation described above (lane t takes bytes
+// [16t, 16t+16) of a row and the matching 16 fp16 of x). Shared memory is
+// swizzled by 16-byte granule so that the lanes' reads are conflict-free:
+// weight granule ^ 4 on odd rows (rows are KC * 64 bytes), activation granule
+// ^ (token % 8) inside each 128-byte chunk. Split-K: as in variant 2, the last
+// block of a tile (a counter, reset by that block) sums the fp32 partials in
+// split order, so results are deterministic.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+template <int WM, int WN, int KC, int STAGES>
+struct PipeTile {
+  static constexpr int kThreads = kMmaWarps * 32;
+  static constexpr int kRows = kMmaWarps * 16 * WM;  // weight rows (output channels) per block
+  static constexpr int kToks = 8 * WN;               // tokens per block
+  static constexpr int kCols = 64 * KC;              // K columns per stage
+  static constexpr int kWRow = kCols;                // bytes of one weight row in a stage
+  static constexpr int kXRow = 2 * kCols;            // bytes of one token row in a stage
+  static constexpr int kWBytes = kRows * kWRow;
+  static constexpr int kXBytes = kToks * kXRow;
+  static constexpr int kStageBytes = kWBytes + kXBytes;
+  static constexpr int kSmemBytes = STAGES * kStageBytes;
+  static_assert(KC == 1 || KC % 2 == 0, "KC: 1 or even");
+  // weight granule gr (16 bytes) of row r -> byte offset in the stage
+  __device__ static int w_off(int r, int gr) { return r * kWRow + ((KC == 1 ? gr : gr ^ ((r & 1) << 2)) << 4); }
+  // activation granule gr (8 fp16) of token row r -> byte offset in the stage
+  __device__ static int x_off(int r, int gr) { return kWBytes + r * kXRow + (((gr & ~7) | ((gr ^ r) & 7)) << 4); }
+};
+
+template <int WM, int WN, int KC, int STAGES>
+__global__ void __launch_bounds__(kMmaWarps * 32)
+    int8_mma_pipe_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
+                         float* __restrict__ part, int* __restrict__ counters, void* __restrict__ y,
+                         const float* __restrict__ bias, int M, int K, int N, int slice, int ksplit, bool f32_out,
+                         bool gelu) {
+  using T = PipeTile<WM, WN, KC, STAGES>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int rb = blockIdx.y * T::kRows;  // first weight row of the block
+  const int mb = blockIdx.x * T::kToks;  // first token of the block
+  const int kbeg = blockIdx.z * slice;
+  const int kend = min(K, kbeg + slice);
+  const int ns = (kend - kbeg + T::kCols - 1) / T::kCols;  // stages of work (the last may be partial)
+  const uint32_t sbase = smem_addr(smem);
+
+  // Stage c (columns kbeg + kCols*c ...) -> buffer st. Rows past N, tokens past
+  // M and columns past kend are zero-filled (cp.async with source size 0).
+  auto load = [&](int c, int st) {
+    const uint32_t sb = sbase + st * T::kStageBytes;
+    const int k0 = kbeg + T::kCols * c;
+    constexpr int kWG = T::kRows * KC * 4, kXG = T::kToks * KC * 8;  // granules
+#pragma unroll
+    for (int it = 0; it < (kWG + T::kThreads - 1) / T::kThreads; ++it) {
+      const int i = tid + it * T::kThreads;
+      if (i >= kWG) break;
+      const int r = i / (KC * 4), gr = i % (KC * 4);
+      const int k = k0 + gr * 16;
+      const bool ok = rb + r < N && k < kend;
+      cp_async16(sb + T::w_off(r, gr), q + (ok ? (int64_t)(rb + r) * K + k : 0), ok);
+    }
+#pragma unroll
+    for (int it = 0; it < (kXG + T::kThreads - 1) / T::kThreads; ++it) {
+      const int i = tid + it * T::kThreads;
+      if (i >= kXG) break;
+      const int r = i / (KC * 8), gr = i % (KC * 8);
+      const int k = k0 + gr * 8;
+      const bool ok = mb + r < M && k < kend;
+      cp_async16(sb + T::x_off(r, gr), x + (ok ? (int64_t)(mb + r) * K + k : 0), ok);
+    }
+  };
+
+  float acc[WM][WN][4];
+#pragma unroll
+  for (int r = 0; r < WM; ++r)
+#pragma unroll
+    for (int j = 0; j < WN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < ns) load(s, s);
+    cp_async_commit();
+  }
+  const int wrow = warp * 16 * WM + g;  // this lane's first row inside the block
+  for (int c = 0; c < ns; ++c) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // stage c is in shared memory; stage c-1's buffer is free
+    if (c + STAGES - 1 < ns) load(c + STAGES - 1, (c + STAGES - 1) % STAGES);
+    cp_async_commit();
+    const unsigned char* sb = smem + (c % STAGES) * T::kStageBytes;
+    const int kc_here = min(KC, (kend - kbeg - T::kCols * c) / 64);
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+      if (kc >= kc_here) break;
+      uint4 w[2 * WM];  // rows wrow + 16r and wrow + 16r + 8, bytes [16t, 16t+16) of chunk kc
+#pragma unroll
+      for (int r = 0; r < WM; ++r) {
+        w[2 * r] = *reinterpret_cast<const uint4*>(sb + T::w_off(wrow + 16 * r, 4 * kc + t));
+        w[2 * r + 1] = *reinterpret_cast<const uint4*>(sb + T::w_off(wrow + 16 * r + 8, 4 * kc + t));
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        uint4 xv[WN];  // token 8j + g, granule 8kc + 2t + h
+#pragma unroll
+        for (int j = 0; j < WN; ++j)
+          xv[j] = *reinterpret_cast<const uint4*>(sb + T::x_off(8 * j + g, 8 * kc + 2 * t + h));
+#pragma unroll
+        for (int ss = 0; ss < 2; ++ss) {
+          uint32_t a[WM][4];  // k-step 2h + ss
+#pragma unroll
+          for (int r = 0; r < WM; ++r) {
+            const uint32_t ua = word_of(w[2 * r], 2 * h + ss) ^ 0x80808080u;
+            const uint32_t ub = word_of(w[2 * r + 1], 2 * h + ss) ^ 0x80808080u;
+            a[r][0] = i8x2_to_h2(ua, 0x5140);
+            a[r][1] = i8x2_to_h2(ub, 0x5140);
+            a[r][2] = i8x2_to_h2(ua, 0x5342);
+            a[r][3] = i8x2_to_h2(ub, 0x5342);
+          }
+          // independent accumulators back to back (each is used once per k-step)
+#pragma unroll
+          for (int j = 0; j < WN; ++j)
+#pragma unroll
+            for (int r = 0; r < WM; ++r)
+              mma16816(acc[r][j], a[r][0], a[r][1], a[r][2], a[r][3], word_of(xv[j], 2 * ss),
+                       word_of(xv[j], 2 * ss + 1));
+        }
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // C fragment: e = 0/1 row g, tokens 2t/2t+1; e = 2/3 row g + 8.
+#pragma unroll
+  for (int r = 0; r < WM; ++r)
+#pragma unroll
+    for (int j = 0; j < WN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int n = rb + wrow + 16 * r + (e >= 2 ? 8 : 0);
+        const int m = mb + 8 * j + 2 * t + (e & 1);
+        if (n >= N || m >= M) continue;
+        float v = acc[r][j][e];
+        if (ksplit > 1) {
+          part[((int64_t)blockIdx.z * M + m) * N + n] = v;
+        } else {
+          v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
+          if (gelu) v = gelu_tanh(v);
+          store_out(y, f32_out, (int64_t)m * N + n, v);
+        }
+      }
+  if (ksplit == 1) return;
+  __shared__ int s_last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    int* cnt = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    const int done = atomicAdd(cnt, 1);
+    s_last = done == ksplit - 1;
+    if (s_last) *cnt = 0;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  const int64_t plane = (int64_t)M * N;
+  for (int e = tid; e < T::kRows * T::kToks; e += T::kThreads) {
+    const int n = rb + e % T::kRows;
+    const int m = mb + e / T::kRows;
+    if (n >= N || m >= M) continue;
+    const float* pp = part + (int64_t)m * N + n;
+    float v = 0.f;
+    for (int z = 0; z < ksplit; ++z) v += __ldcg(pp + z * plane);
+    v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
+    if (gelu) v = gelu_tanh(v);
+    store_out(y, f32_out, (int64_t)m * N + n, v);
+  }
+}
+
+template <int WM, int WN, int KC, int STAGES>
+struct PipeKernel {
+  using T = PipeTile<WM, WN, KC, STAGES>;
+  static void prepare() {
+    GLM_CUDA_CHECK(cudaFuncSetAttribute(int8_mma_pipe_kernel<WM, WN, KC, STAGES>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+  }
+  static int blocks_per_sm() {
+    int n = 0;
+    GLM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, int8_mma_pipe_kernel<WM, WN, KC, STAGES>,
+                                                                 T::kThreads, T::kSmemBytes));
+    return std::max(1, n);
+  }
+  static void launch(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out,
+                     const float* bias, bool gelu, int M, int K, int N, float* partials, size_t partial_floats,
+                     int* counters, int counter_count, int num_sms, int occupancy, cudaStream_t stream) {
+    const int row_blocks = (N + T::kRows - 1) / T::kRows;
+    const int tiles = (M + T::kToks - 1) / T::kToks;
+    const int64_t base = (int64_t)row_blocks * tiles;
+    const int stages = (K + T::kCols - 1) / T::kCols;
+    // Split K (at stage boundaries) to fill the GPU without a ragged last wave:
+    // the time is modelled as waves x (stages per block + the pipeline fill).
+    int ksplit = 1;
+    const int64_t slots = (int64_t)occupancy * std::max(1, num_sms);
+    if (partials && counters && base < 2 * slots && base <= counter_count) {
+      int64_t best = -1;
+      for (int ks = 1; ks <= stages; ++ks) {
+        if ((size_t)ks * M * N > partial_floats) break;
+        const int per = (stages + ks - 1) / ks;
+        const int64_t blocks = base * ((stages + per - 1) / per);
+        const int64_t cost = (blocks + slots - 1) / slots * (per + STAGES - 1);
+        if (best < 0 || cost < best) best = cost, ksplit = ks;
+      }
+    }
+    const int per = (stages + ksplit - 1) / ksplit;
+    ksplit = (stages + per - 1) / per;  // every split non-empty
+    check_arg(row_blocks <= 65535, "int8_mma_pipe", "too many output rows");
+    const dim3 grid(tiles, row_blocks, ksplit);
+    int8_mma_pipe_kernel<WM, WN, KC, STAGES><<<grid, T::kThreads, T::kSmemBytes, stream>>>(
+        x, q, scale, partials, counters, y, bias, M, K, N, per * T::kCols, ksplit, f32_out, gelu);
+    GLM_CUDA_LAUNCH_CHECK("int8_mma_pipe");
+  }
+};
+// The tile shapes instantiated, by token count (rows x tokens per block, bytes
+// of one row per stage, stages): variant 4 reads 256 contiguous bytes of a
+// weight row per stage up to 16 tokens, variant 5 128 bytes.
+constexpr int kPipeShapes = 8;
+using Pipe4M8 = PipeKernel<1, 1, 4, 3>;   // 128 x 8, 36 KB per stage
+using Pipe4M16 = PipeKernel<1, 2, 4, 3>;  // 128 x 16, 40 KB
+using Pipe4M32 = PipeKernel<1, 4, 2, 4>;  // 128 x 32, 24 KB
+using Pipe4M64 = PipeKernel<1, 8, 2, 3>;  // 128 x 64, 32 KB (token tiles over grid.x)
+using Pipe5M8 = PipeKernel<1, 1, 2, 4>;   // 18 KB
+using Pipe5M16 = PipeKernel<1, 2, 2, 4>;  // 20 KB
+using Pipe5M32 = PipeKernel<1, 4, 1, 6>;  // 12 KB
+using Pipe5M64 = PipeKernel<2, 8, 2, 3>;  // 256 x 64, 48 KB
+
 // Fixed-order sum of the split-K partials + the epilogue.
 __global__ void splitk_reduce_kernel(const float* __restrict__ part, int splits, const __half* __restrict__ scale,
                                      const float* __restrict__ bias, bool gelu, void* __restrict__ y, bool f32_out,
@@ -617,6 +874,71 @@ void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bo
   GLM_CUDA_LAUNCH_CHECK(k);
 }
 
+// Per device: the dynamic shared memory limit of every pipelined kernel is
+// raised once (before any graph capture: Int8Gemm's constructor calls this),
+// and the resident blocks per SM are measured for the split-K choice.
+struct PipeOccupancy {
+  int blocks[kPipeShapes] = {};
+};
+
+static const PipeOccupancy& pipe_setup() {
+  constexpr int kMaxDevices = 64;
+  static std::mutex mu;
+  static PipeOccupancy occ[kMaxDevices];
+  static bool done[kMaxDevices] = {};
+  int dev = 0;
+  GLM_CUDA_CHECK(cudaGetDevice(&dev));
+  check_arg(dev >= 0 && dev < kMaxDevices, "int8_mma_pipe", "device ordinal out of range");
+  std::lock_guard<std::mutex> lock(mu);
+  if (!done[dev]) {
+    int i = 0;
+    auto one = [&](auto kernel) {
+      decltype(kernel)::prepare();
+      occ[dev].blocks[i++] = decltype(kernel)::blocks_per_sm();
+    };
+    one(Pipe4M8{});
+    one(Pipe4M16{});
+    one(Pipe4M32{});
+    one(Pipe4M64{});
+    one(Pipe5M8{});
+    one(Pipe5M16{});
+    one(Pipe5M32{});
+    one(Pipe5M64{});
+    done[dev] = true;
+  }
+  return occ[dev];
+}
+
+void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+                   bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
+                   int counter_count, int num_sms, cudaStream_t stream, int variant) {
+  const char* k = "int8_mma_pipe";
+  check_arg(x && q && scale && y, k, "null tensor");
+  check_arg(M >= 1 && N >= 1, k, "bad sizes");
+  check_arg(int8_mma_supported(x, q, K), k, "needs K % 64 == 0, 16-byte aligned x and q");
+  check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
+  check_arg(variant == 4 || variant == 5, k, "variant must be 4 or 5");
+  const int* occ = pipe_setup().blocks;
+  const int shape = (variant == 5 ? 4 : 0) + (M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3);
+#define GLM_INT8_PIPE(KERNEL, I)                                                                                  \
+  case I:                                                                                                         \
+    KERNEL::launch(x, q, scale, y, f32_out, bias, gelu, M, K, N, partials, partial_floats, counters, counter_count, \
+                   num_sms, occ[I], stream);                                                                      \
+    break
+  switch (shape) {
+    GLM_INT8_PIPE(Pipe4M8, 0);
+    GLM_INT8_PIPE(Pipe4M16, 1);
+    GLM_INT8_PIPE(Pipe4M32, 2);
+    GLM_INT8_PIPE(Pipe4M64, 3);
+    GLM_INT8_PIPE(Pipe5M8, 4);
+    GLM_INT8_PIPE(Pipe5M16, 5);
+    GLM_INT8_PIPE(Pipe5M32, 6);
+    default:
+      GLM_INT8_PIPE(Pipe5M64, 7);
+  }
+#undef GLM_INT8_PIPE
+}
+
 void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
                      cudaStream_t stream) {
   check_arg(q && scale && out, "int8_dequantize", "null tensor");
@@ -650,6 +972,7 @@ Int8Gemm::Int8Gemm() {
   if (const char* e = std::getenv("GLM_INT8_GEMV_MAX")) gemv_max_ = std::atoi(e);
   if (const char* e = std::getenv("GLM_INT8_MMA_MAX")) mma_max_ = std::atoi(e);
   if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT")) mma_variant_ = std::atoi(e);
+  pipe_setup();  // shared-memory limits of the pipelined kernels, before any graph capture
   check_blas(cublasCreate(&handle_), "cublasCreate");
   try {
     workspace_bytes_ = 32u << 20;
@@ -703,6 +1026,16 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
   if (tokens == 0) return;
   if (tokens <= gemv_max_ && int8_gemv_supported(x, w.q, tokens, in)) {
     int8_gemv(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, stream_);
+    return;
+  }
+  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 4) {
+    int8_mma_pipe(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_,
+                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_, 4);
+    return;
+  }
+  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 5) {
+    int8_mma_pipe(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_,
+                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_, 5);
     return;
   }
   if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 1) {

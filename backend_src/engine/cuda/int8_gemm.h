@@ -7,12 +7,14 @@
 //   y[m, n] = act(scale[n] * sum_k x[m, k] q[n, k] + bias[n])
 //
 // Three kernels, picked by the token count M (Int8Gemm::linear):
-//   M <= gemv_max (4)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
+//   M <= gemv_max (2)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
 //                       int8 -> fp32 by byte permutation + one add, fp32 FMAs.
-//   M <= mma_max (256)  int8_mma: tensor-core mma.m16n8k16 (fp16 in, fp32 acc),
-//                       weights dequantized in registers (exact: |q| <= 127),
-//                       split over K across blocks when the grid is small,
-//                       the splits summed in a fixed order (deterministic).
+//   M <= mma_max (256)  int8_mma_pipe: tensor-core mma.m16n8k16 (fp16 in, fp32
+//                       acc), weight and activation tiles staged in shared memory
+//                       by a cp.async pipeline, weights dequantized in registers
+//                       (exact: |q| <= 127), split over K across blocks when the
+//                       grid is small, the splits summed in a fixed order
+//                       (deterministic). int8_mma: the older register-fed kernels.
 //   larger (prefill)    the weight dequantized slice by slice into a fp16
 //                       scratch buffer, then cuBLAS (compute-bound anyway).
 #pragma once
@@ -47,6 +49,13 @@ void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bo
               bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
               int counter_count, int num_sms, cudaStream_t stream, int warp_row_tiles = 2);
 
+// The pipelined tensor-core GEMM (variants 4 and 5: tile shapes): the same math
+// and requirements as int8_mma, the weight and activation tiles staged in shared
+// memory by a multi-stage cp.async pipeline (sm_80 and newer).
+void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
+                   bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
+                   int counter_count, int num_sms, cudaStream_t stream, int variant = 4);
+
 // out[r, c] = fp16(q[r, c] * scale[r]) for rows [0, rows).
 void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
                      cudaStream_t stream);
@@ -75,11 +84,13 @@ class Int8Gemm {
   // GLM_INT8_GEMV_MAX / GLM_INT8_MMA_MAX override the defaults at construction.
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
-  // Tensor-core kernel variant (GLM_INT8_MMA_VARIANT): 1 (default, fastest
-  // measured) one chunk prefetched, split-K summed by a second kernel; 2
+  // Tensor-core kernel variant (GLM_INT8_MMA_VARIANT): 1 one chunk
+  // prefetched, split-K summed by a second kernel; 2
   // three-chunk software pipeline, split-K summed in the kernel by the last block;
-  // 3 = 2 with 16 rows per warp (2 blocks per SM).
+  // 3 = 2 with 16 rows per warp (2 blocks per SM); 4 shared-memory cp.async
+  // pipeline (int8_mma_pipe; the default); 5 = 4 with other tile shapes.
   void set_mma_variant(int v) { mma_variant_ = v; }
+  int mma_variant() const { return mma_variant_; }
   int gemv_max_tokens() const { return gemv_max_; }
   int mma_max_tokens() const { return mma_max_; }
   size_t device_bytes() const { return partial_bytes_ + scratch_bytes_ + workspace_bytes_; }
@@ -90,9 +101,11 @@ class Int8Gemm {
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
   static constexpr int kCounters = 4096;
-  int gemv_max_ = 4, mma_max_ = 256, num_sms_ = 1;
+  // The fastest measured on the H200 (docs/int8.md, kernel timing table): the
+  // GEMV for 1-2 tokens, the pipelined tensor-core kernel (variant 4) above.
+  int gemv_max_ = 2, mma_max_ = 256, num_sms_ = 1;
   int* counters_ = nullptr;
-  int mma_variant_ = 1;  // the fastest measured on H200 (docs/int8.md)
+  int mma_variant_ = 4;
   float* partials_ = nullptr;
   size_t partial_bytes_ = 0;
   __half* scratch_ = nullptr;  // dequantized weight slices for cuBLAS

@@ -11,12 +11,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "cuda_check.h"
+#include "gemm.h"
 #include "int8_gemm.h"
+#include "kernels.h"
 
 using namespace glm::cuda;
 
@@ -221,9 +224,141 @@ void test_linear(std::mt19937& rng, Int8Gemm& gemm, Path path, int M, int K, int
   cudaFree(dy);
 }
 
+// ---- timing (glm_cuda_int8_test bench): ChatGLM-6B's four linear layers of one
+// block, for each token count, through the fp16 path the engine uses (Gemm:
+// GEMV up to 4 tokens, cuBLAS above) and each int8 kernel. Not a test: numbers.
+float time_us(const std::function<void()>& f, int reps) {
+  cudaEvent_t a, b;
+  GLM_CUDA_CHECK(cudaEventCreate(&a));
+  GLM_CUDA_CHECK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) f();
+  GLM_CUDA_CHECK(cudaEventRecord(a));
+  for (int i = 0; i < reps; ++i) f();
+  GLM_CUDA_CHECK(cudaEventRecord(b));
+  GLM_CUDA_CHECK(cudaEventSynchronize(b));
+  float ms = 0;
+  GLM_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return 1000.f * ms / reps;
+}
+
+int bench() {
+  struct Layer {
+    const char* name;
+    int N, K;
+    bool gelu;
+  };
+  const Layer layers[] = {{"qkv", 12288, 4096, false}, {"dense", 4096, 4096, false},
+                          {"h_to_4h", 16384, 4096, true}, {"4h_to_h", 4096, 16384, false}};
+  Gemm fp16;
+  Int8Gemm i8;
+  fp16.set_stream(nullptr);
+  i8.set_stream(nullptr);
+  std::vector<__half*> wh;
+  std::vector<Int8Weight> wq;
+  std::vector<float*> bias;
+  double int8_bytes = 0, fp16_bytes = 0;
+  for (const Layer& l : layers) {
+    __half* w = nullptr;
+    GLM_CUDA_CHECK(cudaMalloc(&w, (size_t)l.N * l.K * sizeof(__half)));
+    fill_uniform_half(w, (int64_t)l.N * l.K, 17 + wh.size(), 0.02f, nullptr);
+    Int8Weight q;
+    GLM_CUDA_CHECK(cudaMalloc(&q.q, (size_t)l.N * l.K));
+    GLM_CUDA_CHECK(cudaMalloc(&q.scale, (size_t)l.N * sizeof(__half)));
+    int8_quantize_rows(w, l.N, l.K, q.q, q.scale, nullptr);
+    float* b = nullptr;
+    GLM_CUDA_CHECK(cudaMalloc(&b, (size_t)l.N * sizeof(float)));
+    fill_uniform_float(b, l.N, 99 + wh.size(), 0.01f, nullptr);
+    wh.push_back(w);
+    wq.push_back(q);
+    bias.push_back(b);
+    int8_bytes += (double)l.N * l.K + 2.0 * l.N;
+    fp16_bytes += 2.0 * l.N * l.K;
+  }
+  __half *x = nullptr, *y = nullptr;
+  GLM_CUDA_CHECK(cudaMalloc(&x, (size_t)256 * 16384 * sizeof(__half)));
+  GLM_CUDA_CHECK(cudaMalloc(&y, (size_t)256 * 16384 * sizeof(__half)));
+  fill_uniform_half(x, (int64_t)256 * 16384, 5, 1.f, nullptr);
+  GLM_CUDA_CHECK(cudaDeviceSynchronize());
+  std::printf("one block's 4 linear layers (qkv, dense, h_to_4h + bias + GeLU, 4h_to_h), us per block;\n"
+              "fp16 = the engine's Gemm (GEMV <= 4 tokens, cuBLAS above); int8 weights %.1f MB, fp16 %.1f MB\n",
+              int8_bytes / 1e6, fp16_bytes / 1e6);
+  std::printf("| tokens | fp16 us | int8 gemv us | int8 v1 us | int8 v4 us | int8 v5 us | best int8 / fp16 |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|\n");
+  auto layer_fp16 = [&](size_t i, int M) {
+    return [&, i, M] {
+      fp16.linear(x, wh[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr, layers[i].gelu);
+    };
+  };
+  auto layer_int8 = [&](size_t i, int M, int gemv_max, int variant) {
+    return [&, i, M, gemv_max, variant] {
+      i8.set_gemv_max_tokens(gemv_max);
+      i8.set_mma_variant(variant);
+      i8.linear(x, wq[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr, layers[i].gelu);
+    };
+  };
+  const int reps = 20;
+  auto block_time = [&](int M, int gemv_max, int variant) {  // variant 0: fp16
+    return time_us(
+        [&] {
+          for (size_t i = 0; i < 4; ++i) {
+            if (variant)
+              layer_int8(i, M, gemv_max, variant)();
+            else
+              layer_fp16(i, M)();
+          }
+        },
+        reps);
+  };
+  std::vector<int> sizes = {1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256};
+  if (const char* e = std::getenv("GLM_KBENCH_TOKENS")) sizes = {std::atoi(e)};  // one size (profiling)
+  for (int M : sizes) {
+    const float t16 = block_time(M, 0, 0);
+    const float tg = M <= 8 ? block_time(M, 8, 1) : 0.f;
+    const float t1 = block_time(M, 0, 1), t4 = block_time(M, 0, 4), t5 = block_time(M, 0, 5);
+    float best = std::min(t1, std::min(t4, t5));
+    if (tg > 0) best = std::min(best, tg);
+    char gemv[32] = "-";
+    if (tg > 0) std::snprintf(gemv, sizeof gemv, "%.1f", tg);
+    std::printf("| %d | %.1f | %s | %.1f | %.1f | %.1f | %.2fx |\n", M, t16, gemv, t1, t4, t5, t16 / best);
+  }
+  std::printf("\nper layer, us (GB/s of weights in brackets)\n| tokens | layer | fp16 | int8 v1 | int8 v4 | int8 v5 |\n"
+              "|---:|---|---:|---:|---:|---:|\n");
+  if (std::getenv("GLM_KBENCH_TOKENS")) sizes.clear();
+  else sizes = {1, 8, 64, 128};
+  for (int M : sizes) {
+    for (size_t i = 0; i < 4; ++i) {
+      const double wb = (double)layers[i].N * layers[i].K;
+      const float a = time_us(layer_fp16(i, M), reps), b = time_us(layer_int8(i, M, 0, 1), reps);
+      const float d = time_us(layer_int8(i, M, 0, 4), reps), e = time_us(layer_int8(i, M, 0, 5), reps);
+      std::printf("| %d | %s | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f) |\n", M, layers[i].name, a,
+                  2 * wb / (a * 1e3), b, wb / (b * 1e3), d, wb / (d * 1e3), e, wb / (e * 1e3));
+    }
+  }
+  i8.set_gemv_max_tokens(4);
+  for (size_t i = 0; i < 4; ++i) {
+    cudaFree(wh[i]);
+    cudaFree(wq[i].q);
+    cudaFree(wq[i].scale);
+    cudaFree(bias[i]);
+  }
+  cudaFree(x);
+  cudaFree(y);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "bench") == 0) {
+    try {
+      return bench();
+    } catch (const std::exception& e) {
+      std::printf("FAIL exception: %s\n", e.what());
+      return 1;
+    }
+  }
   const unsigned seed = argc > 1 ? static_cast<unsigned>(std::strtoul(argv[1], nullptr, 10)) : 1234u;
   std::printf("int8 kernel test, seed %u\n", seed);
   std::mt19937 rng(seed);
@@ -246,11 +381,13 @@ int main(int argc, char** argv) {
         {kMma, 1, 64, 1},       {kMma, 5, 128, 7},       {kMma, 9, 192, 255},     {kMma, 16, 1024, 300},
         {kMma, 17, 4096, 77},   {kMma, 33, 640, 513},    {kMma, 64, 2048, 259},   {kMma, 100, 320, 1000},
         {kMma, 256, 256, 130},  {kMma, 8, 16384, 96},    {kMmaNoSplit, 3, 64, 5}, {kMmaNoSplit, 40, 448, 777},
-        {kMmaNoSplit, 64, 1024, 300},                    {kCublas, 17, 48, 5},    {kCublas, 300, 100, 37},
+        {kMmaNoSplit, 64, 1024, 300},   {kMma, 65, 1024, 1000},  {kMma, 129, 512, 515},  {kMma, 1, 4096, 1030},
+        {kMma, 12, 2048, 600},  {kMma, 31, 16384, 40},                    {kCublas, 17, 48, 5},    {kCublas, 300, 100, 37},
         {kCublas, 9, 4096, 129},
     };
+    const int default_variant = gemm.mma_variant();
     int i = 0;
-    for (int variant : {2, 3, 1}) {
+    for (int variant : {2, 3, 4, 5, 1}) {
       std::printf("-- tensor-core kernel variant %d\n", variant);
       gemm.set_mma_variant(variant);
       for (const Case& c : cases) {
@@ -258,7 +395,8 @@ int main(int argc, char** argv) {
         ++i;
       }
     }
-    gemm.set_mma_variant(1);
+    gemm.set_mma_variant(default_variant);
+    std::printf("-- default tensor-core kernel variant %d\n", default_variant);
     // all four epilogues on the paths the decoder uses most
     for (int act = 0; act < 4; ++act) {
       test_linear(rng, gemm, kGemv, 1, 4096, 515, act);
