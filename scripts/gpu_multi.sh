@@ -187,6 +187,8 @@ def metric_rows(text):
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
         inst = labels.get("instance", "?")
+        if "device" in labels:  # the instances of one group on different GPUs share a name
+            inst += " on " + labels["device"]
         name = m.group(1)
         if name == "glm_requests_total":
             name = f"requests_{labels.get('outcome', '?')}"
@@ -204,7 +206,9 @@ for p in sorted(w.glob("phase_*"), key=lambda p: (p.name != "phase_cpu", len(p.n
     ph = {"gpus": read(p / "gpus"), "tag": tag, "skipped": read(p / "skipped") or None}
     inst = read(p / "instances.txt").splitlines()
     ph["instance_log"] = inst
-    ph["instances"] = sorted({m.group(1) for l in inst if (m := re.search(r"instance (\S+): checkpoint", l))})
+    # one instance per (name, device): Triton names the instances of a group alike on every GPU
+    ph["instances"] = sorted({m.group(1) + "@" + m.group(2) for l in inst
+                              if (m := re.search(r"instance (\S+): checkpoint .*?, device ([^,]+)", l))})
     ph["instance_devices"] = sorted({f"{m.group(1)} -> {m.group(2)}" for l in inst
                                      if (m := re.search(r"instance (\S+): checkpoint .*?, device ([^,]+)", l))})
     ph["ready_s"] = read(p / "ready_s") or None

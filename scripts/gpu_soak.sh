@@ -121,6 +121,11 @@ setup_venv() {
     "$VENV/bin/python" -m zipfile -e "$w" "$site" || die "unzip $w failed"
     n=$((n + 1))
   done
+  # Some wheels (tritonclient) keep their packages under <name>.data/{purelib,platlib}/.
+  local d
+  for d in "$site"/*.data/purelib "$site"/*.data/platlib; do
+    [ -d "$d" ] && cp -r "$d"/. "$site"/
+  done
   # addsitedir (not a bare path): the machine's own .pth files are processed too.
   "$mpy" -c 'import sysconfig; p = sysconfig.get_paths(); print(p["purelib"]); print(p["platlib"])' |
     sort -u | while read -r d; do echo "import site; site.addsitedir('$d')"; done >"$site/zz_glm_machine.pth"

@@ -450,6 +450,9 @@ def test_statistics_are_truthful(triton_server):
     assert after["execution_count"] > before["execution_count"]
     tokens = triton_server.metric("glm_generated_tokens_total")
     assert tokens >= 12
+    # Every series names its engine's device: one group's instances on several GPUs share
+    # the instance name, so the device label is what keeps their series apart.
+    assert triton_server.metric("glm_generated_tokens_total", {"device": "cpu"}) == tokens
     assert triton_server.metric("glm_time_to_first_token_seconds_count") >= 3
 
 

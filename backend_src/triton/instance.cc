@@ -199,8 +199,9 @@ DecoderInstance::DecoderInstance(ModelState* model, TRITONBACKEND_ModelInstance*
                (model->config.allow_fault_injection ? ", FAULT INJECTION ON (tests only)" : ""));
   engine_ = glm::Engine::create(opts);
   info_ = engine_->model_info();
-  metrics_ = std::make_unique<InstanceMetrics>(model->families, model->name, model->version,
-                                               instance_name_);
+  metrics_ = std::make_unique<InstanceMetrics>(
+      model->families, model->name, model->version, instance_name_,
+      opts.device == "cuda" ? "cuda:" + std::to_string(opts.device_id) : opts.device);
   engine_->start();
   responder_ = std::thread([this, ctl = ctl_] { responder_loop(ctl); });
   refresh_metrics(true);

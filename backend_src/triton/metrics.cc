@@ -26,12 +26,14 @@ void delete_family(TRITONSERVER_MetricFamily* f) {
 
 struct Labels {
   std::vector<TRITONSERVER_Parameter*> owned;
-  Labels(const std::string& model, uint64_t version, const std::string& instance) {
+  Labels(const std::string& model, uint64_t version, const std::string& instance,
+         const std::string& device) {
     std::string v = std::to_string(version);
     owned.push_back(TRITONSERVER_ParameterNew("model", TRITONSERVER_PARAMETER_STRING, model.c_str()));
     owned.push_back(TRITONSERVER_ParameterNew("version", TRITONSERVER_PARAMETER_STRING, v.c_str()));
     owned.push_back(
         TRITONSERVER_ParameterNew("instance", TRITONSERVER_PARAMETER_STRING, instance.c_str()));
+    owned.push_back(TRITONSERVER_ParameterNew("device", TRITONSERVER_PARAMETER_STRING, device.c_str()));
   }
   void add(const char* key, const char* value) {
     owned.push_back(TRITONSERVER_ParameterNew(key, TRITONSERVER_PARAMETER_STRING, value));
@@ -108,9 +110,9 @@ MetricFamilies::~MetricFamilies() {
 }
 
 InstanceMetrics::InstanceMetrics(MetricFamilies* f, const std::string& model, uint64_t version,
-                                 const std::string& instance) {
+                                 const std::string& instance, const std::string& device) {
   if (f == nullptr) return;
-  Labels labels(model, version, instance);
+  Labels labels(model, version, instance, device);
   tokens_ = new_metric(f->tokens, labels);
   running_ = new_metric(f->running, labels);
   waiting_ = new_metric(f->waiting, labels);
@@ -121,7 +123,7 @@ InstanceMetrics::InstanceMetrics(MetricFamilies* f, const std::string& model, ui
   steps_ = new_metric(f->steps, labels);
   healthy_ = new_metric(f->healthy, labels);
   for (int i = 0; i < static_cast<int>(Outcome::kCount); ++i) {
-    Labels l(model, version, instance);
+    Labels l(model, version, instance, device);
     l.add("outcome", kOutcomeNames[i]);
     requests_[i] = new_metric(f->requests, l);
   }

@@ -50,8 +50,10 @@ enum class Outcome { kOk = 0, kCancelled, kError, kRejected, kCount };
 
 class InstanceMetrics {
  public:
+  // Labels: model, version, instance and device ("cpu" or "cuda:<id>"): Triton gives the
+  // instances of one group on different GPUs the same name, the device tells them apart.
   InstanceMetrics(MetricFamilies* families, const std::string& model, uint64_t version,
-                  const std::string& instance);
+                  const std::string& instance, const std::string& device);
   ~InstanceMetrics();
   InstanceMetrics(const InstanceMetrics&) = delete;
   InstanceMetrics& operator=(const InstanceMetrics&) = delete;
