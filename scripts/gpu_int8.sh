@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # INT8 weight-only mode on a GPU machine, in one go (docs/int8.md):
 #   bash scripts/gpu_int8.sh [build|kernels|kbench|tests|bench|all]...   (default: all)
-# build: _engine + glm_cuda_int8_test (GLM_CUDA_ARCHS, default 90; only the kernel
+# build: _engine + glm_cuda_int8_test (GLM_CUDA_ARCHS, default 90a: the wgmma variant; only the kernel
 # test when the steps are kernels/kbench alone); kernels: the standalone kernel
 # test; kbench: its timing mode (one block's linear layers, fp16 vs each int8
 # kernel, per token count); tests: pytest -m gpu tests/test_int8_cuda.py; bench:
@@ -35,7 +35,7 @@ if want build || want kernels || want kbench || want tests || want bench; then
   cmake -S backend_src -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" \
     -DGLM_PYMODULE_OUT="$PWD/glmserve" -DGLM_BACKEND_OUT="$PWD/$BUILD/backends/chatglm" \
-    -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="${GLM_CUDA_ARCHS:-90}" >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+    -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="${GLM_CUDA_ARCHS:-90a}" >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
   cmake --build "$BUILD" -j "$(nproc)" --target "${targets[@]}" >>"$OUT/build.log" 2>&1 \
     || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
   echo "build: $(( $(date +%s) - t0 )) s"

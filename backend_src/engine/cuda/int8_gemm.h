@@ -56,6 +56,11 @@ void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* 
                    bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
                    int counter_count, int num_sms, cudaStream_t stream, int variant = 4);
 
+// Whether variant 6 (wgmma, 9..256 tokens) runs on the current device: the build
+// has sm_90a code and the device is an sm_90 (H100/H200); otherwise variant 6
+// falls back to variant 4.
+bool int8_wgmma_available();
+
 // out[r, c] = fp16(q[r, c] * scale[r]) for rows [0, rows).
 void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
                      cudaStream_t stream);
@@ -88,7 +93,8 @@ class Int8Gemm {
   // prefetched, split-K summed by a second kernel; 2
   // three-chunk software pipeline, split-K summed in the kernel by the last block;
   // 3 = 2 with 16 rows per warp (2 blocks per SM); 4 shared-memory cp.async
-  // pipeline (int8_mma_pipe; the default); 5 = 4 with other tile shapes.
+  // pipeline (int8_mma_pipe; the default); 5 = 4 with other tile shapes; 6 =
+  // Hopper wgmma above 8 tokens (int8_wgmma_available()), 4 below.
   void set_mma_variant(int v) { mma_variant_ = v; }
   int mma_variant() const { return mma_variant_; }
   int gemv_max_tokens() const { return gemv_max_; }
