@@ -9,6 +9,7 @@
 #include <string>
 
 #include "cuda_check.h"
+#include "pdl.h"
 
 namespace glm {
 namespace cuda {
@@ -120,18 +121,34 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
       }
     }
   };
-  if (valid) {
-    constexpr int U = 4;
-    int k = kbeg + lane * 16;
-    for (; k + (U - 1) * 512 < kend; k += U * 512) {
-      uint4 a[U], b[U];
+  constexpr int U = 4;
+  int k = kbeg + lane * 16;
+  // The weights do not depend on the previous kernel: the first loads go out
+  // before waiting for it (programmatic dependent launch, pdl.h).
+  uint4 a[U], b[U];
+  bool full = valid && k + (U - 1) * 512 < kend;
+  if (full) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        a[u] = ld_stream(q0 + k + u * 512);
-        b[u] = ld_stream(q1 + k + u * 512);
-      }
+    for (int u = 0; u < U; ++u) {
+      a[u] = ld_stream(q0 + k + u * 512);
+      b[u] = ld_stream(q1 + k + u * 512);
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+  if (valid) {
+    while (full) {
 #pragma unroll
       for (int u = 0; u < U; ++u) body(a[u], b[u], k + u * 512);
+      k += U * 512;
+      full = k + (U - 1) * 512 < kend;
+      if (full) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          a[u] = ld_stream(q0 + k + u * 512);
+          b[u] = ld_stream(q1 + k + u * 512);
+        }
+      }
     }
     for (; k < kend; k += 512) body(ld_stream(q0 + k), ld_stream(q1 + k), k);
   }
@@ -183,12 +200,14 @@ void gemv_launch_mk(const __half* x, const int8_t* q, const __half* scale, void*
   const int pairs = (N + 1) / 2;
   const int per_block = kGemvWarps / KS;
   const int blocks = (pairs + per_block - 1) / per_block;
+  const char* k = "int8_gemv";
   if (f32_out)
-    int8_gemv_kernel<M, true, false, KS><<<blocks, kGemvWarps * 32, 0, stream>>>(x, q, scale, y, bias, N, K);
+    launch_k(k, int8_gemv_kernel<M, true, false, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N, K);
   else if (gelu)
-    int8_gemv_kernel<M, false, true, KS><<<blocks, kGemvWarps * 32, 0, stream>>>(x, q, scale, y, bias, N, K);
+    launch_k(k, int8_gemv_kernel<M, false, true, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N, K);
   else
-    int8_gemv_kernel<M, false, false, KS><<<blocks, kGemvWarps * 32, 0, stream>>>(x, q, scale, y, bias, N, K);
+    launch_k(k, int8_gemv_kernel<M, false, false, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N,
+             K);
 }
 
 template <int M>
@@ -477,7 +496,7 @@ struct PipeTile {
 };
 
 template <int WM, int WN, int KC, int STAGES>
-__global__ void __launch_bounds__(kMmaWarps * 32)
+__global__ void __launch_bounds__(kMmaWarps * 32, WM == 1 ? 2 : 1)  // <= 128 registers: 2 blocks per SM
     int8_mma_pipe_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
                          float* __restrict__ part, int* __restrict__ counters, void* __restrict__ y,
                          const float* __restrict__ bias, int M, int K, int N, int slice, int ksplit, bool f32_out,
@@ -494,10 +513,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 
   // Stage c (columns kbeg + kCols*c ...) -> buffer st. Rows past N, tokens past
   // M and columns past kend are zero-filled (cp.async with source size 0).
-  auto load = [&](int c, int st) {
+  auto load_w = [&](int c, int st) {
     const uint32_t sb = sbase + st * T::kStageBytes;
     const int k0 = kbeg + T::kCols * c;
-    constexpr int kWG = T::kRows * KC * 4, kXG = T::kToks * KC * 8;  // granules
+    constexpr int kWG = T::kRows * KC * 4;  // granules
 #pragma unroll
     for (int it = 0; it < (kWG + T::kThreads - 1) / T::kThreads; ++it) {
       const int i = tid + it * T::kThreads;
@@ -507,6 +526,11 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       const bool ok = rb + r < N && k < kend;
       cp_async16(sb + T::w_off(r, gr), q + (ok ? (int64_t)(rb + r) * K + k : 0), ok);
     }
+  };
+  auto load_x = [&](int c, int st) {
+    const uint32_t sb = sbase + st * T::kStageBytes;
+    const int k0 = kbeg + T::kCols * c;
+    constexpr int kXG = T::kToks * KC * 8;  // granules
 #pragma unroll
     for (int it = 0; it < (kXG + T::kThreads - 1) / T::kThreads; ++it) {
       const int i = tid + it * T::kThreads;
@@ -526,16 +550,27 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
 
+  // The weights of the first stages do not depend on the previous kernel: they
+  // are requested before waiting for it (programmatic dependent launch, pdl.h);
+  // the first commit group then holds them all, with stage 0's tokens.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s)
+    if (s < ns) load_w(s, s);
+  pdl_wait();
+  pdl_launch_dependents();
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < ns) load(s, s);
+    if (s < ns) load_x(s, s);
     cp_async_commit();
   }
   const int wrow = warp * 16 * WM + g;  // this lane's first row inside the block
   for (int c = 0; c < ns; ++c) {
     cp_async_wait<STAGES - 2>();
     __syncthreads();  // stage c is in shared memory; stage c-1's buffer is free
-    if (c + STAGES - 1 < ns) load(c + STAGES - 1, (c + STAGES - 1) % STAGES);
+    if (c + STAGES - 1 < ns) {
+      load_w(c + STAGES - 1, (c + STAGES - 1) % STAGES);
+      load_x(c + STAGES - 1, (c + STAGES - 1) % STAGES);
+    }
     cp_async_commit();
     const unsigned char* sb = smem + (c % STAGES) * T::kStageBytes;
     const int kc_here = min(KC, (kend - kbeg - T::kCols * c) / 64);
@@ -663,9 +698,8 @@ struct PipeKernel {
     ksplit = (stages + per - 1) / per;  // every split non-empty
     check_arg(row_blocks <= 65535, "int8_mma_pipe", "too many output rows");
     const dim3 grid(tiles, row_blocks, ksplit);
-    int8_mma_pipe_kernel<WM, WN, KC, STAGES><<<grid, T::kThreads, T::kSmemBytes, stream>>>(
-        x, q, scale, partials, counters, y, bias, M, K, N, per * T::kCols, ksplit, f32_out, gelu);
-    GLM_CUDA_LAUNCH_CHECK("int8_mma_pipe");
+    launch_k("int8_mma_pipe", int8_mma_pipe_kernel<WM, WN, KC, STAGES>, grid, dim3(T::kThreads), T::kSmemBytes,
+             stream, x, q, scale, partials, counters, y, bias, M, K, N, per * T::kCols, ksplit, f32_out, gelu);
   }
 };
 // The tile shapes instantiated, by token count (rows x tokens per block, bytes
