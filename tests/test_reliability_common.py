@@ -1,4 +1,5 @@
-"""Helpers shared by the reliability suites (tests/test_reliability_*.py); no tests here.
+"""Helpers shared by the server suites (tests/test_reliability_*.py, tests/test_triton.py);
+no tests here.
 
 Everything talks to 127.0.0.1 only, every wait has a deadline, and every
 stream is closed by the helper that opened it.
@@ -105,7 +106,12 @@ def to_grpc(tensors) -> list:
 
 
 class Stream:
-    """One gRPC stream carrying one request; collects its responses."""
+    """One gRPC stream carrying one request; collects its responses.
+
+    ``stream_timeout`` (seconds) bounds the whole gRPC stream on the client side;
+    ``request_timeout_us`` is the request's Triton timeout; ``parameters`` are
+    request parameters. ``next``/``collect`` wait at most ``timeout`` seconds a response.
+    """
 
     def __init__(
         self,

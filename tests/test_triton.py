@@ -18,29 +18,13 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-from conftest import server_prerequisites
+from test_reliability_common import TYPES, Stream, skip_without_server, to_grpc
 from tritonserver import DEFAULT_CHECKPOINT, DEFAULT_REPO, TritonServer, venv_dir
 
 pytestmark = pytest.mark.server
 
-TYPES = {
-    "max_tokens": ("INT32", np.int32),
-    "temperature": ("FP32", np.float32),
-    "top_k": ("INT32", np.int32),
-    "top_p": ("FP32", np.float32),
-    "repetition_penalty": ("FP32", np.float32),
-    "random_seed": ("UINT64", np.uint64),
-    "stream": ("BOOL", np.bool_),
-    "ignore_eos": ("BOOL", np.bool_),
-}
 CLOSE = {"Connection": "close"}  # an idle keep-alive connection delays Triton's shutdown
 PROMPTS = ["你好", "hello world", "What is the capital of China?", "写一首诗", "1 + 1 ="]
-
-
-def skip_without_server():
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
 
 
 def text_inputs(text: str | bytes, history: str | None = None, **params) -> list:
@@ -54,72 +38,10 @@ def text_inputs(text: str | bytes, history: str | None = None, **params) -> list
     return tensors
 
 
-def to_grpc(tensors):
-    out = []
-    for name, dt, arr in tensors:
-        t = grpcclient.InferInput(name, list(arr.shape), dt)
-        t.set_data_from_numpy(arr)
-        out.append(t)
-    return out
-
-
-class Stream:
-    """One gRPC stream carrying one request; collects its responses."""
-
-    def __init__(
-        self,
-        url: str,
-        model: str,
-        tensors,
-        output: str = "text_output",
-        timeout_us=None,
-        parameters=None,
-    ) -> None:
-        self.client = grpcclient.InferenceServerClient(url)
-        self.q: queue.Queue = queue.Queue()
-        self.output = output
-        self.client.start_stream(callback=lambda result, error: self.q.put((result, error)))
-        extra = {} if timeout_us is None else {"timeout": timeout_us}
-        if parameters:
-            extra["parameters"] = parameters
-        self.client.async_stream_infer(
-            model, to_grpc(tensors), request_id="1", enable_empty_final_response=True, **extra
-        )
-
-    def next(self, timeout: float = 120.0):
-        """-> ("data", value) | ("final", value-or-None) | ("error", message)."""
-        result, error = self.q.get(timeout=timeout)
-        if error is not None:
-            return "error", str(error)
-        resp = result.get_response()
-        final = resp.parameters.get("triton_final_response")
-        value = result.as_numpy(self.output)
-        if final is not None and final.bool_param:
-            return "final", value
-        return "data", value
-
-    def collect(self, timeout: float = 120.0) -> tuple[list, str | None]:
-        values, error = [], None
-        while True:
-            kind, value = self.next(timeout)
-            if kind == "error":
-                error = value
-                break
-            if value is not None:
-                values.append(value)
-            if kind == "final":
-                break
-        return values, error
-
-    def close(self, cancel: bool = False) -> None:
-        self.client.stop_stream(cancel_requests=cancel)
-        self.client.close()
-
-
 def grpc_text(url: str, text: str, **params) -> tuple[list[str], str | None]:
     s = Stream(url, "chatglm", text_inputs(text, **params))
     try:
-        values, error = s.collect()
+        values, error = s.collect(timeout=120)
     finally:
         s.close()
     return [v.reshape(-1)[0].decode("utf-8") for v in values], error
@@ -224,7 +146,7 @@ def test_ensemble_reports_token_count(triton_server):
     inputs = text_inputs("你好", max_tokens=20, ignore_eos=True, stream=True)
     g = Stream(triton_server.grpc_url, "chatglm", inputs, output="token_count")
     try:
-        counts, error = g.collect()
+        counts, error = g.collect(timeout=120)
     finally:
         g.close()
     assert error is None and counts
@@ -540,7 +462,7 @@ def test_request_timeout_stops_generation(triton_server):
     srv = triton_server
     srv.wait_metric("glm_active_requests", lambda v: v == 0)
     tokens0 = srv.metric("glm_generated_tokens_total")
-    s = Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids", timeout_us=300_000)
+    s = Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids", request_timeout_us=300_000)
     try:
         pieces, err = s.collect(timeout=60)
     finally:
