@@ -250,8 +250,20 @@ class TritonServer:
         return self
 
     def _wait_ready(self) -> None:
+        """Until /v2/health/ready answers 200 and then the metrics port answers too: Triton
+        opens the metrics service a few milliseconds after HTTP, and a test that reads a
+        metric first thing would otherwise race it (seen once in CI: connection refused)."""
         deadline = time.monotonic() + self.startup_timeout
-        url = f"http://{self.http_url}/v2/health/ready"
+        for url in (f"http://{self.http_url}/v2/health/ready", self.metrics_url):
+            if self._wait_url(url, deadline):
+                continue
+            raise TimeoutError(
+                f"tritonserver: {url} not answering after {self.startup_timeout}s; "
+                f"log {self.log_path}:\n{self.log_tail()}"
+            )
+
+    def _wait_url(self, url: str, deadline: float) -> bool:
+        """True once GET url answers 200 before `deadline`; raises if the server exits."""
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
@@ -262,14 +274,11 @@ class TritonServer:
                 req = urllib.request.Request(url, headers={"Connection": "close"})
                 with urllib.request.urlopen(req, timeout=2) as r:
                     if r.status == 200:
-                        return
+                        return True
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
-            time.sleep(0.25)
-        raise TimeoutError(
-            f"tritonserver not ready after {self.startup_timeout}s; log {self.log_path}:\n"
-            f"{self.log_tail()}"
-        )
+            time.sleep(0.05)
+        return False
 
     def stop(self, timeout: float = 60.0, check: bool = True) -> int | None:
         """SIGTERM, wait; returns the exit code. SIGKILL (and an error) after `timeout`."""
