@@ -59,17 +59,8 @@ DEVICE="$DEVICE" VENV="$VENV" BUILD="$BUILD" bash scripts/gpu_soak.sh setup 2>&1
 
 # ---- 2. checkpoint, cards ----------------------------------------------------------------------
 CK="$W/ck"
-mkdir -p "$CK"
-if [ -n "${CK_CONFIG:-}" ]; then cp "$CK_CONFIG" "$CK/config.json" || exit 1; else
-  "$VENV/bin/python" - "$CK" <<'PYEOF' || { log "checkpoint failed"; finish; exit 1; }
-import json, struct, sys
-from glmserve.bench import REAL_CONFIG
-d = sys.argv[1]
-json.dump(REAL_CONFIG, open(f"{d}/config.json", "w"), indent=2)
-open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", 2) + b"{}")
-PYEOF
-fi
-[ -f "$CK/model.safetensors" ] || printf '\x02\x00\x00\x00\x00\x00\x00\x00{}' >"$CK/model.safetensors"
+"$VENV/bin/python" -m glmserve.config_only "$CK" ${CK_CONFIG:+--config "$CK_CONFIG"} \
+  || { log "checkpoint failed"; finish; exit 1; }
 NGPU=0
 if command -v nvidia-smi >/dev/null 2>&1; then
   nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader >"$W/cards.csv" 2>/dev/null

@@ -23,14 +23,7 @@ mkdir -p "$OUT" "$W"
 log() { echo "gpu_serve_int8: $*"; }
 VENV=$VENV BUILD=$BUILD bash scripts/gpu_soak.sh setup || { log "setup failed"; exit 1; }
 CK="$W/ck"
-mkdir -p "$CK"
-"$VENV/bin/python" - "$CK" "${CK_CONFIG:-}" <<'PYEOF'
-import json, struct, sys
-from glmserve.bench import REAL_CONFIG
-d, src = sys.argv[1], sys.argv[2]
-json.dump(json.load(open(src)) if src else REAL_CONFIG, open(f"{d}/config.json", "w"), indent=2)
-open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", 2) + b"{}")
-PYEOF
+"$VENV/bin/python" -m glmserve.config_only "$CK" ${CK_CONFIG:+--config "$CK_CONFIG"} || exit 1
 DEVICE=$DEVICE INT8=1 MODEL="$CK" VENV="$VENV" BUILD="$BUILD" HTTP_PORT=$PORT GRPC_PORT=$((PORT + 1)) \
   METRICS_PORT=$((PORT + 2)) TRITON_ARGS="--backend-config=chatglm,random_weights=true" \
   bash scripts/serve.sh >"$W/server.log" 2>&1 &

@@ -40,14 +40,7 @@ if [ "$MODE" = "decoder" ]; then
   if [ ! -f "$MODEL/config.json" ]; then
     # ChatGLM-6B's config, no tokenizer (serve.sh then serves chatglm_decoder alone) and a
     # placeholder weights file (random_weights never reads it; serve.sh checks it exists).
-    mkdir -p "$MODEL"
-    "$PY" - "$MODEL" <<'PYEOF'
-import json, struct, sys
-from glmserve.bench import REAL_CONFIG
-d = sys.argv[1]
-json.dump(REAL_CONFIG, open(f"{d}/config.json", "w"), indent=2)
-open(f"{d}/model.safetensors", "wb").write(struct.pack("<Q", 2) + b"{}")
-PYEOF
+    "$PY" -m glmserve.config_only "$MODEL"
   fi
 else
   MODEL=${MODEL:-models/chatglm-tiny}
