@@ -316,12 +316,12 @@ int bench() {
   for (int M : sizes) {
     const float t16 = block_time(M, 0, 0);
     const float tg = M <= 8 ? block_time(M, 8, 1) : 0.f;
-    const float t1 = block_time(M, 0, 1), t4 = block_time(M, 0, 4), t5 = block_time(M, 0, 6);
-    float best = std::min(t1, std::min(t4, t5));
+    const float t1 = block_time(M, 0, 1), t4 = block_time(M, 0, 4), t6 = block_time(M, 0, 6);
+    float best = std::min(t1, std::min(t4, t6));
     if (tg > 0) best = std::min(best, tg);
     char gemv[32] = "-";
     if (tg > 0) std::snprintf(gemv, sizeof gemv, "%.1f", tg);
-    std::printf("| %d | %.1f | %s | %.1f | %.1f | %.1f | %.2fx |\n", M, t16, gemv, t1, t4, t5, t16 / best);
+    std::printf("| %d | %.1f | %s | %.1f | %.1f | %.1f | %.2fx |\n", M, t16, gemv, t1, t4, t6, t16 / best);
   }
   std::printf("\nper layer, us (GB/s of weights in brackets)\n| tokens | layer | fp16 | int8 v1 | int8 v4 | int8 v6 |\n"
               "|---:|---|---:|---:|---:|---:|\n");
