@@ -1362,6 +1362,8 @@ Int8Gemm::~Int8Gemm() {
   if (counters_) cudaFree(counters_);
 }
 
+int Int8Gemm::gemv_max_tokens() const { return gemv_max_ >= 0 ? gemv_max_ : (pdl_enabled() ? 1 : 2); }
+
 void Int8Gemm::set_stream(cudaStream_t stream) {
   stream_ = stream;
   check_blas(cublasSetStream(handle_, stream), "cublasSetStream");
@@ -1384,7 +1386,7 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
   check_arg(tokens >= 0 && in > 0 && out > 0, k, "bad sizes");
   check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
   if (tokens == 0) return;
-  if (tokens <= gemv_max_ && int8_gemv_supported(x, w.q, tokens, in)) {
+  if (tokens <= gemv_max_tokens() && int8_gemv_supported(x, w.q, tokens, in)) {
     int8_gemv(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, stream_);
     return;
   }

@@ -7,7 +7,7 @@
 //   y[m, n] = act(scale[n] * sum_k x[m, k] q[n, k] + bias[n])
 //
 // Three kernels, picked by the token count M (Int8Gemm::linear):
-//   M <= gemv_max (2)   int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
+//   M <= gemv_max (1*) int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
 //                       int8 -> fp32 by byte permutation + one add, fp32 FMAs.
 //   M <= mma_max (256)  int8_mma_pipe: tensor-core mma.m16n8k16 (fp16 in, fp32
 //                       acc), weight and activation tiles staged in shared memory
@@ -87,6 +87,9 @@ class Int8Gemm {
   void linear_f32out(const __half* x, const Int8Weight& w, float* y, int tokens, int in, int out);
   // Token-count limits of the GEMV and the tensor-core kernel (0 = never);
   // GLM_INT8_GEMV_MAX / GLM_INT8_MMA_MAX override the defaults at construction.
+  // The GEMV's default (negative = automatic) is 1 token while programmatic
+  // dependent launch is on (the pipelined kernel is faster at 2 tokens then) and
+  // 2 without it (docs/int8.md, kernel timing tables).
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
   // Tensor-core kernel variant (GLM_INT8_MMA_VARIANT): 1 one chunk
@@ -97,7 +100,7 @@ class Int8Gemm {
   // Hopper wgmma above 8 tokens (int8_wgmma_available()), 4 below.
   void set_mma_variant(int v) { mma_variant_ = v; }
   int mma_variant() const { return mma_variant_; }
-  int gemv_max_tokens() const { return gemv_max_; }
+  int gemv_max_tokens() const;
   int mma_max_tokens() const { return mma_max_; }
   size_t device_bytes() const { return partial_bytes_ + scratch_bytes_ + workspace_bytes_; }
 
@@ -107,9 +110,9 @@ class Int8Gemm {
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
   static constexpr int kCounters = 4096;
-  // The fastest measured on the H200 (docs/int8.md, kernel timing table): the
-  // GEMV for 1-2 tokens, the pipelined tensor-core kernel (variant 4) above.
-  int gemv_max_ = 2, mma_max_ = 256, num_sms_ = 1;
+  // The fastest measured on the H200 (docs/int8.md, kernel timing tables): the
+  // GEMV for 1 token (2 without PDL), the pipelined tensor-core kernel (variant 4) above.
+  int gemv_max_ = -1, mma_max_ = 256, num_sms_ = 1;
   int* counters_ = nullptr;
   int mma_variant_ = 4;
   float* partials_ = nullptr;

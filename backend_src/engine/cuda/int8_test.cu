@@ -20,6 +20,7 @@
 #include "gemm.h"
 #include "int8_gemm.h"
 #include "kernels.h"
+#include "pdl.h"
 
 using namespace glm::cuda;
 
@@ -224,6 +225,41 @@ void test_linear(std::mt19937& rng, Int8Gemm& gemm, Path path, int M, int K, int
   cudaFree(dy);
 }
 
+// ---- stream-only ceiling: the GEMVs' access pattern (a warp streams two rows
+// with 16-byte loads that skip L1, 4 per row in flight, 4 warps split K when
+// rows <= 8192) with no arithmetic: the most a GEMV of that pattern can reach.
+__global__ void stream_rows_kernel(const uint8_t* __restrict__ w, int rows, int row_bytes, int ks, int* sink) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int pair = blockIdx.x * (8 / ks) + warp / ks, part = warp % ks;
+  const int n0 = min(2 * pair, rows - 1), n1 = min(2 * pair + 1, rows - 1);
+  const int per = row_bytes / ks, beg = part * per + lane * 16, end = part * per + per;
+  uint32_t acc = 0;
+  for (int k = beg; k < end; k += 4 * 512) {
+    uint4 v[8] = {};
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int kk = k + u * 512;
+      if (kk >= end) break;
+      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(v[u].x), "=r"(v[u].y), "=r"(v[u].z), "=r"(v[u].w)
+                   : "l"(w + (int64_t)n0 * row_bytes + kk));
+      asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                   : "=r"(v[4 + u].x), "=r"(v[4 + u].y), "=r"(v[4 + u].z), "=r"(v[4 + u].w)
+                   : "l"(w + (int64_t)n1 * row_bytes + kk));
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  if (acc == 0x9e3779b9u) *sink = 1;  // keeps the loads; practically never true
+}
+
+void stream_rows(const void* w, int rows, int row_bytes, int* sink) {
+  const int ks = rows <= 8192 && row_bytes % 2048 == 0 ? 4 : 1;  // as both GEMVs split K
+  const int blocks = ((rows + 1) / 2 + 8 / ks - 1) / (8 / ks);
+  stream_rows_kernel<<<blocks, 256>>>(static_cast<const uint8_t*>(w), rows, row_bytes, ks, sink);
+  GLM_CUDA_LAUNCH_CHECK("stream_rows");
+}
+
 // ---- timing (glm_cuda_int8_test bench): ChatGLM-6B's four linear layers of one
 // block, for each token count, through the fp16 path the engine uses (Gemm:
 // GEMV up to 4 tokens, cuBLAS above) and each int8 kernel. Not a test: numbers.
@@ -251,6 +287,17 @@ int bench() {
   };
   const Layer layers[] = {{"qkv", 12288, 4096, false}, {"dense", 4096, 4096, false},
                           {"h_to_4h", 16384, 4096, true}, {"4h_to_h", 4096, 16384, false}};
+  // Programmatic dependent launch as the engine sets it (cuda_runner.cc): on for
+  // sm_90 unless GLM_CUDA_PDL=0.
+  {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    GLM_CUDA_CHECK(cudaGetDevice(&dev));
+    GLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    const char* pdl = std::getenv("GLM_CUDA_PDL");
+    set_pdl(prop.major >= 9 && !(pdl && std::string(pdl) == "0"));
+    std::printf("%s, programmatic dependent launch %s\n", prop.name, pdl_enabled() ? "on" : "off");
+  }
   Gemm fp16;
   Int8Gemm i8;
   fp16.set_stream(nullptr);
@@ -281,9 +328,20 @@ int bench() {
   GLM_CUDA_CHECK(cudaMalloc(&y, (size_t)256 * 16384 * sizeof(__half)));
   fill_uniform_half(x, (int64_t)256 * 16384, 5, 1.f, nullptr);
   GLM_CUDA_CHECK(cudaDeviceSynchronize());
+  const int reps_ceiling = 20;
   std::printf("one block's 4 linear layers (qkv, dense, h_to_4h + bias + GeLU, 4h_to_h), us per block;\n"
               "fp16 = the engine's Gemm (GEMV <= 4 tokens, cuBLAS above); int8 weights %.1f MB, fp16 %.1f MB\n",
               int8_bytes / 1e6, fp16_bytes / 1e6);
+  {
+    int* sink = nullptr;
+    GLM_CUDA_CHECK(cudaMalloc(&sink, sizeof(int)));
+    const float s8 = time_us([&] { for (size_t i = 0; i < 4; ++i) stream_rows(wq[i].q, layers[i].N, layers[i].K, sink); }, reps_ceiling);
+    const float s16 = time_us([&] { for (size_t i = 0; i < 4; ++i) stream_rows(wh[i], layers[i].N, 2 * layers[i].K, sink); }, reps_ceiling);
+    std::printf("stream-only ceiling (the GEMVs' load pattern, no arithmetic): int8 bytes %.1f us (%.0f GB/s), fp16 bytes "
+                "%.1f us (%.0f GB/s): at 1 token int8 can be at most %.2fx fp16 per block\n\n",
+                s8, int8_bytes / (s8 * 1e3), s16, fp16_bytes / (s16 * 1e3), s16 / s8);
+    cudaFree(sink);
+  }
   std::printf("| tokens | fp16 us | int8 gemv us | int8 v1 us | int8 v4 us | int8 v6 us | best int8 / fp16 |\n"
               "|---:|---:|---:|---:|---:|---:|---:|\n");
   auto layer_fp16 = [&](size_t i, int M) {
