@@ -219,141 +219,54 @@ void gemv_launch_m(const __half* x, const int8_t* q, const __half* scale, void* 
     gemv_launch_mk<M, 1>(x, q, scale, y, f32_out, bias, gelu, N, K, stream);
 }
 
-// ------------------------------------------------------------- tensor cores
-// Block = 8 warps = 256 weight rows; warp = 32 rows (two m16 tiles) x 8*TN
-// tokens (TN n8 tiles). mma.m16n8k16: A = weight rows (row-major), B = tokens
-// (x rows, "col"), C = [rows, tokens] in fp32.
-// K order inside a 64-wide chunk is permuted (the sum does not care, as long as
-// A and B agree): lane (g = lane/4, t = lane%4) loads bytes [16t, 16t+16) of
-// its rows and the 16 matching fp16 of x; in k-step s it uses bytes
-// 16t+4s+{0..3} as the logical columns {2t, 2t+1, 2t+8, 2t+9}, for A and B alike.
-// Weights are software-pipelined: three chunks in registers, two in flight.
-// Split-K: blocks of one tile write fp32 partials; the last one to finish (a
-// counter per tile) sums them in split order (deterministic) and applies the
-// epilogue, then resets the counter (CUDA-graph replays need no memset).
-constexpr int kMmaWarps = 8, kMmaWarpRows = 32, kMmaBlockRows = kMmaWarps * kMmaWarpRows;
+// ------------------------------------------------------------- tensor cores: shared pieces
+// mma.m16n8k16: A = weight rows (row-major), B = tokens (x rows, "col"),
+// C = [rows, tokens] in fp32. K order inside a 64-wide chunk is permuted (the
+// sum does not care, as long as A and B agree): lane (g = lane/4, t = lane%4)
+// takes bytes [16t, 16t+16) of its rows and the 16 matching fp16 of x; in
+// k-step s it uses bytes 16t+4s+{0..3} as the logical columns {2t, 2t+1, 2t+8,
+// 2t+9}, for A and B alike.
+constexpr int kMmaWarps = 8;
+// Split-K partials: at most (2 * SMs + grid) blocks of this many outputs.
+constexpr int kSplitTileOutputs = 256 * 64;
 
-template <int TN, int WR>
-__device__ __forceinline__ void mma_chunk(float (&acc)[WR][TN][4], const uint4 (&w)[2 * WR],
-                                          const __half* const (&xp)[TN], int k) {
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    uint4 xv[TN];
-#pragma unroll
-    for (int j = 0; j < TN; ++j) xv[j] = ld_cached(xp[j] + k + 8 * h);
-#pragma unroll
-    for (int ss = 0; ss < 2; ++ss) {
-      const int s = 2 * h + ss;
-#pragma unroll
-      for (int r = 0; r < WR; ++r) {
-        const uint32_t ua = word_of(w[2 * r], s) ^ 0x80808080u;      // row g (+16r)
-        const uint32_t ub = word_of(w[2 * r + 1], s) ^ 0x80808080u;  // row g + 8 (+16r)
-        const uint32_t a0 = i8x2_to_h2(ua, 0x5140), a2 = i8x2_to_h2(ua, 0x5342);
-        const uint32_t a1 = i8x2_to_h2(ub, 0x5140), a3 = i8x2_to_h2(ub, 0x5342);
-#pragma unroll
-        for (int j = 0; j < TN; ++j)
-          mma16816(acc[r][j], a0, a1, a2, a3, word_of(xv[j], 2 * ss), word_of(xv[j], 2 * ss + 1));
-      }
-    }
+// One output of a block's tile: its fp32 partial sum for split blockIdx.z
+// (split K) or, without a split, the finished y = act(acc * scale + bias).
+__device__ __forceinline__ void emit_output(float acc, int m, int n, int M, int N, int ksplit, float* part,
+                                            const __half* scale, const float* bias, bool gelu, void* y,
+                                            bool f32_out) {
+  if (ksplit > 1) {
+    part[((int64_t)blockIdx.z * M + m) * N + n] = acc;
+    return;
   }
+  float v = acc * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
+  if (gelu) v = gelu_tanh(v);
+  store_out(y, f32_out, (int64_t)m * N + n, v);
 }
 
-template <int R>
-__device__ __forceinline__ void load_chunk(uint4 (&w)[R], const int8_t* const (&wp)[R], int kbeg, int c, int nc) {
-  if (c < nc) {
-#pragma unroll
-    for (int i = 0; i < R; ++i) w[i] = ld_stream(wp[i] + kbeg + 64 * c);
-  }
-}
-
-// WR = m16 row tiles per warp (2: 32 rows, more reuse of x; 1: 16 rows, fewer
-// registers, so more warps per SM).
-template <int TN, int WR>
-__global__ void __launch_bounds__(kMmaWarps * 32, WR == 1 ? 2 : 1)
-    int8_mma_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
-                    float* __restrict__ part, int* __restrict__ counters, void* __restrict__ y,
-                    const float* __restrict__ bias, int M, int K, int N, int slice, int ksplit, bool f32_out,
-                    bool gelu) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  // grid = (token tiles, row blocks, splits): the tiles of one row block run
-  // side by side, so a weight row read from DRAM serves them all from L2.
-  constexpr int kBR = kMmaWarps * 16 * WR;  // rows per block
-  const int rb = blockIdx.y * kBR;
-  const int nb = rb + warp * 16 * WR;
-  const bool active = nb < N;
-  const int mb = blockIdx.x * 8 * TN;
-  const int kbeg = blockIdx.z * slice;
-  const int kend = min(K, kbeg + slice);
-  const int8_t* wp[2 * WR];  // rows nb + 8i + g: tile r has rows 16r + g and 16r + 8 + g
-#pragma unroll
-  for (int i = 0; i < 2 * WR; ++i) wp[i] = q + (int64_t)min(nb + 8 * i + g, N - 1) * K + 16 * t;
-  const __half* xp[TN];
-#pragma unroll
-  for (int j = 0; j < TN; ++j) xp[j] = x + (int64_t)min(mb + 8 * j + g, M - 1) * K + 16 * t;
-  float acc[WR][TN][4];
-#pragma unroll
-  for (int r = 0; r < WR; ++r)
-#pragma unroll
-    for (int j = 0; j < TN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
-
-  if (active) {
-    // Three chunks in registers: two loads in flight while one is multiplied.
-    const int nc = (kend - kbeg) / 64;
-    uint4 wa[2 * WR], wb[2 * WR], wc[2 * WR];
-    load_chunk(wa, wp, kbeg, 0, nc);
-    load_chunk(wb, wp, kbeg, 1, nc);
-    load_chunk(wc, wp, kbeg, 2, nc);
-    for (int c = 0; c < nc; c += 3) {
-      mma_chunk<TN, WR>(acc, wa, xp, kbeg + 64 * c);
-      load_chunk(wa, wp, kbeg, c + 3, nc);
-      if (c + 1 < nc) {
-        mma_chunk<TN, WR>(acc, wb, xp, kbeg + 64 * (c + 1));
-        load_chunk(wb, wp, kbeg, c + 4, nc);
-      }
-      if (c + 2 < nc) {
-        mma_chunk<TN, WR>(acc, wc, xp, kbeg + 64 * (c + 2));
-        load_chunk(wc, wp, kbeg, c + 5, nc);
-      }
-    }
-  }
-  // C fragment: e = 0/1 row g, tokens 2t/2t+1; e = 2/3 row g + 8.
-#pragma unroll
-  for (int r = 0; r < WR; ++r)
-#pragma unroll
-    for (int j = 0; j < TN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int n = nb + 16 * r + g + (e >= 2 ? 8 : 0);
-        const int m = mb + 8 * j + 2 * t + (e & 1);
-        if (!active || n >= N || m >= M) continue;
-        float v = acc[r][j][e];
-        if (ksplit > 1) {
-          part[((int64_t)blockIdx.z * M + m) * N + n] = v;
-        } else {
-          v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
-          if (gelu) v = gelu_tanh(v);
-          store_out(y, f32_out, (int64_t)m * N + n, v);
-        }
-      }
-  if (ksplit == 1) return;
+// Split K, after every block wrote its partials: the last block of the tile
+// (rows [rb, rb + rows), tokens [mb, mb + toks)) to finish, told by a counter
+// per tile that it resets (CUDA-graph replays need no memset), sums the
+// partials in split order (deterministic) and applies the epilogue.
+__device__ __forceinline__ void splitk_finish(const float* part, int* counters, int rb, int rows, int mb, int toks,
+                                              int M, int N, int ksplit, const __half* scale, const float* bias,
+                                              bool gelu, void* y, bool f32_out) {
   __shared__ int s_last;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
-    int* c = counters + blockIdx.y * gridDim.x + blockIdx.x;
-    const int done = atomicAdd(c, 1);
+    int* cnt = counters + blockIdx.y * gridDim.x + blockIdx.x;
+    const int done = atomicAdd(cnt, 1);
     s_last = done == ksplit - 1;
-    if (s_last) *c = 0;
+    if (s_last) *cnt = 0;
   }
   __syncthreads();
   if (!s_last) return;
   __threadfence();
   const int64_t plane = (int64_t)M * N;
-  for (int e = threadIdx.x; e < kBR * 8 * TN; e += blockDim.x) {
-    const int n = rb + e % kBR;
-    const int m = mb + e / kBR;
+  for (int e = threadIdx.x; e < rows * toks; e += blockDim.x) {
+    const int n = rb + e % rows;
+    const int m = mb + e / rows;
     if (n >= N || m >= M) continue;
     const float* pp = part + (int64_t)m * N + n;
     float v = 0.f;
@@ -364,87 +277,27 @@ __global__ void __launch_bounds__(kMmaWarps * 32, WR == 1 ? 2 : 1)
   }
 }
 
-// Variant 1 (GLM_INT8_MMA_VARIANT=1): one chunk prefetched, split-K summed by a
-// second kernel. Kept for comparison on new cards.
-// mode 0: fp32 partial sums to part[z][m][n]; 1: fp16 y; 2: fp32 y (epilogue applied).
-template <int TN>
-__global__ void __launch_bounds__(kMmaWarps * 32)
-    int8_mma_v1_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
-                    float* __restrict__ part, void* __restrict__ y, const float* __restrict__ bias, int M, int K,
-                    int N, int slice, int mode, bool gelu) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int nb = blockIdx.x * kMmaBlockRows + warp * kMmaWarpRows;
-  if (nb >= N) return;
-  const int mb = blockIdx.y * 8 * TN;
-  const int kbeg = blockIdx.z * slice;
-  const int kend = min(K, kbeg + slice);
-  const int8_t* wp[4];  // rows nb + 8i + g: tile 0 rows g, g+8; tile 1 rows 16+g, 24+g
-#pragma unroll
-  for (int i = 0; i < 4; ++i) wp[i] = q + (int64_t)min(nb + 8 * i + g, N - 1) * K + 16 * t;
-  const __half* xp[TN];
-#pragma unroll
-  for (int j = 0; j < TN; ++j) xp[j] = x + (int64_t)min(mb + 8 * j + g, M - 1) * K + 16 * t;
-  float acc[2][TN][4];
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-#pragma unroll
-    for (int j = 0; j < TN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[r][j][e] = 0.f;
-
-  uint4 w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) w[i] = ld_stream(wp[i] + kbeg);
-  for (int k = kbeg; k < kend; k += 64) {
-    uint4 wn[4];
-    const bool more = k + 64 < kend;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) wn[i] = more ? ld_stream(wp[i] + k + 64) : w[i];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      uint4 xv[TN];
-#pragma unroll
-      for (int j = 0; j < TN; ++j) xv[j] = ld_cached(xp[j] + k + 8 * h);
-#pragma unroll
-      for (int ss = 0; ss < 2; ++ss) {
-        const int s = 2 * h + ss;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const uint32_t ua = word_of(w[2 * r], s) ^ 0x80808080u;      // row g (+16r)
-          const uint32_t ub = word_of(w[2 * r + 1], s) ^ 0x80808080u;  // row g + 8 (+16r)
-          const uint32_t a0 = i8x2_to_h2(ua, 0x5140), a2 = i8x2_to_h2(ua, 0x5342);
-          const uint32_t a1 = i8x2_to_h2(ub, 0x5140), a3 = i8x2_to_h2(ub, 0x5342);
-#pragma unroll
-          for (int j = 0; j < TN; ++j)
-            mma16816(acc[r][j], a0, a1, a2, a3, word_of(xv[j], 2 * ss), word_of(xv[j], 2 * ss + 1));
-        }
-      }
+// Host: K is split at stage boundaries to fill the GPU without a ragged last
+// wave; the time is modelled as waves x (stages per block + the pipeline fill).
+// Returns the stages per split (every split non-empty); no split without the
+// partials and counters, or when the grid fills the GPU twice already.
+int stages_per_split(int64_t tiles, int stages, int pipe_depth, int M, int N, size_t partial_floats,
+                     bool have_buffers, int counter_count, int64_t slots) {
+  int ksplit = 1;
+  if (have_buffers && tiles < 2 * slots && tiles <= counter_count) {
+    int64_t best = -1;
+    for (int ks = 1; ks <= stages; ++ks) {
+      if ((size_t)ks * M * N > partial_floats) break;
+      const int per = (stages + ks - 1) / ks;
+      const int64_t blocks = tiles * ((stages + per - 1) / per);
+      const int64_t cost = (blocks + slots - 1) / slots * (per + pipe_depth - 1);
+      if (best < 0 || cost < best) best = cost, ksplit = ks;
     }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = wn[i];
   }
-  // C fragment: e = 0/1 row g, tokens 2t/2t+1; e = 2/3 row g + 8.
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-#pragma unroll
-    for (int j = 0; j < TN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int n = nb + 16 * r + g + (e >= 2 ? 8 : 0);
-        const int m = mb + 8 * j + 2 * t + (e & 1);
-        if (n >= N || m >= M) continue;
-        float v = acc[r][j][e];
-        if (mode == 0) {
-          part[((int64_t)blockIdx.z * M + m) * N + n] = v;
-        } else {
-          v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
-          if (gelu) v = gelu_tanh(v);
-          store_out(y, mode == 2, (int64_t)m * N + n, v);
-        }
-      }
+  return (stages + ksplit - 1) / ksplit;
 }
 
-// ------------------------------------------------------------- tensor cores, pipelined (variants 4, 5)
+// ------------------------------------------------------------- tensor cores, pipelined (variant 4)
 // The same mma.m16n8k16 and in-register dequantization as above, fed from
 // shared memory by a multi-stage cp.async pipeline: each stage holds KC 64-wide
 // K chunks of the block's weight rows (int8; KC * 64 contiguous bytes of every
@@ -458,7 +311,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
 // [16t, 16t+16) of a row and the matching 16 fp16 of x). Shared memory is
 // swizzled by 16-byte granule so that the lanes' reads are conflict-free:
 // weight granule ^ 4 on odd rows (rows are KC * 64 bytes), activation granule
-// ^ (token % 8) inside each 128-byte chunk. Split-K: as in variant 2, the last
+// ^ (token % 8) inside each 128-byte chunk. Split-K (splitk_finish): the last
 // block of a tile (a counter, reset by that block) sums the fp32 partials in
 // split order, so results are deterministic.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -623,41 +476,9 @@ __global__ void __launch_bounds__(kMmaWarps * 32, WM == 1 ? 2 : 1)  // <= 128 re
       for (int e = 0; e < 4; ++e) {
         const int n = rb + wrow + 16 * r + (e >= 2 ? 8 : 0);
         const int m = mb + 8 * j + 2 * t + (e & 1);
-        if (n >= N || m >= M) continue;
-        float v = acc[r][j][e];
-        if (ksplit > 1) {
-          part[((int64_t)blockIdx.z * M + m) * N + n] = v;
-        } else {
-          v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
-          if (gelu) v = gelu_tanh(v);
-          store_out(y, f32_out, (int64_t)m * N + n, v);
-        }
+        if (n < N && m < M) emit_output(acc[r][j][e], m, n, M, N, ksplit, part, scale, bias, gelu, y, f32_out);
       }
-  if (ksplit == 1) return;
-  __shared__ int s_last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    int* cnt = counters + blockIdx.y * gridDim.x + blockIdx.x;
-    const int done = atomicAdd(cnt, 1);
-    s_last = done == ksplit - 1;
-    if (s_last) *cnt = 0;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  const int64_t plane = (int64_t)M * N;
-  for (int e = tid; e < T::kRows * T::kToks; e += T::kThreads) {
-    const int n = rb + e % T::kRows;
-    const int m = mb + e / T::kRows;
-    if (n >= N || m >= M) continue;
-    const float* pp = part + (int64_t)m * N + n;
-    float v = 0.f;
-    for (int z = 0; z < ksplit; ++z) v += __ldcg(pp + z * plane);
-    v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
-    if (gelu) v = gelu_tanh(v);
-    store_out(y, f32_out, (int64_t)m * N + n, v);
-  }
+  if (ksplit > 1) splitk_finish(part, counters, rb, T::kRows, mb, T::kToks, M, N, ksplit, scale, bias, gelu, y, f32_out);
 }
 
 template <int WM, int WN, int KC, int STAGES>
@@ -680,22 +501,9 @@ struct PipeKernel {
     const int tiles = (M + T::kToks - 1) / T::kToks;
     const int64_t base = (int64_t)row_blocks * tiles;
     const int stages = (K + T::kCols - 1) / T::kCols;
-    // Split K (at stage boundaries) to fill the GPU without a ragged last wave:
-    // the time is modelled as waves x (stages per block + the pipeline fill).
-    int ksplit = 1;
-    const int64_t slots = (int64_t)occupancy * std::max(1, num_sms);
-    if (partials && counters && base < 2 * slots && base <= counter_count) {
-      int64_t best = -1;
-      for (int ks = 1; ks <= stages; ++ks) {
-        if ((size_t)ks * M * N > partial_floats) break;
-        const int per = (stages + ks - 1) / ks;
-        const int64_t blocks = base * ((stages + per - 1) / per);
-        const int64_t cost = (blocks + slots - 1) / slots * (per + STAGES - 1);
-        if (best < 0 || cost < best) best = cost, ksplit = ks;
-      }
-    }
-    const int per = (stages + ksplit - 1) / ksplit;
-    ksplit = (stages + per - 1) / per;  // every split non-empty
+    const int per = stages_per_split(base, stages, STAGES, M, N, partial_floats, partials && counters, counter_count,
+                                     (int64_t)occupancy * std::max(1, num_sms));
+    const int ksplit = (stages + per - 1) / per;
     check_arg(row_blocks <= 65535, "int8_mma_pipe", "too many output rows");
     const dim3 grid(tiles, row_blocks, ksplit);
     launch_k("int8_mma_pipe", int8_mma_pipe_kernel<WM, WN, KC, STAGES>, grid, dim3(T::kThreads), T::kSmemBytes,
@@ -703,17 +511,13 @@ struct PipeKernel {
   }
 };
 // The tile shapes instantiated, by token count (rows x tokens per block, bytes
-// of one row per stage, stages): variant 4 reads 256 contiguous bytes of a
-// weight row per stage up to 16 tokens, variant 5 128 bytes.
-constexpr int kPipeShapes = 8;
+// of one row per stage, stages): 256 contiguous bytes of a weight row per stage
+// up to 16 tokens, 128 above.
+constexpr int kPipeShapes = 4;
 using Pipe4M8 = PipeKernel<1, 1, 4, 3>;   // 128 x 8, 36 KB per stage
 using Pipe4M16 = PipeKernel<1, 2, 4, 3>;  // 128 x 16, 40 KB
 using Pipe4M32 = PipeKernel<1, 4, 2, 4>;  // 128 x 32, 24 KB
 using Pipe4M64 = PipeKernel<1, 8, 2, 3>;  // 128 x 64, 32 KB (token tiles over grid.x)
-using Pipe5M8 = PipeKernel<1, 1, 2, 4>;   // 18 KB
-using Pipe5M16 = PipeKernel<1, 2, 2, 4>;  // 20 KB
-using Pipe5M32 = PipeKernel<1, 4, 1, 6>;  // 12 KB
-using Pipe5M64 = PipeKernel<2, 8, 2, 3>;  // 256 x 64, 48 KB
 
 // ------------------------------------------------------------- Hopper wgmma (variant 6)
 // For 9..256 tokens on sm_90a: the int8 weight tile and the fp16 token tile are
@@ -916,41 +720,9 @@ __global__ void __launch_bounds__(256, 1)
     for (int e = 0; e < 4; ++e) {
       const int n = row0 + (e >= 2 ? 8 : 0);
       const int m = mb + 8 * j + 2 * t + (e & 1);
-      if (n >= N || m >= M) continue;
-      float v = acc[4 * j + e];
-      if (ksplit > 1) {
-        part[((int64_t)blockIdx.z * M + m) * N + n] = v;
-      } else {
-        v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
-        if (gelu) v = gelu_tanh(v);
-        store_out(y, f32_out, (int64_t)m * N + n, v);
-      }
+      if (n < N && m < M) emit_output(acc[4 * j + e], m, n, M, N, ksplit, part, scale, bias, gelu, y, f32_out);
     }
-  if (ksplit == 1) return;
-  __shared__ int s_last;
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    int* cnt = counters + blockIdx.y * gridDim.x + blockIdx.x;
-    const int done = atomicAdd(cnt, 1);
-    s_last = done == ksplit - 1;
-    if (s_last) *cnt = 0;
-  }
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  const int64_t plane = (int64_t)M * N;
-  for (int e = tid; e < T::kRows * T::kToks; e += T::kThreads) {
-    const int n = rb + e % T::kRows;
-    const int m = mb + e / T::kRows;
-    if (n >= N || m >= M) continue;
-    const float* pp = part + (int64_t)m * N + n;
-    float v = 0.f;
-    for (int z = 0; z < ksplit; ++z) v += __ldcg(pp + z * plane);
-    v = v * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
-    if (gelu) v = gelu_tanh(v);
-    store_out(y, f32_out, (int64_t)m * N + n, v);
-  }
+  if (ksplit > 1) splitk_finish(part, counters, rb, T::kRows, mb, T::kToks, M, N, ksplit, scale, bias, gelu, y, f32_out);
 #endif
 }
 
@@ -982,20 +754,9 @@ struct WgKernel {
     const int tiles = (M + T::kToks - 1) / T::kToks;
     const int64_t base = (int64_t)row_blocks * tiles;
     const int chunks = (K + T::kCols - 1) / T::kCols;  // stages
-    int ksplit = 1;
-    const int64_t slots = (int64_t)occupancy * std::max(1, num_sms);
-    if (partials && counters && base < 2 * slots && base <= counter_count) {
-      int64_t best = -1;
-      for (int ks = 1; ks <= chunks; ++ks) {
-        if ((size_t)ks * M * N > partial_floats) break;
-        const int per = (chunks + ks - 1) / ks;
-        const int64_t blocks = base * ((chunks + per - 1) / per);
-        const int64_t cost = (blocks + slots - 1) / slots * (per + STAGES - 1);
-        if (best < 0 || cost < best) best = cost, ksplit = ks;
-      }
-    }
-    const int per = (chunks + ksplit - 1) / ksplit;
-    ksplit = (chunks + per - 1) / per;
+    const int per = stages_per_split(base, chunks, STAGES, M, N, partial_floats, partials && counters, counter_count,
+                                     (int64_t)occupancy * std::max(1, num_sms));
+    const int ksplit = (chunks + per - 1) / per;
     check_arg(row_blocks <= 65535, "int8_wgmma", "too many output rows");
     const dim3 grid(tiles, row_blocks, ksplit);
     int8_wgmma_kernel<BMT, STAGES><<<grid, T::kThreads, T::kSmemBytes, stream>>>(
@@ -1006,21 +767,6 @@ struct WgKernel {
 using Wg16 = WgKernel<16, 5>;  // 164 KB of shared memory
 using Wg32 = WgKernel<32, 5>;  // 184 KB
 using Wg64 = WgKernel<64, 4>;  // 192 KB
-
-// Fixed-order sum of the split-K partials + the epilogue.
-__global__ void splitk_reduce_kernel(const float* __restrict__ part, int splits, const __half* __restrict__ scale,
-                                     const float* __restrict__ bias, bool gelu, void* __restrict__ y, bool f32_out,
-                                     int M, int N) {
-  const int64_t total = (int64_t)M * N;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int n = static_cast<int>(i % N);
-    float s = 0.f;
-    for (int z = 0; z < splits; ++z) s += part[z * total + i];
-    float v = s * __half2float(scale[n]) + (bias ? bias[n] : 0.f);
-    if (gelu) v = gelu_tanh(v);
-    store_out(y, f32_out, i, v);
-  }
-}
 
 __global__ void bias_act_kernel(void* __restrict__ y, bool f32_out, const float* __restrict__ bias, bool gelu,
                                 int M, int N) {
@@ -1109,97 +855,6 @@ bool int8_mma_supported(const void* x, const void* q, int K) {
   return K > 0 && K % 64 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)q % 16 == 0;
 }
 
-static void int8_mma_v1(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out,
-                        const float* bias, bool gelu, int M, int K, int N, float* partials, size_t partial_floats,
-                        int num_sms, cudaStream_t stream) {
-  const char* k = "int8_mma";
-  const int tn = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
-  const int row_blocks = (N + kMmaBlockRows - 1) / kMmaBlockRows;
-  const int tiles = (M + 8 * tn - 1) / (8 * tn);
-  const int chunks = K / 64;
-  const int64_t base = (int64_t)row_blocks * tiles;
-  // Split K over blocks when the grid would not fill the GPU twice.
-  int ksplit = 1;
-  const int64_t want = 2ll * std::max(1, num_sms);
-  if (partials && base < want) ksplit = static_cast<int>(std::min<int64_t>(chunks, (want + base - 1) / base));
-  while (ksplit > 1 && (size_t)ksplit * M * N > partial_floats) --ksplit;
-  const int slice_chunks = (chunks + ksplit - 1) / ksplit;
-  ksplit = (chunks + slice_chunks - 1) / slice_chunks;  // every split non-empty
-  const int slice = slice_chunks * 64;
-  const int mode = ksplit > 1 ? 0 : (f32_out ? 2 : 1);
-  const dim3 grid(row_blocks, tiles, ksplit);
-  switch (tn) {
-    case 1:
-      int8_mma_v1_kernel<1><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
-      break;
-    case 2:
-      int8_mma_v1_kernel<2><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
-      break;
-    case 4:
-      int8_mma_v1_kernel<4><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
-      break;
-    default:
-      int8_mma_v1_kernel<8><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, y, bias, M, K, N, slice, mode, gelu);
-      break;
-  }
-  GLM_CUDA_LAUNCH_CHECK(k);
-  if (mode == 0) {
-    splitk_reduce_kernel<<<grid_for((int64_t)M * N), 256, 0, stream>>>(partials, ksplit, scale, bias, gelu, y, f32_out,
-                                                                       M, N);
-    GLM_CUDA_LAUNCH_CHECK("int8_mma (split-K reduction)");
-  }
-}
-
-void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
-              bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
-              int counter_count, int num_sms, cudaStream_t stream, int warp_row_tiles) {
-  const char* k = "int8_mma";
-  check_arg(x && q && scale && y, k, "null tensor");
-  check_arg(M >= 1 && N >= 1, k, "bad sizes");
-  check_arg(int8_mma_supported(x, q, K), k, "needs K % 64 == 0, 16-byte aligned x and q");
-  check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
-  const int tn = M <= 8 ? 1 : M <= 16 ? 2 : M <= 32 ? 4 : 8;
-  const int wr = warp_row_tiles == 1 ? 1 : 2;
-  const int block_rows = kMmaWarps * 16 * wr;
-  const int row_blocks = (N + block_rows - 1) / block_rows;
-  const int tiles = (M + 8 * tn - 1) / (8 * tn);
-  const int64_t base = (int64_t)row_blocks * tiles;
-  const int unit = 64;
-  const int units = K / unit;
-  // Split K over blocks when the grid would not fill the GPU 2x (4x for the
-  // small-register kernels, several of whose blocks fit on one SM).
-  int ksplit = 1;
-  const int64_t want = (tn <= 2 ? 4ll : 2ll) * std::max(1, num_sms);
-  if (partials && counters && base < want && base <= counter_count)
-    ksplit = static_cast<int>(std::min<int64_t>(units, (want + base - 1) / base));
-  while (ksplit > 1 && (size_t)ksplit * M * N > partial_floats) --ksplit;
-  const int slice_units = (units + ksplit - 1) / ksplit;
-  ksplit = (units + slice_units - 1) / slice_units;  // every split non-empty
-  const int slice = slice_units * unit;
-  check_arg(row_blocks <= 65535, k, "too many output rows");
-  const dim3 grid(tiles, row_blocks, ksplit);
-#define GLM_INT8_MMA(TN, WR)                                                                                \
-  int8_mma_kernel<TN, WR><<<grid, kMmaWarps * 32, 0, stream>>>(x, q, scale, partials, counters, y, bias, M, K, N, \
-                                                               slice, ksplit, f32_out, gelu)
-  if (wr == 2) {
-    switch (tn) {
-      case 1: GLM_INT8_MMA(1, 2); break;
-      case 2: GLM_INT8_MMA(2, 2); break;
-      case 4: GLM_INT8_MMA(4, 2); break;
-      default: GLM_INT8_MMA(8, 2); break;
-    }
-  } else {
-    switch (tn) {
-      case 1: GLM_INT8_MMA(1, 1); break;
-      case 2: GLM_INT8_MMA(2, 1); break;
-      case 4: GLM_INT8_MMA(4, 1); break;
-      default: GLM_INT8_MMA(8, 1); break;
-    }
-  }
-#undef GLM_INT8_MMA
-  GLM_CUDA_LAUNCH_CHECK(k);
-}
-
 // Per device: the dynamic shared memory limit of every pipelined kernel is
 // raised once (before any graph capture: Int8Gemm's constructor calls this),
 // and the resident blocks per SM are measured for the split-K choice.
@@ -1228,10 +883,6 @@ static const PipeOccupancy& pipe_setup() {
     one(Pipe4M16{});
     one(Pipe4M32{});
     one(Pipe4M64{});
-    one(Pipe5M8{});
-    one(Pipe5M16{});
-    one(Pipe5M32{});
-    one(Pipe5M64{});
     int* flag = nullptr;
     int have = 0;
     GLM_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
@@ -1263,7 +914,7 @@ void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* 
   check_arg(M >= 1 && N >= 1, k, "bad sizes");
   check_arg(int8_mma_supported(x, q, K), k, "needs K % 64 == 0, 16-byte aligned x and q");
   check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
-  check_arg(variant >= 4 && variant <= 6, k, "variant must be 4, 5 or 6");
+  check_arg(variant == 4 || variant == 6, k, "variant must be 4 or 6");
   const PipeOccupancy& po = pipe_setup();
   if (variant == 6 && M > 8 && po.wgmma) {
     if (M <= 16)
@@ -1279,7 +930,7 @@ void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* 
   }
   if (variant == 6) variant = 4;  // up to 8 tokens, or no sm_90a code: the pipelined kernel
   const int* occ = po.blocks;
-  const int shape = (variant == 5 ? 4 : 0) + (M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3);
+  const int shape = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3;
 #define GLM_INT8_PIPE(KERNEL, I)                                                                                  \
   case I:                                                                                                         \
     KERNEL::launch(x, q, scale, y, f32_out, bias, gelu, M, K, N, partials, partial_floats, counters, counter_count, \
@@ -1289,12 +940,8 @@ void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* 
     GLM_INT8_PIPE(Pipe4M8, 0);
     GLM_INT8_PIPE(Pipe4M16, 1);
     GLM_INT8_PIPE(Pipe4M32, 2);
-    GLM_INT8_PIPE(Pipe4M64, 3);
-    GLM_INT8_PIPE(Pipe5M8, 4);
-    GLM_INT8_PIPE(Pipe5M16, 5);
-    GLM_INT8_PIPE(Pipe5M32, 6);
     default:
-      GLM_INT8_PIPE(Pipe5M64, 7);
+      GLM_INT8_PIPE(Pipe4M64, 3);
   }
 #undef GLM_INT8_PIPE
 }
@@ -1331,7 +978,7 @@ Int8Gemm::Int8Gemm() {
   GLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
   if (const char* e = std::getenv("GLM_INT8_GEMV_MAX")) gemv_max_ = std::atoi(e);
   if (const char* e = std::getenv("GLM_INT8_MMA_MAX")) mma_max_ = std::atoi(e);
-  if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT")) mma_variant_ = std::atoi(e);
+  if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT")) set_mma_variant(std::atoi(e));
   pipe_setup();  // shared-memory limits of the pipelined kernels, before any graph capture
   check_blas(cublasCreate(&handle_), "cublasCreate");
   try {
@@ -1339,7 +986,7 @@ Int8Gemm::Int8Gemm() {
     GLM_CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
     check_blas(cublasSetWorkspace(handle_, workspace_, workspace_bytes_), "cublasSetWorkspace");
     // Split-K partials: at most (2 * SMs + grid) blocks of 256 rows x 64 tokens.
-    partial_bytes_ = (size_t)4 * num_sms_ * kMmaBlockRows * 64 * sizeof(float);
+    partial_bytes_ = (size_t)4 * num_sms_ * kSplitTileOutputs * sizeof(float);
     GLM_CUDA_CHECK(cudaMalloc(&partials_, partial_bytes_));
     scratch_bytes_ = (size_t)32 << 21;  // 32M fp16
     GLM_CUDA_CHECK(cudaMalloc(&scratch_, scratch_bytes_));
@@ -1360,6 +1007,11 @@ Int8Gemm::~Int8Gemm() {
   if (partials_) cudaFree(partials_);
   if (scratch_) cudaFree(scratch_);
   if (counters_) cudaFree(counters_);
+}
+
+void Int8Gemm::set_mma_variant(int v) {
+  check_arg(v == 4 || v == 6, "Int8Gemm", "tensor-core variant (GLM_INT8_MMA_VARIANT) must be 4 or 6");
+  mma_variant_ = v;
 }
 
 int Int8Gemm::gemv_max_tokens() const { return gemv_max_ >= 0 ? gemv_max_ : (pdl_enabled() ? 1 : 2); }
@@ -1390,29 +1042,9 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
     int8_gemv(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, stream_);
     return;
   }
-  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 4) {
-    int8_mma_pipe(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_,
-                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_, 4);
-    return;
-  }
-  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 6) {
-    int8_mma_pipe(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_,
-                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_, 6);
-    return;
-  }
-  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 5) {
-    int8_mma_pipe(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_,
-                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_, 5);
-    return;
-  }
-  if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in) && mma_variant_ == 1) {
-    int8_mma_v1(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_, partial_bytes_ / sizeof(float),
-                num_sms_, stream_);
-    return;
-  }
   if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in)) {
-    int8_mma(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_, partial_bytes_ / sizeof(float),
-             counters_, kCounters, num_sms_, stream_, mma_variant_ == 3 ? 1 : 2);
+    int8_mma_pipe(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_,
+                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_, mma_variant_);
     return;
   }
   // Prefill: dequantize slices of rows into the scratch buffer, cuBLAS each.

@@ -14,7 +14,7 @@
 //                       by a cp.async pipeline, weights dequantized in registers
 //                       (exact: |q| <= 127), split over K across blocks when the
 //                       grid is small, the splits summed in a fixed order
-//                       (deterministic). int8_mma: the older register-fed kernels.
+//                       (deterministic). Variant 6: Hopper wgmma (experimental).
 //   larger (prefill)    the weight dequantized slice by slice into a fp16
 //                       scratch buffer, then cuBLAS (compute-bound anyway).
 #pragma once
@@ -41,17 +41,13 @@ void int8_gemv(const __half* x, const int8_t* q, const __half* scale, void* y, b
                bool gelu, int M, int K, int N, cudaStream_t stream);
 
 // The tensor-core GEMM: K % 64 == 0, x and q 16-byte aligned, any M >= 1, N >= 1.
-// `partials` (fp32, `partial_floats` of them) holds the split-K partial sums and
-// `counters` (counter_count ints, zero, left zero) counts finished splits per
-// tile; the split is chosen so they fit (no split when either is null).
+// The weight and activation tiles are staged in shared memory by a multi-stage
+// cp.async pipeline (sm_80 and newer). `partials` (fp32, `partial_floats` of
+// them) holds the split-K partial sums and `counters` (counter_count ints, zero,
+// left zero) counts finished splits per tile; the split is chosen so they fit
+// (no split when either is null). variant 4: mma.sync (the default); 6: Hopper
+// wgmma above 8 tokens where int8_wgmma_available(), else 4.
 bool int8_mma_supported(const void* x, const void* q, int K);
-void int8_mma(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
-              bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
-              int counter_count, int num_sms, cudaStream_t stream, int warp_row_tiles = 2);
-
-// The pipelined tensor-core GEMM (variants 4 and 5: tile shapes): the same math
-// and requirements as int8_mma, the weight and activation tiles staged in shared
-// memory by a multi-stage cp.async pipeline (sm_80 and newer).
 void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
                    bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
                    int counter_count, int num_sms, cudaStream_t stream, int variant = 4);
@@ -92,13 +88,11 @@ class Int8Gemm {
   // 2 without it (docs/int8.md, kernel timing tables).
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
-  // Tensor-core kernel variant (GLM_INT8_MMA_VARIANT): 1 one chunk
-  // prefetched, split-K summed by a second kernel; 2
-  // three-chunk software pipeline, split-K summed in the kernel by the last block;
-  // 3 = 2 with 16 rows per warp (2 blocks per SM); 4 shared-memory cp.async
-  // pipeline (int8_mma_pipe; the default); 5 = 4 with other tile shapes; 6 =
-  // Hopper wgmma above 8 tokens (int8_wgmma_available()), 4 below.
-  void set_mma_variant(int v) { mma_variant_ = v; }
+  // Tensor-core kernel variant (GLM_INT8_MMA_VARIANT): 4 the shared-memory
+  // cp.async pipeline with mma.sync (the default); 6 Hopper wgmma above 8
+  // tokens (int8_wgmma_available()), 4 below. Anything else: std::invalid_argument.
+  // (Variants 1, 2, 3 and 5, slower everywhere, were removed; docs/int8.md.)
+  void set_mma_variant(int v);
   int mma_variant() const { return mma_variant_; }
   int gemv_max_tokens() const;
   int mma_max_tokens() const { return mma_max_; }
