@@ -137,6 +137,12 @@ class GrpcTransport:
                         f"no response from {self.url} within {self.timeout:g} s"
                     ) from None
                 if error is not None:
+                    # An error ends its request: the server (our decoder, the ensemble) sends
+                    # errors as the final response, and a broken stream has nothing left to
+                    # cancel. Cancelling anyway races the completed request in tritonserver
+                    # 2.51's gRPC front end, whose stream handler then waits forever and keeps
+                    # the ensemble from unloading at shutdown (docs/reliability_requests.md, R5).
+                    finished = True
                     raise map_grpc_error(error, self.url)
                 text = _text_of(result)
                 if text is not None:
