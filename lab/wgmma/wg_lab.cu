@@ -591,6 +591,354 @@ __global__ void __launch_bounds__(256, MINB)
 #endif
 }
 
+// ------------------------------------------------------------------ warp-specialized kernel
+// Block = 3 warpgroups (384 threads): warpgroup 0 = producer (setmaxnreg 40), warpgroups 1, 2 =
+// consumers (setmaxnreg 232), each RT m64 tiles as in wg_kernel. A ring of S stages with one
+// `full` and one `empty` mbarrier per stage, no __syncthreads in the main loop:
+//  - producer: waits empty[s] (8 consumer-warp arrivals), thread 0 arms full[s] with
+//    arrive.expect_tx and issues RT cp.async.bulk copies (8 KB each, one per 128-row group,
+//    complete_tx on full[s]); all 128 producer threads cp.async the x tile (core-matrix layout)
+//    and cp.async.mbarrier.arrive.noinc on full[s] (count 128 + 1).
+//  - consumers: A fragments of chunk c+1 are loaded + dequantized while wgmma groups c-1 and c
+//    are in flight (wait_group 1 after the loads); three A register arrays rotate (loop unrolled by
+//    3 by hand) and the array of the retired group is "used" right after the wait, so ptxas keeps
+//    it allocated until its group is done (see the A-register hazard in NOTES.md). Each consumer
+//    warp arrives on empty[stage of c-1] once group c-1 is retired.
+// Split K across the blocks of a cluster exactly as wg_kernel (DSMEM, fixed order), with an
+// uneven chunk split allowed (chunks * kz / ks) and the reduction split over float4 items.
+__device__ __forceinline__ void mbar_init(uint32_t a, int n) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(a), "r"(n) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t a, uint32_t par) {
+  asm volatile(
+      "{\n.reg .pred P1;\nLAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(a),
+      "r"(par)
+      : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t a) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(a) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_tx(uint32_t a, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(a), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+__device__ __forceinline__ void cp_mbar_arrive(uint32_t a) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
+__device__ __forceinline__ void cluster_sync_all() {
+  asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void griddep_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+// NW consumer warpgroups, RT m64 tiles each: 64 NW RT weight rows per block; S chunk slots (64 k each),
+// one full/empty mbarrier pair per group of G consecutive chunks (G = 2 halves the handshakes per k)
+template <int T, int RT, int S, int NW, int G = 1>
+struct WsCfg {
+  static constexpr int kNB = S / G;  // barrier pairs
+  static constexpr int kR = 64 * NW * RT, kWB = kR * 64, kXB = T * 128, kSB = kWB + kXB, kPS = kR + 4;
+  static constexpr int kSmem = 1024 + std::max(S * kSB, T * kPS * 4);
+  static constexpr int kThreads = 128 * (NW + 1);
+  // setmaxnreg: launch bound gives 65536 / kThreads per thread; the producer gives back what consumers take
+  static constexpr int kRegP = NW == 2 ? 40 : 32, kRegC = NW == 2 ? 232 : 160;
+  static_assert(NW == 2 || NW == 3, "consumer warpgroups");
+  static_assert(S % G == 0 && S >= 2 * G + 2, "slots: c-1, c in flight, c+1 being loaded, one group of lag");
+};
+
+template <int T, int RT, int S, int NW, int G>
+__global__ void __launch_bounds__(WsCfg<T, RT, S, NW, G>::kThreads, 1)
+    ws_kernel(const __half* __restrict__ x, const uint8_t* __restrict__ qp, const __half* __restrict__ scale,
+              const __half* __restrict__ bias, __half* __restrict__ y, int M, int N, int K, int gelu, int pfence) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using C = WsCfg<T, RT, S, NW, G>;
+  constexpr int NB = C::kNB;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int tid = threadIdx.x;
+  const int ks = gridDim.x, kz = blockIdx.x;
+  // programmatic dependent launch: the next layer's grid may start (and prefetch its weights) now;
+  // it waits (griddepcontrol.wait) for this grid to complete before it reads x or writes y
+  griddep_launch();
+  const int rb = blockIdx.y * C::kR, mb = blockIdx.z * T;
+  const int chunks = K >> 6;
+  const int c0 = kz * chunks / ks, nc = (kz + 1) * chunks / ks - c0;
+  const uint32_t sbar = smem_u32(smem), sbase = sbar + 1024;
+  // full[b] at sbar + 8 b, empty[b] at sbar + 8 (NB + b); group g of chunks [gG, gG+G) uses b = g % NB,
+  // chunk c lives in slot c % S; the round parity of group g is (g / NB) & 1
+  if (tid == 0) {
+#pragma unroll 1
+    for (int b = 0; b < NB; ++b) {
+      mbar_init(sbar + 8 * b, 129);
+      mbar_init(sbar + 8 * (NB + b), 4 * NW);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (tid < 128) {  // ---------------- producer warpgroup
+    if (C::kRegP == 40) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    else asm volatile("setmaxnreg.dec.sync.aligned.u32 32;\n" ::: "memory");
+    constexpr int XG = T * 8, XI = (XG + 127) / 128, NT = NW * RT;
+    const int gt0 = rb >> 6;  // first m64 tile of the block
+    const int lchunk0 = (pfence & 2) ? 0 : (blockIdx.y * 7) % nc;
+    const int ng = (nc + G - 1) / G;
+    auto lch_of = [&](int c) { int l = lchunk0 + c; return l >= nc ? l - nc : l; };
+    // pfence & 64: chunk-major prepacked weights ([K/64][N/128][8 KB]: the blocks running at the same time
+    // read neighbouring 8 KB pieces instead of pieces 512 KB apart); else row-group-major ([N/128][K/64][8 KB])
+    const size_t gs = (pfence & 64) ? 8192 : (size_t)chunks * 8192, cs = (pfence & 64) ? (size_t)(N >> 7) * 8192 : 8192;
+    auto wptr = [&](int grp, int ch) { return qp + (size_t)grp * gs + (size_t)ch * cs; };
+    // weights of group g (thread 0): per chunk one bulk copy per m64 tile (4 KB) or per aligned pair (8 KB)
+    auto wload = [&](int g) {
+      if (tid == 0) {
+        const uint32_t fb = sbar + 8 * (g % NB);
+        const int n = min(G, nc - g * G);
+        if (pfence & 256) {  // diagnostic: no weight copies
+          mbar_arrive(fb);
+          return;
+        }
+        mbar_arrive_tx(fb, n * C::kWB);
+        for (int j = 0; j < n; ++j) {
+          const int c = g * G + j, lch = lch_of(c);
+          const uint32_t sw = sbase + (c % S) * C::kSB;
+          if (NT % 2 == 0) {
+#pragma unroll
+            for (int i = 0; i < NT; i += 2) bulk_g2s(sw + i * 4096, wptr((gt0 + i) >> 1, c0 + lch), 8192, fb);
+          } else {
+#pragma unroll
+            for (int i = 0; i < NT; ++i) {
+              const int gt = gt0 + i;
+              bulk_g2s(sw + i * 4096, wptr(gt >> 1, c0 + lch) + (gt & 1) * 4096, 4096, fb);
+            }
+          }
+        }
+      }
+    };
+    // x tiles of group g (all 128 producer threads), then the noinc arrival (or a commit, see xdone)
+    auto xload = [&](int g) {
+      const int n = min(G, nc - g * G);
+      for (int j = 0; j < n; ++j) {
+        const int c = g * G + j, lch = lch_of(c);
+        const uint32_t sw = sbase + (c % S) * C::kSB;
+#pragma unroll
+        for (int i = 0; i < XI; ++i) {
+          const int idx = tid + i * 128;
+          if ((XG & 127) && idx >= XG) break;
+          if (pfence & 128) break;  // diagnostic: no x copies
+          const int r = idx >> 3, gr = idx & 7;
+          const bool ok = mb + r < M;
+          cp16z(sw + C::kWB + (r >> 3) * 1024 + gr * 128 + (r & 7) * 16,
+                x + (size_t)(ok ? mb + r : 0) * K + (c0 + lch) * 64 + gr * 8, ok);
+        }
+      }
+      if (pfence & 32) cp_commit();
+      else cp_mbar_arrive(sbar + 8 * (g % NB));
+    };
+    // pfence & 32: the producer makes its generic-proxy x writes visible to the async proxy itself
+    // (wait for the copies of group g, fence.proxy.async, then a plain arrival), one group behind,
+    // so the consumers need no fence on their critical path
+    auto xdone = [&](int g, bool last) {
+      if (last) cp_wait<0>(); else cp_wait<1>();
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      mbar_arrive(sbar + 8 * (g % NB));
+    };
+    const int pre = ng < NB ? ng : NB;
+#pragma unroll 1
+    for (int g = 0; g < pre; ++g) wload(g);  // weights do not depend on the previous layer: before the wait
+    griddep_wait();
+#pragma unroll 1
+    for (int g = 0; g < pre; ++g) {
+      xload(g);
+      if ((pfence & 32) && g > 0) xdone(g - 1, false);
+    }
+#pragma unroll 1
+    for (int g = pre; g < ng; ++g) {
+      mbar_wait(sbar + 8 * (NB + g % NB), ((g / NB) & 1) ^ 1);
+      wload(g);
+      xload(g);
+      if (pfence & 32) xdone(g - 1, false);
+    }
+    if (pfence & 32) xdone(ng - 1, true);
+    __syncthreads();    // A: consumers done, stages free
+    cluster_sync_all(); // B: partial tiles written
+    cluster_sync_all(); // C: reductions done
+    return;
+  }
+  // ---------------- consumer warpgroups
+  if (C::kRegC == 232) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  else asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n" ::: "memory");
+  const int ct = tid - 128, warp = ct >> 5, lane = ct & 31, wg = warp >> 2, w = warp & 3;
+  const int g = lane >> 2, t = lane & 3;
+  uint32_t aoff[RT];
+#pragma unroll
+  for (int r = 0; r < RT; ++r) {
+    const int t64 = wg * RT + r;
+    aoff[r] = t64 * 4096 + w * 1024 + lane * 16;
+  }
+  float acc[RT][T / 2];
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int i = 0; i < T / 2; ++i) acc[r][i] = 0.f;
+  uint32_t a0[RT][4][4], a1[RT][4][4], a2[RT][4][4];
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a0[r][s][i] = a1[r][s][i] = a2[r][s][i] = 0u;
+  auto keep_alive = [](uint32_t(&v)[RT][4][4]) {
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int s = 0; s < 4; ++s)
+        asm volatile("" ::"r"(v[r][s][0]), "r"(v[r][s][1]), "r"(v[r][s][2]), "r"(v[r][s][3]) : "memory");
+  };
+  auto frag = [&](uint32_t(&a)[RT][4][4], uint32_t sw) {
+#pragma unroll
+    for (int r = 0; r < RT; ++r)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint4 v = lds128(sw + aoff[r] + h * 512);
+        a[r][2 * h][0] = deq2(v.x, 0x4140);
+        a[r][2 * h][1] = deq2(v.x, 0x4342);
+        a[r][2 * h][2] = deq2(v.y, 0x4140);
+        a[r][2 * h][3] = deq2(v.y, 0x4342);
+        a[r][2 * h + 1][0] = deq2(v.z, 0x4140);
+        a[r][2 * h + 1][1] = deq2(v.z, 0x4342);
+        a[r][2 * h + 1][2] = deq2(v.w, 0x4140);
+        a[r][2 * h + 1][3] = deq2(v.w, 0x4342);
+      }
+  };
+  auto wait_full = [&](int b, uint32_t par) {
+    mbar_wait(sbar + 8 * b, par);
+    // generic-proxy cp.async writes (x tile) -> async-proxy wgmma reads
+    if (pfence & 1) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+  };
+  int c = 0, sc = 0;
+  wait_full(0, 0);
+  frag(a0, sbase);
+  // chunk c: issue its group (A = ac), load + dequantize chunk c+1 into an, retire group c-1 (A = ap)
+  auto step = [&](uint32_t(&ac)[RT][4][4], uint32_t(&an)[RT][4][4], uint32_t(&ap)[RT][4][4]) {
+    const uint64_t bd = wg_desc(sbase + sc * C::kSB + C::kWB, 128, 1024);
+#pragma unroll
+    for (int r = 0; r < RT; ++r) fence_regs(acc[r]);
+    if (!(pfence & 8)) {  // (pfence & 8: diagnostic, no wgmma)
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int s = 0; s < 4; ++s)
+#pragma unroll
+        for (int r = 0; r < RT; ++r) WgRS<T>::mma(acc[r], ac[r][s], bd + (uint64_t)(s * 16));
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    const int sn = sc + 1 == S ? 0 : sc + 1;
+    if (c + 1 < nc) {
+      const int gn = (c + 1) / G;
+      if (gn * G == c + 1) wait_full(gn % NB, (gn / NB) & 1);  // first chunk of its group
+      if (!(pfence & 4)) frag(an, sbase + sn * C::kSB);  // (pfence & 4: diagnostic, no LDS + dequant)
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+    keep_alive(ap);
+#pragma unroll
+    for (int r = 0; r < RT; ++r) fence_regs(acc[r]);
+    // chunk c-1 retired: release its group once its last chunk is retired
+    if (c >= 1 && (c % G) == 0 && lane == 0) mbar_arrive(sbar + 8 * (NB + ((c - 1) / G) % NB));
+    sc = sn;
+    ++c;
+  };
+#pragma unroll 1
+  while (true) {
+    step(a0, a1, a2);
+    if (c == nc) break;
+    step(a1, a2, a0);
+    if (c == nc) break;
+    step(a2, a0, a1);
+    if (c == nc) break;
+  }
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  keep_alive(a0);
+  keep_alive(a1);
+  keep_alive(a2);
+  griddep_wait();  // (already passed by the producer) before y is written
+#pragma unroll
+  for (int r = 0; r < RT; ++r) fence_regs(acc[r]);
+  __syncthreads();  // A
+
+  float* part = reinterpret_cast<float*>(smem + 1024);
+  if (pfence & 512) {  // diagnostic: no epilogue (no partial tile, no reduction, no y)
+    cluster_sync_all();
+    cluster_sync_all();
+    return;
+  }
+#pragma unroll
+  for (int r = 0; r < RT; ++r)
+#pragma unroll
+    for (int j = 0; j < T / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = (wg * RT + r) * 64 + w * 16 + g + (e >= 2 ? 8 : 0);
+        const int tok = 8 * j + 2 * t + (e & 1);
+        part[tok * C::kPS + row] = acc[r][4 * j + e];
+      }
+  cluster_sync_all();  // B
+  cg::cluster_group cluster = cg::this_cluster();
+  constexpr int R4 = C::kR / 4, F4 = T * R4;
+  const int q0 = kz * F4 / ks, q1 = (kz + 1) * F4 / ks;
+  const float* peer[8];
+#pragma unroll
+  for (int z = 0; z < 8; ++z) peer[z] = z < ks ? cluster.map_shared_rank(part, z) : part;
+  // B items per thread at once, so that all their DSMEM loads are in flight together
+  constexpr int NTH = 128 * NW, B = 4;
+#pragma unroll 1
+  for (int e0 = q0 + ct; e0 < q1; e0 += B * NTH) {
+    float4 sum[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const int e = e0 + b * NTH;
+      sum[b] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (e < q1) {
+        const int tok = e / R4, rl = (e - tok * R4) * 4;
+        float4 v[8];
+#pragma unroll
+        for (int z = 0; z < 8; ++z)
+          if (z < ks) v[z] = *reinterpret_cast<const float4*>(peer[z] + tok * C::kPS + rl);
+        sum[b] = v[0];
+#pragma unroll
+        for (int z = 1; z < 8; ++z)  // fixed order z = 0..ks-1: deterministic
+          if (z < ks) sum[b].x += v[z].x, sum[b].y += v[z].y, sum[b].z += v[z].z, sum[b].w += v[z].w;
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const int e = e0 + b * NTH;
+      if (e >= q1) break;
+      const int tok = e / R4, rl = (e - tok * R4) * 4;
+      const int m = mb + tok, n = rb + rl;
+      if (m < M && n < N) {
+        float o[4] = {sum[b].x, sum[b].y, sum[b].z, sum[b].w};
+        const uint2 sc2 = *reinterpret_cast<const uint2*>(scale + n);
+        const __half* scp = reinterpret_cast<const __half*>(&sc2);
+        __align__(8) __half out[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float u = o[i] * __half2float(scp[i]);
+          if (bias) u += __half2float(bias[n + i]);
+          if (gelu) u = gelu_tanh(u);
+          out[i] = __float2half_rn(u);
+        }
+        *reinterpret_cast<uint2*>(y + (size_t)m * N + n) = *reinterpret_cast<const uint2*>(out);
+      }
+    }
+  }
+  cluster_sync_all();  // C
+#endif
+}
+
 // ------------------------------------------------------------------ setup kernels
 __device__ __forceinline__ uint32_t hash32(uint64_t x) {
   x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
@@ -626,7 +974,8 @@ __global__ void quant_kernel(const __half* w, int8_t* q, __half* scale, int K) {
   }
 }
 // q [N, K] row-major -> the prepacked layout (see the top of the file), bytes stored as q + 128
-__global__ void prepack_kernel(const int8_t* q, uint8_t* qp, int N, int K) {
+// cm = 1: chunk-major order of the 8 KB (128-row x 64-k) pieces, [K/64][N/128] (ws kernel)
+__global__ void prepack_kernel(const int8_t* q, uint8_t* qp, int N, int K, int cm) {
   const size_t total = (size_t)N * K;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
     const int n = (int)(i / K), k = (int)(i % K);
@@ -634,7 +983,8 @@ __global__ void prepack_kernel(const int8_t* q, uint8_t* qp, int N, int K) {
     const int c = k >> 6, kk = k & 63, h = kk >> 5, j = (kk >> 4) & 1, kq = kk & 15;
     const int hi = kq >= 8, t = (kq & 7) >> 1;
     const int word = 2 * j + hi, byte = up * 2 + (kq & 1);
-    const size_t off = ((((size_t)rg * (K >> 6) + c) * 8 + mt) * 2 + h) * 512 + (g * 4 + t) * 16 + word * 4 + byte;
+    const size_t piece = cm ? (size_t)c * (N >> 7) + rg : (size_t)rg * (K >> 6) + c;
+    const size_t off = ((piece * 8 + mt) * 2 + h) * 512 + (g * 4 + t) * 16 + word * 4 + byte;
     qp[off] = (uint8_t)(q[i] + 128);
   }
 }
@@ -693,12 +1043,16 @@ struct Args {
   float* ws;  // stream-K partial slots
   int* cnt;   // stream-K tile counters (zero between launches)
   int sms;
+  int pdl;    // ws_kernel launches with programmatic dependent launch
 };
 struct Variant {
   int T, RT, S, R, smem;
   cudaError_t (*launch)(const Args&, int ks, cudaStream_t);
   int (*prep)();  // returns resident blocks per SM
-  int sk, W, occ;  // sk: stream-K persistent kernel (ks = blocks per SM), W: wgmma groups in flight
+  int sk, W, occ;  // sk: 1 = stream-K persistent kernel (ks = blocks per SM), 2 = warp-specialized
+                   // cluster kernel (ws_kernel); W: wgmma groups in flight
+  int nw = 2;      // consumer warpgroups (ws_kernel)
+  int g = 1;       // chunks per full/empty barrier pair (ws_kernel)
 };
 template <int T, int RT, int S, int MINB>
 cudaError_t launch_wg(const Args& a, int ks, cudaStream_t st) {
@@ -740,6 +1094,36 @@ int prep_sk() {
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, sk_kernel<T, RT, S, W, MINB>, 256, S * C::kSB));
   return occ;
 }
+template <int T, int RT, int S, int NW, int G>
+cudaError_t launch_ws(const Args& a, int ks, cudaStream_t st) {
+  using C = WsCfg<T, RT, S, NW, G>;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(ks, a.N / C::kR, (a.M + T - 1) / T);
+  cfg.blockDim = dim3(C::kThreads);
+  cfg.dynamicSmemBytes = C::kSmem;
+  cfg.stream = st;
+  cudaLaunchAttribute at[2];
+  at[0].id = cudaLaunchAttributeClusterDimension;
+  at[0].val.clusterDim.x = ks;
+  at[0].val.clusterDim.y = 1;
+  at[0].val.clusterDim.z = 1;
+  at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = a.pdl ? 2 : 1;
+  return cudaLaunchKernelEx(&cfg, ws_kernel<T, RT, S, NW, G>, a.x, a.qp, a.scale, a.bias, a.y, a.M, a.N, a.K, a.gelu, a.pfence);
+}
+template <int T, int RT, int S, int NW, int G>
+int prep_ws() {
+  CK(cudaFuncSetAttribute(ws_kernel<T, RT, S, NW, G>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                          WsCfg<T, RT, S, NW, G>::kSmem));
+  return 1;
+}
+#define WSV(T, RT, S, NW, G)                                                                                       \
+  Variant {                                                                                                       \
+    T, RT, S, 64 * NW * RT, WsCfg<T, RT, S, NW, G>::kSmem, launch_ws<T, RT, S, NW, G>, prep_ws<T, RT, S, NW, G>, 2, \
+        2, 1, NW, G                                                                                               \
+  }
 #define VAR(T, RT, S, MINB) \
   Variant { T, RT, S, 128 * RT, Cfg<T, RT, S>::kSmem, launch_wg<T, RT, S, MINB>, prep_wg<T, RT, S, MINB>, 0, 1, 1 }
 #define SKV(T, RT, S, W, MINB)                                                                                    \
@@ -753,7 +1137,12 @@ static std::vector<Variant> variants() {
           // stream-K persistent variants
           SKV(16, 2, 8, 1, 1), SKV(16, 1, 8, 1, 2), SKV(32, 2, 8, 1, 1), SKV(32, 1, 6, 1, 2),
           SKV(64, 2, 5, 1, 1), SKV(64, 2, 4, 1, 1), SKV(64, 2, 8, 1, 1), SKV(64, 1, 6, 1, 2),
-          SKV(128, 2, 4, 1, 1), SKV(128, 2, 5, 1, 1), SKV(128, 1, 4, 1, 1)};
+          SKV(128, 2, 4, 1, 1), SKV(128, 2, 5, 1, 1), SKV(128, 1, 4, 1, 1),
+          // warp-specialized (producer warpgroup + 2 consumer warpgroups, mbarrier ring, 2 groups in flight)
+          // (G = 2 chunks per barrier pair, e.g. WSV(64, 2, 6, 2, 2), compiles and passes but was 24% slower: not tuned)
+          WSV(16, 2, 8, 2, 1), WSV(32, 2, 8, 2, 1), WSV(32, 1, 10, 3, 1), WSV(64, 2, 6, 2, 1), WSV(64, 2, 8, 2, 1),
+          WSV(64, 1, 8, 2, 1), WSV(64, 1, 8, 3, 1), WSV(64, 1, 10, 3, 1), WSV(128, 1, 4, 2, 1), WSV(128, 1, 6, 2, 1),
+          WSV(128, 1, 6, 3, 1)};
 }
 
 struct Layer {
@@ -762,6 +1151,7 @@ struct Layer {
   __half *w, *scale, *bias, *x, *y;
   int8_t* q;
   uint8_t* qp;
+  uint8_t* qpc;  // chunk-major copy (ws kernel)
   float* yref;
 };
 struct Choice {
@@ -773,10 +1163,14 @@ int main() {
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   const int MMAX = 128;
-  const int pfence = getenv("WG_FENCE") ? atoi(getenv("WG_FENCE")) : 1;
+  const int pfence = getenv("WG_FENCE") ? atoi(getenv("WG_FENCE")) : 2;
   const int rot = getenv("WG_ROT") ? atoi(getenv("WG_ROT")) : 1;
-  printf("fence.proxy.async per stage: %s (WG_FENCE), cluster-kernel chunk rotation: %s (WG_ROT)\n", pfence ? "on" : "off",
-         rot ? "on" : "off");
+  const int use_ws = getenv("WG_WS") ? atoi(getenv("WG_WS")) : 1;  // WG_WS=0: leave out the warp-specialized kernel
+  const int pdl = getenv("WG_PDL") ? atoi(getenv("WG_PDL")) : 1;  // WG_PDL=0: no programmatic dependent launch
+  printf("warp-specialized kernel: %s (WG_WS), its programmatic dependent launch: %s (WG_PDL)\n", use_ws ? "on" : "off",
+         pdl ? "on" : "off");
+  printf("fence.proxy.async per stage: %s (WG_FENCE; 2 = ws kernel: by the producer), cluster-kernel chunk rotation: %s (WG_ROT)\n",
+         pfence == 2 ? "on, ws: producer side" : pfence ? "on" : "off", rot ? "on" : "off");
   Layer L[4] = {{"qkv", 12288, 4096, 0}, {"dense", 4096, 4096, 0}, {"h_to_4h", 16384, 4096, 1}, {"4h_to_h", 4096, 16384, 0}};
   size_t wbytes = 0;
   for (int l = 0; l < 4; ++l) {
@@ -786,6 +1180,7 @@ int main() {
     CK(cudaMalloc(&y.w, nk * 2));
     CK(cudaMalloc(&y.q, nk));
     CK(cudaMalloc(&y.qp, nk));
+    CK(cudaMalloc(&y.qpc, nk));
     CK(cudaMalloc(&y.scale, y.N * 2));
     CK(cudaMalloc(&y.bias, y.N * 2));
     CK(cudaMalloc(&y.x, (size_t)MMAX * y.K * 2));
@@ -795,7 +1190,8 @@ int main() {
     fill_kernel<<<256, 256>>>(y.x, (size_t)MMAX * y.K, 2000 + l, 1.0f);
     fill_kernel<<<64, 256>>>(y.bias, y.N, 3000 + l, 0.5f);
     quant_kernel<<<y.N, 256>>>(y.w, y.q, y.scale, y.K);
-    prepack_kernel<<<8192, 256>>>(y.q, y.qp, y.N, y.K);
+    prepack_kernel<<<8192, 256>>>(y.q, y.qp, y.N, y.K, 0);
+    prepack_kernel<<<8192, 256>>>(y.q, y.qpc, y.N, y.K, 1);
     CK(cudaGetLastError());
   }
   CK(cudaDeviceSynchronize());
@@ -819,10 +1215,21 @@ int main() {
   cudaEvent_t ev[6];
   for (auto& e : ev) CK(cudaEventCreate(&e));
 
-  auto run_mine = [&](int l, int M, const Choice& ch) -> cudaError_t {
+  // pfence bits: 1 consumer-side fence (all kernels), 2 no chunk rotation, 32 ws: producer-side fence (and the
+  // old kernels keep 1), 4 / 8 ws diagnostics (no dequant / no wgmma: wrong results, profile mode only)
+  const int l2pf = getenv("WG_L2PF") ? atoi(getenv("WG_L2PF")) : 0;  // ws kernel: L2 prefetch distance (chunks)
+  printf("ws kernel L2 prefetch distance: %d chunks (WG_L2PF)\n", l2pf);
+  const int cmaj = getenv("WG_CM") ? atoi(getenv("WG_CM")) : 0;  // ws kernel: chunk-major weights (no gain measured)
+  printf("ws kernel weight layout: %s (WG_CM)\n", cmaj ? "chunk-major" : "row-group-major");
+  const int pf0 = (pfence == 2 ? 1 | 32 : pfence ? 1 : 0) | (rot ? 0 : 2) | (l2pf << 10) | (cmaj ? 64 : 0);
+  auto run_mine = [&](int l, int M, const Choice& ch, int pfo = -1) -> cudaError_t {
     Layer& y = L[l];
-    Args a{y.x, y.qp, y.scale, y.gelu ? y.bias : nullptr, y.y, M, y.N, y.K, y.gelu, (pfence ? 1 : 0) | (rot ? 0 : 2), dws, dcnt,
-           prop.multiProcessorCount};
+    int pf = pfo >= 0 ? pfo : pf0;
+    if (V[ch.v].sk == 2 && (pf & 32)) pf &= ~1;  // ws kernel: producer-side fence replaces the consumer one
+    const bool cmo = V[ch.v].sk == 2 && (pf & 64);
+    if (!cmo) pf &= ~64;
+    Args a{y.x, cmo ? y.qpc : y.qp, y.scale, y.gelu ? y.bias : nullptr, y.y, M, y.N, y.K, y.gelu, pf, dws, dcnt,
+           prop.multiProcessorCount, pdl};
     return V[ch.v].launch(a, ch.ks, st);
   };
   auto run_cublas = [&](int l, int M) {
@@ -855,25 +1262,43 @@ int main() {
   };
 
   bool fail = false;
+  static const char* kname[3] = {"cluster", "streamK", "ws"};
   // WG_PROF=1: profile mode for ncu: only M=64 qkv, the old cluster kernel (64/2/4, ksplit 2) then the
   // stream-K kernel (64/2/5/W1, 1 block/SM), 60 launches each, checked, no autotune
   if (getenv("WG_PROF") && atoi(getenv("WG_PROF"))) {
     const int M = 64;
-    auto find = [&](int sk, int T, int RT, int S, int W) {
+    // W: stream-K groups in flight / ws consumer warpgroups; gg: ws chunks per barrier pair
+    auto find = [&](int sk, int T, int RT, int S, int W, int gg = 1) {
       for (int v = 0; v < (int)V.size(); ++v)
-        if (V[v].sk == sk && V[v].T == T && V[v].RT == RT && V[v].S == S && (!sk || V[v].W == W)) return v;
+        if (V[v].sk == sk && V[v].T == T && V[v].RT == RT && V[v].S == S && (sk == 0 || (sk == 1 ? V[v].W : V[v].nw) == W) &&
+            (sk != 2 || V[v].g == gg))
+          return v;
       fprintf(stderr, "variant not found\n");
       exit(1);
     };
     Layer& y = L[0];
     ref_kernel<<<(y.N / 3 + 8) / 8, 256, 0, st>>>(y.x, y.q, y.scale, nullptr, y.yref, M, y.N, y.K, 0);
-    const Choice cs[2] = {{find(0, 64, 2, 4, 1), 2}, {find(1, 64, 2, 5, 1), 1}};
+    const Choice cs[4] = {{find(0, 64, 2, 4, 1), 2}, {find(1, 64, 2, 5, 1), 1}, {find(2, 64, 2, 6, 2), 2},
+                          {find(2, 64, 1, 8, 3), 2}};
     for (const Choice& ch : cs) {
       CK(cudaMemsetAsync(y.y, 0xFF, (size_t)M * y.N * 2, st));
       CK(run_mine(0, M, ch));
       const double err = check(0, M);
       const float us = time_seq([&] { CK(run_mine(0, M, ch)); }, 0, 60);
-      printf("prof M=64 qkv %s: err %.3e, %.1f us/launch (alone, back to back)\n", V[ch.v].sk ? "streamK 64/2/5/1" : "cluster 64/2/4 ks2", err, us);
+      if (V[ch.v].sk == 2 && getenv("WG_DIAG")) {  // ws kernel: fence placement and diagnostics
+        const int pfs[5] = {32, 32 | 512, 32 | 4 | 8, 32 | 4 | 8 | 128 | 256, 32 | 4 | 8 | 128 | 256 | 512};
+        const char* nm[5] = {"all", "no epilogue (wrong)", "no deq/mma (wrong)", "no deq/mma/x/w (wrong)",
+                             "no deq/mma/x/w/epilogue (wrong)"};
+        for (int i = 0; i < 5; ++i) {
+          CK(cudaMemsetAsync(y.y, 0xFF, (size_t)M * y.N * 2, st));
+          CK(run_mine(0, M, ch, pfs[i]));
+          const double e2 = check(0, M);
+          const float u2 = time_seq([&] { CK(run_mine(0, M, ch, pfs[i])); }, 5, 100);
+          printf("diag M=64 qkv ws%dg%d %d/%d/%d ks%d %-30s: err %.3e, %.1f us/launch\n", V[ch.v].nw, V[ch.v].g, V[ch.v].T,
+                 V[ch.v].RT, V[ch.v].S, ch.ks, nm[i], e2, u2);
+        }
+      }
+      printf("prof M=64 qkv %s: err %.3e, %.1f us/launch (alone, back to back)\n", V[ch.v].sk == 1 ? "streamK 64/2/5/1" : V[ch.v].sk == 2 ? (V[ch.v].nw == 3 ? (V[ch.v].g == 2 ? "ws3g2 64/1/8 ks2" : "ws3 64/1/8 ks2") : (V[ch.v].g == 2 ? "ws2g2 64/2/6 ks2" : "ws2 64/2/6 ks2")) : "cluster 64/2/4 ks2", err, us);
       if (!(err <= 2e-3)) fail = true;
     }
     return fail ? 1 : 0;
@@ -900,7 +1325,8 @@ int main() {
       for (int v = 0; v < (int)V.size(); ++v) {
         if (V[v].T != T || L[l].N % V[v].R) continue;
         for (int ks = 1; ks <= 8; ks *= 2) {
-          if (V[v].sk) {
+          if (V[v].sk == 2 && !use_ws) continue;
+          if (V[v].sk == 1) {
             if (ks > V[v].occ) continue;
           } else if ((L[l].K / 64) % ks || (V[v].R / ks) % 4) continue;
           Choice ch{v, ks};
@@ -933,15 +1359,27 @@ int main() {
     for (int l = 0; l < 4; ++l) best[l] = cand[l][0];
     for (int pass = 0; pass < 2; ++pass)
       for (int l = 0; l < 4; ++l) {
-        float bt = 1e30f;
-        Choice bc = best[l];
+        float bt = 1e30f, bk[3] = {1e30f, 1e30f, 1e30f};
+        Choice bc = best[l], bkc[3] = {};
         for (const Choice& ch : cand[l]) {
           Choice cur[4] = {best[0], best[1], best[2], best[3]};
           cur[l] = ch;
           const float us = time_seq([&] { for (int i = 0; i < 4; ++i) run_mine(i, M, cur[i]); }, 2, 8);
           if (us < bt) bt = us, bc = ch;
+          const int kd = V[ch.v].sk;
+          if (us < bk[kd]) bk[kd] = us, bkc[kd] = ch;
         }
         best[l] = bc;
+        if (pass == 1) {  // best 4-layer sequence time with this layer's kernel of each kind
+          printf("  tune M=%3d %-8s (4-layer us):", M, L[l].name);
+          for (int kd = 0; kd < 3; ++kd)
+            if (bk[kd] < 1e29f)
+              printf("  %s%s %.1f (%d/%d/%d/%d)", kname[kd],
+                     kd == 2 ? (V[bkc[kd].v].nw == 3 ? (V[bkc[kd].v].g == 2 ? "3g2" : "3") : (V[bkc[kd].v].g == 2 ? "2g2" : "2"))
+                             : "",
+                     bk[kd], V[bkc[kd].v].T, V[bkc[kd].v].RT, V[bkc[kd].v].S, bkc[kd].ks);
+          printf("\n");
+        }
       }
     // final checks of the chosen configs, then the timings
     Row row{};
@@ -952,8 +1390,8 @@ int main() {
       CK(run_mine(l, M, best[l]));
       const double err = check(l, M);
       printf("check M=%3d %-8s N=%5d K=%5d: max err / max|ref| = %.3e  (%s T=%d RT=%d S=%d %s=%d)\n", M, L[l].name,
-             L[l].N, L[l].K, err, V[best[l].v].sk ? "streamK" : "cluster", V[best[l].v].T, V[best[l].v].RT,
-             V[best[l].v].S, V[best[l].v].sk ? "blocks/SM" : "ksplit", best[l].ks);
+             L[l].N, L[l].K, err, V[best[l].v].sk == 2 ? (V[best[l].v].nw == 3 ? (V[best[l].v].g == 2 ? "ws3g2" : "ws3") : (V[best[l].v].g == 2 ? "ws2g2" : "ws2")) : kname[V[best[l].v].sk], V[best[l].v].T, V[best[l].v].RT,
+             V[best[l].v].S, V[best[l].v].sk == 1 ? "blocks/SM" : "ksplit", best[l].ks);
       if (!(err <= 2e-3)) fail = true;
     }
     row.fp16 = time_seq([&] { for (int i = 0; i < 4; ++i) run_cublas(i, M); }, 3, 20);
@@ -988,7 +1426,8 @@ int main() {
     for (int l = 0; l < 4; ++l) {
       const Variant& v = V[r.ch[l].v];
       char cfg[64];
-      if (v.sk) snprintf(cfg, sizeof cfg, "sk %d/%d/%d/%d/%d", v.T, v.RT, v.S, v.W, r.ch[l].ks);
+      if (v.sk == 1) snprintf(cfg, sizeof cfg, "sk %d/%d/%d/%d/%d", v.T, v.RT, v.S, v.W, r.ch[l].ks);
+      else if (v.sk == 2) snprintf(cfg, sizeof cfg, "ws%d%s %d/%d/%d/%d", v.nw, v.g == 2 ? "g2" : "", v.T, v.RT, v.S, r.ch[l].ks);
       else snprintf(cfg, sizeof cfg, "%d/%d/%d/%d", v.T, v.RT, v.S, r.ch[l].ks);
       printf("| %d | %s | %s | %.1f | %.1f | %.0f |\n", r.M, L[l].name, cfg, r.lf[l], r.lm[l],
              (double)L[l].N * L[l].K / (r.lm[l] * 1e3));
