@@ -7,6 +7,7 @@ stream is closed by the helper that opened it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
@@ -169,6 +170,53 @@ class Stream:
             self.client.stop_stream(cancel_requests=cancel)
         finally:
             self.client.close()
+
+
+class SseStream:
+    """One HTTP ``/generate_stream`` request (server-sent events); ``close()`` drops the
+    connection, which cancels the request. Used where a test only needs requests held open
+    and then cancelled: tritonserver 2.51's gRPC front end can crash completing a stream
+    cancellation (docs/reliability_requests.md, R5 item 3), its HTTP front end has not."""
+
+    def __init__(self, http_url: str, model: str, body: dict, timeout: float = CLIENT_TIMEOUT):
+        host, port = http_url.rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        # Sent now; the answer is read by next() (a queued request has no headers yet).
+        self.conn.request(
+            "POST",
+            f"/v2/models/{model}/generate_stream",
+            json.dumps(body),
+            {"Content-Type": "application/json"},
+        )
+        self.resp: http.client.HTTPResponse | None = None
+
+    def next(self) -> tuple[str, object]:
+        """-> ("data", event) | ("error", message) | ("end", None)."""
+        if self.resp is None:
+            self.resp = self.conn.getresponse()
+        while True:
+            line = self.resp.readline()
+            if not line:
+                return "end", None
+            if line.startswith(b"data:"):
+                event = json.loads(line[5:])
+                if "error" in event:
+                    return "error", event["error"]
+                return "data", event
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def cancel_streams(streams: list[Stream], srv) -> None:
+    """Cancels decoder streams one at a time, each once the server has ended the one before
+    (its ``glm_active_requests`` dropped): tritonserver 2.51's gRPC front end can crash on
+    concurrent stream cancellations (docs/reliability_requests.md, R5 item 3)."""
+    left = srv.metric("glm_active_requests")
+    for s in streams:
+        s.close(cancel=True)
+        left = max(left - 1, 0)
+        srv.wait_metric("glm_active_requests", lambda v, n=left: v <= n, timeout=30)
 
 
 def run_stream(url: str, model: str, tensors, output: str = "text_output", **kw):

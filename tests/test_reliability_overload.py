@@ -13,7 +13,7 @@ import threading
 
 import pytest
 from test_reliability_common import (
-    Stream,
+    SseStream,
     generate_ids,
     generate_text,
     http_post,
@@ -204,11 +204,13 @@ def test_bounded_queue_answers_unavailable(tmp_path):
     cfg = {"max_running_seqs": 1, "max_queue": 2}
     with TritonServer(log_dir=tmp_path, backend_config=cfg) as srv:
         long = id_tensors(prompt_ids(3), max_tokens=2040, ignore_eos=True, stream=True)
-        held = [Stream(srv.grpc_url, "chatglm_decoder", long, "output_ids")]
+        # The three held requests go over HTTP: they are cancelled at the end (R5 item 3).
+        body = {"input_ids": prompt_ids(3), "max_tokens": 2040, "ignore_eos": True, "stream": True}
+        held = [SseStream(srv.http_url, "chatglm_decoder", body)]
         try:
             srv.wait_metric("glm_running_sequences", lambda v: v == 1, timeout=60)
             for _ in range(2):
-                held.append(Stream(srv.grpc_url, "chatglm_decoder", long, "output_ids"))
+                held.append(SseStream(srv.http_url, "chatglm_decoder", body))
             srv.wait_metric("glm_waiting_sequences", lambda v: v == 2, timeout=60)
             rejected = 0
             # Decoder directly, gRPC stream: the message.
@@ -231,12 +233,15 @@ def test_bounded_queue_answers_unavailable(tmp_path):
             assert ens_status in (400, 503) and "queue full" in body, (ens_status, body)
             rejected += 2
             assert srv.metric("glm_waiting_sequences") == 2  # the queue did not grow
-            assert srv.metric("glm_requests_total", {"outcome": "rejected"}) >= rejected
+            # Counted when the rejection is sent, which may be just after the client read it.
+            srv.wait_metric(
+                "glm_requests_total", lambda v: v >= rejected, labels={"outcome": "rejected"}
+            )
             # The running one still streams.
             assert held[0].next()[0] == "data"
         finally:
             for s in held:
-                s.close(cancel=True)
+                s.close()
         srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=30)
         srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=30)
         # Room again: served.
