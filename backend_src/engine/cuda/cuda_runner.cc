@@ -205,13 +205,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
                       " CUDA device(s)");
   try {
     GLM_CUDA_CHECK(cudaSetDevice(opts.device_id));
-    {
-      // Programmatic dependent launch on Hopper unless GLM_CUDA_PDL=0.
-      cudaDeviceProp prop{};
-      GLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, opts.device_id));
-      const char* pdl = std::getenv("GLM_CUDA_PDL");
-      cuda::set_pdl(prop.major >= 9 && !(pdl && std::string(pdl) == "0"));
-    }
+    cuda::set_pdl(cuda::pdl_default(opts.device_id));  // Hopper unless GLM_CUDA_PDL=0
     GLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_ = std::make_unique<Gemm>();
     gemm_->set_stream(stream_);

@@ -1,5 +1,8 @@
 // Weight initialisation and conversions on the GPU (random weights for the
 // full-size model are generated here, never on the host).
+#include <cstdlib>
+#include <string>
+
 #include "../rng.h"
 #include "cuda_check.h"
 #include "kernels.h"
@@ -52,6 +55,12 @@ bool g_pdl = false;
 
 void set_pdl(bool on) { g_pdl = on; }
 bool pdl_enabled() { return g_pdl; }
+bool pdl_default(int device) {
+  cudaDeviceProp prop{};
+  GLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  const char* env = std::getenv("GLM_CUDA_PDL");
+  return prop.major >= 9 && !(env && std::string(env) == "0");
+}
 
 void fill_uniform_half(__half* x, int64_t n, uint64_t tseed, float amp, cudaStream_t stream) {
   check_arg(x != nullptr && n >= 0, "fill_uniform_half", "null tensor or n < 0");

@@ -277,24 +277,39 @@ __device__ __forceinline__ void splitk_finish(const float* part, int* counters, 
   }
 }
 
-// Host: K is split at stage boundaries to fill the GPU without a ragged last
-// wave; the time is modelled as waves x (stages per block + the pipeline fill).
-// Returns the stages per split (every split non-empty); no split without the
-// partials and counters, or when the grid fills the GPU twice already.
-int stages_per_split(int64_t tiles, int stages, int pipe_depth, int M, int N, size_t partial_floats,
-                     bool have_buffers, int counter_count, int64_t slots) {
+// Host: the launch geometry of a split-K tensor-core kernel whose blocks cover
+// tile_rows weight rows x tile_toks tokens, stage_cols K columns per stage.
+// grid = (token tiles, row blocks, splits). K is split at stage boundaries to
+// fill the GPU without a ragged last wave; the time is modelled as waves x
+// (stages per block + the pipeline fill). No split without the partials and
+// counters, or when the grid fills the GPU twice already; every split non-empty.
+struct SplitGrid {
+  dim3 grid;
+  int slice;   // K columns per split
+  int ksplit;  // splits
+};
+
+SplitGrid split_grid(const char* name, int M, int N, int K, int tile_rows, int tile_toks, int stage_cols,
+                     int pipe_depth, size_t partial_floats, bool have_buffers, int counter_count, int64_t slots) {
+  const int row_blocks = (N + tile_rows - 1) / tile_rows;
+  const int tiles = (M + tile_toks - 1) / tile_toks;
+  const int64_t base = (int64_t)row_blocks * tiles;
+  const int stages = (K + stage_cols - 1) / stage_cols;
   int ksplit = 1;
-  if (have_buffers && tiles < 2 * slots && tiles <= counter_count) {
+  if (have_buffers && base < 2 * slots && base <= counter_count) {
     int64_t best = -1;
     for (int ks = 1; ks <= stages; ++ks) {
       if ((size_t)ks * M * N > partial_floats) break;
       const int per = (stages + ks - 1) / ks;
-      const int64_t blocks = tiles * ((stages + per - 1) / per);
+      const int64_t blocks = base * ((stages + per - 1) / per);
       const int64_t cost = (blocks + slots - 1) / slots * (per + pipe_depth - 1);
       if (best < 0 || cost < best) best = cost, ksplit = ks;
     }
   }
-  return (stages + ksplit - 1) / ksplit;
+  const int per = (stages + ksplit - 1) / ksplit;
+  ksplit = (stages + per - 1) / per;
+  check_arg(row_blocks <= 65535, name, "too many output rows");
+  return {dim3(tiles, row_blocks, ksplit), per * stage_cols, ksplit};
 }
 
 // ------------------------------------------------------------- tensor cores, pipelined (variant 4)
@@ -497,17 +512,10 @@ struct PipeKernel {
   static void launch(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out,
                      const float* bias, bool gelu, int M, int K, int N, float* partials, size_t partial_floats,
                      int* counters, int counter_count, int num_sms, int occupancy, cudaStream_t stream) {
-    const int row_blocks = (N + T::kRows - 1) / T::kRows;
-    const int tiles = (M + T::kToks - 1) / T::kToks;
-    const int64_t base = (int64_t)row_blocks * tiles;
-    const int stages = (K + T::kCols - 1) / T::kCols;
-    const int per = stages_per_split(base, stages, STAGES, M, N, partial_floats, partials && counters, counter_count,
-                                     (int64_t)occupancy * std::max(1, num_sms));
-    const int ksplit = (stages + per - 1) / per;
-    check_arg(row_blocks <= 65535, "int8_mma_pipe", "too many output rows");
-    const dim3 grid(tiles, row_blocks, ksplit);
-    launch_k("int8_mma_pipe", int8_mma_pipe_kernel<WM, WN, KC, STAGES>, grid, dim3(T::kThreads), T::kSmemBytes,
-             stream, x, q, scale, partials, counters, y, bias, M, K, N, per * T::kCols, ksplit, f32_out, gelu);
+    const SplitGrid g = split_grid("int8_mma_pipe", M, N, K, T::kRows, T::kToks, T::kCols, STAGES, partial_floats,
+                                   partials && counters, counter_count, (int64_t)occupancy * std::max(1, num_sms));
+    launch_k("int8_mma_pipe", int8_mma_pipe_kernel<WM, WN, KC, STAGES>, g.grid, dim3(T::kThreads), T::kSmemBytes,
+             stream, x, q, scale, partials, counters, y, bias, M, K, N, g.slice, g.ksplit, f32_out, gelu);
   }
 };
 // The tile shapes instantiated, by token count (rows x tokens per block, bytes
@@ -750,17 +758,10 @@ struct WgKernel {
   static void launch(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out,
                      const float* bias, bool gelu, int M, int K, int N, float* partials, size_t partial_floats,
                      int* counters, int counter_count, int num_sms, int occupancy, cudaStream_t stream) {
-    const int row_blocks = (N + T::kRows - 1) / T::kRows;
-    const int tiles = (M + T::kToks - 1) / T::kToks;
-    const int64_t base = (int64_t)row_blocks * tiles;
-    const int chunks = (K + T::kCols - 1) / T::kCols;  // stages
-    const int per = stages_per_split(base, chunks, STAGES, M, N, partial_floats, partials && counters, counter_count,
-                                     (int64_t)occupancy * std::max(1, num_sms));
-    const int ksplit = (chunks + per - 1) / per;
-    check_arg(row_blocks <= 65535, "int8_wgmma", "too many output rows");
-    const dim3 grid(tiles, row_blocks, ksplit);
-    int8_wgmma_kernel<BMT, STAGES><<<grid, T::kThreads, T::kSmemBytes, stream>>>(
-        x, q, scale, partials, counters, y, bias, M, K, N, per * T::kCols, ksplit, f32_out, gelu);
+    const SplitGrid g = split_grid("int8_wgmma", M, N, K, T::kRows, T::kToks, T::kCols, STAGES, partial_floats,
+                                   partials && counters, counter_count, (int64_t)occupancy * std::max(1, num_sms));
+    int8_wgmma_kernel<BMT, STAGES><<<g.grid, T::kThreads, T::kSmemBytes, stream>>>(
+        x, q, scale, partials, counters, y, bias, M, K, N, g.slice, g.ksplit, f32_out, gelu);
     GLM_CUDA_LAUNCH_CHECK("int8_wgmma");
   }
 };

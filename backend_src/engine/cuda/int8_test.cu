@@ -288,15 +288,13 @@ int bench() {
   };
   const Layer layers[] = {{"qkv", 12288, 4096, false}, {"dense", 4096, 4096, false},
                           {"h_to_4h", 16384, 4096, true}, {"4h_to_h", 4096, 16384, false}};
-  // Programmatic dependent launch as the engine sets it (cuda_runner.cc): on for
-  // sm_90 unless GLM_CUDA_PDL=0.
+  // Programmatic dependent launch as the engine sets it (cuda_runner.cc).
   {
     int dev = 0;
     cudaDeviceProp prop{};
     GLM_CUDA_CHECK(cudaGetDevice(&dev));
     GLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    const char* pdl = std::getenv("GLM_CUDA_PDL");
-    set_pdl(prop.major >= 9 && !(pdl && std::string(pdl) == "0"));
+    set_pdl(pdl_default(dev));
     std::printf("%s, programmatic dependent launch %s\n", prop.name, pdl_enabled() ? "on" : "off");
   }
   Gemm fp16;

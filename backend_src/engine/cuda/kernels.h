@@ -107,6 +107,7 @@ void sample_rows(const float* logits, int vocab, const int32_t* rows_idx,
 // (layernorm, bias_gelu, gemv, rotary, attention) on sm_90; process-wide switch.
 void set_pdl(bool on);
 bool pdl_enabled();
+bool pdl_default(int device);  // on for sm_90 and newer unless GLM_CUDA_PDL=0
 
 // ---- init.cu ------------------------------------------------------------
 // x[i] = amp * (2 * uniform01(tseed, i) - 1) (rng.h), rounded to fp16 / kept in

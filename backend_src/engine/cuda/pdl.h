@@ -17,6 +17,8 @@ namespace cuda {
 
 void set_pdl(bool on);
 bool pdl_enabled();
+// The engine's choice for `device`: on for sm_90 and newer unless GLM_CUDA_PDL=0.
+bool pdl_default(int device);
 
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
