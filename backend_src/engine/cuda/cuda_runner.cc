@@ -114,6 +114,9 @@ class CudaRunner final : public ModelRunner {
   void upload_float(float* dst, const TensorView& t, const char* name);
   // INT8: I8 + scale copied; a float tensor quantized on the GPU (the converter's scheme).
   void upload_linear8(cuda::Int8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
+  // Hopper (sm_90a build): the block linears rewritten in place into the packed
+  // layout of their fastest kernels (int8_gemm.h); GLM_INT8_PACKED=0 keeps row-major.
+  void pack_int8_layers();
   void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, __half* y, int T, int in, int out,
            const float* bias = nullptr, bool gelu = false) {
     if (w8.q)
@@ -269,6 +272,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       ModelWeights w = load_weights(opts.checkpoint_dir, cfg);
       load_weights_from(w);
     }
+    if (int8_) pack_int8_layers();
     // rotary table: as the CPU runner (fp16-rounded inv_freq)
     const int half = hd_ / 2;
     std::vector<float> invf;
@@ -456,6 +460,39 @@ void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int
   } else {
     throw EngineError(std::string("device cuda: tensor ") + name + " has dtype " + dtype_name(t.dtype));
   }
+}
+
+void CudaRunner::pack_int8_layers() {
+  const char* e = std::getenv("GLM_INT8_PACKED");
+  if ((e && std::string(e) == "0") || !cuda::int8_packed_available()) return;
+  std::vector<std::pair<cuda::Int8Weight*, std::pair<int, int>>> all;
+  for (Layer& l : layers_) {
+    all.push_back({&l.qkv8, {3 * H_, H_}});
+    all.push_back({&l.dense8, {H_, H_}});
+    all.push_back({&l.w18, {I_, H_}});
+    all.push_back({&l.w28, {H_, I_}});
+  }
+  size_t most = 0;
+  for (auto& a : all)
+    if (cuda::int8_packed_shape_ok(a.second.first, a.second.second))
+      most = std::max(most, (size_t)a.second.first * a.second.second);
+  if (most == 0) return;
+  uint8_t* tmp = dev_alloc<uint8_t>(most);
+  try {
+    for (auto& a : all) {
+      cuda::Int8Weight& w = *a.first;
+      const int out = a.second.first, in = a.second.second;
+      if (w.packed || !cuda::int8_packed_shape_ok(out, in)) continue;
+      cuda::int8_pack(w.q, tmp, out, in, stream_);
+      GLM_CUDA_CHECK(cudaMemcpyAsync(w.q, tmp, (size_t)out * in, cudaMemcpyDeviceToDevice, stream_));
+      w.packed = true;
+    }
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  } catch (...) {
+    cudaFree(tmp);
+    throw;
+  }
+  cudaFree(tmp);
 }
 
 void CudaRunner::load_weights_from(const ModelWeights& w) {

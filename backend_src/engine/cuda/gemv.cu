@@ -3,6 +3,7 @@
 // warp streams two rows of W with 16-byte loads that skip L1 (x stays there),
 // several loads in flight per lane, fp32 accumulation, a warp reduction.
 #include "cuda_check.h"
+#include "device_util.h"
 #include "kernels.h"
 #include "pdl.h"
 
@@ -12,18 +13,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kRows = 2;  // rows of W per warp
-
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
-__device__ __forceinline__ float gelu_tanh(float x) {
-  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
-}
 
 // Block = kWarps warps. KS warps share a pair of rows, each taking K/KS of the
 // row (more loads in flight for short, few rows), partials summed in shared memory.

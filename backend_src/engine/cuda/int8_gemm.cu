@@ -9,30 +9,14 @@
 #include <string>
 
 #include "cuda_check.h"
+#include "device_util.h"
 #include "pdl.h"
 
 namespace glm {
 namespace cuda {
 namespace {
 
-// ------------------------------------------------------------- helpers
-__device__ __forceinline__ uint4 ld_stream(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
-
 __device__ __forceinline__ uint4 ld_cached(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
-
-__device__ __forceinline__ float gelu_tanh(float x) {
-  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
-}
-
-__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
-  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
-}
 
 // Four int8 (one 32-bit word, byte j = element j) -> fp32, exactly: with the
 // sign bit flipped each byte is q + 128; placed under the exponent of 2^23 it
@@ -43,24 +27,6 @@ __device__ __forceinline__ void i8x4_to_f32(uint32_t w, float* f) {
   f[1] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7541)) - 8388736.f;
   f[2] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7542)) - 8388736.f;
   f[3] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7543)) - 8388736.f;
-}
-
-// Two int8 of u (already xor 0x80808080; bytes picked by sel) -> fp16x2,
-// exactly: 0x64XX is the fp16 number 1024 + XX, minus 1152 = q.
-__device__ __forceinline__ uint32_t i8x2_to_h2(uint32_t u, uint32_t sel) {
-  const uint32_t h = __byte_perm(u, 0x64646464u, sel);
-  uint32_t r;
-  asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"(h), "r"(0x64806480u));
-  return r;
-}
-
-__device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ void store_out(void* y, bool f32_out, int64_t i, float v) {
@@ -464,10 +430,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32, WM == 1 ? 2 : 1)  // <= 128 re
           for (int r = 0; r < WM; ++r) {
             const uint32_t ua = word_of(w[2 * r], 2 * h + ss) ^ 0x80808080u;
             const uint32_t ub = word_of(w[2 * r + 1], 2 * h + ss) ^ 0x80808080u;
-            a[r][0] = i8x2_to_h2(ua, 0x5140);
-            a[r][1] = i8x2_to_h2(ub, 0x5140);
-            a[r][2] = i8x2_to_h2(ua, 0x5342);
-            a[r][3] = i8x2_to_h2(ub, 0x5342);
+            a[r][0] = u8x2_to_h2(ua, 0x5140);
+            a[r][1] = u8x2_to_h2(ub, 0x5140);
+            a[r][2] = u8x2_to_h2(ua, 0x5342);
+            a[r][3] = u8x2_to_h2(ub, 0x5342);
           }
           // independent accumulators back to back (each is used once per k-step)
 #pragma unroll
@@ -673,10 +639,10 @@ __global__ void __launch_bounds__(256, 1)
       const uint2 w8 = *reinterpret_cast<const uint2*>(sw + T::w_off(r, cg >> 1) + ((cg & 1) << 3));
       const uint32_t u0 = w8.x ^ 0x80808080u, u1 = w8.y ^ 0x80808080u;
       uint4 h;
-      h.x = i8x2_to_h2(u0, 0x5140);
-      h.y = i8x2_to_h2(u0, 0x5342);
-      h.z = i8x2_to_h2(u1, 0x5140);
-      h.w = i8x2_to_h2(u1, 0x5342);
+      h.x = u8x2_to_h2(u0, 0x5140);
+      h.y = u8x2_to_h2(u0, 0x5342);
+      h.z = u8x2_to_h2(u1, 0x5140);
+      h.w = u8x2_to_h2(u1, 0x5342);
       *reinterpret_cast<uint4*>(sa + T::core_off(r, cg)) = h;
     }
   };
@@ -731,14 +697,6 @@ __global__ void __launch_bounds__(256, 1)
       if (n < N && m < M) emit_output(acc[4 * j + e], m, n, M, N, ksplit, part, scale, bias, gelu, y, f32_out);
     }
   if (ksplit > 1) splitk_finish(part, counters, rb, T::kRows, mb, T::kToks, M, N, ksplit, scale, bias, gelu, y, f32_out);
-#endif
-}
-
-__global__ void wgmma_probe_kernel(int* out) {
-#ifdef GLM_HAVE_WGMMA
-  *out = 1;
-#else
-  *out = 0;
 #endif
 }
 
@@ -884,14 +842,7 @@ static const PipeOccupancy& pipe_setup() {
     one(Pipe4M16{});
     one(Pipe4M32{});
     one(Pipe4M64{});
-    int* flag = nullptr;
-    int have = 0;
-    GLM_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
-    wgmma_probe_kernel<<<1, 1>>>(flag);
-    const cudaError_t e = cudaMemcpy(&have, flag, sizeof(int), cudaMemcpyDeviceToHost);
-    cudaFree(flag);
-    GLM_CUDA_CHECK(e);
-    occ[dev].wgmma = have == 1;
+    occ[dev].wgmma = int8_packed_available();  // the same test: sm_90a code running on this device
     if (occ[dev].wgmma) {
       Wg16::prepare();
       Wg32::prepare();
@@ -981,6 +932,7 @@ Int8Gemm::Int8Gemm() {
   if (const char* e = std::getenv("GLM_INT8_MMA_MAX")) mma_max_ = std::atoi(e);
   if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT")) set_mma_variant(std::atoi(e));
   pipe_setup();  // shared-memory limits of the pipelined kernels, before any graph capture
+  int8_packed_available();  // and of the packed-layout kernels
   check_blas(cublasCreate(&handle_), "cublasCreate");
   try {
     workspace_bytes_ = 32u << 20;
@@ -1039,6 +991,10 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
   check_arg(tokens >= 0 && in > 0 && out > 0, k, "bad sizes");
   check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
   if (tokens == 0) return;
+  if (w.packed) {
+    run_packed(x, w, y, f32_out, tokens, in, out, bias, gelu);
+    return;
+  }
   if (tokens <= gemv_max_tokens() && int8_gemv_supported(x, w.q, tokens, in)) {
     int8_gemv(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, stream_);
     return;
@@ -1064,6 +1020,38 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
   }
   if (bias || gelu) {
     bias_act_kernel<<<grid_for((int64_t)tokens * out), 256, 0, stream_>>>(y, f32_out, bias, gelu, tokens, out);
+    GLM_CUDA_LAUNCH_CHECK("int8 linear (bias/GeLU)");
+  }
+}
+
+// The packed layout (int8_packed.cu): its GEMV, its wgmma kernel, or for
+// prefill whole 128-row groups dequantized into the scratch buffer and cuBLAS.
+void Int8Gemm::run_packed(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in, int out,
+                          const float* bias, bool gelu) {
+  const char* k = "int8 linear (packed weights)";
+  check_arg(!f32_out, k, "fp16 output only");
+  const uint8_t* qp = reinterpret_cast<const uint8_t*>(w.q);
+  if (tokens <= mma_max_ && (uintptr_t)x % 16 == 0) {
+    // packed: its GEMV up to 8 tokens unless GLM_INT8_GEMV_MAX / set_gemv_max_tokens says otherwise
+    const int gemv_max = gemv_max_ >= 0 ? gemv_max_ : 8;
+    int8_packed_linear(x, qp, w.scale, static_cast<__half*>(y), bias, gelu, tokens, in, out, gemv_max,
+                       partials_, partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_);
+    return;
+  }
+  const int64_t cap = static_cast<int64_t>(scratch_bytes_ / sizeof(__half));
+  const int64_t rows_per = cap / in / 128 * 128;
+  check_arg(rows_per >= 128, k, "input size larger than the dequantization scratch");
+  const float one = 1.f, zero = 0.f;
+  for (int64_t n0 = 0; n0 < out; n0 += rows_per) {
+    const int nc = static_cast<int>(std::min<int64_t>(rows_per, out - n0));
+    int8_packed_dequantize(qp, w.scale, scratch_, static_cast<int>(n0), nc, in, stream_);
+    check_blas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, nc, tokens, in, &one, scratch_, CUDA_R_16F, in, x,
+                            CUDA_R_16F, in, &zero, static_cast<__half*>(y) + n0, CUDA_R_16F, out, CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (int8 dequantized)");
+  }
+  if (bias || gelu) {
+    bias_act_kernel<<<grid_for((int64_t)tokens * out), 256, 0, stream_>>>(y, false, bias, gelu, tokens, out);
     GLM_CUDA_LAUNCH_CHECK("int8 linear (bias/GeLU)");
   }
 }

@@ -6,7 +6,8 @@
 // channel in the epilogue (with the bias and GeLU when asked):
 //   y[m, n] = act(scale[n] * sum_k x[m, k] q[n, k] + bias[n])
 //
-// Three kernels, picked by the token count M (Int8Gemm::linear):
+// Three kernels, picked by the token count M (Int8Gemm::linear), over the
+// checkpoint's row-major layout (the packed layout below has its own):
 //   M <= gemv_max (1*) int8_gemv: weight-streaming GEMV, 16-byte int8 loads,
 //                       int8 -> fp32 by byte permutation + one add, fp32 FMAs.
 //   M <= mma_max (256)  int8_mma_pipe: tensor-core mma.m16n8k16 (fp16 in, fp32
@@ -30,8 +31,9 @@ namespace glm {
 namespace cuda {
 
 struct Int8Weight {
-  int8_t* q = nullptr;      // [out, in]
+  int8_t* q = nullptr;      // [out, in], or the packed layout when `packed` (int8_pack)
   __half* scale = nullptr;  // [out]
+  bool packed = false;
 };
 
 // ---- kernels (launchers check their arguments, throw std::invalid_argument)
@@ -67,6 +69,30 @@ void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t 
 void int8_quantize_rows(const float* w, int64_t rows, int64_t cols, int8_t* q, __half* scale, cudaStream_t stream);
 void int8_quantize_rows(const __half* w, int64_t rows, int64_t cols, int8_t* q, __half* scale, cudaStream_t stream);
 
+// ---- the packed layout (Hopper, sm_90a; int8_packed.cu)
+// [out/128][in/64][8 m16 tiles][2][32 lanes][16 bytes], bytes q + 128: every
+// lane's 16 bytes are its register A fragments of two k16 steps for rows g and
+// g+8 of an m16 tile, and a 128-row x 64-column chunk is 8 KB contiguous. The
+// engine packs the block linears at load time when int8_packed_available() and
+// the shape allows it (int8_packed_shape_ok; not the lm_head, 130528 rows).
+// Kernels over it: a GEMV (1-8 tokens, gemv_max: the records streamed from memory
+// straight into mma.sync, no shared-memory staging), above that a warp-specialized
+// kernel (producer warp group with cp.async.bulk + mbarrier ring, two consumer
+// warp groups doing register-A wgmma on the dequantized weights, split K over a
+// thread-block cluster reduced in a fixed order through distributed shared
+// memory), fp16 output only; prefill dequantizes whole 128-row groups.
+bool int8_packed_available();  // this build has sm_90a code and the device is sm_90
+bool int8_packed_shape_ok(int64_t out, int64_t in);  // out % 256 == 0, in % 64 == 0
+void int8_pack(const int8_t* q, uint8_t* qp, int N, int K, cudaStream_t stream);
+// out[n - row0, k] = fp16(q[n, k] * scale[n]) for n in [row0, row0 + rows), both multiples of 128.
+void int8_packed_dequantize(const uint8_t* qp, const __half* scale, __half* out, int row0, int rows, int K,
+                            cudaStream_t stream);
+// M <= gemv_max (and <= 8): the GEMV, split K over blocks with `partials` (fp32)
+// and `counters` (zero, left zero) as int8_mma_pipe; above: the wgmma kernel.
+void int8_packed_linear(const __half* x, const uint8_t* qp, const __half* scale, __half* y, const float* bias, bool gelu,
+                        int M, int K, int N, int gemv_max, float* partials, size_t partial_floats, int* counters,
+                        int counter_count, int num_sms, cudaStream_t stream);
+
 // ---- the dispatcher: owns the split-K partials, the dequantization scratch
 // and a cuBLAS handle of its own (fixed workspace, so calls can be captured
 // into CUDA graphs).
@@ -101,6 +127,8 @@ class Int8Gemm {
  private:
   void run(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in, int out,
            const float* bias, bool gelu);
+  void run_packed(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in, int out,
+                  const float* bias, bool gelu);
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
   static constexpr int kCounters = 4096;

@@ -1,7 +1,8 @@
 // Standalone test of the INT8 weight-only kernels (int8_gemm.cu) against a
 // plain C++ reference, on odd sizes: quantization (bit-exact), dequantization
 // (bit-exact), and y = act(x W^T * scale + bias) through each of the three
-// paths (GEMV, tensor-core GEMM with and without split-K, dequantize + cuBLAS).
+// paths (GEMV, tensor-core GEMM with and without split-K, dequantize + cuBLAS),
+// and on sm_90a the packed layout (round trip, its GEMV, its wgmma kernel, prefill).
 //   glm_cuda_int8_test [seed]      exit status 0 = all passed
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -132,9 +133,61 @@ void test_quantize(std::mt19937& rng) {
   }
 }
 
-enum Path { kGemv, kMma, kMmaNoSplit, kCublas };
+enum Path { kGemv, kMma, kMmaNoSplit, kCublas, kPackedGemv, kPackedWs, kPackedPrefill };
 const char* path_name(Path p) {
-  return p == kGemv ? "gemv" : p == kMma ? "mma" : p == kMmaNoSplit ? "mma (no split-K)" : "dequant+cuBLAS";
+  switch (p) {
+    case kGemv: return "gemv";
+    case kMma: return "mma";
+    case kMmaNoSplit: return "mma (no split-K)";
+    case kCublas: return "dequant+cuBLAS";
+    case kPackedGemv: return "packed gemv";
+    case kPackedWs: return "packed wgmma";
+    default: return "packed dequant+cuBLAS";
+  }
+}
+bool is_packed(Path p) { return p == kPackedGemv || p == kPackedWs || p == kPackedPrefill; }
+
+// The packed layout round trip: int8_pack then int8_packed_dequantize (whole
+// matrix and a slice of 128-row groups) equals the row-major dequantization bit
+// for bit; bad shapes are refused.
+void test_pack(std::mt19937& rng) {
+  const int N = 768, K = 320;
+  std::uniform_int_distribution<int> u(-127, 127);
+  std::vector<int8_t> q((size_t)N * K);
+  for (auto& v : q) v = static_cast<int8_t>(u(rng));
+  std::vector<__half> s(N);
+  for (int n = 0; n < N; ++n) s[n] = __float2half_rn(0.001f * (1 + n % 13));
+  int8_t* dq = dev_copy(q);
+  __half* ds = dev_copy(s);
+  uint8_t* dp = nullptr;
+  GLM_CUDA_CHECK(cudaMalloc(&dp, q.size()));
+  int8_pack(dq, dp, N, K, nullptr);
+  __half* dref = dev_copy(std::vector<__half>(q.size()));
+  __half* dout = dev_copy(std::vector<__half>(q.size()));
+  int8_dequantize(dq, ds, dref, N, K, nullptr);
+  int8_packed_dequantize(dp, ds, dout, 0, N, K, nullptr);
+  auto ref = host_copy(dref, q.size()), got = host_copy(dout, q.size());
+  int bad = 0;
+  for (size_t i = 0; i < q.size(); ++i) bad += hbits(ref[i]) != hbits(got[i]);
+  report(bad == 0, "pack + packed dequantize (768x320) == row-major dequantize, mismatches", bad);
+  GLM_CUDA_CHECK(cudaMemset(dout, 0, q.size() * 2));
+  int8_packed_dequantize(dp, ds, dout, 256, 384, K, nullptr);
+  got = host_copy(dout, (size_t)384 * K);
+  bad = 0;
+  for (size_t i = 0; i < (size_t)384 * K; ++i) bad += hbits(ref[(size_t)256 * K + i]) != hbits(got[i]);
+  report(bad == 0, "packed dequantize of rows [256, 640), mismatches", bad);
+  bool refused = false;
+  try {
+    int8_pack(dq, dp, 200, K, nullptr);  // not whole 256-row blocks
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  report(refused, "int8_pack refuses N % 256 != 0", 0);
+  cudaFree(dq);
+  cudaFree(ds);
+  cudaFree(dp);
+  cudaFree(dref);
+  cudaFree(dout);
 }
 
 // act: 0 none, 1 bias, 2 bias + GeLU, 3 fp32 output
@@ -166,6 +219,15 @@ void test_linear(std::mt19937& rng, Int8Gemm& gemm, Path path, int M, int K, int
   Int8Weight dw;
   dw.q = dev_copy(q);
   dw.scale = dev_copy(s);
+  if (is_packed(path)) {
+    uint8_t* qp = nullptr;
+    GLM_CUDA_CHECK(cudaMalloc(&qp, q.size()));
+    int8_pack(dw.q, qp, N, K, nullptr);
+    GLM_CUDA_CHECK(cudaDeviceSynchronize());
+    cudaFree(dw.q);
+    dw.q = reinterpret_cast<int8_t*>(qp);
+    dw.packed = true;
+  }
   float* db = dev_copy(bias);
   void* dy = nullptr;
   const size_t ybytes = (size_t)M * N * (f32 ? 4 : 2);
@@ -177,8 +239,8 @@ void test_linear(std::mt19937& rng, Int8Gemm& gemm, Path path, int M, int K, int
                     1, nullptr, gemm.mma_variant());
       return;
     }
-    gemm.set_gemv_max_tokens(path == kGemv ? 8 : 0);
-    gemm.set_mma_max_tokens(path == kMma ? 1 << 20 : 0);
+    gemm.set_gemv_max_tokens(path == kGemv || path == kPackedGemv ? 8 : 0);
+    gemm.set_mma_max_tokens(path == kMma || path == kPackedGemv || path == kPackedWs ? 1 << 20 : 0);
     if (f32)
       gemm.linear_f32out(dx, dw, static_cast<float*>(dy), M, K, N);
     else
@@ -209,7 +271,7 @@ void test_linear(std::mt19937& rng, Int8Gemm& gemm, Path path, int M, int K, int
   err /= std::max(rmax, 1e-6);
   // fp16 output: rounding (2^-11); fp32 output: fp32 accumulation only, except
   // the cuBLAS path whose weights are fp16(q * scale).
-  const double tol = (!f32 || path == kCublas) ? 2e-3 : 1e-4;
+  const double tol = (!f32 || path == kCublas || path == kPackedPrefill) ? 2e-3 : 1e-4;
   char what[160];
   std::snprintf(what, sizeof what, "%s M=%d K=%d N=%d %s", path_name(path), M, K, N,
                 act == 0 ? "plain" : act == 1 ? "bias" : act == 2 ? "bias+gelu" : "fp32 out");
@@ -302,7 +364,8 @@ int bench() {
   fp16.set_stream(nullptr);
   i8.set_stream(nullptr);
   std::vector<__half*> wh;
-  std::vector<Int8Weight> wq;
+  std::vector<Int8Weight> wq, wp;  // row-major, packed (sm_90a)
+  const bool packed = int8_packed_available();
   std::vector<float*> bias;
   double int8_bytes = 0, fp16_bytes = 0;
   for (const Layer& l : layers) {
@@ -316,6 +379,14 @@ int bench() {
     float* b = nullptr;
     GLM_CUDA_CHECK(cudaMalloc(&b, (size_t)l.N * sizeof(float)));
     fill_uniform_float(b, l.N, 99 + wh.size(), 0.01f, nullptr);
+    if (packed) {
+      Int8Weight p;
+      GLM_CUDA_CHECK(cudaMalloc(&p.q, (size_t)l.N * l.K));
+      p.scale = q.scale;
+      p.packed = true;
+      int8_pack(q.q, reinterpret_cast<uint8_t*>(p.q), l.N, l.K, nullptr);
+      wp.push_back(p);
+    }
     wh.push_back(w);
     wq.push_back(q);
     bias.push_back(b);
@@ -341,26 +412,27 @@ int bench() {
                 s8, int8_bytes / (s8 * 1e3), s16, fp16_bytes / (s16 * 1e3), s16 / s8);
     cudaFree(sink);
   }
-  std::printf("| tokens | fp16 us | int8 gemv us | int8 v4 us | int8 v6 us | best int8 / fp16 |\n"
-              "|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("| tokens | fp16 us | int8 gemv us | int8 v4 us | int8 v6 us | packed gemv us | packed wgmma us | best int8 / fp16 |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   auto layer_fp16 = [&](size_t i, int M) {
     return [&, i, M] {
       fp16.linear(x, wh[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr, layers[i].gelu);
     };
   };
-  auto layer_int8 = [&](size_t i, int M, int gemv_max, int variant) {
+  auto layer_int8 = [&](size_t i, int M, int gemv_max, int variant) {  // variant 0: packed weights
     return [&, i, M, gemv_max, variant] {
       i8.set_gemv_max_tokens(gemv_max);
-      i8.set_mma_variant(variant);
-      i8.linear(x, wq[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr, layers[i].gelu);
+      if (variant) i8.set_mma_variant(variant);
+      i8.linear(x, variant ? wq[i] : wp[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr,
+                layers[i].gelu);
     };
   };
   const int reps = 20;
-  auto block_time = [&](int M, int gemv_max, int variant) {  // variant 0: fp16
+  auto block_time = [&](int M, int gemv_max, int variant) {  // variant -1: fp16, 0: packed int8
     return time_us(
         [&] {
           for (size_t i = 0; i < 4; ++i) {
-            if (variant)
+            if (variant >= 0)
               layer_int8(i, M, gemv_max, variant)();
             else
               layer_fp16(i, M)();
@@ -371,26 +443,35 @@ int bench() {
   std::vector<int> sizes = {1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256};
   if (const char* e = std::getenv("GLM_KBENCH_TOKENS")) sizes = {std::atoi(e)};  // one size (profiling)
   for (int M : sizes) {
-    const float t16 = block_time(M, 0, 0);
+    const float t16 = block_time(M, 0, -1);
     const float tg = M <= 8 ? block_time(M, 8, 4) : 0.f;
     const float t4 = block_time(M, 0, 4), t6 = block_time(M, 0, 6);
+    const float pg = packed && M <= 8 ? block_time(M, 8, 0) : 0.f;
+    const float pw = packed ? block_time(M, 0, 0) : 0.f;
     float best = std::min(t4, t6);
-    if (tg > 0) best = std::min(best, tg);
-    char gemv[32] = "-";
+    for (float t : {tg, pg, pw})
+      if (t > 0) best = std::min(best, t);
+    char gemv[32] = "-", pgs[32] = "-", pws[32] = "-";
     if (tg > 0) std::snprintf(gemv, sizeof gemv, "%.1f", tg);
-    std::printf("| %d | %.1f | %s | %.1f | %.1f | %.2fx |\n", M, t16, gemv, t4, t6, t16 / best);
+    if (pg > 0) std::snprintf(pgs, sizeof pgs, "%.1f", pg);
+    if (pw > 0) std::snprintf(pws, sizeof pws, "%.1f", pw);
+    std::printf("| %d | %.1f | %s | %.1f | %.1f | %s | %s | %.2fx |\n", M, t16, gemv, t4, t6, pgs, pws, t16 / best);
   }
-  std::printf("\nper layer, us (GB/s of weights in brackets)\n| tokens | layer | fp16 | int8 v4 | int8 v6 |\n"
-              "|---:|---|---:|---:|---:|\n");
+  std::printf("\nper layer, us (GB/s of weights in brackets)\n| tokens | layer | fp16 | int8 gemv | int8 v4 | int8 v6 | packed |\n"
+              "|---:|---|---:|---:|---:|---:|---:|\n");
   if (std::getenv("GLM_KBENCH_TOKENS")) sizes.clear();
-  else sizes = {8, 16, 64, 128};
+  else sizes = {1, 8, 16, 64, 128};
   for (int M : sizes) {
     for (size_t i = 0; i < 4; ++i) {
       const double wb = (double)layers[i].N * layers[i].K;
       const float a = time_us(layer_fp16(i, M), reps);
       const float d = time_us(layer_int8(i, M, 0, 4), reps), e = time_us(layer_int8(i, M, 0, 6), reps);
-      std::printf("| %d | %s | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f) |\n", M, layers[i].name, a,
-                  2 * wb / (a * 1e3), d, wb / (d * 1e3), e, wb / (e * 1e3));
+      const float f = packed ? time_us(layer_int8(i, M, 8, 0), reps) : 0.f;
+      const float gv = M <= 8 ? time_us(layer_int8(i, M, 8, 4), reps) : 0.f;
+      char gs[48] = "-";
+      if (gv > 0) std::snprintf(gs, sizeof gs, "%.1f (%.0f)", gv, wb / (gv * 1e3));
+      std::printf("| %d | %s | %.1f (%.0f) | %s | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f) |\n", M, layers[i].name, a,
+                  2 * wb / (a * 1e3), gs, d, wb / (d * 1e3), e, wb / (e * 1e3), f, f > 0 ? wb / (f * 1e3) : 0.0);
     }
   }
   i8.set_gemv_max_tokens(4);
@@ -398,6 +479,7 @@ int bench() {
     cudaFree(wh[i]);
     cudaFree(wq[i].q);
     cudaFree(wq[i].scale);
+    if (packed) cudaFree(wp[i].q);
     cudaFree(bias[i]);
   }
   cudaFree(x);
@@ -454,6 +536,31 @@ int main(int argc, char** argv) {
       }
     }
     gemm.set_mma_variant(default_variant);
+    if (int8_packed_available()) {
+      std::printf("-- packed layout (sm_90a)\n");
+      test_pack(rng);
+      const Case packed[] = {
+          {kPackedGemv, 1, 64, 256},    {kPackedGemv, 2, 320, 512},   {kPackedGemv, 3, 1088, 768},
+          {kPackedGemv, 5, 4096, 256},  {kPackedGemv, 8, 576, 1280},  {kPackedGemv, 1, 16384, 512},
+          {kPackedWs, 1, 64, 256},      {kPackedWs, 2, 320, 512},     {kPackedWs, 7, 1088, 768},
+          {kPackedWs, 9, 4096, 256},    {kPackedWs, 16, 192, 1280},   {kPackedWs, 17, 576, 512},
+          {kPackedWs, 33, 640, 768},    {kPackedWs, 64, 2048, 256},   {kPackedWs, 65, 1024, 512},
+          {kPackedWs, 130, 448, 256},   {kPackedWs, 256, 256, 768},   {kPackedWs, 31, 16384, 256},
+          {kPackedPrefill, 17, 320, 512}, {kPackedPrefill, 300, 128, 256},
+      };
+      int j = 0;
+      for (const Case& c : packed) test_linear(rng, gemm, c.p, c.M, c.K, c.N, j++ % 3);  // fp16 output only
+      for (int act = 0; act < 3; ++act) test_linear(rng, gemm, kPackedWs, 64, 4096, 512, act);
+      bool refused = false;
+      try {
+        test_linear(rng, gemm, kPackedWs, 4, 64, 256, 3);
+      } catch (const std::invalid_argument&) {
+        refused = true;
+      }
+      report(refused, "packed weights refuse fp32 output", 0);
+    } else {
+      std::printf("-- packed layout: skipped (no sm_90a code for this device in this build)\n");
+    }
     std::printf("-- default tensor-core kernel variant %d\n", default_variant);
     try {  // removed variants are refused, not silently replaced
       gemm.set_mma_variant(5);

@@ -1,5 +1,6 @@
 // Layernorm with the alpha-residual and bias fused in; bias + GeLU.
 #include "cuda_check.h"
+#include "device_util.h"
 #include "kernels.h"
 #include "pdl.h"
 
@@ -161,10 +162,6 @@ __global__ void __launch_bounds__(256)
                                 (v[j][2 * e + 1] - mean) * rstd * gf[2 * e + 1] + ef[2 * e + 1]);
     o4[c] = w;
   }
-}
-
-__device__ __forceinline__ float gelu_tanh(float x) {
-  return 0.5f * x * (1.f + tanhf(0.7978845608028654f * x * (1.f + 0.044715f * x * x)));
 }
 
 __global__ void bias_gelu_kernel(__half2* __restrict__ x, const float* __restrict__ bias, int64_t n2,
