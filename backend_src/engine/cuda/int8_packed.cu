@@ -130,10 +130,10 @@ __global__ void __launch_bounds__(kPGemvWarps * 32)
       const uint4 r = v[i];
       if (more) v[i] = ld_stream(base + (int64_t)(c + 1) * kChunkBytes + i * 512);
       const int tile = i >> 1, h = i & 1;
-      mma16816(acc[tile], u8x2_to_h2(r.x, 0x4140), u8x2_to_h2(r.x, 0x4342), u8x2_to_h2(r.y, 0x4140), u8x2_to_h2(r.y, 0x4342), b[2 * h][0],
-               b[2 * h][1]);
-      mma16816(acc[tile], u8x2_to_h2(r.z, 0x4140), u8x2_to_h2(r.z, 0x4342), u8x2_to_h2(r.w, 0x4140), u8x2_to_h2(r.w, 0x4342),
-               b[2 * h + 1][0], b[2 * h + 1][1]);
+      mma16816(acc[tile], u8x2_to_h2(r.x, 0x4140), u8x2_to_h2(r.x, 0x4342), u8x2_to_h2(r.y, 0x4140),
+               u8x2_to_h2(r.y, 0x4342), b[2 * h][0], b[2 * h][1]);
+      mma16816(acc[tile], u8x2_to_h2(r.z, 0x4140), u8x2_to_h2(r.z, 0x4342), u8x2_to_h2(r.w, 0x4140),
+               u8x2_to_h2(r.w, 0x4342), b[2 * h + 1][0], b[2 * h + 1][1]);
     }
   }
   // C fragment: acc[tile] = rows (16 tile + g, 16 tile + g + 8) x tokens (2t, 2t + 1)
