@@ -10,7 +10,7 @@ nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a --expt-relaxed-constex
   -o /tmp/wg_lab lab/wgmma/wg_lab.cu >/tmp/wg_build.log 2>&1 &
 nvcc -std=c++17 -O3 -arch=sm_90a --expt-relaxed-constexpr -lcublas -o /tmp/mma_lab lab/mma/mma_lab.cu \
   >/tmp/mma_build.log 2>&1 &
-nvcc -std=c++17 -O3 -arch=sm_90a -I$D lab/gemv/gemv_lab.cu $D/int8_gemm.cu $D/gemv.cu $D/init.cu -lcublas \
+nvcc -std=c++17 -O3 -arch=sm_90a -I$D lab/gemv/gemv_lab.cu $D/int8_gemm.cu $D/int8_packed.cu $D/gemv.cu $D/init.cu -lcublas \
   -o /tmp/gemv_lab >/tmp/gemv_build.log 2>&1 &
 OUT=$OUT/int8 bash scripts/gpu_int8.sh kernels kbench >"$OUT/gpu_int8.log" 2>&1
 echo "gpu_int8.sh kernels kbench: rc $?"
