@@ -29,7 +29,7 @@ if want build || want kernels || want tests || want bench; then
   cmake -S backend_src -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DPython_EXECUTABLE="$(command -v "$PY")" -Dpybind11_DIR="$("$PY" -m pybind11 --cmakedir)" \
     -DGLM_PYMODULE_OUT="$PWD/glmserve" -DGLM_BACKEND_OUT="$PWD/$BUILD/backends/chatglm" \
-    -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="${GLM_CUDA_ARCHS:-90}" >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+    -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="${GLM_CUDA_ARCHS:-90a}" >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
   cmake --build "$BUILD" -j "$(nproc)" --target _engine glm_cuda_kernel_test >>"$OUT/build.log" 2>&1 \
     || { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
   echo "build: $(( $(date +%s) - t0 )) s"

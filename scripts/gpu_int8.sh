@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # INT8 weight-only mode on a GPU machine, in one go (docs/int8.md):
 #   bash scripts/gpu_int8.sh [build|kernels|kbench|tests|bench|all]...   (default: all)
-# build: _engine + glm_cuda_int8_test (GLM_CUDA_ARCHS, default 90a: the wgmma variant; only the kernel
+# build: _engine + glm_cuda_int8_test (GLM_CUDA_ARCHS, default 90a: the packed-layout kernels; only the kernel
 # test when the steps are kernels/kbench alone); kernels: the standalone kernel
 # test; kbench: its timing mode (one block's linear layers, fp16 vs each int8
 # kernel, per token count); tests: pytest -m gpu tests/test_int8_cuda.py; bench:

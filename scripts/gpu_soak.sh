@@ -30,7 +30,7 @@
 # SAMPLE_S (10), PORT (18300: HTTP; gRPC +1, metrics +2), SOAK_DIR (/tmp/soak; the soak's own
 # results in $SOAK_DIR/run), VENV (/tmp/sv), BUILD (build/e2e), CARRY_TAR
 # (.gpucarry/tritonserver.tar.xz), SOAK_WHEELS (.soakcarry), BASE_PYTHON, MACHINE_PYTHON,
-# GLM_WITH_CUDA (ON for DEVICE=cuda, else OFF), GLM_CUDA_ARCHS (90 with CUDA), CK_CONFIG (a
+# GLM_WITH_CUDA (ON for DEVICE=cuda, else OFF), GLM_CUDA_ARCHS (90a with CUDA), CK_CONFIG (a
 # config.json to serve instead of ChatGLM-6B's, e.g. models/chatglm-tiny/config.json for a CPU
 # dry run), WAIT_S (start 480, finish 540), PROGRESS_S (30), OUT (where results are copied; at
 # most 8 flat files).
@@ -145,7 +145,7 @@ build_backend() {
   local args=(-S backend_src -B "$BUILD/cmake" -DCMAKE_BUILD_TYPE=Release
     -DGLM_PYMODULE_OUT="$BUILD/pymod" -DGLM_BACKEND_OUT="$BUILD/backends/chatglm"
     -DGLM_WITH_CUDA="$cuda")
-  [ "$cuda" = OFF ] || args+=(-DGLM_CUDA_ARCHS="${GLM_CUDA_ARCHS:-90}")
+  [ "$cuda" = OFF ] || args+=(-DGLM_CUDA_ARCHS="${GLM_CUDA_ARCHS:-90a}")
   mkdir -p "$SETUP_LOGS"
   local t=$(date +%s)
   cmake "${args[@]}" >"$SETUP_LOGS/cmake.log" 2>&1 || { tail -30 "$SETUP_LOGS/cmake.log"; die "cmake failed"; }

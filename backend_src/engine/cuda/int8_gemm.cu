@@ -493,240 +493,6 @@ using Pipe4M16 = PipeKernel<1, 2, 4, 3>;  // 128 x 16, 40 KB
 using Pipe4M32 = PipeKernel<1, 4, 2, 4>;  // 128 x 32, 24 KB
 using Pipe4M64 = PipeKernel<1, 8, 2, 3>;  // 128 x 64, 32 KB (token tiles over grid.x)
 
-// ------------------------------------------------------------- Hopper wgmma (variant 6)
-// For 9..256 tokens on sm_90a: the int8 weight tile and the fp16 token tile are
-// staged by the same cp.async pipeline (64 K columns per stage); all 256 threads
-// then dequantize the stage's 128 x 64 weights (exactly, as above) into an fp16
-// tile in shared memory, and each warpgroup (4 warps, 64 rows) multiplies it
-// with the token tile by wgmma.mma_async m64nNk16 (N = 16, 32 or 64 tokens; fp32
-// accumulators in registers), both operands read by the tensor cores straight
-// from shared memory. Shared layouts are wgmma's K-major "core matrices" without
-// swizzle: 8 rows x 16 bytes (8 fp16 along K) contiguous, the 8 K-granules of a
-// row group 128 bytes apart (LBO), row groups 1024 bytes apart (SBO). The int8
-// stage is stored [row][64 bytes] with its 16-byte granules XOR-ed by
-// (row / 2) % 4, so that the dequantizing 8-byte reads are conflict-free.
-// Split-K and the epilogue: as in the pipelined kernels (deterministic).
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define GLM_HAVE_WGMMA 1
-#endif
-
-#ifdef GLM_HAVE_WGMMA
-template <int N>
-struct Wgmma;
-template <>
-struct Wgmma<16> {
-  static constexpr int kRegs = 8;
-  // d (+)= A[64x16] B[16x16]: A and B from shared memory (descriptors), both K-major.
-  __device__ __forceinline__ static void mma(float (&d)[8], uint64_t a, uint64_t b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-        : "l"(a), "l"(b), "r"(accumulate));
-  }
-};
-template <>
-struct Wgmma<32> {
-  static constexpr int kRegs = 16;
-  // d (+)= A[64x16] B[16x32]: A and B from shared memory (descriptors), both K-major.
-  __device__ __forceinline__ static void mma(float (&d)[16], uint64_t a, uint64_t b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-        : "l"(a), "l"(b), "r"(accumulate));
-  }
-};
-template <>
-struct Wgmma<64> {
-  static constexpr int kRegs = 32;
-  // d (+)= A[64x16] B[16x64]: A and B from shared memory (descriptors), both K-major.
-  __device__ __forceinline__ static void mma(float (&d)[32], uint64_t a, uint64_t b, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(a), "l"(b), "r"(accumulate));
-  }
-};
-
-__device__ __forceinline__ uint64_t wgmma_desc(uint32_t saddr, uint32_t lbo, uint32_t sbo) {
-  // start address, leading (K) and stride (M/N) byte offsets, all >> 4; no swizzle
-  return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)((lbo & 0x3FFFF) >> 4) << 16) |
-         ((uint64_t)((sbo & 0x3FFFF) >> 4) << 32);
-}
-#endif  // GLM_HAVE_WGMMA
-
-template <int BMT, int STAGES>
-struct WgTile {
-  static constexpr int kThreads = 256;  // two warpgroups
-  static constexpr int kRows = 128;     // weight rows per block, 64 per warpgroup
-  static constexpr int kToks = BMT;
-  static constexpr int kCols = 128;                 // K columns per stage
-  static constexpr int kSbo = kCols / 8 * 128;      // bytes between row groups of a core-matrix tile
-  static constexpr int kWBytes = kRows * kCols;     // int8 stage
-  static constexpr int kXBytes = kToks * kCols * 2; // fp16 stage (core matrices)
-  static constexpr int kStageBytes = kWBytes + kXBytes;
-  static constexpr int kABytes = kRows * kCols * 2; // one dequantized fp16 tile (core matrices)
-  static constexpr int kSmemBytes = 2 * kABytes + STAGES * kStageBytes;
-  static_assert(kSbo * 8 == kCols * 128 && kSmemBytes <= 227 * 1024, "WgTile: shared memory layout");
-  // core-matrix offset of (row, granule of 8 fp16) in a K-major tile of kCols columns
-  __device__ static int core_off(int r, int c) { return (r >> 3) * kSbo + c * 128 + (r & 7) * 16; }
-  // the int8 stage: 16-byte granule gr of row r (XOR-ed by row % 8: conflict-free 8-byte reads)
-  __device__ static int w_off(int r, int gr) { return r * kCols + ((gr ^ (r & 7)) << 4); }
-};
-
-#ifdef GLM_HAVE_WGMMA
-template <int R>
-__device__ __forceinline__ void wgmma_fence_operands(float (&d)[R]) {
-#pragma unroll
-  for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-#endif
-
-template <int BMT, int STAGES>
-__global__ void __launch_bounds__(256, 1)
-    int8_wgmma_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
-                      float* __restrict__ part, int* __restrict__ counters, void* __restrict__ y,
-                      const float* __restrict__ bias, int M, int K, int N, int slice, int ksplit, bool f32_out,
-                      bool gelu) {
-#ifdef GLM_HAVE_WGMMA
-  using T = WgTile<BMT, STAGES>;
-  using MMA = Wgmma<BMT>;
-  extern __shared__ __align__(128) unsigned char smem[];
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-  const int wg = warp >> 2;  // warpgroup: rows 64 wg .. 64 wg + 63 of the block
-  const int rb = blockIdx.y * T::kRows, mb = blockIdx.x * T::kToks;
-  const int kbeg = blockIdx.z * slice;
-  const int kend = min(K, kbeg + slice);
-  const int nc = (kend - kbeg + T::kCols - 1) / T::kCols;  // stages of work (the last may be partial)
-  const uint32_t sa_addr = smem_addr(smem), st_addr = sa_addr + 2 * T::kABytes;
-
-  // Stage c -> buffer st; rows past N, tokens past M, columns past kend zero-filled.
-  auto load = [&](int c, int st) {
-    const uint32_t sw = st_addr + st * T::kStageBytes, sx = sw + T::kWBytes;
-    const int k0 = kbeg + T::kCols * c;
-#pragma unroll
-    for (int it = 0; it < T::kRows * (T::kCols / 16) / T::kThreads; ++it) {
-      const int i = tid + it * T::kThreads;
-      const int r = i / (T::kCols / 16), gr = i % (T::kCols / 16);
-      const int k = k0 + gr * 16;
-      const bool ok = rb + r < N && k < kend;
-      cp_async16(sw + T::w_off(r, gr), q + (ok ? (int64_t)(rb + r) * K + k : 0), ok);
-    }
-    constexpr int kXG = T::kToks * (T::kCols / 8);
-#pragma unroll
-    for (int it = 0; it < (kXG + T::kThreads - 1) / T::kThreads; ++it) {
-      const int i = tid + it * T::kThreads;
-      if (i >= kXG) break;
-      const int r = (i & 7) + ((i / (8 * (T::kCols / 8))) << 3), cg = (i >> 3) % (T::kCols / 8);
-      const int k = k0 + cg * 8;
-      const bool ok = mb + r < M && k < kend;
-      cp_async16(sx + T::core_off(r, cg), x + (ok ? (int64_t)(mb + r) * K + k : 0), ok);
-    }
-  };
-  // int8 stage -> fp16 tile: 8 lanes write one core matrix (128 contiguous bytes).
-  auto dequant = [&](int st, int buf) {
-    const unsigned char* sw = smem + 2 * T::kABytes + st * T::kStageBytes;
-    unsigned char* sa = smem + buf * T::kABytes;
-#pragma unroll
-    for (int it = 0; it < T::kRows * (T::kCols / 8) / T::kThreads; ++it) {
-      const int i = tid + it * T::kThreads;
-      const int r = (i & 7) + ((i / (8 * (T::kCols / 8))) << 3), cg = (i >> 3) % (T::kCols / 8);
-      const uint2 w8 = *reinterpret_cast<const uint2*>(sw + T::w_off(r, cg >> 1) + ((cg & 1) << 3));
-      const uint32_t u0 = w8.x ^ 0x80808080u, u1 = w8.y ^ 0x80808080u;
-      uint4 h;
-      h.x = u8x2_to_h2(u0, 0x5140);
-      h.y = u8x2_to_h2(u0, 0x5342);
-      h.z = u8x2_to_h2(u1, 0x5140);
-      h.w = u8x2_to_h2(u1, 0x5342);
-      *reinterpret_cast<uint4*>(sa + T::core_off(r, cg)) = h;
-    }
-  };
-
-  float acc[MMA::kRegs];
-#pragma unroll
-  for (int i = 0; i < MMA::kRegs; ++i) acc[i] = 0.f;
-#pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
-    if (s < nc) load(s, s);
-    cp_async_commit();
-  }
-  cp_async_wait<STAGES - 2>();
-  __syncthreads();
-  if (nc > 0) dequant(0, 0);
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-  __syncthreads();
-  // Stage c: wgmma on tile c % 2 runs while stage c+1 is dequantized into the other tile.
-  for (int c = 0; c < nc; ++c) {
-    wgmma_fence_operands(acc);
-    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-    const uint32_t a0 = sa_addr + (c & 1) * T::kABytes + wg * 8 * T::kSbo;  // this warpgroup's 64 rows
-    const uint32_t b0 = st_addr + (c % STAGES) * T::kStageBytes + T::kWBytes;
-#pragma unroll
-    for (int s = 0; s < T::kCols / 16; ++s)
-      MMA::mma(acc, wgmma_desc(a0 + s * 256, 128, T::kSbo), wgmma_desc(b0 + s * 256, 128, T::kSbo), 1);
-    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-    wgmma_fence_operands(acc);
-    // the buffer of stage c-1 is free (its wgmma was waited for at the end of the last iteration)
-    if (c + STAGES - 1 < nc) load(c + STAGES - 1, (c + STAGES - 1) % STAGES);
-    cp_async_commit();
-    if (c + 1 < nc) {
-      cp_async_wait<STAGES - 2>();
-      __syncthreads();  // every thread's part of stage c+1 landed
-      dequant((c + 1) % STAGES, (c + 1) & 1);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-    wgmma_fence_operands(acc);
-    __syncthreads();  // tile c+1 complete for both warpgroups; stage c and tile c no longer read
-  }
-  cp_async_wait<0>();
-
-  // accumulators: n8 block j, e = 0/1 row g, tokens 8j + 2t (+1); e = 2/3 row g + 8
-  const int row0 = rb + 64 * wg + 16 * (warp & 3) + g;
-#pragma unroll
-  for (int j = 0; j < BMT / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int n = row0 + (e >= 2 ? 8 : 0);
-      const int m = mb + 8 * j + 2 * t + (e & 1);
-      if (n < N && m < M) emit_output(acc[4 * j + e], m, n, M, N, ksplit, part, scale, bias, gelu, y, f32_out);
-    }
-  if (ksplit > 1) splitk_finish(part, counters, rb, T::kRows, mb, T::kToks, M, N, ksplit, scale, bias, gelu, y, f32_out);
-#endif
-}
-
-template <int BMT, int STAGES>
-struct WgKernel {
-  using T = WgTile<BMT, STAGES>;
-  static void prepare() {
-    GLM_CUDA_CHECK(cudaFuncSetAttribute(int8_wgmma_kernel<BMT, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        T::kSmemBytes));
-  }
-  static int blocks_per_sm() {
-    int n = 0;
-    GLM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, int8_wgmma_kernel<BMT, STAGES>, T::kThreads,
-                                                                 T::kSmemBytes));
-    return std::max(1, n);
-  }
-  static void launch(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out,
-                     const float* bias, bool gelu, int M, int K, int N, float* partials, size_t partial_floats,
-                     int* counters, int counter_count, int num_sms, int occupancy, cudaStream_t stream) {
-    const SplitGrid g = split_grid("int8_wgmma", M, N, K, T::kRows, T::kToks, T::kCols, STAGES, partial_floats,
-                                   partials && counters, counter_count, (int64_t)occupancy * std::max(1, num_sms));
-    int8_wgmma_kernel<BMT, STAGES><<<g.grid, T::kThreads, T::kSmemBytes, stream>>>(
-        x, q, scale, partials, counters, y, bias, M, K, N, g.slice, g.ksplit, f32_out, gelu);
-    GLM_CUDA_LAUNCH_CHECK("int8_wgmma");
-  }
-};
-using Wg16 = WgKernel<16, 5>;  // 164 KB of shared memory
-using Wg32 = WgKernel<32, 5>;  // 184 KB
-using Wg64 = WgKernel<64, 4>;  // 192 KB
-
 __global__ void bias_act_kernel(void* __restrict__ y, bool f32_out, const float* __restrict__ bias, bool gelu,
                                 int M, int N) {
   const int64_t total = (int64_t)M * N;
@@ -819,8 +585,6 @@ bool int8_mma_supported(const void* x, const void* q, int K) {
 // and the resident blocks per SM are measured for the split-K choice.
 struct PipeOccupancy {
   int blocks[kPipeShapes] = {};
-  int wg[3] = {};    // the wgmma kernels (16, 32, 64 tokens)
-  bool wgmma = false;  // this build has sm_90a code for this device
 };
 
 static const PipeOccupancy& pipe_setup() {
@@ -842,46 +606,20 @@ static const PipeOccupancy& pipe_setup() {
     one(Pipe4M16{});
     one(Pipe4M32{});
     one(Pipe4M64{});
-    occ[dev].wgmma = int8_packed_available();  // the same test: sm_90a code running on this device
-    if (occ[dev].wgmma) {
-      Wg16::prepare();
-      Wg32::prepare();
-      Wg64::prepare();
-      occ[dev].wg[0] = Wg16::blocks_per_sm();
-      occ[dev].wg[1] = Wg32::blocks_per_sm();
-      occ[dev].wg[2] = Wg64::blocks_per_sm();
-    }
     done[dev] = true;
   }
   return occ[dev];
 }
 
-bool int8_wgmma_available() { return pipe_setup().wgmma; }
-
 void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
                    bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
-                   int counter_count, int num_sms, cudaStream_t stream, int variant) {
+                   int counter_count, int num_sms, cudaStream_t stream) {
   const char* k = "int8_mma_pipe";
   check_arg(x && q && scale && y, k, "null tensor");
   check_arg(M >= 1 && N >= 1, k, "bad sizes");
   check_arg(int8_mma_supported(x, q, K), k, "needs K % 64 == 0, 16-byte aligned x and q");
   check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
-  check_arg(variant == 4 || variant == 6, k, "variant must be 4 or 6");
-  const PipeOccupancy& po = pipe_setup();
-  if (variant == 6 && M > 8 && po.wgmma) {
-    if (M <= 16)
-      Wg16::launch(x, q, scale, y, f32_out, bias, gelu, M, K, N, partials, partial_floats, counters, counter_count,
-                   num_sms, po.wg[0], stream);
-    else if (M <= 32)
-      Wg32::launch(x, q, scale, y, f32_out, bias, gelu, M, K, N, partials, partial_floats, counters, counter_count,
-                   num_sms, po.wg[1], stream);
-    else
-      Wg64::launch(x, q, scale, y, f32_out, bias, gelu, M, K, N, partials, partial_floats, counters, counter_count,
-                   num_sms, po.wg[2], stream);
-    return;
-  }
-  if (variant == 6) variant = 4;  // up to 8 tokens, or no sm_90a code: the pipelined kernel
-  const int* occ = po.blocks;
+  const int* occ = pipe_setup().blocks;
   const int shape = M <= 8 ? 0 : M <= 16 ? 1 : M <= 32 ? 2 : 3;
 #define GLM_INT8_PIPE(KERNEL, I)                                                                                  \
   case I:                                                                                                         \
@@ -930,7 +668,10 @@ Int8Gemm::Int8Gemm() {
   GLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
   if (const char* e = std::getenv("GLM_INT8_GEMV_MAX")) gemv_max_ = std::atoi(e);
   if (const char* e = std::getenv("GLM_INT8_MMA_MAX")) mma_max_ = std::atoi(e);
-  if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT")) set_mma_variant(std::atoi(e));
+  // GLM_INT8_MMA_VARIANT picked among tensor-core kernels that are gone: only 4 remains.
+  if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT"))
+    check_arg(std::string(e) == "4", "Int8Gemm",
+              "GLM_INT8_MMA_VARIANT must be 4 (variant 6 was replaced by the packed layout on Hopper: GLM_INT8_PACKED)");
   pipe_setup();  // shared-memory limits of the pipelined kernels, before any graph capture
   int8_packed_available();  // and of the packed-layout kernels
   check_blas(cublasCreate(&handle_), "cublasCreate");
@@ -960,11 +701,6 @@ Int8Gemm::~Int8Gemm() {
   if (partials_) cudaFree(partials_);
   if (scratch_) cudaFree(scratch_);
   if (counters_) cudaFree(counters_);
-}
-
-void Int8Gemm::set_mma_variant(int v) {
-  check_arg(v == 4 || v == 6, "Int8Gemm", "tensor-core variant (GLM_INT8_MMA_VARIANT) must be 4 or 6");
-  mma_variant_ = v;
 }
 
 int Int8Gemm::gemv_max_tokens() const { return gemv_max_ >= 0 ? gemv_max_ : (pdl_enabled() ? 1 : 2); }
@@ -1001,7 +737,7 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
   }
   if (tokens <= mma_max_ && int8_mma_supported(x, w.q, in)) {
     int8_mma_pipe(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, partials_,
-                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_, mma_variant_);
+                  partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_);
     return;
   }
   // Prefill: dequantize slices of rows into the scratch buffer, cuBLAS each.

@@ -15,7 +15,8 @@
 //                       by a cp.async pipeline, weights dequantized in registers
 //                       (exact: |q| <= 127), split over K across blocks when the
 //                       grid is small, the splits summed in a fixed order
-//                       (deterministic). Variant 6: Hopper wgmma (experimental).
+//                       (deterministic). ("Variant 4"; the others, 1, 2, 3, 5
+//                       and the first Hopper wgmma one, 6, were removed: docs/int8.md.)
 //   larger (prefill)    the weight dequantized slice by slice into a fp16
 //                       scratch buffer, then cuBLAS (compute-bound anyway).
 #pragma once
@@ -47,17 +48,11 @@ void int8_gemv(const __half* x, const int8_t* q, const __half* scale, void* y, b
 // cp.async pipeline (sm_80 and newer). `partials` (fp32, `partial_floats` of
 // them) holds the split-K partial sums and `counters` (counter_count ints, zero,
 // left zero) counts finished splits per tile; the split is chosen so they fit
-// (no split when either is null). variant 4: mma.sync (the default); 6: Hopper
-// wgmma above 8 tokens where int8_wgmma_available(), else 4.
+// (no split when either is null). mma.sync, "variant 4" in docs/int8.md.
 bool int8_mma_supported(const void* x, const void* q, int K);
 void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
                    bool gelu, int M, int K, int N, float* partials, size_t partial_floats, int* counters,
-                   int counter_count, int num_sms, cudaStream_t stream, int variant = 4);
-
-// Whether variant 6 (wgmma, 9..256 tokens) runs on the current device: the build
-// has sm_90a code and the device is an sm_90 (H100/H200); otherwise variant 6
-// falls back to variant 4.
-bool int8_wgmma_available();
+                   int counter_count, int num_sms, cudaStream_t stream);
 
 // out[r, c] = fp16(q[r, c] * scale[r]) for rows [0, rows).
 void int8_dequantize(const int8_t* q, const __half* scale, __half* out, int64_t rows, int64_t cols,
@@ -114,12 +109,6 @@ class Int8Gemm {
   // 2 without it (docs/int8.md, kernel timing tables).
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
-  // Tensor-core kernel variant (GLM_INT8_MMA_VARIANT): 4 the shared-memory
-  // cp.async pipeline with mma.sync (the default); 6 Hopper wgmma above 8
-  // tokens (int8_wgmma_available()), 4 below. Anything else: std::invalid_argument.
-  // (Variants 1, 2, 3 and 5, slower everywhere, were removed; docs/int8.md.)
-  void set_mma_variant(int v);
-  int mma_variant() const { return mma_variant_; }
   int gemv_max_tokens() const;
   int mma_max_tokens() const { return mma_max_; }
   size_t device_bytes() const { return partial_bytes_ + scratch_bytes_ + workspace_bytes_; }
@@ -136,7 +125,6 @@ class Int8Gemm {
   // GEMV for 1 token (2 without PDL), the pipelined tensor-core kernel (variant 4) above.
   int gemv_max_ = -1, mma_max_ = 256, num_sms_ = 1;
   int* counters_ = nullptr;
-  int mma_variant_ = 4;
   float* partials_ = nullptr;
   size_t partial_bytes_ = 0;
   __half* scratch_ = nullptr;  // dequantized weight slices for cuBLAS

@@ -236,7 +236,7 @@ void test_linear(std::mt19937& rng, Int8Gemm& gemm, Path path, int M, int K, int
   auto run = [&]() {
     if (path == kMmaNoSplit) {
       int8_mma_pipe(dx, dw.q, dw.scale, dy, f32, use_bias ? db : nullptr, use_gelu, M, K, N, nullptr, 0, nullptr, 0,
-                    1, nullptr, gemm.mma_variant());
+                    1, nullptr);
       return;
     }
     gemm.set_gemv_max_tokens(path == kGemv || path == kPackedGemv ? 8 : 0);
@@ -412,30 +412,30 @@ int bench() {
                 s8, int8_bytes / (s8 * 1e3), s16, fp16_bytes / (s16 * 1e3), s16 / s8);
     cudaFree(sink);
   }
-  std::printf("| tokens | fp16 us | int8 gemv us | int8 v4 us | int8 v6 us | packed gemv us | packed wgmma us | best int8 / fp16 |\n"
-              "|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  std::printf("| tokens | fp16 us | int8 gemv us | int8 v4 us | packed gemv us | packed wgmma us | best int8 / fp16 |\n"
+              "|---:|---:|---:|---:|---:|---:|---:|\n");
   auto layer_fp16 = [&](size_t i, int M) {
     return [&, i, M] {
       fp16.linear(x, wh[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr, layers[i].gelu);
     };
   };
-  auto layer_int8 = [&](size_t i, int M, int gemv_max, int variant) {  // variant 0: packed weights
-    return [&, i, M, gemv_max, variant] {
+  auto layer_int8 = [&](size_t i, int M, int gemv_max, bool pk) {  // pk: the packed weights
+    return [&, i, M, gemv_max, pk] {
       i8.set_gemv_max_tokens(gemv_max);
-      if (variant) i8.set_mma_variant(variant);
-      i8.linear(x, variant ? wq[i] : wp[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr,
+      i8.linear(x, pk ? wp[i] : wq[i], y, M, layers[i].K, layers[i].N, layers[i].gelu ? bias[i] : nullptr,
                 layers[i].gelu);
     };
   };
   const int reps = 20;
-  auto block_time = [&](int M, int gemv_max, int variant) {  // variant -1: fp16, 0: packed int8
+  enum Weights { kFp16, kRowMajor, kPacked };
+  auto block_time = [&](int M, int gemv_max, Weights wt) {
     return time_us(
         [&] {
           for (size_t i = 0; i < 4; ++i) {
-            if (variant >= 0)
-              layer_int8(i, M, gemv_max, variant)();
-            else
+            if (wt == kFp16)
               layer_fp16(i, M)();
+            else
+              layer_int8(i, M, gemv_max, wt == kPacked)();
           }
         },
         reps);
@@ -443,35 +443,35 @@ int bench() {
   std::vector<int> sizes = {1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256};
   if (const char* e = std::getenv("GLM_KBENCH_TOKENS")) sizes = {std::atoi(e)};  // one size (profiling)
   for (int M : sizes) {
-    const float t16 = block_time(M, 0, -1);
-    const float tg = M <= 8 ? block_time(M, 8, 4) : 0.f;
-    const float t4 = block_time(M, 0, 4), t6 = block_time(M, 0, 6);
-    const float pg = packed && M <= 8 ? block_time(M, 8, 0) : 0.f;
-    const float pw = packed ? block_time(M, 0, 0) : 0.f;
-    float best = std::min(t4, t6);
+    const float t16 = block_time(M, 0, kFp16);
+    const float tg = M <= 8 ? block_time(M, 8, kRowMajor) : 0.f;
+    const float t4 = block_time(M, 0, kRowMajor);
+    const float pg = packed && M <= 8 ? block_time(M, 8, kPacked) : 0.f;
+    const float pw = packed ? block_time(M, 0, kPacked) : 0.f;
+    float best = t4;
     for (float t : {tg, pg, pw})
       if (t > 0) best = std::min(best, t);
     char gemv[32] = "-", pgs[32] = "-", pws[32] = "-";
     if (tg > 0) std::snprintf(gemv, sizeof gemv, "%.1f", tg);
     if (pg > 0) std::snprintf(pgs, sizeof pgs, "%.1f", pg);
     if (pw > 0) std::snprintf(pws, sizeof pws, "%.1f", pw);
-    std::printf("| %d | %.1f | %s | %.1f | %.1f | %s | %s | %.2fx |\n", M, t16, gemv, t4, t6, pgs, pws, t16 / best);
+    std::printf("| %d | %.1f | %s | %.1f | %s | %s | %.2fx |\n", M, t16, gemv, t4, pgs, pws, t16 / best);
   }
-  std::printf("\nper layer, us (GB/s of weights in brackets)\n| tokens | layer | fp16 | int8 gemv | int8 v4 | int8 v6 | packed |\n"
-              "|---:|---|---:|---:|---:|---:|---:|\n");
+  std::printf("\nper layer, us (GB/s of weights in brackets)\n| tokens | layer | fp16 | int8 gemv | int8 v4 | packed |\n"
+              "|---:|---|---:|---:|---:|---:|\n");
   if (std::getenv("GLM_KBENCH_TOKENS")) sizes.clear();
   else sizes = {1, 8, 16, 64, 128};
   for (int M : sizes) {
     for (size_t i = 0; i < 4; ++i) {
       const double wb = (double)layers[i].N * layers[i].K;
       const float a = time_us(layer_fp16(i, M), reps);
-      const float d = time_us(layer_int8(i, M, 0, 4), reps), e = time_us(layer_int8(i, M, 0, 6), reps);
-      const float f = packed ? time_us(layer_int8(i, M, 8, 0), reps) : 0.f;
-      const float gv = M <= 8 ? time_us(layer_int8(i, M, 8, 4), reps) : 0.f;
+      const float d = time_us(layer_int8(i, M, 0, false), reps);
+      const float f = packed ? time_us(layer_int8(i, M, 8, true), reps) : 0.f;
+      const float gv = M <= 8 ? time_us(layer_int8(i, M, 8, false), reps) : 0.f;
       char gs[48] = "-";
       if (gv > 0) std::snprintf(gs, sizeof gs, "%.1f (%.0f)", gv, wb / (gv * 1e3));
-      std::printf("| %d | %s | %.1f (%.0f) | %s | %.1f (%.0f) | %.1f (%.0f) | %.1f (%.0f) |\n", M, layers[i].name, a,
-                  2 * wb / (a * 1e3), gs, d, wb / (d * 1e3), e, wb / (e * 1e3), f, f > 0 ? wb / (f * 1e3) : 0.0);
+      std::printf("| %d | %s | %.1f (%.0f) | %s | %.1f (%.0f) | %.1f (%.0f) |\n", M, layers[i].name, a,
+                  2 * wb / (a * 1e3), gs, d, wb / (d * 1e3), f, f > 0 ? wb / (f * 1e3) : 0.0);
     }
   }
   i8.set_gemv_max_tokens(4);
@@ -524,18 +524,13 @@ int main(int argc, char** argv) {
         {kMma, 12, 2048, 600},  {kMma, 31, 16384, 40},                    {kCublas, 17, 48, 5},    {kCublas, 300, 100, 37},
         {kCublas, 9, 4096, 129},
     };
-    const int default_variant = gemm.mma_variant();
-    std::printf("wgmma kernel (variant 6) on this device: %s\n", int8_wgmma_available() ? "yes" : "no (falls back to 4)");
+    std::printf("-- row-major layout\n");
     int i = 0;
-    for (int variant : {4, 6}) {
-      std::printf("-- tensor-core kernel variant %d\n", variant);
-      gemm.set_mma_variant(variant);
+    for (int round = 0; round < 2; ++round)  // each case twice, with other epilogues the second time
       for (const Case& c : cases) {
         test_linear(rng, gemm, c.p, c.M, c.K, c.N, i % 4);
         ++i;
       }
-    }
-    gemm.set_mma_variant(default_variant);
     if (int8_packed_available()) {
       std::printf("-- packed layout (sm_90a)\n");
       test_pack(rng);
@@ -561,14 +556,17 @@ int main(int argc, char** argv) {
     } else {
       std::printf("-- packed layout: skipped (no sm_90a code for this device in this build)\n");
     }
-    std::printf("-- default tensor-core kernel variant %d\n", default_variant);
-    try {  // removed variants are refused, not silently replaced
-      gemm.set_mma_variant(5);
-      report(false, "variant 5 refused", 1);
-    } catch (const std::invalid_argument&) {
-      report(true, "variant 5 refused", 0);
+    {  // a removed tensor-core variant asked for by the environment is refused, not silently replaced
+      setenv("GLM_INT8_MMA_VARIANT", "6", 1);
+      bool refused = false;
+      try {
+        Int8Gemm other;
+      } catch (const std::invalid_argument&) {
+        refused = true;
+      }
+      unsetenv("GLM_INT8_MMA_VARIANT");
+      report(refused, "GLM_INT8_MMA_VARIANT=6 refused", 0);
     }
-    report(gemm.mma_variant() == default_variant, "variant unchanged after the refusal", 0);
     // all four epilogues on the paths the decoder uses most
     for (int act = 0; act < 4; ++act) {
       test_linear(rng, gemm, kGemv, 1, 4096, 515, act);
