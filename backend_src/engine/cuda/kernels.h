@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "pdl.h"
+
 namespace glm {
 namespace cuda {
 
@@ -104,10 +106,8 @@ void sample_rows(const float* logits, int vocab, const int32_t* rows_idx,
                  int32_t* out, cudaStream_t stream);
 
 // ---- pdl.h / init.cu: programmatic dependent launch for the decode kernels
-// (layernorm, bias_gelu, gemv, rotary, attention) on sm_90; process-wide switch.
-void set_pdl(bool on);
-bool pdl_enabled();
-bool pdl_default(int device);  // on for sm_90 and newer unless GLM_CUDA_PDL=0
+// (layernorm, bias_gelu, gemv, rotary, attention, int8) on sm_90; process-wide
+// switch: set_pdl(), pdl_enabled(), pdl_default(device), declared in pdl.h.
 
 // ---- init.cu ------------------------------------------------------------
 // x[i] = amp * (2 * uniform01(tseed, i) - 1) (rng.h), rounded to fp16 / kept in
