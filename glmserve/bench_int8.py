@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "python -m glmserve.bench_int8 " + " ".join(argv if argv is not None else sys.argv[1:])
     header = f"Card: {dev}; {when}; command: `{cmd.strip()}`\n\n"
+    kernels = sorted({r.get("backend", "") for rs in data["rows"].values() for r in rs} - {""})
+    if kernels:
+        header += "Engine back-end: " + "; ".join(kernels) + "\n\n"
     print("\n" + header + md)
     if args.out:
         Path(args.out).write_text(

@@ -75,6 +75,8 @@ class EngineImpl final : public Engine {
 
   ~EngineImpl() override { stop(); }
 
+  std::string backend_description() const override { return runner_->describe(); }
+
   ModelInfo model_info() const override {
     return {cfg_.vocab_size,          cfg_.hidden_size,  cfg_.num_layers,     cfg_.max_sequence_length,
             cfg_.eos_token_id,        cfg_.bos_token_id, cfg_.gmask_token_id, cfg_.mask_token_id};

@@ -95,6 +95,8 @@ class Engine {
   struct ModelInfo { int vocab_size, hidden_size, num_layers, max_sequence_length,
                      eos_token_id, bos_token_id, gmask_token_id, mask_token_id; };
   virtual ModelInfo model_info() const = 0;
+  // One line for logs from the compute back-end (ModelRunner::describe), "" if none.
+  virtual std::string backend_description() const = 0;
 
   // Validates and enqueues. Throws EngineError (message names the field) for
   // a bad request: empty or out-of-vocabulary ids, prompt + max_tokens over

@@ -51,6 +51,8 @@ class ModelRunner {
   // Throws EngineError on a back-end fault.
   virtual void forward(const StepBatch& batch, int32_t* next_tokens,
                        std::vector<float>* all_logits) = 0;
+  // One line for logs: what the back-end runs (e.g. which int8 kernels), "" if nothing to add.
+  virtual std::string describe() const { return ""; }
 };
 
 std::unique_ptr<ModelRunner> make_cpu_runner(const ModelConfig& cfg, const EngineOptions& opts);

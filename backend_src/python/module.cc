@@ -236,6 +236,8 @@ PYBIND11_MODULE(_engine, m) {
              d["preemptions"] = s.preemptions;
              return d;
            })
+      .def("backend_description", [](PyEngine& self) { return self.engine().backend_description(); },
+           "One line from the compute back-end (which int8 kernels run), empty if nothing to add.")
       .def("model_info",
            [](PyEngine& self) {
              glm::Engine::ModelInfo i = self.engine().model_info();

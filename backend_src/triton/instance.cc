@@ -206,10 +206,11 @@ DecoderInstance::DecoderInstance(ModelState* model, TRITONBACKEND_ModelInstance*
   responder_ = std::thread([this, ctl = ctl_] { responder_loop(ctl); });
   refresh_metrics(true);
   glm::EngineStats s = engine_->stats();
+  const std::string backend = engine_->backend_description();
   GLM_LOG_INFO("chatglm_decoder instance " + instance_name_ + " ready: vocab " +
                std::to_string(info_.vocab_size) + ", context " +
                std::to_string(info_.max_sequence_length) + ", KV blocks " +
-               std::to_string(s.kv_blocks_total));
+               std::to_string(s.kv_blocks_total) + (backend.empty() ? "" : ", " + backend));
 }
 
 DecoderInstance::~DecoderInstance() {

@@ -83,6 +83,12 @@ class CudaRunner final : public ModelRunner {
   int plan_kv_blocks(const EngineOptions& opts) const override;
   void allocate_kv_cache(int num_blocks, int block_size) override;
   void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
+  std::string describe() const override {
+    if (!int8_) return "";
+    return std::string("int8 block linears ") +
+           (int8_packed_ ? "packed (GEMV + warp-specialized wgmma, sm_90a)" : "row-major (GEMV + mma.sync)") +
+           ", lm_head " + (lm_head8_.q ? "int8" : "fp16");
+  }
 
  private:
   // Device metadata of a step, packed for (T, S) = (tokens, seqs) with fixed
@@ -142,6 +148,7 @@ class CudaRunner final : public ModelRunner {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
   bool int8_ = false;  // layer linears int8 (EngineOptions.int8 or an int8 checkpoint)
+  bool int8_packed_ = false;  // ... rewritten into the packed layout at load (pack_int8_layers)
   std::unique_ptr<cuda::Int8Gemm> int8_gemm_;
   cuda::Int8Weight lm_head8_;  // int8 lm_head (checkpoint quantization.lm_head, or GLM_CUDA_INT8_LM_HEAD=1)
 
@@ -486,6 +493,7 @@ void CudaRunner::pack_int8_layers() {
       cuda::int8_pack(w.q, tmp, out, in, stream_);
       GLM_CUDA_CHECK(cudaMemcpyAsync(w.q, tmp, (size_t)out * in, cudaMemcpyDeviceToDevice, stream_));
       w.packed = true;
+      int8_packed_ = true;
     }
     GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   } catch (...) {
