@@ -123,8 +123,7 @@ def run_engine(
         "ms_per_step": decode_ms,
         "ttft_ms": ttft * 1e3,
         "gpu_mem_gib": (used_gpu_bytes(torch) - base_used) / 2**30,
-        # which kernels ran (e.g. the int8 layout); "" for engines without the call
-        "backend": getattr(eng, "backend_description", lambda: "")(),
+        "backend": eng.backend_description(),  # which kernels ran (e.g. the int8 layout)
         "wall_s": wall,
     }
     if args.profile and batch in args.profile_batches:

@@ -136,7 +136,9 @@ def test_int8_continuous_batching_matches_one_at_a_time(eng_mod, int8_ckpts):
     assert batched == alone
 
 
-def test_full_size_int8_vs_fp16(eng_mod, tmp_path):
+@pytest.fixture
+def full_size(eng_mod, tmp_path) -> Path:
+    """A config-only ChatGLM-6B checkpoint (random weights at load); skips without ~20 GB free."""
     import torch
 
     from glmserve.bench import REAL_CONFIG
@@ -147,6 +149,13 @@ def test_full_size_int8_vs_fp16(eng_mod, tmp_path):
     d = tmp_path / "full"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(REAL_CONFIG))
+    return d
+
+
+def test_full_size_int8_vs_fp16(eng_mod, full_size):
+    from glmserve.bench import REAL_CONFIG
+
+    d = full_size
     (p,) = prompts_for(REAL_CONFIG, [20], 6)
     chunks = [p, [5000], [77, 1234]]
     kw = dict(device="cuda", dtype="fp16", random_weights=True, weights_seed=2024, num_kv_blocks=32)
@@ -164,20 +173,13 @@ def test_full_size_int8_vs_fp16(eng_mod, tmp_path):
     assert err < 0.1
 
 
-def test_full_size_packed_layout_matches_row_major(eng_mod, tmp_path, monkeypatch):
+def test_full_size_packed_layout_matches_row_major(eng_mod, full_size, monkeypatch):
     """On Hopper the block linears run over the packed layout (GEMV + wgmma kernels);
     GLM_INT8_PACKED=0 keeps the row-major kernels. Same math, other summation order:
     the logits agree closely, and each engine says which kernels it runs."""
-    import torch
-
     from glmserve.bench import REAL_CONFIG
 
-    free, _ = torch.cuda.mem_get_info()
-    if free < 20e9:
-        pytest.skip(f"needs ~20 GB of free GPU memory, {free / 1e9:.0f} GB free")
-    d = tmp_path / "full"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(REAL_CONFIG))
+    d = full_size
     # a decode-sized chunk (1 token: GEMV), a 24-token one (wgmma) and the prompt
     (p,) = prompts_for(REAL_CONFIG, [300], 7)
     chunks = [p, [5000], list(range(100, 124))]

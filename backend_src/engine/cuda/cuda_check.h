@@ -3,6 +3,7 @@
 
 #include <cuda_runtime.h>
 
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -16,6 +17,27 @@ namespace cuda {
 
 inline void check_arg(bool ok, const char* kernel, const char* msg) {
   if (!ok) throw std::invalid_argument(std::string(kernel) + ": " + msg);
+}
+
+// init() run once for the current CUDA device (thread-safe), its result kept;
+// each call site (its lambda type) has its own storage. For set-up that must
+// happen before any graph capture: shared-memory limits, occupancy, probes.
+template <typename T, typename Init>
+const T& once_per_device(const char* what, Init init) {
+  constexpr int kMaxDevices = 64;
+  static std::mutex mu;
+  static T value[kMaxDevices];
+  static bool done[kMaxDevices] = {};
+  int dev = 0;
+  const cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
+  check_arg(dev >= 0 && dev < kMaxDevices, what, "device ordinal out of range");
+  std::lock_guard<std::mutex> lock(mu);
+  if (!done[dev]) {
+    value[dev] = init(dev);
+    done[dev] = true;
+  }
+  return value[dev];
 }
 
 }  // namespace cuda

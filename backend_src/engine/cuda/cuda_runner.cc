@@ -472,28 +472,26 @@ void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int
 void CudaRunner::pack_int8_layers() {
   const char* e = std::getenv("GLM_INT8_PACKED");
   if ((e && std::string(e) == "0") || !cuda::int8_packed_available()) return;
-  std::vector<std::pair<cuda::Int8Weight*, std::pair<int, int>>> all;
-  for (Layer& l : layers_) {
-    all.push_back({&l.qkv8, {3 * H_, H_}});
-    all.push_back({&l.dense8, {H_, H_}});
-    all.push_back({&l.w18, {I_, H_}});
-    all.push_back({&l.w28, {H_, I_}});
-  }
-  size_t most = 0;
-  for (auto& a : all)
-    if (cuda::int8_packed_shape_ok(a.second.first, a.second.second))
-      most = std::max(most, (size_t)a.second.first * a.second.second);
-  if (most == 0) return;
+  struct Linear {
+    cuda::Int8Weight* w;
+    int out, in;
+  };
+  std::vector<Linear> todo;
+  size_t most = 0;  // the largest matrix: one scratch buffer for all
+  for (Layer& l : layers_)
+    for (Linear a : {Linear{&l.qkv8, 3 * H_, H_}, Linear{&l.dense8, H_, H_}, Linear{&l.w18, I_, H_},
+                     Linear{&l.w28, H_, I_}})
+      if (cuda::int8_packed_shape_ok(a.out, a.in)) {
+        todo.push_back(a);
+        most = std::max(most, (size_t)a.out * a.in);
+      }
+  if (todo.empty()) return;
   uint8_t* tmp = dev_alloc<uint8_t>(most);
   try {
-    for (auto& a : all) {
-      cuda::Int8Weight& w = *a.first;
-      const int out = a.second.first, in = a.second.second;
-      if (w.packed || !cuda::int8_packed_shape_ok(out, in)) continue;
-      cuda::int8_pack(w.q, tmp, out, in, stream_);
-      GLM_CUDA_CHECK(cudaMemcpyAsync(w.q, tmp, (size_t)out * in, cudaMemcpyDeviceToDevice, stream_));
-      w.packed = true;
-      int8_packed_ = true;
+    for (const Linear& a : todo) {
+      cuda::int8_pack(a.w->q, tmp, a.out, a.in, stream_);
+      GLM_CUDA_CHECK(cudaMemcpyAsync(a.w->q, tmp, (size_t)a.out * a.in, cudaMemcpyDeviceToDevice, stream_));
+      a.w->packed = true;
     }
     GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   } catch (...) {
@@ -501,6 +499,7 @@ void CudaRunner::pack_int8_layers() {
     throw;
   }
   cudaFree(tmp);
+  int8_packed_ = true;
 }
 
 void CudaRunner::load_weights_from(const ModelWeights& w) {

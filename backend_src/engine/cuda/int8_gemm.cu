@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -588,27 +587,19 @@ struct PipeOccupancy {
 };
 
 static const PipeOccupancy& pipe_setup() {
-  constexpr int kMaxDevices = 64;
-  static std::mutex mu;
-  static PipeOccupancy occ[kMaxDevices];
-  static bool done[kMaxDevices] = {};
-  int dev = 0;
-  GLM_CUDA_CHECK(cudaGetDevice(&dev));
-  check_arg(dev >= 0 && dev < kMaxDevices, "int8_mma_pipe", "device ordinal out of range");
-  std::lock_guard<std::mutex> lock(mu);
-  if (!done[dev]) {
+  return once_per_device<PipeOccupancy>("int8_mma_pipe", [](int) {
+    PipeOccupancy occ;
     int i = 0;
     auto one = [&](auto kernel) {
       decltype(kernel)::prepare();
-      occ[dev].blocks[i++] = decltype(kernel)::blocks_per_sm();
+      occ.blocks[i++] = decltype(kernel)::blocks_per_sm();
     };
     one(Pipe4M8{});
     one(Pipe4M16{});
     one(Pipe4M32{});
     one(Pipe4M64{});
-    done[dev] = true;
-  }
-  return occ[dev];
+    return occ;
+  });
 }
 
 void int8_mma_pipe(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
@@ -740,24 +731,7 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
                   partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_);
     return;
   }
-  // Prefill: dequantize slices of rows into the scratch buffer, cuBLAS each.
-  const int64_t cap = static_cast<int64_t>(scratch_bytes_ / sizeof(__half));
-  check_arg(in <= cap, k, "input size larger than the dequantization scratch");
-  const int64_t rows_per = std::max<int64_t>(1, cap / in);
-  const float one = 1.f, zero = 0.f;
-  for (int64_t n0 = 0; n0 < out; n0 += rows_per) {
-    const int nc = static_cast<int>(std::min<int64_t>(rows_per, out - n0));
-    int8_dequantize(w.q + n0 * in, w.scale + n0, scratch_, nc, in, stream_);
-    void* yo = f32_out ? static_cast<void*>(static_cast<float*>(y) + n0) : static_cast<void*>(static_cast<__half*>(y) + n0);
-    check_blas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, nc, tokens, in, &one, scratch_, CUDA_R_16F, in, x,
-                            CUDA_R_16F, in, &zero, yo, f32_out ? CUDA_R_32F : CUDA_R_16F, out, CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx (int8 dequantized)");
-  }
-  if (bias || gelu) {
-    bias_act_kernel<<<grid_for((int64_t)tokens * out), 256, 0, stream_>>>(y, f32_out, bias, gelu, tokens, out);
-    GLM_CUDA_LAUNCH_CHECK("int8 linear (bias/GeLU)");
-  }
+  dequantize_then_cublas(x, w, y, f32_out, tokens, in, out, bias, gelu);
 }
 
 // The packed layout (int8_packed.cu): its GEMV, its wgmma kernel, or for
@@ -774,20 +748,33 @@ void Int8Gemm::run_packed(const __half* x, const Int8Weight& w, void* y, bool f3
                        partials_, partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_);
     return;
   }
+  dequantize_then_cublas(x, w, y, false, tokens, in, out, bias, gelu);
+}
+
+// Prefill: slices of rows dequantized into the scratch buffer (whole 128-row
+// groups for the packed layout), cuBLAS on each, then bias and GeLU.
+void Int8Gemm::dequantize_then_cublas(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in,
+                                      int out, const float* bias, bool gelu) {
   const int64_t cap = static_cast<int64_t>(scratch_bytes_ / sizeof(__half));
-  const int64_t rows_per = cap / in / 128 * 128;
-  check_arg(rows_per >= 128, k, "input size larger than the dequantization scratch");
+  const int64_t unit = w.packed ? 128 : 1;
+  const int64_t rows_per = cap / in / unit * unit;
+  check_arg(rows_per >= 1, "int8 linear", "input size larger than the dequantization scratch");
   const float one = 1.f, zero = 0.f;
   for (int64_t n0 = 0; n0 < out; n0 += rows_per) {
     const int nc = static_cast<int>(std::min<int64_t>(rows_per, out - n0));
-    int8_packed_dequantize(qp, w.scale, scratch_, static_cast<int>(n0), nc, in, stream_);
+    if (w.packed)
+      int8_packed_dequantize(reinterpret_cast<const uint8_t*>(w.q), w.scale, scratch_, static_cast<int>(n0), nc, in,
+                             stream_);
+    else
+      int8_dequantize(w.q + n0 * in, w.scale + n0, scratch_, nc, in, stream_);
+    void* yo = f32_out ? static_cast<void*>(static_cast<float*>(y) + n0) : static_cast<void*>(static_cast<__half*>(y) + n0);
     check_blas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, nc, tokens, in, &one, scratch_, CUDA_R_16F, in, x,
-                            CUDA_R_16F, in, &zero, static_cast<__half*>(y) + n0, CUDA_R_16F, out, CUBLAS_COMPUTE_32F,
+                            CUDA_R_16F, in, &zero, yo, f32_out ? CUDA_R_32F : CUDA_R_16F, out, CUBLAS_COMPUTE_32F,
                             CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx (int8 dequantized)");
   }
   if (bias || gelu) {
-    bias_act_kernel<<<grid_for((int64_t)tokens * out), 256, 0, stream_>>>(y, false, bias, gelu, tokens, out);
+    bias_act_kernel<<<grid_for((int64_t)tokens * out), 256, 0, stream_>>>(y, f32_out, bias, gelu, tokens, out);
     GLM_CUDA_LAUNCH_CHECK("int8 linear (bias/GeLU)");
   }
 }

@@ -118,6 +118,8 @@ class Int8Gemm {
            const float* bias, bool gelu);
   void run_packed(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in, int out,
                   const float* bias, bool gelu);
+  void dequantize_then_cublas(const __half* x, const Int8Weight& w, void* y, bool f32_out, int tokens, int in,
+                              int out, const float* bias, bool gelu);
   cublasHandle_t handle_ = nullptr;
   cudaStream_t stream_ = nullptr;
   static constexpr int kCounters = 4096;

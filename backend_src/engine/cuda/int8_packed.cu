@@ -6,7 +6,6 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
-#include <mutex>
 
 #include "cuda_check.h"
 #include "device_util.h"
@@ -629,15 +628,8 @@ struct PackedSetup {
 };
 
 const PackedSetup& packed_setup() {
-  constexpr int kMaxDevices = 64;
-  static std::mutex mu;
-  static PackedSetup setup[kMaxDevices];
-  static bool done[kMaxDevices] = {};
-  int dev = 0;
-  GLM_CUDA_CHECK(cudaGetDevice(&dev));
-  check_arg(dev >= 0 && dev < kMaxDevices, "int8_packed_available", "device ordinal out of range");
-  std::lock_guard<std::mutex> lock(mu);
-  if (!done[dev]) {
+  return once_per_device<PackedSetup>("int8_packed_available", [](int dev) {
+    PackedSetup p;
     int* flag = nullptr;
     int have = 0;
     GLM_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
@@ -645,7 +637,6 @@ const PackedSetup& packed_setup() {
     const cudaError_t e = cudaMemcpy(&have, flag, sizeof(int), cudaMemcpyDeviceToHost);
     cudaFree(flag);
     GLM_CUDA_CHECK(e);
-    PackedSetup& p = setup[dev];
     p.available = have == 1;
     if (p.available) {
       GLM_CUDA_CHECK(cudaFuncSetAttribute(ws_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, WsCfg<8>::kSmem));
@@ -658,9 +649,8 @@ const PackedSetup& packed_setup() {
       GLM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
       p.gemv_resident = std::max(1, per_sm) * sms;
     }
-    done[dev] = true;
-  }
-  return setup[dev];
+    return p;
+  });
 }
 
 }  // namespace
