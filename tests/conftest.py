@@ -1,6 +1,7 @@
 """Shared fixtures.
 
-`triton_server` (session scope): the real tritonserver on CPU serving the whole
+`triton_server` (session scope, checked alive around each test that uses it): the
+real tritonserver on CPU serving the whole
 model repository (chatglm ensemble, preprocessing, chatglm_decoder,
 postprocessing) with the tiny demo model (models/chatglm-tiny). Attributes:
 `.http_url` and `.grpc_url` ("127.0.0.1:PORT"), `.metrics_url`
@@ -46,3 +47,50 @@ def triton_server(tmp_path_factory):
         yield server
     finally:
         server.stop(check=False)
+
+
+def _server_exit(server: TritonServer) -> int | None:
+    """The server's exit code if it is no longer running, else None."""
+    if server.process is None:
+        return server.returncode if server.returncode is not None else -1
+    return server.process.poll()
+
+
+@pytest.fixture(autouse=True)
+def _shared_server_stays_up(request):
+    """Around every test that uses the shared server (directly or through another fixture):
+    it must be running before, and a test that kills it errors itself, with the server's
+    log tail, instead of leaving the failure to whichever test comes next."""
+    if "triton_server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("triton_server")
+    code = _server_exit(server)
+    if code is not None:
+        pytest.fail(
+            f"the shared tritonserver is not running (exit code {code}): an earlier test "
+            f"killed it; log {server.log_path}:\n{server.log_tail(40)}",
+            pytrace=False,
+        )
+    yield
+    code = _server_exit(server)
+    if code is not None:
+        pytest.fail(
+            f"the shared tritonserver died during this test (exit code {code}); "
+            f"log {server.log_path}:\n{server.log_tail(60)}",
+            pytrace=False,
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used the shared server gets the server's log tail in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("triton_server")
+    if report.when == "call" and report.failed and isinstance(server, TritonServer):
+        code = _server_exit(server)
+        state = "running" if code is None else f"exited with {code}"
+        report.sections.append(
+            (f"tritonserver ({state}) log tail", server.log_tail(40) or "(empty log)")
+        )

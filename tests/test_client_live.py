@@ -24,11 +24,8 @@ Q1, Q2 = "你好", "What can you do?"
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("triton_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("the triton_server fixture (tests/conftest.py) is not available yet")
+def server(triton_server: Any) -> Any:
+    return triton_server
 
 
 @pytest.fixture(scope="module")

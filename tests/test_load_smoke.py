@@ -23,11 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def server(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("triton_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("the triton_server fixture (tests/conftest.py) is not available yet")
+def server(triton_server: Any) -> Any:
+    return triton_server
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -28,6 +28,7 @@ import random
 import re
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -44,6 +45,7 @@ from test_reliability_common import (
     skip_without_server,
     text_of,
     text_tensors,
+    xfail_on_upstream_grpc_crash,
 )
 from tritonclient.utils import InferenceServerException
 from tritonserver import TritonServer
@@ -357,3 +359,38 @@ def test_cancellation_storm(tmp_path):
         left = _in_flight_left(srv.log())
         record("cancel_storm_shutdown", exit_code=code, ensemble_in_flight_left=left)
         assert left == 0 and code == 0, (code, left)
+
+
+# The stack tritonserver 2.51's own handler prints for a fatal signal (this one captured
+# from the real binary given SIGSEGV); the frame lines are what the helper looks at.
+_CRASH_LOG = """I1126 13:32:30.938644 20648 grpc_server.cc:2558] "Started GRPCInferenceService"
+Signal (11) received.
+ 0# 0x0000562394B3C52D in /venv/pytriton/tritonserver/bin/tritonserver
+ 1# 0x00007F41A845A050 in /lib/x86_64-linux-gnu/libc.so.6
+ 2# 0x0000562394AE90C4 in /venv/pytriton/tritonserver/bin/tritonserver
+"""
+_OUR_FRAME = (
+    " 1# 0x00007F41A0000010 in /repo/model_repository/chatglm_decoder/libtriton_chatglm.so\n"
+)
+
+
+def _dead_server(log: str) -> SimpleNamespace:
+    return SimpleNamespace(process=None, log=lambda: log)
+
+
+def test_upstream_grpc_crash_is_recognised_only_by_its_signature():
+    """xfail_on_upstream_grpc_crash marks xfail only a server that died of a fatal signal
+    with no frame in our backend; alive, a clean exit, or a frame of ours: no xfail."""
+    with pytest.raises(pytest.xfail.Exception, match="#7368.*Signal \\(11\\)"):
+        xfail_on_upstream_grpc_crash(_dead_server(_CRASH_LOG))
+    abort = _CRASH_LOG.replace("Signal (11)", "Signal (6)")
+    with pytest.raises(pytest.xfail.Exception, match="Signal \\(6\\)"):
+        xfail_on_upstream_grpc_crash(_dead_server(abort))
+    ours = _CRASH_LOG.replace(
+        " 1# 0x00007F41A845A050 in /lib/x86_64-linux-gnu/libc.so.6\n", _OUR_FRAME
+    )
+    assert "libtriton_chatglm" in ours
+    xfail_on_upstream_grpc_crash(_dead_server(ours))  # returns: our crash must fail the test
+    xfail_on_upstream_grpc_crash(_dead_server("I1126 ... exiting with 0\n"))
+    alive = SimpleNamespace(process=SimpleNamespace(poll=lambda: None), log=lambda: _CRASH_LOG)
+    xfail_on_upstream_grpc_crash(alive)

@@ -219,6 +219,30 @@ def cancel_streams(streams: list[Stream], srv) -> None:
         srv.wait_metric("glm_active_requests", lambda v, n=left: v <= n, timeout=30)
 
 
+UPSTREAM_GRPC_CRASH = (
+    "tritonserver 2.51's gRPC front end crashed completing a stream cancellation, inside the "
+    "tritonserver binary (upstream triton-inference-server/server#7368, fixed in 24.12; "
+    "R5 items 3 and 5 in docs/reliability_requests.md)"
+)
+
+
+def xfail_on_upstream_grpc_crash(srv) -> None:
+    """Marks the running test xfail when ``srv`` has died of the upstream gRPC cancellation
+    crash: the server's own signal handler logged SIGSEGV or SIGABRT and no frame of the
+    stack it printed is in our backend library. Returns (and the test goes on to fail or
+    pass on its own checks) when the server is alive or died any other way."""
+    if srv.process is not None and srv.process.poll() is None:
+        return
+    log = srv.log()
+    m = re.search(r"Signal \((11|6)\) received\.?", log)
+    if m is None:
+        return
+    trace = log[m.start() :].splitlines()[:80]  # the stack the handler printed
+    if any("libtriton_chatglm" in line for line in trace):
+        return
+    pytest.xfail(f"{UPSTREAM_GRPC_CRASH}: {m.group(0)}")
+
+
 def run_stream(url: str, model: str, tensors, output: str = "text_output", **kw):
     """Sends one request, waits (bounded) for its end. -> (values, error)."""
     s = Stream(url, model, tensors, output, **kw)

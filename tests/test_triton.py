@@ -18,7 +18,14 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
-from test_reliability_common import TYPES, Stream, cancel_streams, skip_without_server, to_grpc
+from test_reliability_common import (
+    TYPES,
+    Stream,
+    cancel_streams,
+    skip_without_server,
+    to_grpc,
+    xfail_on_upstream_grpc_crash,
+)
 from tritonserver import DEFAULT_CHECKPOINT, DEFAULT_REPO, TritonServer, venv_dir
 
 pytestmark = pytest.mark.server
@@ -429,11 +436,28 @@ LONG_IDS = [
 ]
 
 
-def test_cancel_grpc_streams_frees_kv_blocks(triton_server):
-    """Cancelling gRPC streams mid-way stops the sequences within a step or two."""
-    srv = triton_server
+def test_cancel_grpc_streams_frees_kv_blocks(tmp_path):
+    """Cancelling gRPC streams mid-way stops the sequences within a step or two.
+
+    On a server of its own: tritonserver 2.51's gRPC front end can crash completing a
+    stream cancellation (upstream #7368; R5 in docs/reliability_requests.md). That crash,
+    recognised by its signature (a fatal signal with no frame in our backend), is reported
+    as xfail, and it cannot take the session's shared server down with it."""
+    skip_without_server()
+    with TritonServer(log_dir=tmp_path) as srv:
+        try:
+            _cancel_four_decoder_streams(srv)
+        except Exception:
+            xfail_on_upstream_grpc_crash(srv)
+            raise
+        code = srv.stop()
+        if code != 0:
+            xfail_on_upstream_grpc_crash(srv)
+        assert code == 0, srv.log_tail()
+
+
+def _cancel_four_decoder_streams(srv: TritonServer) -> None:
     srv.wait_metric("glm_active_requests", lambda v: v == 0)
-    cancelled0 = srv.metric("glm_requests_total", {"outcome": "cancelled"})
     tokens0 = srv.metric("glm_generated_tokens_total")
     streams = [Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids") for _ in range(4)]
     try:
@@ -447,7 +471,7 @@ def test_cancel_grpc_streams_frees_kv_blocks(triton_server):
     srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=10)
     srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=10)
     srv.wait_metric("glm_running_sequences", lambda v: v == 0, timeout=10)
-    assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == cancelled0 + 4
+    assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == 4
     assert srv.metric("glm_generated_tokens_total") - tokens0 < 4 * 1900
     # The server still serves.
     assert http_generate(srv.http_url, {"text_input": "hi", "max_tokens": 4}).status_code == 200
