@@ -20,6 +20,7 @@ import requests
 import tritonclient.grpc as grpcclient
 from test_reliability_common import (
     TYPES,
+    SseStream,
     Stream,
     cancel_streams,
     skip_without_server,
@@ -702,14 +703,16 @@ def test_max_request_seconds_bounds_cancelled_ensemble_streams(tmp_path):
         assert err is not None and "request timeout expired (max_request_seconds 0.25)" in err
         assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == 1
         tokens0 = srv.metric("glm_generated_tokens_total")
-        body = text_inputs("你好", max_tokens=1900, ignore_eos=True, stream=True)
-        streams = [Stream(srv.grpc_url, "chatglm", body) for _ in range(4)]
+        # Abandoned over HTTP (closing the connection cancels): 2.51's gRPC front end can
+        # crash on quick successive stream cancellations (R5), which is not this test's subject.
+        body = {"text_input": "你好", "max_tokens": 1900, "ignore_eos": True}
+        streams = [SseStream(srv.http_url, "chatglm", body) for _ in range(4)]
         try:
             for s in streams:
-                assert s.next(timeout=60)[0] in ("data", "error")
+                assert s.next()[0] in ("data", "error")
         finally:
             for s in streams:
-                s.close(cancel=True)
+                s.close()
         srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=30)
         srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=30)
         assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == 5
