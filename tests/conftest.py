@@ -56,6 +56,16 @@ def _server_exit(server: TritonServer) -> int | None:
     return server.process.poll()
 
 
+def _fail_if_down(server: TritonServer, what: str, lines: int) -> None:
+    code = _server_exit(server)
+    if code is not None:
+        pytest.fail(
+            f"the shared tritonserver {what} (exit code {code}); "
+            f"log {server.log_path}:\n{server.log_tail(lines)}",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(autouse=True)
 def _shared_server_stays_up(request):
     """Around every test that uses the shared server (directly or through another fixture):
@@ -65,21 +75,9 @@ def _shared_server_stays_up(request):
         yield
         return
     server = request.getfixturevalue("triton_server")
-    code = _server_exit(server)
-    if code is not None:
-        pytest.fail(
-            f"the shared tritonserver is not running (exit code {code}): an earlier test "
-            f"killed it; log {server.log_path}:\n{server.log_tail(40)}",
-            pytrace=False,
-        )
+    _fail_if_down(server, "is not running: an earlier test killed it", 40)
     yield
-    code = _server_exit(server)
-    if code is not None:
-        pytest.fail(
-            f"the shared tritonserver died during this test (exit code {code}); "
-            f"log {server.log_path}:\n{server.log_tail(60)}",
-            pytrace=False,
-        )
+    _fail_if_down(server, "died during this test", 60)
 
 
 @pytest.hookimpl(hookwrapper=True)

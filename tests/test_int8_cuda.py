@@ -152,6 +152,14 @@ def full_size(eng_mod, tmp_path) -> Path:
     return d
 
 
+def compare_logits(label: str, got: np.ndarray, want: np.ndarray) -> tuple[float, float]:
+    """Relative error of the logits and the argmax agreement, printed for the log."""
+    err = rel_err(got, want)
+    agree = float((got.argmax(-1) == want.argmax(-1)).mean())
+    print(f"{label}: logits rel err {err:.3g}, argmax agreement {agree:.2f}")
+    return err, agree
+
+
 def test_full_size_int8_vs_fp16(eng_mod, full_size):
     from glmserve.bench import REAL_CONFIG
 
@@ -165,11 +173,7 @@ def test_full_size_int8_vs_fp16(eng_mod, full_size):
     q8 = eng_mod.Engine(str(d), int8=True, **kw)
     got = np.asarray(q8.debug_forward(chunks))
     del q8
-    err = rel_err(got, want)
-    agree = float((got.argmax(-1) == want.argmax(-1)).mean())
-    print(
-        f"full-size random model: int8 vs fp16 logits rel err {err:.3g}, argmax agreement {agree:.2f}"
-    )
+    err, _ = compare_logits("full-size random model: int8 vs fp16", got, want)
     assert err < 0.1
 
 
@@ -202,10 +206,6 @@ def test_full_size_packed_layout_matches_row_major(eng_mod, full_size, monkeypat
     assert "row-major" in row.backend_description()
     want = np.asarray(row.debug_forward(chunks))
     del row
-    err = rel_err(got, want)
-    agree = float((got.argmax(-1) == want.argmax(-1)).mean())
-    print(
-        f"packed vs row-major int8 logits: rel err {err:.3g}, argmax agreement {agree:.2f} ({desc})"
-    )
+    err, agree = compare_logits(f"packed vs row-major int8 ({desc})", got, want)
     assert err < 2e-3
     assert agree > 0.99
