@@ -15,8 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from glmserve import contract
+
 from .api import DEFAULT_PORTS, PROTOCOLS, ChatGLMClient
 from .errors import ClientError, ServerUnavailable
+from .params import OPTIONAL_INPUTS
 
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
@@ -26,53 +29,12 @@ EXIT_INTERRUPTED = 130
 CHAT_HELP = "Chat with ChatGLM. Commands: /clear resets the history, /exit (or Ctrl-D) quits."
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = _non_negative_int(text)
-    if value >= 2**64:
-        raise argparse.ArgumentTypeError(f"must be < 2**64: {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
+def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0.0:  # also rejects nan
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = _non_negative_float(text)
-    if value > 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1]: {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = _non_negative_float(text)
-    if value == 0.0:
+    if not value > 0.0:  # also rejects nan
         raise argparse.ArgumentTypeError(f"must be > 0: {text}")
     return value
 
@@ -101,28 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, default=600.0, help="seconds to wait for a response"
     )
     s = p.add_argument_group("sampling (server defaults when left out: greedy decoding)")
-    s.add_argument("--max-tokens", type=_positive_int, help="most tokens to generate")
-    s.add_argument("--temperature", type=_non_negative_float, help="0 = greedy")
-    s.add_argument("--top-k", type=_non_negative_int, help="0 = off")
-    s.add_argument("--top-p", type=_probability, help="nucleus mass in [0, 1]")
-    s.add_argument("--repetition-penalty", type=_positive_float, help="1 = off")
-    s.add_argument("--seed", type=_seed, help="random seed (uint64)")
-    s.add_argument(
-        "--ignore-eos", action="store_true", default=None, help="generate max-tokens tokens"
-    )
+    contract.add_cli_options(s, OPTIONAL_INPUTS)
     return p
 
 
 def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = {
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "repetition_penalty": args.repetition_penalty,
-        "random_seed": args.seed,
-        "ignore_eos": args.ignore_eos,
-    }
+    """The sampling options given on the command line, keyed by input tensor name."""
+    pairs = {name: getattr(args, contract.field(name).alias or name) for name in OPTIONAL_INPUTS}
     return {k: v for k, v in pairs.items() if v is not None}
 
 

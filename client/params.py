@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from glmserve import contract
+
 MODEL_NAME = "chatglm"
 TEXT_INPUT = "text_input"
 TEXT_OUTPUT = "text_output"
@@ -36,30 +38,27 @@ class InputSpec:
     kind: type
 
 
-# Optional inputs of the ensemble, keyed by tensor name.
+# Optional inputs of the ensemble, keyed by tensor name: from the request contract
+# (glmserve/contract.py), in its order.
 OPTIONAL_INPUTS: dict[str, InputSpec] = {
-    "max_tokens": InputSpec("INT32", np.int32, int),
-    "temperature": InputSpec("FP32", np.float32, float),
-    "top_k": InputSpec("INT32", np.int32, int),
-    "top_p": InputSpec("FP32", np.float32, float),
-    "repetition_penalty": InputSpec("FP32", np.float32, float),
-    "random_seed": InputSpec("UINT64", np.uint64, int),
-    "ignore_eos": InputSpec("BOOL", np.bool_, bool),
+    f.name: InputSpec(f.dtype.value, np.dtype(f.dtype.numpy).type, f.dtype.python)
+    for f in contract.optional_inputs(contract.ENSEMBLE)
 }
 
-# Friendly aliases accepted as keyword arguments.
-ALIASES = {"seed": "random_seed"}
+# Friendly aliases accepted as keyword arguments ("seed" for random_seed).
+ALIASES = {f.alias: f.name for f in contract.optional_inputs(contract.ENSEMBLE) if f.alias}
 
 History = Sequence[Sequence[str]]
 
 
-def normalize_sampling(sampling: Mapping[str, Any]) -> dict[str, int | float | bool]:
+def normalize_sampling(sampling: Mapping[str, Any]) -> dict[str, Any]:
     """Validate sampling keyword arguments; return them keyed by tensor name.
 
     ``None`` values are dropped (the server's default applies). Unknown names raise
-    ``TypeError``; values of the wrong type raise ``ValueError``.
+    ``TypeError``; values of the wrong type raise ``ValueError`` (the contract's
+    :class:`~glmserve.contract.RequestError`). Ranges are the server's to check.
     """
-    out: dict[str, int | float | bool] = {}
+    out: dict[str, Any] = {}
     for key, value in sampling.items():
         name = ALIASES.get(key, key)
         if name not in OPTIONAL_INPUTS:
@@ -69,29 +68,8 @@ def normalize_sampling(sampling: Mapping[str, Any]) -> dict[str, int | float | b
             continue
         if name in out:
             raise TypeError(f"sampling argument {name!r} given twice")
-        out[name] = _coerce(name, value, OPTIONAL_INPUTS[name].kind)
+        out[name] = contract.field(name).coerce(value)
     return out
-
-
-def _coerce(name: str, value: Any, kind: type) -> int | float | bool:
-    if kind is bool:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if kind is int:
-        if isinstance(value, (int, np.integer)):
-            v = int(value)
-            if name == "random_seed" and not 0 <= v < 2**64:
-                raise ValueError(f"random_seed must be in [0, 2**64), got {v}")
-            if name != "random_seed" and not -(2**31) <= v < 2**31:
-                raise ValueError(f"{name} does not fit INT32: {v}")
-            return v
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return float(value)
-    raise ValueError(f"{name} must be a number, got {value!r}")
 
 
 def history_json(history: History | None) -> str | None:

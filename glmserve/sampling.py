@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from glmserve import contract
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -23,14 +25,9 @@ class SamplingParams:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0.0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not self.repetition_penalty > 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        """Each value against its range in the request contract (a ValueError naming it)."""
+        for name in ("temperature", "top_k", "top_p", "repetition_penalty"):
+            contract.field(name).check(getattr(self, name))
 
     @property
     def greedy(self) -> bool:

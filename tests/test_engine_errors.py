@@ -33,7 +33,7 @@ GOOD = [5, 6, GMASK, BOS]
         ([-1, GMASK, BOS], {}, r"input_ids\[0\] = -1"),
         ([5, 6, GMASK], {}, "must end with <sop>"),
         ([5, 6, BOS], {}, r"\[gMASK\].*\[MASK\]"),
-        (GOOD, {"max_tokens": 0}, "max_tokens must be >= 1"),
+        (GOOD, {"max_tokens": 0}, r"max_tokens must be in \[1, 256\], got 0"),
         (
             GOOD,
             {"max_tokens": 253},

@@ -19,9 +19,19 @@
 #include "engine.h"
 #include "model_runner.h"
 #include "positions.h"
+#include "request_fields.gen.h"
 #include "scheduler.h"
 
 namespace glm {
+
+const char* to_string(ErrorCode c) {
+  switch (c) {
+    case ErrorCode::kInvalidArgument: return "invalid_argument";
+    case ErrorCode::kUnavailable: return "unavailable";
+    case ErrorCode::kInternal: return "internal";
+  }
+  return "unknown";
+}
 
 const char* to_string(FinishReason r) {
   switch (r) {
@@ -84,38 +94,43 @@ class EngineImpl final : public Engine {
 
   void submit(uint64_t request_id, std::vector<int32_t> ids, const SamplingParams& p, TokenCallback cb) override {
     const int n = static_cast<int>(ids.size());
-    auto bad = [&](const std::string& what) { throw EngineError("request " + std::to_string(request_id) + ": " + what); };
+    auto fail = [&](ErrorCode code, const std::string& field, const std::string& what) {
+      throw EngineError("request " + std::to_string(request_id) + ": " + what, code, field, what);
+    };
+    auto bad = [&](const std::string& field, const std::string& what) { fail(ErrorCode::kInvalidArgument, field, what); };
+    auto unhealthy = [&] {
+      fail(ErrorCode::kUnavailable, "", "the engine is unhealthy after a back-end fault (" + fault_message_ + "); restart it");
+    };
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (!healthy_) bad("the engine is unhealthy after a back-end fault (" + fault_message_ + "); restart it");
+      if (!healthy_) unhealthy();
     }
-    if (ids.empty()) bad("input_ids is empty");
+    if (ids.empty()) bad("input_ids", "input_ids is empty");
     for (int t = 0; t < n; ++t)
       if (ids[static_cast<size_t>(t)] < 0 || ids[static_cast<size_t>(t)] >= cfg_.vocab_size)
-        bad("input_ids[" + std::to_string(t) + "] = " + std::to_string(ids[static_cast<size_t>(t)]) +
-            " is out of the vocabulary [0, " + std::to_string(cfg_.vocab_size) + ")");
+        bad("input_ids", "input_ids[" + std::to_string(t) + "] = " + std::to_string(ids[static_cast<size_t>(t)]) +
+                             " is out of the vocabulary [0, " + std::to_string(cfg_.vocab_size) + ")");
     if (ids.back() != cfg_.bos_token_id)
-      bad("input_ids must end with <sop> (id " + std::to_string(cfg_.bos_token_id) + "), got " + std::to_string(ids.back()));
+      bad("input_ids", "input_ids must end with <sop> (id " + std::to_string(cfg_.bos_token_id) + "), got " +
+                           std::to_string(ids.back()));
     const int c = context_length_of_prompt(n);
     const int g = find_mask_position(ids.data(), c, cfg_.gmask_token_id, cfg_.mask_token_id);
     if (g < 0)
-      bad("input_ids must contain [gMASK] (id " + std::to_string(cfg_.gmask_token_id) + ") or [MASK] (id " +
-          std::to_string(cfg_.mask_token_id) + ") before the final <sop>");
-    if (p.max_tokens < 1) bad("max_tokens must be >= 1, got " + std::to_string(p.max_tokens));
+      bad("input_ids", "input_ids must contain [gMASK] (id " + std::to_string(cfg_.gmask_token_id) + ") or [MASK] (id " +
+                           std::to_string(cfg_.mask_token_id) + ") before the final <sop>");
+    // Every sampling field against its range in the request contract.
+    for_each_sampling_field(p, [&](const RequestField& f, const auto& value) {
+      const std::string e = range_error(f, static_cast<double>(value), cfg_.max_sequence_length);
+      if (!e.empty()) bad(f.name, e);
+    });
     if (static_cast<int64_t>(n) + p.max_tokens > cfg_.max_sequence_length)
-      bad("prompt length " + std::to_string(n) + " + max_tokens " + std::to_string(p.max_tokens) +
-          " exceeds the model's max_sequence_length " + std::to_string(cfg_.max_sequence_length));
-    if (!std::isfinite(p.temperature) || p.temperature < 0.0f)
-      bad("temperature must be a finite number >= 0 (0 = greedy), got " + std::to_string(p.temperature));
-    if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) bad("top_p must be in (0, 1], got " + std::to_string(p.top_p));
-    if (p.top_k < 0) bad("top_k must be >= 0 (0 = off), got " + std::to_string(p.top_k));
-    if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0f)
-      bad("repetition_penalty must be a finite number > 0 (1 = off), got " + std::to_string(p.repetition_penalty));
+      bad("max_tokens", "prompt length " + std::to_string(n) + " + max_tokens " + std::to_string(p.max_tokens) +
+                            " exceeds the model's max_sequence_length " + std::to_string(cfg_.max_sequence_length));
     const int need = blocks_->blocks_for(n + p.max_tokens);
     if (need > blocks_->num_total())
-      bad("prompt + max_tokens = " + std::to_string(n + p.max_tokens) + " tokens need " + std::to_string(need) +
-          " KV blocks, but the cache has only " + std::to_string(blocks_->num_total()) +
-          " in all (block_size " + std::to_string(opts_.block_size) + "); lower max_tokens or enlarge the KV cache");
+      bad("max_tokens", "prompt + max_tokens = " + std::to_string(n + p.max_tokens) + " tokens need " + std::to_string(need) +
+                            " KV blocks, but the cache has only " + std::to_string(blocks_->num_total()) +
+                            " in all (block_size " + std::to_string(opts_.block_size) + "); lower max_tokens or enlarge the KV cache");
 
     auto seq = std::make_unique<Sequence>();
     seq->id = request_id;
@@ -128,11 +143,12 @@ class EngineImpl final : public Engine {
     seq->on_tokens = std::move(cb);
     {
       std::lock_guard<std::mutex> lk(mu_);
-      if (!healthy_) bad("the engine is unhealthy after a back-end fault (" + fault_message_ + "); restart it");
-      if (scheduler_->find(request_id)) bad("duplicate request id: a request with this id is still in flight");
+      if (!healthy_) unhealthy();
+      if (scheduler_->find(request_id)) bad("", "duplicate request id: a request with this id is still in flight");
       if (opts_.max_queue > 0 && scheduler_->num_waiting() >= opts_.max_queue)
         throw EngineError("queue full: " + std::to_string(scheduler_->num_waiting()) + " requests are waiting (max_queue " +
-                          std::to_string(opts_.max_queue) + "); retry later");
+                              std::to_string(opts_.max_queue) + "); retry later",
+                          ErrorCode::kUnavailable);
       scheduler_->add(std::move(seq));
     }
     cv_.notify_one();

@@ -14,15 +14,38 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace glm {
 
+// What kind of failure an EngineError is. Callers branch on this, never on the text.
+enum class ErrorCode {
+  kInvalidArgument,  // a bad request, option, config or weight file: the caller must fix it
+  kUnavailable,      // the engine cannot take it now (queue full, unhealthy): retry later
+  kInternal,         // a failure of the engine itself
+};
+const char* to_string(ErrorCode c);  // "invalid_argument", "unavailable", "internal"
+
 // Raised for bad configuration, bad weight files, bad requests. The message
-// names the offending field or file.
+// names the offending field or file. For a request, what() is "request <id>: "
+// + detail(), and field() names the request field at fault (or is empty).
 class EngineError : public std::runtime_error {
  public:
-  using std::runtime_error::runtime_error;
+  explicit EngineError(const std::string& message, ErrorCode code = ErrorCode::kInvalidArgument,
+                       std::string field = "", std::string detail = "")
+      : std::runtime_error(message),
+        code_(code),
+        field_(std::move(field)),
+        detail_(detail.empty() ? message : std::move(detail)) {}
+  ErrorCode code() const { return code_; }
+  const std::string& field() const { return field_; }
+  const std::string& detail() const { return detail_; }  // the message without the request id
+
+ private:
+  ErrorCode code_;
+  std::string field_;
+  std::string detail_;
 };
 
 // Everything chosen once, at engine creation. Parsed and validated once.
@@ -47,6 +70,8 @@ struct EngineOptions {
 
 // Per-request decoding parameters. One semantics on every back-end:
 // repetition penalty (HF: over prompt + generated ids) -> temperature -> top-k -> top-p.
+// The allowed values come from the request contract (glmserve/contract.py, generated
+// into request_fields.gen.h): each member is bound to its field there.
 struct SamplingParams {
   int max_tokens = 128;            // new tokens, >= 1
   float temperature = 0.0f;        // 0 = greedy (argmax after the repetition penalty)
@@ -99,9 +124,9 @@ class Engine {
   virtual std::string backend_description() const = 0;
 
   // Validates and enqueues. Throws EngineError (message names the field) for
-  // a bad request: empty or out-of-vocabulary ids, prompt + max_tokens over
-  // the context, a request that can never fit in the KV cache, bad params,
-  // a full queue (message starts with "queue full"), a duplicate id.
+  // a bad request (kInvalidArgument): empty or out-of-vocabulary ids, prompt +
+  // max_tokens over the context, a request that can never fit in the KV cache,
+  // bad params, a duplicate id; kUnavailable for a full queue or an unhealthy engine.
   virtual void submit(uint64_t request_id, std::vector<int32_t> input_ids,
                       const SamplingParams& params, TokenCallback on_tokens) = 0;
   // Stops the sequence at the next step; its final event has kCancelled.

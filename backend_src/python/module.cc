@@ -118,10 +118,8 @@ class PyEngine {
         } catch (const glm::EngineError& e) {
           finish_all();
           // Our internal request id means nothing to the caller: name the prompt instead.
-          std::string msg = e.what();
-          const std::string internal = "request " + std::to_string(base + i) + ": ";
-          if (msg.rfind(internal, 0) == 0) msg = msg.substr(internal.size());
-          throw glm::EngineError("generate: prompt " + std::to_string(i) + ": " + msg);
+          throw glm::EngineError("generate: prompt " + std::to_string(i) + ": " + e.detail(), e.code(),
+                                 e.field());
         }
         submitted[i] = true;
         ++num_submitted;
@@ -166,7 +164,19 @@ glm::SamplingParams make_params(int max_tokens, float temperature, int top_k, fl
 
 PYBIND11_MODULE(_engine, m) {
   m.doc() = "The ChatGLM inference engine (C++): continuous batching, paged KV cache, cpu/cuda back-ends.";
-  py::register_exception<glm::EngineError>(m, "EngineError", PyExc_ValueError);
+  // EngineError (a ValueError) carries the typed error: .code ("invalid_argument",
+  // "unavailable", "internal") and .field (the request field at fault, or "").
+  static py::handle engine_error = py::exception<glm::EngineError>(m, "EngineError", PyExc_ValueError).release();
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const glm::EngineError& e) {
+      py::object err = py::reinterpret_borrow<py::object>(engine_error)(e.what());
+      err.attr("code") = glm::to_string(e.code());
+      err.attr("field") = e.field();
+      PyErr_SetObject(engine_error.ptr(), err.ptr());
+    }
+  });
 
   py::class_<PyEngine>(m, "Engine")
       .def(py::init([](const std::string& checkpoint_dir, const std::string& device, const std::string& dtype, bool int8,

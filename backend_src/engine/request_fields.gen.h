@@ -1,0 +1,106 @@
+// GENERATED from glmserve/contract.py by `python -m glmserve.contract_gen --write`. Do not edit:
+// edit the table there and regenerate; CI fails when this file is out of date.
+#pragma once
+
+#include "request_field.h"
+
+namespace glm::fields {
+
+// The user's message (UTF-8). With no history it is the whole prompt.
+inline constexpr RequestField kTextInput{
+    "text_input", FieldType::kBytes, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/true, /*has_min=*/false, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"UTF-8 text"};
+
+// Earlier turns: a JSON list of [question, answer] string pairs, e.g. [["hi", "hello"]].
+inline constexpr RequestField kHistory{
+    "history", FieldType::kBytes, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/false, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"UTF-8 text"};
+
+// The whole prompt's ids, ending with [gMASK] <sop> (the decoder's own input).
+inline constexpr RequestField kInputIds{
+    "input_ids", FieldType::kInt32, /*is_list=*/true, /*max_items=*/2147483647,
+    /*required=*/true, /*has_min=*/false, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"an integer"};
+
+// How many tokens to generate at most. Default: the model parameter default_max_tokens (128), capped by the room the prompt leaves in the context.
+inline constexpr RequestField kMaxTokens{
+    "max_tokens", FieldType::kInt32, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/true, /*min=*/1.0, /*min_exclusive=*/false,
+    /*has_max=*/true, /*max=*/0.0, /*max_is_context=*/true, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"in [1, {context}]"};
+
+// Sampling temperature; 0 decodes greedily.
+inline constexpr RequestField kTemperature{
+    "temperature", FieldType::kFp32, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/true, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"a finite number >= 0 (0 = greedy)"};
+
+// Keep only the k most likely tokens before sampling.
+inline constexpr RequestField kTopK{
+    "top_k", FieldType::kInt32, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/true, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/">= 0 (0 = off)"};
+
+// Nucleus sampling: keep the most likely tokens whose mass reaches top_p.
+inline constexpr RequestField kTopP{
+    "top_p", FieldType::kFp32, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/true, /*min=*/0.0, /*min_exclusive=*/true,
+    /*has_max=*/true, /*max=*/1.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"in (0, 1] (1 = off)"};
+
+// Hugging Face's repetition penalty over prompt and generated ids.
+inline constexpr RequestField kRepetitionPenalty{
+    "repetition_penalty", FieldType::kFp32, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/true, /*min=*/0.0, /*min_exclusive=*/true,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"a finite number > 0 (1 = off)"};
+
+// Seed of the request's own random stream: the same seed gives the same tokens, whatever else is batched.
+inline constexpr RequestField kRandomSeed{
+    "random_seed", FieldType::kUint64, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/false, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"an integer in [0, 2**64)"};
+
+// Stream: one response per generated piece (false: one response with the whole text).
+inline constexpr RequestField kStream{
+    "stream", FieldType::kBool, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/false, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"true or false"};
+
+// Keep generating past <eop> until max_tokens.
+inline constexpr RequestField kIgnoreEos{
+    "ignore_eos", FieldType::kBool, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/false, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_is_context=*/false, /*max_exclusive=*/false,
+    /*max_bytes=*/0, /*requirement=*/"true or false"};
+
+// The decoder's inputs, in table order.
+inline constexpr const RequestField* kDecoderInputs[] = {&kInputIds, &kMaxTokens, &kTemperature, &kTopK, &kTopP, &kRepetitionPenalty, &kRandomSeed, &kStream, &kIgnoreEos};
+
+}  // namespace glm::fields
+
+namespace glm {
+
+// Calls f(field, member) for every decoder field that sets a SamplingParams member,
+// in table order (Params is SamplingParams or const SamplingParams).
+template <class Params, class F>
+void for_each_sampling_field(Params& p, F&& f) {
+  f(fields::kMaxTokens, p.max_tokens);
+  f(fields::kTemperature, p.temperature);
+  f(fields::kTopK, p.top_k);
+  f(fields::kTopP, p.top_p);
+  f(fields::kRepetitionPenalty, p.repetition_penalty);
+  f(fields::kRandomSeed, p.seed);
+  f(fields::kIgnoreEos, p.ignore_eos);
+}
+
+}  // namespace glm
