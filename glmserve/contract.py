@@ -87,8 +87,28 @@ class DType(enum.Enum):
 # Integer limits of the wire types.
 _INT_LIMITS = {DType.INT32: (-(2**31), 2**31 - 1), DType.UINT64: (0, 2**64 - 1)}
 
-# A maximum that is the model's context (max_sequence_length), known only at run time.
+# Maxima known only at run time: the model's context (max_sequence_length) and its
+# vocabulary size. The table names them; checks take their values from Limits.
 CONTEXT = "context"
+VOCAB = "vocab"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The model's values of the symbolic maxima (None: unknown, that bound is not checked)."""
+
+    context: int | None = None
+    vocab: int | None = None
+
+    def resolve(self, bound: float | str | None) -> float | None:
+        if bound == CONTEXT:
+            return self.context
+        if bound == VOCAB:
+            return self.vocab
+        return bound  # type: ignore[return-value]
+
+
+NO_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -98,7 +118,7 @@ class Field:
     ``models``: where it is an input (``chatglm`` ensemble and/or ``chatglm_decoder``).
     ``max_items`` None: a single value (dims [1]); else a list of up to that many values
     (dims [-1]). ``minimum``/``maximum`` bound numbers (``maximum`` may be
-    :data:`CONTEXT`); ``*_exclusive`` make a bound strict. ``convention`` explains special
+    :data:`CONTEXT` or :data:`VOCAB`); ``*_exclusive`` make a bound strict. ``convention`` explains special
     values ("0 = greedy"). ``default``: the value used when the field is absent (None:
     no default; the field is required or its absence has a meaning of its own).
     ``engine_member``: the ``glm::SamplingParams`` member a decoder field sets (None:
@@ -132,9 +152,9 @@ class Field:
         """The command-line option, e.g. ``--max-tokens`` or ``--seed``."""
         return "--" + (self.alias or self.name).replace("_", "-")
 
-    def requirement(self, context: int | None = None) -> str:
+    def requirement(self, limits: Limits = NO_LIMITS) -> str:
         """The allowed values in words, e.g. ``"in (0, 1]"`` or ``"a finite number >= 0"``."""
-        maximum = context if self.maximum == CONTEXT else self.maximum
+        maximum = limits.resolve(self.maximum)
         lo, hi = _fmt(self.minimum), _fmt(maximum)
         if self.minimum is not None and maximum is not None:
             left = "(" if self.minimum_exclusive else "["
@@ -158,12 +178,12 @@ class Field:
             }[self.dtype]
         return f"{text} ({self.convention})" if self.convention else text
 
-    def range_error(self, value: Any, context: int | None = None) -> str | None:
+    def range_error(self, value: Any, limits: Limits = NO_LIMITS) -> str | None:
         """None when ``value`` (one number) is allowed, else the message (field first)."""
         if self.dtype in (DType.BOOL, DType.BYTES):
             return None
         v = float(value)
-        maximum = context if self.maximum == CONTEXT else self.maximum
+        maximum = limits.resolve(self.maximum)
         ok = math.isfinite(v)
         if ok and self.minimum is not None:
             ok = v > self.minimum if self.minimum_exclusive else v >= self.minimum
@@ -171,16 +191,16 @@ class Field:
             ok = v < float(maximum) if self.maximum_exclusive else v <= float(maximum)
         if ok:
             return None
-        return f"{self.name} must be {self.requirement(context)}, got {_fmt(value)}"
+        return f"{self.name} must be {self.requirement(limits)}, got {_fmt(value)}"
 
-    def check(self, value: Any, context: int | None = None) -> Any:
+    def check(self, value: Any, limits: Limits = NO_LIMITS) -> Any:
         """``value`` as this field's Python type, or :class:`RequestError`.
 
         :meth:`coerce`, then the range of every number.
         """
         value = self.coerce(value)
         for v in value if self.is_list else [value]:
-            msg = self.range_error(v, context)
+            msg = self.range_error(v, limits)
             if msg is not None:
                 raise RequestError(self.name, msg)
         return value
@@ -341,6 +361,30 @@ FIELDS: tuple[Field, ...] = (
         forward=True,
     ),
     Field(
+        "presence_penalty",
+        DType.FP32,
+        "OpenAI's presence penalty: subtracted once from the logit of every id generated so far.",
+        _BOTH,
+        default=0.0,
+        minimum=-2,
+        maximum=2,
+        convention="0 = off",
+        engine_member="presence_penalty",
+        forward=True,
+    ),
+    Field(
+        "frequency_penalty",
+        DType.FP32,
+        "OpenAI's frequency penalty: subtracted from an id's logit once per time it was generated.",
+        _BOTH,
+        default=0.0,
+        minimum=-2,
+        maximum=2,
+        convention="0 = off",
+        engine_member="frequency_penalty",
+        forward=True,
+    ),
+    Field(
         "random_seed",
         DType.UINT64,
         "Seed of the request's own random stream: the same seed gives the same tokens, "
@@ -366,6 +410,65 @@ FIELDS: tuple[Field, ...] = (
         _BOTH,
         default=False,
         engine_member="ignore_eos",
+        forward=True,
+    ),
+    Field(
+        "n",
+        DType.INT32,
+        "How many choices to generate for the prompt (one prefill; the prompt's KV blocks "
+        "are shared). Choice i draws from random_seed + i. Needs temperature > 0.",
+        _BOTH,
+        default=1,
+        minimum=1,
+        maximum=16,
+        engine_member="n",
+        forward=True,
+    ),
+    Field(
+        "logprobs",
+        DType.INT32,
+        "Return each generated token's log-probability and those of this many most likely "
+        "alternatives (log-softmax of the raw logits, before penalties and temperature).",
+        _BOTH,
+        default=-1,
+        minimum=-1,
+        maximum=20,
+        convention="-1 = off",
+        engine_member="logprobs",
+        forward=True,
+    ),
+    Field(
+        "stop",
+        DType.BYTES,
+        "Stop strings: generation ends as soon as the generated text contains one; the text "
+        "ends before it.",
+        _BOTH,
+        default=(),
+        max_items=16,
+        max_bytes=256,
+        engine_member="stop",
+        forward=True,
+    ),
+    Field(
+        "stop_token_ids",
+        DType.INT32,
+        "Stop ids: generation ends at the first of these ids; its text is left out.",
+        _BOTH,
+        default=(),
+        max_items=64,
+        minimum=0,
+        maximum=VOCAB,
+        maximum_exclusive=True,
+        engine_member="stop_token_ids",
+        forward=True,
+    ),
+    Field(
+        "include_stop_str_in_output",
+        DType.BOOL,
+        "Keep the stop string (or the stop id's text) at the end of the text.",
+        _BOTH,
+        default=False,
+        engine_member="include_stop_str_in_output",
         forward=True,
     ),
 )
@@ -422,7 +525,7 @@ def wire_type(dtype: Any) -> str:
     return _WIRE_NAMES.get(name, name)
 
 
-def from_array(f: Field, array: Any, batched: bool = True, context: int | None = None) -> Any:
+def from_array(f: Field, array: Any, batched: bool = True, limits: Limits = NO_LIMITS) -> Any:
     """One request's input tensor (a numpy array as Triton hands it over) as the field's
     checked value. ``batched``: the model has a batch dimension, so the array is [1, ...]."""
     got = wire_type(array.dtype)
@@ -433,14 +536,14 @@ def from_array(f: Field, array: Any, batched: bool = True, context: int | None =
         want = "[1, n]" if batched else "[n]"
         if len(shape) != (2 if batched else 1) or (batched and shape[0] != 1):
             raise RequestError(f.name, f"expected shape {want} (one request), got shape {shape}")
-        return f.check(array.reshape(-1).tolist(), context)
+        return f.check(array.reshape(-1).tolist(), limits)
     if array.size != 1:
         want = "[1, 1]" if batched else "[1]"
         raise RequestError(f.name, f"expected a single value (shape {want}), got shape {shape}")
-    return f.check(array.reshape(-1)[0], context)
+    return f.check(array.reshape(-1)[0], limits)
 
 
-def cli_type(f: Field, context: int | None = None) -> Callable[[str], Any]:
+def cli_type(f: Field, limits: Limits = NO_LIMITS) -> Callable[[str], Any]:
     """An argparse ``type=`` for a number field: parses the text, then :meth:`Field.check`."""
 
     def parse(text: str) -> Any:
@@ -450,7 +553,7 @@ def cli_type(f: Field, context: int | None = None) -> Callable[[str], Any]:
             kind = "an integer" if f.dtype.integral else "a number"
             raise argparse.ArgumentTypeError(f"{f.flag}: not {kind}: {text!r}") from None
         try:
-            return f.check(value, context)
+            return f.check(value, limits)
         except RequestError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 

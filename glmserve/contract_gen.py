@@ -24,7 +24,9 @@ from glmserve.contract import (
     ENSEMBLE,
     FIELDS,
     PREPROCESSING,
+    VOCAB,
     Field,
+    Limits,
     fields_of,
     forwarded,
 )
@@ -45,7 +47,17 @@ def _cpp_str(s: str) -> str:
 
 
 def _cpp_num(v: float | str | None) -> str:
-    return "0.0" if v is None or v == CONTEXT else repr(float(v))
+    return "0.0" if v is None or v in (CONTEXT, VOCAB) else repr(float(v))
+
+
+_BOUNDS = {CONTEXT: "MaxBound::kContext", VOCAB: "MaxBound::kVocab"}
+_MARKS = Limits(context=987654321, vocab=987654322)
+
+
+def symbolic_requirement(f: Field) -> str:
+    """The requirement with ``{context}`` / ``{vocab}`` where the model's values go."""
+    text = f.requirement(_MARKS)
+    return text.replace(str(_MARKS.context), "{context}").replace(str(_MARKS.vocab), "{vocab}")
 
 
 def render_header() -> str:
@@ -61,6 +73,7 @@ def render_header() -> str:
     ]
     for f in FIELDS:
         max_items = f.max_items if f.max_items is not None else 0
+        bound = _BOUNDS.get(f.maximum, "MaxBound::kFixed")  # type: ignore[arg-type]
         out += [
             f"// {f.doc}",
             f"inline constexpr RequestField {_camel(f.name)}{{",
@@ -71,11 +84,11 @@ def render_header() -> str:
             f"/*min=*/{_cpp_num(f.minimum)}, "
             f"/*min_exclusive=*/{str(f.minimum_exclusive).lower()},",
             f"    /*has_max=*/{str(f.maximum is not None).lower()}, "
-            f"/*max=*/{_cpp_num(f.maximum)}, "
-            f"/*max_is_context=*/{str(f.maximum == CONTEXT).lower()}, "
+            f"/*max=*/{_cpp_num(f.maximum)}, /*max_bound=*/{bound}, "
             f"/*max_exclusive=*/{str(f.maximum_exclusive).lower()},",
             f"    /*max_bytes=*/{f.max_bytes or 0}, "
-            f"/*requirement=*/{_cpp_str(f.requirement(context=None) if f.maximum != CONTEXT else _context_requirement(f))}}};",
+            f"/*requirement=*/{_cpp_str(symbolic_requirement(f))},",
+            f"    /*member=*/{_cpp_str(f.engine_member) if f.engine_member else 'nullptr'}}};",
             "",
         ]
     decoder = ", ".join(f"&{_camel(f.name)}" for f in fields_of(DECODER))
@@ -99,12 +112,6 @@ def render_header() -> str:
     return "\n".join(out)
 
 
-def _context_requirement(f: Field) -> str:
-    """The requirement with the literal ``{context}`` where the model's context goes."""
-    marker = 987654321
-    return f.requirement(context=marker).replace(str(marker), "{context}")
-
-
 def render_doc() -> str:
     lines = [
         "# Request fields",
@@ -125,10 +132,12 @@ def render_doc() -> str:
             default = "required"
         elif f.default is None:
             default = "see meaning"
+        elif isinstance(f.default, tuple):
+            default = "none"
         else:
             default = f"`{str(f.default).lower() if isinstance(f.default, bool) else f.default}`"
-        allowed = f.requirement(context=None) if f.maximum != CONTEXT else _context_requirement(f)
-        allowed = allowed.replace("{context}", "context")
+        allowed = symbolic_requirement(f).replace("{context}", "context")
+        allowed = allowed.replace("{vocab}", "vocab_size")
         if f.is_list and f.max_items is not None and f.max_items < 2**31 - 1:
             allowed += f"; at most {f.max_items} values"
         if f.max_bytes:
@@ -137,7 +146,7 @@ def render_doc() -> str:
     lines += [
         "",
         "`context` is the model's `max_sequence_length` (2048 for ChatGLM-6B); prompt",
-        "tokens + `max_tokens` must fit in it.",
+        "tokens + `max_tokens` must fit in it. `vocab_size` is 130528 for ChatGLM-6B.",
         "",
     ]
     return "\n".join(lines)

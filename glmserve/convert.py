@@ -6,7 +6,8 @@ Input: ``config.json`` plus ``*.safetensors`` (preferred when both exist) or
 ``pytorch_model-*.bin`` shards with ``pytorch_model.bin.index.json`` (or a single
 ``pytorch_model.bin``), loaded with ``weights_only=True`` and memory-mapped.
 Output (docs/architecture.md): ``config.json`` (+ ``"glmserve_format": 1``), one
-``model.safetensors`` with the hub tensor names, and ``ice_text.model`` when present.
+``model.safetensors`` with the hub tensor names, and ``ice_text.model`` when present,
+with ``token_bytes.bin`` (the text of every id, glmserve/token_texts.py) beside it.
 
 Memory stays bounded by one shard plus one tensor: the safetensors header is computed
 from config.json first, then each tensor is written at its offset as its shard is read.
@@ -40,6 +41,7 @@ from glmserve._checkpoint import (
     quantized_names,
 )
 from glmserve.config import ChatGLMConfig, ConfigError
+from glmserve.token_texts import write_token_texts
 
 FORMAT_VERSION = 1
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -177,6 +179,10 @@ def convert(
     tok = src_dir / TOKENIZER_FILE
     if tok.is_file():
         shutil.copyfile(tok, out_dir / TOKENIZER_FILE)
+        try:
+            write_token_texts(tok, out_dir)  # the engine's stop strings match on these
+        except (RuntimeError, ValueError) as e:
+            raise CheckpointError(f"{tok}: not a sentencepiece model ({e})") from None
     tmp = out_dir / "config.json.partial"
     tmp.write_text(json.dumps(out_cfg, indent=2) + "\n")
     os.replace(tmp, out_dir / "config.json")

@@ -174,6 +174,8 @@ def _decode_bytes(data: bytes | bytearray, final: bool) -> tuple[str, int]:
 
 
 _KIND_TEXT, _KIND_SKIP, _KIND_BYTE, _KIND_UNK = 0, 1, 2, 3
+TOKEN_TEXT, TOKEN_SKIP, TOKEN_BYTE, TOKEN_UNKNOWN = _KIND_TEXT, _KIND_SKIP, _KIND_BYTE, _KIND_UNK
+TOKEN_SPACE_TEXT = 4  # a text piece that begins with sentencepiece's "▁"
 
 
 class ChatGLMTokenizer:
@@ -262,6 +264,25 @@ class ChatGLMTokenizer:
 
     def id_to_piece(self, i: int) -> str:
         return str(self.sp.id_to_piece(int(i)))
+
+    def token_texts(self) -> list[tuple[int, bytes]]:
+        """Per id, what decoding makes of it: (kind, bytes) with kind TOKEN_TEXT (the
+        piece's text: "▁" as a space, whole-piece markers such as "<n>" resolved),
+        TOKEN_SPACE_TEXT (the same for a piece that begins with "▁": the first text
+        piece of a decode loses that space), TOKEN_SKIP (special ids: nothing),
+        TOKEN_BYTE (one byte-fallback byte) or TOKEN_UNKNOWN (<unk>'s surface).
+        Markers spelled over several pieces are resolved only by :meth:`decode`;
+        glmserve.token_texts writes this table for the engine."""
+        out: list[tuple[int, bytes]] = []
+        for kind, text, value in zip(self._kinds, self._texts, self._values, strict=True):
+            if kind == _KIND_BYTE:
+                out.append((kind, bytes([value])))
+            elif kind == _KIND_UNK:
+                out.append((kind, self._unk_surface.encode("utf-8")))
+            else:
+                space = kind == _KIND_TEXT and text.startswith(" ")
+                out.append((TOKEN_SPACE_TEXT if space else kind, postprocess(text).encode("utf-8")))
+        return out
 
     def sha256(self) -> str:
         return hashlib.sha256(self.model_file.read_bytes()).hexdigest()

@@ -51,8 +51,9 @@ def test_table_is_consistent() -> None:
             assert {ENSEMBLE, DECODER} <= f.models, f.name
         if f.engine_member:
             assert DECODER in f.models, f.name
-        if f.default is not None:
-            assert f.check(f.default) == f.default, f.name  # defaults are allowed values
+        if f.default is not None:  # defaults are allowed values
+            want = list(f.default) if f.is_list else f.default
+            assert f.check(f.default) == want, f.name
 
 
 @pytest.mark.parametrize(
@@ -70,7 +71,7 @@ def test_table_is_consistent() -> None:
 )
 def test_range_errors_name_the_field_and_the_range(name, value, words) -> None:
     with pytest.raises(RequestError) as e:
-        contract.field(name).check(value, context=64)
+        contract.field(name).check(value, contract.Limits(context=64))
     assert str(e.value).startswith(words)
     assert e.value.field == name and e.value.code is ErrorCode.INVALID_ARGUMENT
 
@@ -141,7 +142,7 @@ def test_cli_options_come_from_the_table() -> None:
 def test_context_bound_is_symbolic_in_the_table() -> None:
     f = contract.field("max_tokens")
     assert f.maximum == CONTEXT
-    assert f.requirement(context=2048) == "in [1, 2048]"
+    assert f.requirement(contract.Limits(context=2048)) == "in [1, 2048]"
 
 
 # ------------------------------------------------------------------ C++ agrees with Python
@@ -172,8 +173,8 @@ def test_engine_range_errors_equal_the_contracts(eng, kwargs) -> None:
     """The engine checks sampling fields with the generated table: same words, typed."""
     _engine, e = eng
     ((name, value),) = kwargs.items()
-    context = 256  # write_checkpoint's max_sequence_length
-    expected = contract.field(name).range_error(value, context)
+    limits = contract.Limits(context=256, vocab=64)  # write_checkpoint's config
+    expected = contract.field(name).range_error(value, limits)
     assert expected is not None
     with pytest.raises(_engine.EngineError) as info:
         e.submit(1, [5, 6, GMASK, BOS], None, **kwargs)

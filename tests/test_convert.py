@@ -110,7 +110,10 @@ def test_safetensors_preferred_over_bin(tmp_path: Path) -> None:
 
 
 def test_fp16_output_and_tokenizer_copy(hub: Path, tmp_path: Path) -> None:
-    (hub / "ice_text.model").write_bytes(b"not really a sentencepiece model")
+    from glmserve.token_texts import decode_table
+    from glmserve.tokenizer import ChatGLMTokenizer, train_tiny_tokenizer
+
+    train_tiny_tokenizer(hub / "ice_text.model")
     out = convert(hub, tmp_path / "out", dtype="fp16", progress=False)
     got = load_file(str(out / "model.safetensors"))
     src = load_file(str(hub / "model.safetensors"))
@@ -118,6 +121,15 @@ def test_fp16_output_and_tokenizer_copy(hub: Path, tmp_path: Path) -> None:
     assert torch.equal(got["lm_head.weight"], src["lm_head.weight"].half())
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float16"
     assert (out / "ice_text.model").read_bytes() == (hub / "ice_text.model").read_bytes()
+    # The engine's token texts (stop strings) come with the tokenizer.
+    table = decode_table((out / "token_bytes.bin").read_bytes())
+    assert table == ChatGLMTokenizer(hub / "ice_text.model").token_texts()
+
+
+def test_broken_tokenizer_is_a_clear_error(hub: Path, tmp_path: Path) -> None:
+    (hub / "ice_text.model").write_bytes(b"not really a sentencepiece model")
+    with pytest.raises(CheckpointError, match="ice_text.model: not a sentencepiece model"):
+        convert(hub, tmp_path / "out", progress=False)
 
 
 def test_ids_only_checkpoint_has_no_tokenizer(hub: Path, tmp_path: Path) -> None:

@@ -8,6 +8,10 @@
 //   if (bm.can_allocate(prompt_len)) bm.allocate(seq, prompt_len);
 //   if (!bm.append(seq, new_len)) { /* cache full: preempt someone */ }
 //   bm.free(seq);
+//
+// Blocks are reference-counted: fork() lets the choices of one request share the
+// full blocks of their prompt (held once); a block returns to the free list when
+// the last sequence holding it frees it. num_used() counts physical blocks.
 #pragma once
 
 #include <cstdint>
@@ -35,8 +39,18 @@ class BlockManager {
   // in the blocks it has). Returns false, changing nothing, when a block is
   // needed and none is free.
   bool append(uint64_t seq, int num_tokens);
-  // Returns all of seq's blocks to the free list (unknown seq: no-op).
+  // Releases all of seq's blocks; each returns to the free list when no other
+  // sequence holds it (unknown seq: no-op).
   void free(uint64_t seq);
+
+  // Gives the new sequence `child` the blocks covering the first num_tokens tokens
+  // of `parent`: every full block is shared (held once, reference-counted); the
+  // last, partial one (num_tokens % block_size != 0) gets a fresh private block,
+  // whose contents the caller must copy from *copy_src into *copy_dst (both -1
+  // when there is no partial block). Returns false, changing nothing, when that
+  // fresh block is needed and none is free. Throws std::logic_error when parent
+  // is unknown, child already has blocks, or parent holds fewer tokens.
+  bool fork(uint64_t parent, uint64_t child, int num_tokens, int32_t* copy_src, int32_t* copy_dst);
 
   bool has(uint64_t seq) const { return tables_.count(seq) != 0; }
   const std::vector<int32_t>& block_table(uint64_t seq) const;  // throws std::out_of_range
@@ -44,7 +58,9 @@ class BlockManager {
  private:
   int num_blocks_;
   int block_size_;
+  int32_t take_free();
   std::vector<int32_t> free_;  // a stack: the most recently freed block is reused first
+  std::vector<int32_t> refs_;  // per block: sequences holding it
   std::unordered_map<uint64_t, std::vector<int32_t>> tables_;
 };
 

@@ -12,7 +12,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <thread>
-#include <unordered_set>
+#include <unordered_map>
 
 #include "block_manager.h"
 #include "config.h"
@@ -21,6 +21,7 @@
 #include "positions.h"
 #include "request_fields.gen.h"
 #include "scheduler.h"
+#include "token_texts.h"
 
 namespace glm {
 
@@ -41,6 +42,7 @@ const char* to_string(FinishReason r) {
     case FinishReason::kContextLimit: return "context_limit";
     case FinishReason::kCancelled: return "cancelled";
     case FinishReason::kError: return "error";
+    case FinishReason::kStop: return "stop";
   }
   return "unknown";
 }
@@ -51,6 +53,15 @@ std::unique_ptr<ModelRunner> make_cuda_runner(const ModelConfig&, const EngineOp
                     "(nvcc or cuBLAS headers were not found at build time; rebuild with -DGLM_WITH_CUDA=ON)");
 }
 #endif
+
+// One submitted request: its callback and its choices (engine.h, TokenEvent).
+struct RequestGroup {
+  uint64_t request_id = 0;
+  TokenCallback on_tokens;
+  int live = 1;                 // choices that have not sent their last event
+  int prompt_len = 0;
+  bool cancel_requested = false;
+};
 
 namespace {
 
@@ -81,6 +92,7 @@ class EngineImpl final : public Engine {
     runner_->allocate_kv_cache(blocks, opts_.block_size);
     blocks_ = std::make_unique<BlockManager>(blocks, opts_.block_size);
     scheduler_ = std::make_unique<Scheduler>(blocks_.get(), Scheduler::Limits{opts_.max_running_seqs, opts_.max_batched_tokens});
+    texts_ = TokenTexts::load(opts_.checkpoint_dir);
   }
 
   ~EngineImpl() override { stop(); }
@@ -118,37 +130,60 @@ class EngineImpl final : public Engine {
     if (g < 0)
       bad("input_ids", "input_ids must contain [gMASK] (id " + std::to_string(cfg_.gmask_token_id) + ") or [MASK] (id " +
                            std::to_string(cfg_.mask_token_id) + ") before the final <sop>");
-    // Every sampling field against its range in the request contract.
+    // Every sampling field against the request contract: ranges, list lengths, byte limits.
+    const FieldLimits limits{cfg_.max_sequence_length, cfg_.vocab_size};
     for_each_sampling_field(p, [&](const RequestField& f, const auto& value) {
-      const std::string e = range_error(f, static_cast<double>(value), cfg_.max_sequence_length);
+      const std::string e = field_error(f, value, limits);
       if (!e.empty()) bad(f.name, e);
     });
+    if (p.n > 1 && p.temperature == 0.0f)
+      bad("n", "n > 1 needs sampling (temperature > 0): greedy decoding would give " + std::to_string(p.n) +
+                   " identical choices");
+    if (p.n > opts_.max_running_seqs)
+      bad("n", "n = " + std::to_string(p.n) + " is more than the engine runs at once (max_running_seqs " +
+                   std::to_string(opts_.max_running_seqs) + ")");
+    if (!p.stop.empty() && !texts_)
+      bad("stop", "stop strings need the token texts of the checkpoint (" + std::string(TokenTexts::kFileName) +
+                      ", written by glmserve.convert); this one has none: convert it again, or use stop_token_ids");
     if (static_cast<int64_t>(n) + p.max_tokens > cfg_.max_sequence_length)
       bad("max_tokens", "prompt length " + std::to_string(n) + " + max_tokens " + std::to_string(p.max_tokens) +
                             " exceeds the model's max_sequence_length " + std::to_string(cfg_.max_sequence_length));
-    const int need = blocks_->blocks_for(n + p.max_tokens);
+    // The request's whole KV need: the prompt's full context blocks (shared by the
+    // choices), then each choice's own blocks up to max_tokens.
+    const int shared = p.n > 1 ? c / opts_.block_size : 0;
+    const int need = shared + p.n * (blocks_->blocks_for(n + p.max_tokens) - shared);
     if (need > blocks_->num_total())
-      bad("max_tokens", "prompt + max_tokens = " + std::to_string(n + p.max_tokens) + " tokens need " + std::to_string(need) +
-                            " KV blocks, but the cache has only " + std::to_string(blocks_->num_total()) +
-                            " in all (block_size " + std::to_string(opts_.block_size) + "); lower max_tokens or enlarge the KV cache");
+      bad("max_tokens", "prompt + max_tokens = " + std::to_string(n + p.max_tokens) + " tokens" +
+                            (p.n > 1 ? " for " + std::to_string(p.n) + " choices" : std::string()) + " need " +
+                            std::to_string(need) + " KV blocks, but the cache has only " +
+                            std::to_string(blocks_->num_total()) + " in all (block_size " +
+                            std::to_string(opts_.block_size) + "); lower max_tokens or enlarge the KV cache");
 
+    auto group = std::make_shared<RequestGroup>();
+    group->request_id = request_id;
+    group->on_tokens = std::move(cb);
+    group->live = p.n;
+    group->prompt_len = n;
     auto seq = std::make_unique<Sequence>();
-    seq->id = request_id;
     seq->tokens = std::move(ids);
     seq->tokens.reserve(static_cast<size_t>(n + p.max_tokens));
     seq->prompt_len = n;
     seq->context_length = c;
     seq->mask_position = g;
     seq->params = p;
-    seq->on_tokens = std::move(cb);
+    seq->group = group;
+    seq->num_choices = p.n;
+    seq->filter = make_filter(p);
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (!healthy_) unhealthy();
-      if (scheduler_->find(request_id)) bad("", "duplicate request id: a request with this id is still in flight");
+      if (groups_.count(request_id)) bad("", "duplicate request id: a request with this id is still in flight");
       if (opts_.max_queue > 0 && scheduler_->num_waiting() >= opts_.max_queue)
         throw EngineError("queue full: " + std::to_string(scheduler_->num_waiting()) + " requests are waiting (max_queue " +
                               std::to_string(opts_.max_queue) + "); retry later",
                           ErrorCode::kUnavailable);
+      seq->id = next_seq_id_++;
+      groups_.emplace(request_id, group);
       scheduler_->add(std::move(seq));
     }
     cv_.notify_one();
@@ -156,8 +191,9 @@ class EngineImpl final : public Engine {
 
   void cancel(uint64_t request_id) override {
     std::lock_guard<std::mutex> lk(mu_);
-    if (Sequence* s = scheduler_->find(request_id)) {
-      s->cancel_requested = true;
+    auto it = groups_.find(request_id);
+    if (it != groups_.end()) {
+      it->second->cancel_requested = true;
       cancels_pending_ = true;
     }
     cv_.notify_one();
@@ -183,17 +219,10 @@ class EngineImpl final : public Engine {
     cv_.notify_all();
     if (loop_.joinable()) loop_.join();
     // Every pending request ends, cancelled.
-    std::vector<std::pair<TokenCallback, TokenEvent>> events;
+    Events events;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      std::vector<uint64_t> ids;
-      for (Sequence* s : scheduler_->running()) ids.push_back(s->id);
-      for (Sequence* s : scheduler_->waiting()) ids.push_back(s->id);
-      for (uint64_t id : ids) {
-        std::unique_ptr<Sequence> s = scheduler_->remove(id);
-        events.push_back({s->on_tokens, finished_event(*s, FinishReason::kCancelled, "")});
-        ++requests_finished_;
-      }
+      end_all(FinishReason::kCancelled, "", &events);
     }
     deliver(events);
   }
@@ -270,6 +299,7 @@ class EngineImpl final : public Engine {
         e.params = &greedy;
         e.history = all.data();
         e.history_len = cached + m;
+        e.prompt_len = cached + m;
         batch.seqs.push_back(e);
         std::vector<float> logits;
         int32_t unused = 0;
@@ -292,33 +322,83 @@ class EngineImpl final : public Engine {
  private:
   using Events = std::vector<std::pair<TokenCallback, TokenEvent>>;
 
-  static TokenEvent finished_event(const Sequence& s, FinishReason r, const std::string& error) {
-    TokenEvent ev;
-    ev.request_id = s.id;
-    ev.finished = true;
-    ev.reason = r;
-    ev.error = error;
-    return ev;
-  }
-
   static void deliver(const Events& events) {
     for (const auto& e : events)
       if (e.first) e.first(e.second);
   }
 
-  // Removes cancelled sequences (mu_ held).
-  void reap_cancelled(Events* events) {
-    if (!cancels_pending_) return;
-    cancels_pending_ = false;
-    std::vector<uint64_t> ids;
+  std::unique_ptr<StopFilter> make_filter(const SamplingParams& p) const {
+    return std::make_unique<StopFilter>(texts_.get(), p.stop, p.stop_token_ids, p.include_stop_str_in_output);
+  }
+
+  // A choice's event carrying the ids released now (mu_ held). With `reason`,
+  // the choice's last: everything still held goes out, the choice leaves the
+  // scheduler (its blocks are freed), and the request's last choice ends it.
+  void emit(Sequence* s, int release, FinishReason reason, const std::string& error, int trim_bytes, Events* events) {
+    RequestGroup& g = *s->group;
+    TokenEvent ev;
+    ev.request_id = g.request_id;
+    ev.choice = s->choice;
+    ev.prompt_tokens = g.prompt_len;
+    ev.completion_tokens = s->num_generated;
+    if (reason != FinishReason::kNone) release = static_cast<int>(s->unreleased.size());
+    ev.new_tokens.assign(s->unreleased.begin(), s->unreleased.begin() + release);
+    s->unreleased.erase(s->unreleased.begin(), s->unreleased.begin() + release);
+    if (s->params.logprobs >= 0) {
+      ev.logprobs.assign(s->unreleased_logprobs.begin(), s->unreleased_logprobs.begin() + release);
+      s->unreleased_logprobs.erase(s->unreleased_logprobs.begin(), s->unreleased_logprobs.begin() + release);
+    }
+    if (reason != FinishReason::kNone) {
+      ev.choice_finished = true;
+      ev.reason = reason;
+      ev.error = error;
+      ev.trim_bytes = trim_bytes;
+      g.live -= s->num_choices;  // choice 0 before its prefill also ends the choices never forked
+      ev.finished = g.live <= 0;
+      if (ev.finished) {
+        groups_.erase(g.request_id);
+        ++requests_finished_;
+      }
+      std::shared_ptr<RequestGroup> keep = s->group;
+      scheduler_->remove(s->id);
+      events->push_back({keep->on_tokens, std::move(ev)});
+      return;
+    }
+    if (!ev.new_tokens.empty()) events->push_back({g.on_tokens, std::move(ev)});
+  }
+
+  // Ends every sequence (mu_ held), or only those of cancelled requests.
+  void end_all(FinishReason reason, const std::string& error, Events* events, bool only_cancelled = false) {
+    std::vector<Sequence*> seqs;
     for (Sequence* s : scheduler_->running())
-      if (s->cancel_requested) ids.push_back(s->id);
+      if (!only_cancelled || s->group->cancel_requested) seqs.push_back(s);
     for (Sequence* s : scheduler_->waiting())
-      if (s->cancel_requested) ids.push_back(s->id);
-    for (uint64_t id : ids) {
-      std::unique_ptr<Sequence> s = scheduler_->remove(id);
-      events->push_back({s->on_tokens, finished_event(*s, FinishReason::kCancelled, "")});
-      ++requests_finished_;
+      if (!only_cancelled || s->group->cancel_requested) seqs.push_back(s);
+    for (Sequence* s : seqs) emit(s, 0, reason, error, 0, events);
+  }
+
+  // Starts choices 1..n-1 of s's request right after s (choice 0) ran its prefill
+  // (mu_ held): each shares the context's full KV blocks and gets a copy of the
+  // partial last one, then feeds <sop> itself to draw its first token.
+  void fork_choices(Sequence* s) {
+    const int n = s->num_choices;
+    s->num_choices = 1;
+    for (int i = 1; i < n; ++i) {
+      auto child = std::make_unique<Sequence>();
+      child->id = next_seq_id_++;
+      child->tokens.assign(s->tokens.begin(), s->tokens.begin() + s->prompt_len);
+      child->tokens.reserve(static_cast<size_t>(s->prompt_len + s->params.max_tokens));
+      child->prompt_len = s->prompt_len;
+      child->context_length = s->context_length;
+      child->mask_position = s->mask_position;
+      child->params = s->params;
+      child->params.seed = s->params.seed + static_cast<uint64_t>(i);
+      child->group = s->group;
+      child->choice = i;
+      child->filter = make_filter(child->params);
+      int32_t src = -1, dst = -1;
+      if (scheduler_->fork(s, std::move(child), s->context_length, &src, &dst) && src >= 0)
+        runner_->copy_kv_block(src, dst);
     }
   }
 
@@ -327,14 +407,19 @@ class EngineImpl final : public Engine {
     SchedulerOutput plan;
     StepBatch batch;
     std::vector<std::vector<int32_t>> pos, bpos, tables;
+    std::vector<TokenLogprob> logprobs;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      reap_cancelled(&events);
+      if (cancels_pending_) {
+        cancels_pending_ = false;
+        end_all(FinishReason::kCancelled, "", &events, /*only_cancelled=*/true);
+      }
       if (healthy_) plan = scheduler_->schedule();
       const size_t S = plan.batch.size();
       pos.resize(S);
       bpos.resize(S);
       tables.resize(S);
+      logprobs.resize(S);
       for (size_t i = 0; i < S; ++i) {
         const ScheduledSeq& ss = plan.batch[i];
         Sequence* s = ss.seq;
@@ -357,6 +442,8 @@ class EngineImpl final : public Engine {
         e.rng_offset = static_cast<uint64_t>(s->num_generated);
         e.history = s->tokens.data();
         e.history_len = static_cast<int>(s->tokens.size());
+        e.prompt_len = s->prompt_len;
+        e.logprob_out = &logprobs[i];
         batch.seqs.push_back(e);
       }
     }
@@ -382,36 +469,26 @@ class EngineImpl final : public Engine {
         // Unrecoverable: every request fails, new ones are refused.
         healthy_ = false;
         fault_message_ = error;
-        std::vector<uint64_t> ids;
-        for (Sequence* s : scheduler_->running()) ids.push_back(s->id);
-        for (Sequence* s : scheduler_->waiting()) ids.push_back(s->id);
-        for (uint64_t id : ids) {
-          std::unique_ptr<Sequence> s = scheduler_->remove(id);
-          events.push_back({s->on_tokens, finished_event(*s, FinishReason::kError, error)});
-          ++requests_finished_;
-        }
+        end_all(FinishReason::kError, error, &events);
       } else {
         for (size_t i = 0; i < plan.batch.size(); ++i) {
           Sequence* s = plan.batch[i].seq;
           s->num_cached = plan.batch[i].num_cached + plan.batch[i].num_new;
+          if (plan.batch[i].is_prefill && s->num_choices > 1) fork_choices(s);
           const int32_t tok = next[i];
           s->tokens.push_back(tok);
           ++s->num_generated;
           ++tokens_generated_;
-          TokenEvent ev;
-          ev.request_id = s->id;
-          ev.new_tokens.push_back(tok);
-          if (tok == cfg_.eos_token_id && !s->params.ignore_eos) ev.reason = FinishReason::kEos;
-          else if (s->num_generated >= s->params.max_tokens) ev.reason = FinishReason::kLength;
-          else if (static_cast<int>(s->tokens.size()) >= cfg_.max_sequence_length) ev.reason = FinishReason::kContextLimit;
-          else if (s->cancel_requested) ev.reason = FinishReason::kCancelled;
-          ev.finished = ev.reason != FinishReason::kNone;
-          TokenCallback cb = s->on_tokens;
-          if (ev.finished) {
-            scheduler_->remove(s->id);
-            ++requests_finished_;
-          }
-          events.push_back({std::move(cb), std::move(ev)});
+          s->unreleased.push_back(tok);
+          if (s->params.logprobs >= 0) s->unreleased_logprobs.push_back(std::move(logprobs[i]));
+          const StopFilter::Result r = s->filter->push(tok);
+          FinishReason reason = FinishReason::kNone;
+          if (r.stopped) reason = FinishReason::kStop;
+          else if (tok == cfg_.eos_token_id && !s->params.ignore_eos) reason = FinishReason::kEos;
+          else if (s->num_generated >= s->params.max_tokens) reason = FinishReason::kLength;
+          else if (static_cast<int>(s->tokens.size()) >= cfg_.max_sequence_length) reason = FinishReason::kContextLimit;
+          else if (s->group->cancel_requested) reason = FinishReason::kCancelled;
+          emit(s, r.release, reason, "", r.stopped ? r.trim_bytes : 0, &events);
         }
       }
     }
@@ -453,6 +530,9 @@ class EngineImpl final : public Engine {
   std::atomic<bool> fault_injected_{false};
   int64_t tokens_generated_ = 0, requests_finished_ = 0, steps_ = 0;
   int max_batch_seen_ = 0;
+  std::unique_ptr<TokenTexts> texts_;  // null: the checkpoint has no token_bytes.bin
+  std::unordered_map<uint64_t, std::shared_ptr<RequestGroup>> groups_;  // live requests by request id
+  uint64_t next_seq_id_ = 1;
 };
 
 }  // namespace

@@ -74,26 +74,52 @@ struct EngineOptions {
 // into request_fields.gen.h): each member is bound to its field there.
 struct SamplingParams {
   int max_tokens = 128;            // new tokens, >= 1
-  float temperature = 0.0f;        // 0 = greedy (argmax after the repetition penalty)
+  float temperature = 0.0f;        // 0 = greedy (argmax after the penalties)
   int top_k = 0;                   // 0 = off
   float top_p = 1.0f;              // (0, 1]
-  float repetition_penalty = 1.0f; // > 0; 1 = off
+  float repetition_penalty = 1.0f; // > 0; 1 = off (HF: over prompt + generated ids)
+  float presence_penalty = 0.0f;   // OpenAI: logit -= presence, for ids generated at least once
+  float frequency_penalty = 0.0f;  // OpenAI: logit -= frequency * times generated
   uint64_t seed = 0;               // same seed -> same tokens, whatever else is batched
   bool ignore_eos = false;         // keep going past <eop>
+  int n = 1;                       // choices of one prompt (one prefill); choice i draws from seed + i
+  int logprobs = -1;               // -1 = off; else each token's log-probability + this many alternatives
+  std::vector<std::string> stop;   // stop strings (UTF-8): generation ends when the text contains one
+  std::vector<int32_t> stop_token_ids;  // generation ends at any of these ids
+  bool include_stop_str_in_output = false;  // keep the stop string (or stop id's text) in the text
 };
 
-enum class FinishReason { kNone = 0, kEos, kLength, kContextLimit, kCancelled, kError };
+// Why a choice ended. kStop: a stop string or stop id (kEos: <eop>).
+enum class FinishReason { kNone = 0, kEos, kLength, kContextLimit, kCancelled, kError, kStop };
 const char* to_string(FinishReason r);
 
-// What a step reports for one sequence. `new_tokens` holds the ids produced
-// since the last event (normally one). `finished` is true exactly once per
-// request, on its last event; after it no more events come for that id.
+// One generated token's log-probabilities: log-softmax of the model's raw fp32
+// logits (before penalties and temperature), the generated id and the `logprobs`
+// most likely ids (most likely first; equal values: lower id first).
+struct TokenLogprob {
+  float logprob = 0.0f;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+
+// What a step reports for one choice of a request. `new_tokens` holds the ids
+// released since the last event (normally one; none while ids that may begin a
+// stop string are held back; several when they are released). `choice_finished`
+// is true on a choice's last event; `finished` is true exactly once per request,
+// on its very last event (all choices done); after it no more events come for
+// that id. A request cancelled before its prefill ends with one event for choice 0.
 struct TokenEvent {
   uint64_t request_id = 0;
+  int choice = 0;                  // 0 .. n-1
   std::vector<int32_t> new_tokens;
+  std::vector<TokenLogprob> logprobs;  // one per new token when params.logprobs >= 0
+  bool choice_finished = false;
   bool finished = false;
-  FinishReason reason = FinishReason::kNone;
+  FinishReason reason = FinishReason::kNone;  // set on the choice's last event
   std::string error;               // set when reason == kError
+  int trim_bytes = 0;              // last event of a stop: bytes to cut from the end of the choice's text
+  int prompt_tokens = 0;           // the prompt's length (every event)
+  int completion_tokens = 0;       // ids this choice generated so far (held ones included)
 };
 using TokenCallback = std::function<void(const TokenEvent&)>;
 

@@ -27,8 +27,12 @@ struct SeqBatchEntry {
   // Sampling inputs for the token that follows this step's last token.
   const SamplingParams* params = nullptr;
   uint64_t rng_offset = 0;                   // number of tokens this sequence has sampled so far
-  const int32_t* history = nullptr;          // prompt + generated ids (for the repetition penalty)
+  const int32_t* history = nullptr;          // prompt + generated ids (for the penalties)
   int history_len = 0;
+  int prompt_len = 0;                        // history[prompt_len:] are the generated ids
+  // When params->logprobs >= 0: where the runner writes the sampled token's
+  // log-probabilities (raw logits, before penalties and temperature).
+  TokenLogprob* logprob_out = nullptr;
 };
 
 struct StepBatch {
@@ -44,6 +48,10 @@ class ModelRunner {
   // How many blocks the back-end can hold under the engine options.
   virtual int plan_kv_blocks(const EngineOptions& opts) const = 0;
   virtual void allocate_kv_cache(int num_blocks, int block_size) = 0;
+  // Copies KV block src into block dst in every layer (K and V), ordered before
+  // the next forward (the choices of one request: copy-on-write of the prompt's
+  // last partial block).
+  virtual void copy_kv_block(int src, int dst) = 0;
 
   // Runs the batch and samples one next token per sequence into next_tokens
   // [seqs.size()]. With want_all_logits, writes logits of every token

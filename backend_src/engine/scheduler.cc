@@ -17,6 +17,21 @@ void Scheduler::add(std::unique_ptr<Sequence> seq) {
   waiting_.push_back(s);
 }
 
+bool Scheduler::fork(Sequence* parent, std::unique_ptr<Sequence> child, int num_tokens, int32_t* copy_src,
+                     int32_t* copy_dst) {
+  Sequence* c = child.get();
+  if (!seqs_.emplace(c->id, std::move(child)).second)
+    throw std::logic_error("Scheduler::fork: duplicate sequence id " + std::to_string(c->id));
+  if (!blocks_->fork(parent->id, c->id, num_tokens, copy_src, copy_dst)) {
+    c->num_cached = 0;
+    waiting_.push_front(c);
+    return false;
+  }
+  c->num_cached = num_tokens;
+  running_.push_back(c);
+  return true;
+}
+
 Sequence* Scheduler::find(uint64_t id) const {
   auto it = seqs_.find(id);
   return it == seqs_.end() ? nullptr : it->second.get();
@@ -64,11 +79,13 @@ SchedulerOutput Scheduler::schedule() {
   }
   // 2. Admissions, oldest first; stop at the first that does not fit.
   if (out.num_preempted == 0) {
-    while (!waiting_.empty() && static_cast<int>(running_.size()) < limits_.max_running_seqs) {
+    while (!waiting_.empty()) {
       Sequence* s = waiting_.front();
       const int n = static_cast<int>(s->tokens.size());  // num_cached is 0 while waiting
+      // Room for the choices forked right after this prefill: a slot and a block each.
+      if (static_cast<int>(running_.size()) + s->num_choices > limits_.max_running_seqs) break;
       if (out.num_prefill_tokens > 0 && out.num_prefill_tokens + n > limits_.max_batched_tokens) break;
-      if (!blocks_->can_allocate(n)) break;
+      if (blocks_->blocks_for(n) + s->num_choices - 1 > blocks_->num_free()) break;
       blocks_->allocate(s->id, n);
       waiting_.pop_front();
       running_.push_back(s);

@@ -9,7 +9,10 @@
 //   2. admits waiting sequences in arrival order while they fit: a free slot
 //      under max_running_seqs, KV blocks for their whole prefill, and the step's
 //      prefill-token budget max_batched_tokens (the first prefill of a step is
-//      always allowed). No admission in a step that had to preempt.
+//      always allowed). No admission in a step that had to preempt. A request
+//      of n choices is admitted as one sequence (choice 0) that reserves n
+//      slots and n - 1 extra blocks: right after its prefill the engine forks
+//      the other choices from it (fork()), sharing the prompt's full KV blocks.
 // Prefills and decodes run in the same step. Finished and cancelled sequences
 // leave through remove(), which frees their blocks at once.
 //
@@ -24,21 +27,31 @@
 
 #include "block_manager.h"
 #include "engine.h"
+#include "stop_filter.h"
 
 namespace glm {
 
+struct RequestGroup;  // the engine's: one submitted request and its choices
+
 struct Sequence {
-  uint64_t id = 0;
+  uint64_t id = 0;              // the engine's own id of this choice (not the request id)
   std::vector<int32_t> tokens;  // prompt + generated ids
   int prompt_len = 0;
   int context_length = 0;       // c (positions.h)
   int mask_position = 0;        // g
   int num_cached = 0;           // tokens whose K/V are in the cache
   int num_generated = 0;        // = rng_offset of the next draw
-  SamplingParams params;
-  TokenCallback on_tokens;
+  SamplingParams params;        // seed = the request's seed + choice
   bool cancel_requested = false;
   int num_preemptions = 0;
+  // Choices of one request.
+  std::shared_ptr<RequestGroup> group;
+  int choice = 0;
+  int num_choices = 1;          // choice 0 before its prefill: itself + the choices to fork after it
+  // Output: what may not be released yet (stop strings), in generation order.
+  std::unique_ptr<StopFilter> filter;
+  std::vector<int32_t> unreleased;
+  std::vector<TokenLogprob> unreleased_logprobs;
 };
 
 // One sequence's part of a step: feed tokens[num_cached, num_cached + num_new).
@@ -65,6 +78,14 @@ class Scheduler {
 
   // Queues a new sequence (at the back).
   void add(std::unique_ptr<Sequence> seq);
+  // Starts `child` (a further choice of parent's request) with the KV blocks of
+  // parent's first num_tokens tokens: full blocks shared, the partial last one
+  // copied (the caller copies block *copy_src into *copy_dst; -1 when none). The
+  // child joins the running batch with num_cached = num_tokens. When no block is
+  // free for the copy it is queued at the front instead, to be recomputed, and
+  // fork returns false.
+  bool fork(Sequence* parent, std::unique_ptr<Sequence> child, int num_tokens, int32_t* copy_src,
+            int32_t* copy_dst);
   // Removes a sequence wherever it is, frees its KV blocks, hands it back.
   std::unique_ptr<Sequence> remove(uint64_t id);
   Sequence* find(uint64_t id) const;

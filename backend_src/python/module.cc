@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "engine.h"
+#include "request_fields.gen.h"
+#include "token_texts.h"
 
 namespace py = pybind11;
 
@@ -33,10 +35,24 @@ std::shared_ptr<py::function> hold(py::function f) {
 py::dict event_to_dict(const glm::TokenEvent& ev) {
   py::dict d;
   d["request_id"] = ev.request_id;
+  d["choice"] = ev.choice;
   d["new_tokens"] = py::cast(ev.new_tokens);
+  py::list lps;
+  for (const glm::TokenLogprob& lp : ev.logprobs) {
+    py::dict x;
+    x["logprob"] = lp.logprob;
+    x["top_ids"] = py::cast(lp.top_ids);
+    x["top_logprobs"] = py::cast(lp.top_logprobs);
+    lps.append(x);
+  }
+  d["logprobs"] = lps;
+  d["choice_finished"] = ev.choice_finished;
   d["finished"] = ev.finished;
   d["reason"] = std::string(glm::to_string(ev.reason));
   d["error"] = ev.error;
+  d["trim_bytes"] = ev.trim_bytes;
+  d["prompt_tokens"] = ev.prompt_tokens;
+  d["completion_tokens"] = ev.completion_tokens;
   return d;
 }
 
@@ -147,16 +163,28 @@ class PyEngine {
   std::atomic<uint64_t> next_generate_id_{0};
 };
 
-glm::SamplingParams make_params(int max_tokens, float temperature, int top_k, float top_p, float repetition_penalty,
-                                uint64_t seed, bool ignore_eos) {
+// SamplingParams from keyword arguments named like its members (max_tokens,
+// temperature, seed, stop, ...): the request contract's table binds each to its
+// field. Unknown names raise TypeError; the engine checks the values.
+glm::SamplingParams params_from(const py::kwargs& kwargs) {
   glm::SamplingParams p;
-  p.max_tokens = max_tokens;
-  p.temperature = temperature;
-  p.top_k = top_k;
-  p.top_p = top_p;
-  p.repetition_penalty = repetition_penalty;
-  p.seed = seed;
-  p.ignore_eos = ignore_eos;
+  size_t used = 0;
+  glm::for_each_sampling_field(p, [&](const glm::RequestField& f, auto& member) {
+    if (f.member != nullptr && kwargs.contains(f.member)) {
+      member = kwargs[f.member].template cast<std::decay_t<decltype(member)>>();
+      ++used;
+    }
+  });
+  if (used != kwargs.size()) {
+    for (auto item : kwargs) {
+      const std::string key = py::str(item.first);
+      bool known = false;
+      glm::for_each_sampling_field(p, [&](const glm::RequestField& f, auto&) {
+        known = known || (f.member != nullptr && key == f.member);
+      });
+      if (!known) throw py::type_error("unknown sampling argument '" + key + "'");
+    }
+  }
   return p;
 }
 
@@ -177,6 +205,20 @@ PYBIND11_MODULE(_engine, m) {
       PyErr_SetObject(engine_error.ptr(), err.ptr());
     }
   });
+
+  m.def(
+      "render_token_texts",
+      [](const std::string& checkpoint_dir, const std::vector<int32_t>& ids) {
+        std::unique_ptr<glm::TokenTexts> texts = glm::TokenTexts::load(checkpoint_dir);
+        if (!texts)
+          throw glm::EngineError(checkpoint_dir + ": no " + glm::TokenTexts::kFileName);
+        std::string out;
+        bool started = false;
+        for (int32_t id : ids) out += texts->render(id, &started);
+        return py::bytes(out);
+      },
+      py::arg("checkpoint_dir"), py::arg("ids"),
+      "The generated text of `ids` as the engine sees it (token_bytes.bin), for tests.");
 
   py::class_<PyEngine>(m, "Engine")
       .def(py::init([](const std::string& checkpoint_dir, const std::string& device, const std::string& dtype, bool int8,
@@ -209,21 +251,23 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("num_threads") = 0, py::arg("use_cuda_graphs") = true, py::arg("device_id") = 0)
       .def(
           "submit",
-          [](PyEngine& self, uint64_t request_id, std::vector<int32_t> input_ids, py::object callback, int max_tokens,
-             float temperature, int top_k, float top_p, float repetition_penalty, uint64_t seed, bool ignore_eos) {
+          [](PyEngine& self, uint64_t request_id, std::vector<int32_t> input_ids, py::object callback,
+             const py::kwargs& sampling) {
             py::function fn = callback.is_none() ? py::function() : py::reinterpret_borrow<py::function>(callback);
             if (!callback.is_none() && !PyCallable_Check(callback.ptr())) throw py::type_error("callback must be callable or None");
-            glm::SamplingParams p = make_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, ignore_eos);
+            const glm::SamplingParams p = params_from(sampling);
             if (callback.is_none()) {
               self.engine().submit(request_id, std::move(input_ids), p, nullptr);
             } else {
               self.submit(request_id, std::move(input_ids), fn, p);
             }
           },
-          py::arg("request_id"), py::arg("input_ids"), py::arg("callback"), py::arg("max_tokens") = 128,
-          py::arg("temperature") = 0.0f, py::arg("top_k") = 0, py::arg("top_p") = 1.0f,
-          py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0, py::arg("ignore_eos") = false,
-          "Queues a request; callback(dict(request_id, new_tokens, finished, reason, error)) runs on the step thread.")
+          py::arg("request_id"), py::arg("input_ids"), py::arg("callback"),
+          "Queues a request. Sampling keywords are SamplingParams' members (max_tokens, temperature, top_k, top_p,\n"
+          "repetition_penalty, presence_penalty, frequency_penalty, seed, ignore_eos, n, logprobs, stop,\n"
+          "stop_token_ids, include_stop_str_in_output); left out, the engine's default. callback(dict(request_id,\n"
+          "choice, new_tokens, logprobs, choice_finished, finished, reason, error, trim_bytes, prompt_tokens,\n"
+          "completion_tokens)) runs on the step thread.")
       .def("cancel", [](PyEngine& self, uint64_t id) { self.engine().cancel(id); }, py::arg("request_id"))
       .def(
           "step", [](PyEngine& self) { return self.engine().step(); }, py::call_guard<py::gil_scoped_release>(),
@@ -280,14 +324,14 @@ PYBIND11_MODULE(_engine, m) {
       .def("inject_fault", [](PyEngine& self) { self.engine().inject_fault(); })
       .def(
           "generate",
-          [](PyEngine& self, const std::vector<std::vector<int32_t>>& prompts, int max_tokens, float temperature, int top_k,
-             float top_p, float repetition_penalty, uint64_t seed, bool ignore_eos, std::optional<std::vector<int>> arrival_steps) {
-            glm::SamplingParams p = make_params(max_tokens, temperature, top_k, top_p, repetition_penalty, seed, ignore_eos);
+          [](PyEngine& self, const std::vector<std::vector<int32_t>>& prompts,
+             std::optional<std::vector<int>> arrival_steps, const py::kwargs& sampling) {
+            const glm::SamplingParams p = params_from(sampling);
+            if (p.n != 1) throw glm::EngineError("generate: n must be 1 (use submit for several choices)", glm::ErrorCode::kInvalidArgument, "n");
             py::gil_scoped_release nogil;
             return self.generate(prompts, p, arrival_steps ? *arrival_steps : std::vector<int>());
           },
-          py::arg("prompts"), py::arg("max_tokens") = 128, py::arg("temperature") = 0.0f, py::arg("top_k") = 0,
-          py::arg("top_p") = 1.0f, py::arg("repetition_penalty") = 1.0f, py::arg("seed") = 0,
-          py::arg("ignore_eos") = false, py::arg("arrival_steps") = py::none(),
-          "Generates for every prompt (each with the same params and seed), stepping inline; returns the new ids.");
+          py::arg("prompts"), py::arg("arrival_steps") = py::none(),
+          "Generates for every prompt (each with the same sampling keywords as submit, and the same seed),\n"
+          "stepping inline; returns the new ids.");
 }

@@ -239,6 +239,14 @@ class CpuRunner final : public ModelRunner {
     }
   }
 
+  void copy_kv_block(int src, int dst) override {
+    const size_t block = static_cast<size_t>(block_size_) * cfg_.hidden_size;
+    for (size_t l = 0; l < k_cache_.size(); ++l) {
+      std::copy_n(k_cache_[l].get() + src * block, block, k_cache_[l].get() + dst * block);
+      std::copy_n(v_cache_[l].get() + src * block, block, v_cache_[l].get() + dst * block);
+    }
+  }
+
   void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
 
  private:
@@ -483,8 +491,11 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
     std::vector<float> scratch;
     for (int64_t i = b; i < e; ++i) {
       const SeqBatchEntry& se = batch.seqs[static_cast<size_t>(i)];
-      next_tokens[i] = sample_token(&logits[static_cast<size_t>(i * V)], static_cast<int>(V), *se.params, se.rng_offset,
-                                    se.history, se.history_len, &scratch);
+      const float* row = &logits[static_cast<size_t>(i * V)];
+      next_tokens[i] = sample_token(row, static_cast<int>(V), *se.params, se.rng_offset, se.history, se.history_len,
+                                    se.prompt_len, &scratch);
+      if (se.logprob_out && se.params->logprobs >= 0)
+        compute_logprobs(row, static_cast<int>(V), se.params->logprobs, next_tokens[i], se.logprob_out);
     }
   });
 }

@@ -82,6 +82,7 @@ class CudaRunner final : public ModelRunner {
   }
   int plan_kv_blocks(const EngineOptions& opts) const override;
   void allocate_kv_cache(int num_blocks, int block_size) override;
+  void copy_kv_block(int src, int dst) override;
   void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
   std::string describe() const override {
     if (!int8_) return "";
@@ -581,6 +582,16 @@ void CudaRunner::init_random_weights(uint64_t seed) {
   mat(lm_head_, V_, H_, inv_sqrt(H_), &lm_head8_);
   GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   if (stage) cudaFree(stage);
+}
+
+void CudaRunner::copy_kv_block(int src, int dst) {
+  // K and V of every layer are 2 * L_ equally spaced arrays of num_blocks_ blocks:
+  // one strided 2D copy moves block src of each into block dst.
+  const size_t per = (size_t)num_blocks_ * block_size_ * H_;
+  const size_t block = (size_t)block_size_ * H_;
+  GLM_CUDA_CHECK(cudaMemcpy2DAsync(kv_ + (size_t)dst * block, per * sizeof(__half), kv_ + (size_t)src * block,
+                                   per * sizeof(__half), block * sizeof(__half), (size_t)2 * L_,
+                                   cudaMemcpyDeviceToDevice, stream_));
 }
 
 int CudaRunner::plan_kv_blocks(const EngineOptions& opts) const {
