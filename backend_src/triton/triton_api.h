@@ -1,12 +1,37 @@
-// Our own declarations of the parts of the Triton C API this backend uses,
-// written from the documented signatures of triton-inference-server/core
-// r24.10 (include/triton/core/tritonbackend.h: TRITONBACKEND API 1.19,
-// include/triton/core/tritonserver.h: TRITONSERVER API 1.34). No Triton header
-// ships with the server we run (nvidia-pytriton's tritonserver 2.51.0); the
-// symbols are resolved at load time from the server's core library.
+// ============================================================================
+// OUR OWN DECLARATIONS OF THE TRITON C API -- not an upstream header, and not
+// a copy of one.
 //
-// Only what we call is declared. Enum values follow the documented order
-// (Triton only ever appends to these enums).
+// What: the subset of the TRITONSERVER_* / TRITONBACKEND_* C API that this
+// backend calls or implements (opaque types, enums, functions), declared by us
+// because no Triton header ships with the server we run (nvidia-pytriton
+// 0.7.0's tritonserver 2.51.0) and no package registry offers them.
+//
+// Source of the signatures: the documented declarations in
+// triton-inference-server/core, branch r24.10,
+// commit bfec7c61dc0939433f64f14e89b1973073eac8ba:
+//   include/triton/core/tritonbackend.h  (TRITONBACKEND API 1.19)
+//   include/triton/core/tritonserver.h   (TRITONSERVER API 1.34)
+// written from their documented signatures. Only what we use is declared;
+// enum values follow the documented order (Triton only appends to these
+// enums).
+//
+// How they are proven: nothing checks a declaration against upstream at
+// compile time. The symbols are resolved by name when tritonserver loads
+// libtriton_chatglm.so (a missing one fails the load), and the signatures are
+// proven by use: the server tests (tests/test_triton*.py,
+// tests/test_reliability_*.py, tests/test_client_live.py) load the backend
+// into the real tritonserver 2.51.0 and go through requests, streaming,
+// errors, cancellation, timeouts, statistics, metrics and the self-unload.
+// TRITONBACKEND_Initialize checks both API versions against the running
+// server and logs them ("chatglm backend initialized (TRITONBACKEND API 1.19,
+// TRITONSERVER API 1.34)"). TRITONBACKEND_BackendName and
+// TRITONBACKEND_RequestId are declared but not called at present, so not
+// proven by use.
+//
+// Adding a call: declare it here from the same header/version, and prove it
+// the same way (a server test that goes through it).
+// ============================================================================
 #pragma once
 
 #include <stddef.h>

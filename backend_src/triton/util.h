@@ -1,8 +1,9 @@
-// Small helpers around the Triton C API: logging, errors, clocks.
+// Small helpers around the Triton C API: logging, errors, clocks, number formatting.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -62,6 +63,13 @@ inline uint64_t now_ns() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                    std::chrono::steady_clock::now().time_since_epoch())
                                    .count());
+}
+
+// A number of seconds as the config wrote it (3600, 0.5), for messages and logs.
+inline std::string seconds_str(double s) {
+  std::ostringstream os;
+  os << s;
+  return os.str();
 }
 
 }  // namespace glmtriton
