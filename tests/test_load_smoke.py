@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -122,3 +123,20 @@ def test_sweep_http_compare_and_soak(server: Any, tmp_path: Path) -> None:
     assert len(soak["samples"]) >= 2 and all(s["rss_mib"] > 0 for s in soak["samples"])
     md = (out / "sweep.md").read_text()
     assert "In-flight / static throughput" in md and "## Soak (2 streams" in md
+
+
+def test_soak_decoder_locust(server: Any, tmp_path: Path) -> None:
+    """The Locust soak of chatglm_decoder (scripts/reliability_soak.sh), 2 users for 5 s."""
+    locust = Path(sys.executable).parent / "locust"
+    proc = subprocess.run(
+        [str(locust), "-f", "load_tests/soak_decoder.py", "--headless", "--only-summary",
+         "-u", "2", "-r", "2", "-t", "5s", "--host", server.grpc_url,
+         "--ids-config", str(server.checkpoint_dir / "config.json"), "--csv", str(tmp_path / "locust")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with (tmp_path / "locust_stats.csv").open() as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    row = rows["generate decoder"]
+    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+    assert 32 <= float(row["Average Content Size"]) <= 256  # ids per request: max_tokens
