@@ -66,7 +66,7 @@ def workload(args: argparse.Namespace, kind: str, n: int) -> list[Request]:
         return seed_requests(ids)
     if ids is not None:
         return uniform_requests(n, args.seed, ids)
-    return mixed_requests(min(n, 512), args.seed)  # cycled when more arrive
+    return mixed_requests(min(n, 200), args.seed)  # cycled when more arrive
 
 
 def closed(args: argparse.Namespace, conc: int, soak: bool = False) -> dict[str, Any]:

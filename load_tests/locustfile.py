@@ -152,7 +152,7 @@ def _on_init(environment: Any, **_: Any) -> None:
 
 
 class ChatGLMUser(User):
-    """A closed-loop user: one streamed request after another on its own gRPC stream."""
+    """A closed-loop user: one streamed request after another over its own gRPC connection."""
 
     wait_time = constant(0)
     host = "127.0.0.1:8001"
