@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import queue
+import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ClientError, ServerUnavailable, error_from_message
 from .params import MODEL_NAME, TEXT_INPUT, TEXT_OUTPUT, TOKEN_COUNT, Chunk, TensorValue
@@ -28,12 +29,20 @@ def map_grpc_error(error: Any, url: str = "") -> ClientError:
     return error_from_message(message)
 
 
-def _is_final(result: Any) -> bool:
+class TimedResult(NamedTuple):
+    """One response of a streamed request and when it arrived."""
+
+    time: float  # time.perf_counter() when the stream delivered it
+    result: Any  # the tritonclient InferResult
+
+
+def is_final(result: Any) -> bool:
+    """Whether a response carries Triton's ``triton_final_response`` flag."""
     params = result.get_response().parameters
     return "triton_final_response" in params and params["triton_final_response"].bool_param
 
 
-def _text_of(result: Any) -> str | None:
+def response_text(result: Any) -> str | None:
     """The response's text delta, or None when it carries no ``text_output``."""
     arr = result.as_numpy(TEXT_OUTPUT)
     if arr is None:
@@ -44,7 +53,7 @@ def _text_of(result: Any) -> str | None:
     return piece.decode("utf-8", "replace") if isinstance(piece, bytes) else str(piece)
 
 
-def _tokens_of(result: Any) -> int:
+def response_tokens(result: Any) -> int:
     """The response's ``token_count`` (1 when the server does not send it)."""
     arr = result.as_numpy(TOKEN_COUNT)
     if arr is None or arr.size == 0:
@@ -79,7 +88,9 @@ class GrpcTransport:
             except Exception as exc:
                 raise map_grpc_error(exc, self.url) from None
             shapes = {i.name: list(i.shape) for i in meta.inputs}
-            self._batched = len(shapes.get(TEXT_INPUT, [1])) == 2
+            # text_input for the ensemble; the first input for other models (chatglm_decoder).
+            shape = shapes.get(TEXT_INPUT) or next(iter(shapes.values()), [1])
+            self._batched = len(shape) == 2
         return self._batched
 
     def _inputs(self, tensors: list[TensorValue]) -> list[Any]:
@@ -103,10 +114,27 @@ class GrpcTransport:
 
     def chunks(self, tensors: list[TensorValue]) -> Iterator[Chunk]:
         """Yield (text, tokens) of every response of one request, until its final one."""
-        responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        responses = self.responses(tensors)
+        try:
+            for _, result in responses:
+                text = response_text(result)
+                if text is not None:
+                    yield Chunk(text, response_tokens(result))
+        finally:
+            responses.close()
+
+    def responses(self, tensors: list[TensorValue]) -> Iterator[TimedResult]:
+        """Yield every response of one request that carries outputs, with its arrival time,
+        until the final one (the empty final response itself is not yielded).
+
+        The lower level under :meth:`chunks`, for callers that read other outputs (e.g.
+        ``chatglm_decoder``'s ``output_ids``) or time the responses (the load tests).
+        Errors raise as in :meth:`chunks`; stopping early cancels the request.
+        """
+        responses: queue.Queue[tuple[Any, Any, float]] = queue.Queue()
 
         def callback(result: Any, error: Any) -> None:
-            responses.put((result, error))
+            responses.put((result, error, time.perf_counter()))
 
         inputs = self._inputs(tensors)
         try:
@@ -125,13 +153,13 @@ class GrpcTransport:
             except Exception as exc:
                 # A stream that broke at once (server down) reports why through the callback.
                 try:
-                    _, error = responses.get(timeout=1.0)
+                    _, error, _ = responses.get(timeout=1.0)
                 except queue.Empty:
                     error = None
                 raise map_grpc_error(error or exc, self.url) from None
             while True:
                 try:
-                    result, error = responses.get(timeout=self.timeout)
+                    result, error, arrived = responses.get(timeout=self.timeout)
                 except queue.Empty:
                     raise ClientError(
                         f"no response from {self.url} within {self.timeout:g} s"
@@ -144,10 +172,12 @@ class GrpcTransport:
                     # the ensemble from unloading at shutdown (docs/reliability_requests.md, R5).
                     finished = True
                     raise map_grpc_error(error, self.url)
-                text = _text_of(result)
-                if text is not None:
-                    yield Chunk(text, _tokens_of(result))
-                if _is_final(result):
+                final = is_final(result)
+                if len(result.get_response().outputs):
+                    if final:
+                        finished = True
+                    yield TimedResult(arrived, result)
+                if final:
                     finished = True
                     return
         finally:

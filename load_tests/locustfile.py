@@ -7,17 +7,17 @@ Run headless through ``make load-test`` (scripts/load_test.sh), or with the web 
 Each request is reported as ``gRPC generate <set>`` with its full time (response
 length = tokens generated), its time to first token as ``TTFT <set>``, and every gap
 between two tokens as ``ITL <set>``. Tokens are the sum of the streamed responses'
-``token_count`` (one response may carry several tokens; see load_tests/streaming.py). Aggregate tokens/s, exact
-TTFT/ITL percentiles and a per-second time series are written next to Locust's CSVs
+``token_count`` (one response may carry several tokens; see load_tests/streaming.py).
+Aggregate tokens/s, exact TTFT/ITL percentiles and a per-second time series
+(``load_tests.stats.Meter``) are written next to Locust's CSVs
 (``<csv prefix>_glm_metrics.json`` / ``_glm_timeseries.csv``) and served by the web
-UI at ``/glm-metrics``.
+UI at ``/glm-metrics``. Requests go through ``load_tests.streaming.Stream`` (gRPC).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -33,9 +33,10 @@ from locust.runners import MasterRunner, WorkerRunner
 grpc_gevent.init_gevent()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from load_tests.metrics import Meter  # noqa: E402
 from load_tests.prompts import Conversation, load_set  # noqa: E402
-from load_tests.streaming import RequestRecord, StreamSession  # noqa: E402
+from load_tests.stats import Meter, Record  # noqa: E402
+from load_tests.streaming import Stream  # noqa: E402
+from load_tests.workload import Request  # noqa: E402
 
 METER = Meter()
 ERROR_BACKOFF_S = 1.0  # a user pauses this long after a failed request
@@ -64,6 +65,11 @@ def _add_arguments(parser: Any) -> None:
         default=600.0,
         help="seconds to wait for the next streamed response",
     )
+
+
+def _wall_offset() -> float:
+    """time.time() - time.perf_counter(): the requests' clock to wall-clock time."""
+    return time.time() - time.perf_counter()
 
 
 def _host_to_url(host: str | None) -> str:
@@ -146,7 +152,7 @@ def _on_init(environment: Any, **_: Any) -> None:
 
 
 class ChatGLMUser(User):
-    """A closed-loop user: one streamed request after another on its own gRPC stream."""
+    """A closed-loop user: one streamed request after another over its own gRPC connection."""
 
     wait_time = constant(0)
     host = "127.0.0.1:8001"
@@ -155,21 +161,15 @@ class ChatGLMUser(User):
         opts = self.environment.parsed_options
         self.set_name = Path(opts.prompts).stem if opts.prompts.endswith(".jsonl") else opts.prompts
         self.check_length = opts.check_length == "on"
-        self.session = StreamSession(_host_to_url(self.host), timeout=opts.request_timeout)
-        self.rng = random.Random()
+        self.stream = Stream("grpc", _host_to_url(self.host), timeout=opts.request_timeout)
 
     def on_stop(self) -> None:
         # A request cut off by the end of the test: count the tokens it got.
-        current = getattr(self.session, "current", None)
+        current = getattr(self.stream, "current", None)
         if current is not None and current.token_times:
-            METER.add(
-                self._wall(current), current.start, current.token_times, time.perf_counter(), None
-            )
-        self.session.close()
-
-    @staticmethod
-    def _wall(rec: RequestRecord) -> float:
-        return time.time() - (time.perf_counter() - rec.start)
+            current.end = time.perf_counter()
+            METER.add(current, None, _wall_offset())
+        self.stream.close()
 
     @task
     def conversation(self) -> None:
@@ -183,16 +183,17 @@ class ChatGLMUser(User):
                 return
             history.append([query, rec.text])
 
-    def _request(self, conv: Conversation, query: str, history: list[list[str]]) -> RequestRecord:
+    def _request(self, conv: Conversation, query: str, history: list[list[str]]) -> Record:
         try:
-            rec = self.session.request(query, conv.max_tokens, conv.ignore_eos, history or None)
+            rec = self.stream.send(
+                Request(query, conv.max_tokens, conv.ignore_eos, history or None)
+            )
         except GreenletExit:
             raise
-        error = rec.error
-        if error is None and self.check_length and conv.ignore_eos:
-            if rec.tokens != conv.max_tokens:
-                error = f"expected {conv.max_tokens} tokens (ignore_eos), got {rec.tokens}"
-        METER.add(self._wall(rec), rec.start, rec.token_times, rec.end, error is None)
+        if not self.check_length:
+            rec.expected = None
+        error = rec.failure
+        METER.add(rec, error is None, _wall_offset())
         fire = self.environment.events.request.fire
         fire(
             request_type="gRPC",

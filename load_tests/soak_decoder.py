@@ -2,11 +2,11 @@
 tokenizer, e.g. ChatGLM-6B's shapes with random weights on the GPU (issue 8's soak; see
 scripts/reliability_soak.sh and docs/reliability.md).
 
-Each user sends one streamed request after another over its own gRPC stream: a prompt of
-random ids (16..512 plain ids, then [gMASK] <sop> of the served config), max_tokens 32..256,
-ignore_eos, and checks that exactly max_tokens ids came back. Locust's statistics count one
-"gRPC generate" per request (response_length = ids received); any error or short answer is
-a failure.
+Each user sends one streamed request after another over gRPC (``load_tests.streaming``):
+a prompt of random ids (16..512 plain ids, then [gMASK] <sop> of the served config,
+``load_tests.workload.IdsSpec``), max_tokens 32..256, ignore_eos, and checks that exactly
+max_tokens ids came back. Locust's statistics count one "gRPC generate" per request
+(response_length = ids received); any error or short answer is a failure.
 
     locust -f load_tests/soak_decoder.py --headless -u 256 -r 32 -t 10m \
         --host 127.0.0.1:8001 --ids-config build/soak-6b/config.json
@@ -14,9 +14,10 @@ a failure.
 
 from __future__ import annotations
 
-import json
 import random
-import time
+import sys
+from pathlib import Path
+from typing import Any
 
 import gevent
 import grpc.experimental.gevent as grpc_gevent
@@ -24,27 +25,24 @@ from locust import User, constant, events, task
 
 grpc_gevent.init_gevent()
 
-from load_tests.streaming import DECODER, StreamSession  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from load_tests.streaming import DECODER, Stream  # noqa: E402
+from load_tests.workload import IdsSpec, Request  # noqa: E402
 
-_IDS = {"gmask": 130001, "bos": 130004, "vocab": 130528}
+_IDS: dict[str, IdsSpec] = {"spec": IdsSpec()}
 
 
 @events.init_command_line_parser.add_listener
-def _args(parser) -> None:
+def _args(parser: Any) -> None:
     parser.add_argument("--ids-config", default="", help="config.json of the served checkpoint")
     parser.add_argument("--request-timeout", type=float, default=600.0)
 
 
 @events.init.add_listener
-def _init(environment, **_) -> None:
+def _init(environment: Any, **_: Any) -> None:
     opts = environment.parsed_options
-    if opts is not None and opts.ids_config:
-        with open(opts.ids_config, encoding="utf-8") as f:
-            cfg = json.load(f)
-        _IDS.update(
-            gmask=int(cfg["gmask_token_id"]), bos=int(cfg["bos_token_id"]),
-            vocab=int(cfg["vocab_size"]),
-        )  # fmt: skip
+    if opts is not None:
+        _IDS["spec"] = IdsSpec.from_config(opts.ids_config)
 
 
 class DecoderUser(User):
@@ -53,27 +51,21 @@ class DecoderUser(User):
 
     def on_start(self) -> None:
         opts = self.environment.parsed_options
-        self.session = StreamSession(self.host, timeout=opts.request_timeout, model=DECODER)
+        self.stream = Stream("grpc", self.host, DECODER, timeout=opts.request_timeout)
         self.rng = random.Random()
 
     def on_stop(self) -> None:
-        self.session.close()
+        self.stream.close()
 
     @task
     def generate(self) -> None:
-        n = self.rng.randint(16, 512)
-        hi = min(_IDS["vocab"], _IDS["gmask"]) - 1
-        prompt = [self.rng.randint(5, hi) for _ in range(n)] + [_IDS["gmask"], _IDS["bos"]]
-        max_tokens = self.rng.randint(32, 256)
-        t0 = time.perf_counter()
-        rec = self.session.request(prompt, max_tokens, True)
-        error = rec.error
-        if error is None and rec.tokens != max_tokens:
-            error = f"expected {max_tokens} ids, got {rec.tokens}"
+        prompt = _IDS["spec"].prompt(self.rng.randint(16, 512), self.rng)
+        rec = self.stream.send(Request(prompt, self.rng.randint(32, 256)))
+        error = rec.failure
         self.environment.events.request.fire(
             request_type="gRPC",
             name="generate decoder",
-            response_time=(time.perf_counter() - t0) * 1e3,
+            response_time=rec.latency * 1e3,
             response_length=rec.tokens,
             exception=RuntimeError(error) if error else None,
             context={},

@@ -1,232 +1,205 @@
-"""One streamed request over tritonclient's gRPC stream, timed token by token.
+"""Transports of the load tests: one streamed request, timed response by response.
 
-Usable from Locust (after ``grpc.experimental.gevent.init_gevent()``; tritonclient's
-stream thread is then a greenlet and ``queue`` is gevent's) and from plain threads.
+Both protocols go through the client library (``client/``), which owns the wire format:
 
-Two targets:
+- ``grpc``: Triton's bidirectional stream, ``client._grpc.GrpcTransport.responses()``
+  (one stream per request). Usable from Locust (after
+  ``grpc.experimental.gevent.init_gevent()``) and from plain threads.
+- ``http``: ``POST /v2/models/<model>/generate_stream`` (SSE, parsed by ``client/sse.py``),
+  ``client._http.HttpTransport.events()`` on one kept-alive connection.
 
-- ``chatglm`` (the ensemble, text in and out): each response's ``token_count``
-  output says how many generated tokens it carries (usually 1; more when the decoder
-  merged steps that piled up while its responder was behind), and the tokens of a
-  request are the sum. A response's text may be empty while a multi-byte character
-  is held back. Against a server whose ensemble has no ``token_count`` output (older
-  model repositories) each response carrying ``text_output`` counts as one token,
-  which undercounts merged responses. The empty final response that closes a request
-  (``triton_final_response``) carries no output and is not counted.
-- ``chatglm_decoder`` (ids in, ids out; what a server without a tokenizer serves):
-  tokens are the ``output_ids`` of each response, counted one by one.
+Tokens of a response (the two targets of ``load_tests.workload``):
 
-All tokens of one response get that response's arrival time (so merged tokens show
-up as inter-token gaps of 0).
+- ``chatglm``: its ``token_count`` output (usually 1; more when the decoder merged steps
+  that piled up while its responder was behind). Against a server whose ensemble has no
+  ``token_count`` output (older model repositories) each response carrying
+  ``text_output`` counts as one token, which undercounts merged responses. A response's
+  text may be empty while a multi-byte character is held back. The empty final response
+  that closes a request carries no output and is not counted.
+- ``chatglm_decoder``: its ``output_ids``, one by one (an SSE event carries a single id as
+  a bare number).
+
+All tokens of one response get its arrival time (merged tokens: inter-token gaps of 0).
+
+``python -m load_tests.streaming --check URL`` exits 1 with one line when no server
+serves the model there.
 """
 
 from __future__ import annotations
 
-import json
-import queue
+import argparse
+import sys
 import time
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-MODEL = "chatglm"
-DECODER = "chatglm_decoder"
+from client._grpc import GrpcTransport, response_text, response_tokens
+from client._http import HttpTransport, split_host_port, token_count
+from client.errors import ClientError
+from client.params import TEXT_INPUT, TEXT_OUTPUT, TensorValue, build_generate_body, build_tensors
+from load_tests.stats import Record
+from load_tests.workload import DECODER, ENSEMBLE, TARGETS, Request
+
+PROTOCOLS = ("grpc", "http")
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
 
-@dataclass
-class RequestRecord:
-    """Timings of one request (``time.perf_counter`` seconds) and what came back."""
-
-    start: float
-    token_times: list[float] = field(default_factory=list)
-    end: float = 0.0
-    text: str = ""
-    error: str | None = None
-
-    @property
-    def tokens(self) -> int:
-        return len(self.token_times)
-
-    @property
-    def ttft(self) -> float | None:
-        return self.token_times[0] - self.start if self.token_times else None
-
-    @property
-    def itls(self) -> list[float]:
-        t = self.token_times
-        return [b - a for a, b in zip(t, t[1:], strict=False)]
-
-    @property
-    def latency(self) -> float:
-        return self.end - self.start
+def grpc_tensors(req: Request) -> list[TensorValue]:
+    """Input tensors of one streamed request: the client's, with ``input_ids`` in place of
+    ``text_input`` for a prompt of ids."""
+    sampling = {"max_tokens": req.max_tokens, "ignore_eos": req.ignore_eos}
+    if isinstance(req.prompt, str):
+        return build_tensors(req.prompt, req.history, sampling, stream=True)
+    ids = TensorValue("input_ids", "INT32", np.asarray(req.prompt, dtype=np.int32))
+    rest = build_tensors("", None, sampling, stream=True)
+    return [ids, *[t for t in rest if t.name != TEXT_INPUT]]
 
 
-def build_inputs(
-    grpcclient: Any,
-    prompt: str | Sequence[int],
-    max_tokens: int,
-    ignore_eos: bool,
-    history: list[list[str]] | None = None,
-    stream: bool = True,
-    batched: bool = True,
-) -> list[Any]:
-    """tritonclient InferInputs for one request: text (``chatglm``) or a list of ids
-    (``chatglm_decoder``). Shapes carry a batch dimension of 1 when ``batched``."""
-    lead = [1] if batched else []
-
-    def make(name: str, datatype: str, values: list[Any], dtype: Any) -> Any:
-        arr = np.array(values, dtype=dtype).reshape([*lead, len(values)])
-        inp = grpcclient.InferInput(name, list(arr.shape), datatype)
-        inp.set_data_from_numpy(arr)
-        return inp
-
-    if isinstance(prompt, str):
-        inputs = [make("text_input", "BYTES", [prompt.encode("utf-8")], np.object_)]
-    else:
-        inputs = [make("input_ids", "INT32", list(prompt), np.int32)]
-    inputs += [
-        make("max_tokens", "INT32", [max_tokens], np.int32),
-        make("ignore_eos", "BOOL", [ignore_eos], np.bool_),
-        make("stream", "BOOL", [stream], np.bool_),
-    ]
-    if history:
-        hist = json.dumps(history, ensure_ascii=False).encode("utf-8")
-        inputs.append(make("history", "BYTES", [hist], np.object_))
-    return inputs
+def http_body(req: Request) -> dict[str, Any]:
+    """The /generate_stream body of one request (``input_ids`` for a prompt of ids)."""
+    sampling = {"max_tokens": req.max_tokens, "ignore_eos": req.ignore_eos}
+    if isinstance(req.prompt, str):
+        return build_generate_body(req.prompt, req.history, sampling, stream=True)
+    body = build_generate_body("", None, sampling, stream=True)
+    del body[TEXT_INPUT]
+    return {"input_ids": list(req.prompt), **body}
 
 
-class StreamSession:
-    """A gRPC client with one open stream, reused for consecutive requests.
+def grpc_response(result: Any) -> tuple[int, str]:
+    """(tokens, text) of one gRPC response of either target."""
+    text = response_text(result)
+    if text is not None:
+        return response_tokens(result), text
+    ids = result.as_numpy("output_ids")
+    return (0 if ids is None else int(ids.size)), ""
 
-    Not for concurrent requests: one request at a time per session.
+
+def http_event(event: dict[str, Any]) -> tuple[int, str]:
+    """(tokens, text) of one SSE event of either target."""
+    if "output_ids" in event:
+        ids = event["output_ids"]
+        return (len(ids) if isinstance(ids, list) else 1), ""
+    text = event.get(TEXT_OUTPUT)
+    if text is None:
+        return 0, ""
+    return token_count(event), text if isinstance(text, str) else str(text)
+
+
+class Stream:
+    """Sends one request at a time and records it (``Record``, ``time.perf_counter``).
+
+    Not for concurrent requests: one per thread (or Locust user). ``tokens_seen`` counts
+    every token received so far (read by the soak's sampler); ``current`` is the request
+    in flight, if any.
     """
 
-    def __init__(self, url: str, timeout: float = 600.0, model: str = MODEL) -> None:
-        import tritonclient.grpc as grpcclient
+    def __init__(self, protocol: str, url: str, model: str = ENSEMBLE, timeout: float = 600.0):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.protocol = protocol
+        self.tokens_seen = 0
+        self.current: Record | None = None
+        self._grpc: GrpcTransport | None = None
+        self._http: HttpTransport | None = None
+        self._transport: GrpcTransport | HttpTransport
+        if protocol == "grpc":
+            self._transport = self._grpc = GrpcTransport(url, model, timeout)
+        else:
+            self._transport = self._http = HttpTransport(url, model, timeout, keep_alive=True)
 
-        self._grpcclient = grpcclient
-        self.url = url
-        self.timeout = timeout
-        self.model = model
-        self._client = grpcclient.InferenceServerClient(url=url)
-        self._queue: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        self._open = False
-        self.current: RequestRecord | None = None  # the request in flight, if any
-        self.batched: bool | None = None  # from the model's max_batch_size, on first use
+    def _responses(self, req: Request) -> Iterator[tuple[float, int, str]]:
+        """(arrival time, tokens, text) of each response of one request."""
+        if self._grpc is not None:
+            for t, result in self._grpc.responses(grpc_tensors(req)):
+                yield (t, *grpc_response(result))
+        else:
+            assert self._http is not None
+            for t, event in self._http.events(http_body(req)):
+                yield (t, *http_event(event))
 
-    def _callback(self, result: Any, error: Any) -> None:
-        self._queue.put((result, error))
-
-    def _ensure_stream(self) -> None:
-        if not self._open:
-            self._queue = queue.Queue()
-            self._client.start_stream(callback=self._callback)
-            self._open = True
-
-    def _reset(self) -> None:
-        if self._open:
-            try:
-                self._client.stop_stream(cancel_requests=True)
-            except Exception:
-                pass
-            self._open = False
-
-    def request(
-        self,
-        prompt: str | Sequence[int],
-        max_tokens: int,
-        ignore_eos: bool,
-        history: list[list[str]] | None = None,
-    ) -> RequestRecord:
-        """Send one streamed request and wait for its final response."""
-        rec = RequestRecord(start=time.perf_counter())
+    def send(self, req: Request) -> Record:
+        """Send ``req`` and wait for its last response; failures end up in ``error``."""
         pieces: list[str] = []
-        self.current = rec
+        rec = Record(start=time.perf_counter(), expected=req.expected, index=req.index)
         try:
-            if self.batched is None:
-                config = self._client.get_model_config(self.model).config
-                self.batched = config.max_batch_size > 0
+            if self._grpc is not None:
+                self._grpc.batched()  # the model's metadata, once, before the clock starts
                 rec.start = time.perf_counter()
-            inputs = build_inputs(
-                self._grpcclient, prompt, max_tokens, ignore_eos, history, batched=self.batched
-            )
-            self._ensure_stream()
-            try:
-                self._client.async_stream_infer(
-                    self.model,
-                    inputs,
-                    request_id=uuid.uuid4().hex,
-                    enable_empty_final_response=True,
-                )
-            except Exception as exc:
-                # A stream that broke at once (server down) says why through the callback.
-                try:
-                    _, error = self._queue.get(timeout=1.0)
-                except queue.Empty:
-                    error = None
-                raise RuntimeError(_message(error) if error is not None else str(exc)) from None
-            while True:
-                try:
-                    result, error = self._queue.get(timeout=self.timeout)
-                except queue.Empty:
-                    raise TimeoutError(f"no response within {self.timeout:g} s") from None
-                now = time.perf_counter()
-                if error is not None:
-                    raise RuntimeError(_message(error))
-                _absorb(result, now, rec, pieces)
-                if _is_final(result):
-                    break
-        except Exception as exc:
-            plain = isinstance(exc, (RuntimeError, TimeoutError))
-            rec.error = str(exc) if plain else f"{type(exc).__name__}: {exc}"
-            self._reset()  # a failed stream cannot be reused
+            self.current = rec
+            for t, n, text in self._responses(req):
+                rec.token_times.extend([t] * n)
+                self.tokens_seen += n
+                pieces.append(text)
+        except ClientError as exc:
+            rec.error = str(exc)
+        except Exception as exc:  # a bug or an unexpected reply: recorded, not raised
+            rec.error = f"{type(exc).__name__}: {exc}"
         rec.end = time.perf_counter()
         rec.text = "".join(pieces)
         self.current = None
         return rec
 
     def close(self) -> None:
-        self._reset()
         try:
-            self._client.close()
+            self._transport.close()
         except Exception:
             pass
 
 
-def _absorb(result: Any, now: float, rec: RequestRecord, pieces: list[str]) -> None:
-    """Record one response's tokens (the end of a request is its final flag, not this)."""
-    text = result.as_numpy("text_output")
-    if text is not None:
-        rec.token_times.extend([now] * response_tokens(result))
-        if text.size:
-            piece = text.reshape(-1)[0]
-            pieces.append(
-                piece.decode("utf-8", "replace") if isinstance(piece, bytes) else str(piece)
-            )
-        return
-    ids = result.as_numpy("output_ids")
-    if ids is not None:
-        rec.token_times.extend([now] * int(ids.size))
+def server_problem(protocol: str, url: str, model: str) -> str | None:
+    """Why ``model`` cannot be load-tested at ``url`` (one line), or None when it is ready."""
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as grpcclient
+
+            ready = grpcclient.InferenceServerClient(url).is_model_ready(model)
+        else:
+            import http.client
+
+            host, port = split_host_port(url, DEFAULT_PORTS["http"])
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            conn.request("GET", f"/v2/models/{model}/ready")
+            ready = conn.getresponse().status == 200
+            conn.close()
+    except Exception as exc:  # connection refused and the like
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        return f"no Triton server at {url} ({first})"
+    if not ready:
+        return f"the server at {url} has no ready model {model!r}"
+    return None
 
 
-def response_tokens(result: Any) -> int:
-    """Tokens one ``chatglm`` response carries: its ``token_count`` output, or 1 (one
-    response per token step) when the server does not send that output."""
-    count = result.as_numpy("token_count")
-    if count is None or count.size == 0:
-        return 1
-    return int(count.reshape(-1)[0])
+def wait_ready(protocol: str, url: str, model: str, seconds: float) -> str | None:
+    """``server_problem`` after retrying for up to ``seconds``."""
+    deadline = time.time() + seconds
+    while True:
+        problem = server_problem(protocol, url, model)
+        if problem is None or time.time() >= deadline:
+            return problem
+        time.sleep(0.5)
 
 
-def _is_final(result: Any) -> bool:
-    params = result.get_response().parameters
-    return "triton_final_response" in params and params["triton_final_response"].bool_param
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m load_tests.streaming",
+        description="Check that a Triton server serves a model (exit 1 with one line if not).",
+    )
+    p.add_argument("--check", metavar="URL", required=True, help="the server's host:port")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="grpc", help="default grpc")
+    p.add_argument("--model", choices=TARGETS, default=ENSEMBLE, help="default chatglm")
+    p.add_argument("--prefix", default="", help="put before the message when the check fails")
+    p.add_argument("--hint", default="", help="put after the message when the check fails")
+    args = p.parse_args(argv)
+    problem = server_problem(args.protocol, args.check, args.model)
+    if problem is None:
+        return 0
+    print(f"{args.prefix}{problem}{args.hint}", file=sys.stderr)
+    return 1
 
 
-def _message(error: Any) -> str:
-    msg = error.message() if hasattr(error, "message") else str(error)
-    status = error.status() if hasattr(error, "status") else None
-    return f"{status}: {msg}" if status else str(msg)
+__all__ = ["DECODER", "ENSEMBLE", "PROTOCOLS", "Stream", "server_problem", "wait_ready"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -29,23 +29,8 @@ if [ ! -x "$VENV/bin/locust" ]; then
   exit 2
 fi
 # Fail fast, with one clear line, when nothing serves the model.
-if ! "$PY" - "$HOST:$GRPC_PORT" <<'PYEOF'
-import sys
-import tritonclient.grpc as g
-url = sys.argv[1]
-try:
-    ok = g.InferenceServerClient(url).is_model_ready("chatglm")
-except Exception as exc:  # connection refused and the like
-    print(f"load-test: no Triton server at {url} ({str(exc).splitlines()[0][:160]}); "
-          "start one with 'make serve'", file=sys.stderr)
-    sys.exit(1)
-if not ok:
-    print(f"load-test: the server at {url} has no ready model 'chatglm'", file=sys.stderr)
-    sys.exit(1)
-PYEOF
-then
-  exit 1
-fi
+"$PY" -m load_tests.streaming --check "$HOST:$GRPC_PORT" --prefix "load-test: " \
+  --hint "; start one with 'make serve'" || exit 1
 
 mkdir -p "$RESULTS"
 extra=()

@@ -1,4 +1,5 @@
-"""load_tests/http_bench.py: statistics, SSE parsing, workloads; one live smoke run."""
+"""The load tests over HTTP: SSE events, statistics, workloads, the HTTP bench's report
+format (load_tests/http_bench.py); one live smoke run of its modes."""
 
 from __future__ import annotations
 
@@ -6,56 +7,78 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from test_client_fakes import FakeHttpServer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "load_tests"))
+sys.path.insert(0, str(ROOT))  # load_tests/ is not an installed package
 
-import http_bench as hb  # noqa: E402
+from client._http import parse_event_object  # noqa: E402
+from client.errors import ClientError  # noqa: E402
+from client.sse import iter_sse_data  # noqa: E402
+from load_tests import http_bench as hb  # noqa: E402
+from load_tests.report import legacy_row, markdown  # noqa: E402
+from load_tests.runner import split  # noqa: E402
+from load_tests.stats import Record, percentile, summarize  # noqa: E402
+from load_tests.streaming import Stream, http_body, http_event  # noqa: E402
+from load_tests.workload import (  # noqa: E402
+    DECODER,
+    IdsSpec,
+    Request,
+    poisson_arrivals,
+    seed_requests,
+    uniform_requests,
+)
 
 
 def test_percentile_interpolates() -> None:
-    assert hb.percentile([], 50) is None
-    assert hb.percentile([7.0], 99) == 7.0
-    assert hb.percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
-    assert hb.percentile(list(range(101)), 99) == pytest.approx(99.0)
+    assert percentile([], 50) is None
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == pytest.approx(2.5)
+    assert percentile(list(range(101)), 99) == pytest.approx(99.0)
+
+
+def _events(*lines: bytes | str) -> list[dict[str, Any]]:
+    return [parse_event_object(data) for data in iter_sse_data(lines)]
 
 
 def test_sse_lines_and_token_counts() -> None:
-    assert hb.parse_sse_line(b"\n") is None
-    assert hb.parse_sse_line(b": comment\n") is None
-    scalar = hb.parse_sse_line(b'data: {"output_ids":518,"prev_ids":[],"is_final":false}\n')
-    listed = hb.parse_sse_line('data: {"output_ids":[1,2,3],"prev_ids":518}')
-    empty = hb.parse_sse_line('data: {"output_ids":[],"is_final":true}')
-    assert hb.event_tokens(scalar, hb.DECODER) == 1  # Triton sends one id as a bare number
-    assert hb.event_tokens(listed, hb.DECODER) == 3
-    assert hb.event_tokens(empty, hb.DECODER) == 0
-    text = hb.parse_sse_line('data: {"text_output":"变","model_name":"chatglm"}')
-    assert hb.event_tokens(text, "chatglm") == 1
-    assert "error" in hb.parse_sse_line('data: {"error":"max_tokens: 0 is out of range"}')
+    assert _events(b"\n") == []
+    assert _events(b": comment\n") == []
+    (scalar,) = _events(b'data: {"output_ids":518,"prev_ids":[],"is_final":false}\n')
+    (listed,) = _events('data: {"output_ids":[1,2,3],"prev_ids":518}')
+    (empty,) = _events('data: {"output_ids":[],"is_final":true}')
+    assert http_event(scalar) == (1, "")  # Triton sends one id as a bare number
+    assert http_event(listed) == (3, "")
+    assert http_event(empty) == (0, "")
+    (text,) = _events('data: {"text_output":"变","model_name":"chatglm"}')
+    assert http_event(text) == (1, "变")
+    with pytest.raises(ClientError, match="max_tokens: 0 is out of range"):
+        _events('data: {"error":"max_tokens: 0 is out of range"}')
 
 
 def test_summarize_windows_failures_and_latencies() -> None:
     t0 = 1000.0
-    ok = hb.Rec(
-        arrival=t0,
-        sent=t0 + 0.5,
-        first=t0 + 1.0,
-        end=t0 + 2,
-        tokens=3,
+    # Due at second 1, sent 0.5 s later, first token 1 s after it was due, ITL 10 and 30 ms.
+    ok = Record(
+        arrival=t0 + 1.0,
+        start=t0 + 1.5,
+        token_times=[t0 + 2.0, t0 + 2.01, t0 + 2.04],
+        end=t0 + 2.5,
         expected=3,
-        itl=[10.0, 30.0],
     )
-    short = hb.Rec(arrival=t0, sent=t0, first=t0 + 0.1, end=t0 + 1, tokens=2, expected=3, itl=[1.0])
-    err = hb.Rec(arrival=t0, sent=t0, end=t0 + 1, error="HTTP 400")
-    s = hb.summarize([ok, short, err], {0: 100, 1: 40, 2: 60, 5: 999}, t0, (1, 3))
+    short = Record(start=t0, token_times=[t0 + 0.1, t0 + 0.101], end=t0 + 1, expected=3)
+    err = Record(start=t0, end=t0 + 1, error="HTTP 400")
+    s = legacy_row(summarize([ok, short, err], (t0 + 1, t0 + 3), t0=t0))
     assert (s["requests"], s["failures"], s["tokens"]) == (1, 2, 5)
-    assert s["tokens_per_s"] == pytest.approx(50.0)  # seconds 1 and 2 only
+    assert s["tokens_per_s"] == pytest.approx(1.5)  # seconds 1 and 2 only: not second 0's 2
+    assert s["tokens_per_s_whole"] == pytest.approx(2.0)  # 5 tokens / 2.5 s
     assert s["ttft_ms_p50"] == pytest.approx(1000.0)  # from arrival
     assert s["ttft_sent_ms_p50"] == pytest.approx(500.0)
     assert s["itl_ms_p50"] == pytest.approx(20.0)  # failed requests' samples left out
-    assert "HTTP 400" in s["errors"] and "short: 2/3" in s["errors"]
+    assert "HTTP 400" in s["errors"] and "expected 3 tokens (ignore_eos), got 2" in s["errors"]
 
 
 def test_workloads_and_bodies(tmp_path: Path) -> None:
@@ -72,25 +95,52 @@ def test_workloads_and_bodies(tmp_path: Path) -> None:
             }
         )
     )
-    ids = hb.Ids.from_config(cfg)
+    ids = IdsSpec.from_config(cfg)
     p = ids.prompt(16, random.Random(1))
     assert len(p) == 18 and p[-2:] == [681, 684]
     assert all(5 <= x < 1024 and x not in ids.special for x in p[:-2])
-    body = json.loads(hb.body_for(hb.seed_job(random.Random(0)), hb.DECODER, ids))
+    (seed,) = seed_requests(ids)
+    body = http_body(seed)
     assert body["max_tokens"] == 150 and body["ignore_eos"] and body["stream"]
-    assert len(body["input_ids"]) == 18
-    assert "text_input" in json.loads(hb.body_for(hb.Job(5, 7), "chatglm", ids))
-    jobs = hb.poisson_jobs(rate=50.0, duration=20.0, seed=3)
-    assert 700 < len(jobs) < 1300  # ~1000 expected
-    assert all(a.arrival < b.arrival for a, b in zip(jobs, jobs[1:], strict=False))
-    assert all(16 <= j.prompt_len <= 1024 and 32 <= j.max_tokens <= 256 for j in jobs)
-    assert hb.split(10, 3) == [4, 3, 3] and sum(hb.split(256, 8)) == 256
+    assert len(body["input_ids"]) == 18 and "text_input" not in body
+    assert "text_input" in http_body(Request("hello", 7))
+    arrivals = poisson_arrivals(None, rate=50.0, start=0.0, seed=3, until=20.0)
+    assert 700 < len(arrivals) < 1300  # ~1000 expected
+    assert all(a < b for a, b in zip(arrivals, arrivals[1:], strict=False))
+    jobs = uniform_requests(len(arrivals), 3, ids)
+    assert all(18 <= len(j.prompt) <= 1026 and 32 <= j.max_tokens <= 256 for j in jobs)
+    assert split(10, 3) == [4, 3, 3] and sum(split(256, 8)) == 256
 
 
 def test_markdown_tables() -> None:
-    row = hb.summarize([], {}, 0.0, (0, 1)) | {"concurrency": 4}
-    md = hb.markdown({"mode": "sweep", "rows": [row]})
+    row = legacy_row(summarize([])) | {"concurrency": 4}
+    md = markdown({"mode": "sweep", "rows": [row]})
     assert md.splitlines()[2].startswith("| 4 | 0 |")
+
+
+def test_http_stream_counts_decoder_ids_on_one_connection() -> None:
+    """A decoder reply over SSE: a bare id, then 3 merged ids; two requests, one connection."""
+    events = b'data: {"output_ids":5}\n\ndata: {"output_ids":[6,7,8]}\n\n'
+    ports: list[int] = []
+
+    def respond(h: Any, path: str, body: dict[str, Any]) -> None:
+        ports.append(h.client_address[1])
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Content-Length", str(len(events)))
+        h.end_headers()
+        h.wfile.write(events)
+
+    with FakeHttpServer(respond) as fake:
+        stream = Stream("http", fake.url, DECODER, timeout=10)
+        recs = [stream.send(Request([1, 2, 3], 4)) for _ in range(2)]
+        stream.close()
+    for rec in recs:
+        assert rec.failure is None and rec.tokens == 4
+        assert rec.token_times[1] == rec.token_times[2] == rec.token_times[3]
+    assert fake.bodies[0] == {"input_ids": [1, 2, 3], "max_tokens": 4, "ignore_eos": True,
+                              "stream": True}  # fmt: skip
+    assert len(set(ports)) == 1  # kept alive
 
 
 @pytest.mark.server
@@ -111,7 +161,8 @@ def test_live_sweep_and_static(triton_server, tmp_path: Path) -> None:
     assert rows[0]["failures"] == 0 and rows[0]["requests"] > 0
     assert rows[0]["tokens"] == 150 * rows[0]["requests"]  # exactly 150 ids each (ignore_eos)
     assert (tmp_path / "sweep.md").read_text().count("|") > 10
-    args = hb.parse_args(["inflight-vs-static", "--conc", "2", "--rate", "4", "-d", "3", *common])
+    argv = ["inflight-vs-static", "--conc", "2", "--rate", "4", "-d", "3", *common]
+    assert hb.main(argv) == 0
+    result = json.loads((tmp_path / "inflight_vs_static.json").read_text())
     for mode in ("inflight", "static"):
-        res = hb.poisson_run(args, mode, hb.poisson_jobs(4.0, 3.0, 0), 2, 3.0)
-        assert res.recs and all(r.ok for r in res.recs), mode
+        assert result[mode]["requests"] > 0 and result[mode]["failures"] == 0, mode

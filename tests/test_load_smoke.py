@@ -2,11 +2,13 @@
 
 - ``make load-test``'s script: Locust headless, 8 users for 20 s -> 0 failures and
   tokens/s > 0 in summary.md.
-- load_tests/sweep.py with tiny numbers (the real sweep runs on the GPU machine).
+- load_tests/sweep.py with tiny numbers (the real sweep runs on the GPU machine), over
+  gRPC and over HTTP (in-flight vs static over a fixed time, and a short soak).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -96,3 +98,45 @@ def test_sweep_decoder_target(server: Any, tmp_path: Path) -> None:
     (row,) = json.loads((out / "sweep.json").read_text())["sweep"]
     # Each request returned exactly its 150 ids (a wrong count is a failure).
     assert row["failures"] == 0 and row["requests"] > 0 and row["tokens_per_s"] > 0
+
+
+def test_sweep_http_compare_and_soak(server: Any, tmp_path: Path) -> None:
+    """--protocol http: the ensemble over /generate_stream; the comparison over arrivals
+    during a fixed time; a short soak sampling the server's memory."""
+    out = tmp_path / "sweep"
+    proc = subprocess.run(
+        [sys.executable, "-m", "load_tests.sweep", "--protocol", "http", "--url", server.http_url,
+         "--out", str(out), "--skip-sweep", "--compare-concurrency", "2", "--requests", "4",
+         "--rate", "2", "--compare-seconds", "3", "--soak", "4", "--soak-concurrency", "2",
+         "--sample", "1", "--warmup", "0", "--procs", "1", "--pid", str(server.process.pid)],
+        cwd=ROOT,
+        env=_env(GLM_TOKENIZER=str(server.checkpoint_dir / "ice_text.model")),
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["protocol"] == "http" and result["sweep"] == []
+    assert [r["mode"] for r in result["compare"]] == ["inflight", "static"]
+    assert all(r["requests"] > 0 and r["failures"] == 0 for r in result["compare"])
+    soak = result["soak"]
+    assert soak["failures"] == 0 and soak["requests"] > 0 and soak["tokens_per_s"] > 0
+    assert len(soak["samples"]) >= 2 and all(s["rss_mib"] > 0 for s in soak["samples"])
+    md = (out / "sweep.md").read_text()
+    assert "In-flight / static throughput" in md and "## Soak (2 streams" in md
+
+
+def test_soak_decoder_locust(server: Any, tmp_path: Path) -> None:
+    """The Locust soak of chatglm_decoder (scripts/reliability_soak.sh), 2 users for 5 s."""
+    locust = Path(sys.executable).parent / "locust"
+    proc = subprocess.run(
+        [str(locust), "-f", "load_tests/soak_decoder.py", "--headless", "--only-summary",
+         "-u", "2", "-r", "2", "-t", "5s", "--host", server.grpc_url,
+         "--ids-config", str(server.checkpoint_dir / "config.json"), "--csv", str(tmp_path / "locust")],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with (tmp_path / "locust_stats.csv").open() as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    row = rows["generate decoder"]
+    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+    assert 32 <= float(row["Average Content Size"]) <= 256  # ids per request: max_tokens

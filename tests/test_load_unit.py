@@ -1,4 +1,5 @@
-"""Unit tests of the load-test tools: metrics, prompt sets, summary, sweep helpers."""
+"""Unit tests of the load-test library: stats, prompt sets, workload, transports, summary,
+sweep report."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # load_tests/ is not an installed package
 
-from load_tests.metrics import Meter, percentile  # noqa: E402
+from test_client_fakes import FakeGrpcServer, Script  # noqa: E402
+
 from load_tests.prompts import (  # noqa: E402
     chat_set,
     estimate_tokens,
@@ -22,9 +24,12 @@ from load_tests.prompts import (  # noqa: E402
     mixed_set,
     seed_set,
 )
-from load_tests.streaming import RequestRecord, _absorb, response_tokens  # noqa: E402
+from load_tests.report import load_direct, render  # noqa: E402
+from load_tests.runner import split  # noqa: E402
+from load_tests.stats import Meter, Record, percentile  # noqa: E402
+from load_tests.streaming import Stream, grpc_response  # noqa: E402
 from load_tests.summarize import summarize  # noqa: E402
-from load_tests.sweep import load_direct, next_batch, poisson_arrivals, render, split  # noqa: E402
+from load_tests.workload import Request, next_batch, poisson_arrivals  # noqa: E402
 
 GOLDEN = ROOT.parent / "shared" / "golden" / "tokenizer_cases.json"
 
@@ -39,9 +44,9 @@ def test_percentile_interpolates() -> None:
 def test_meter_counts_tokens_latencies_and_partial_requests() -> None:
     m = Meter()
     # perf-counter clock at 100, wall clock at 1000: offset 900.
-    m.add(1000.0, 100.0, [100.2, 100.3, 100.5], 100.6, True)
-    m.add(1001.0, 101.0, [101.1], 101.2, False)
-    m.add(1001.5, 101.5, [101.6, 101.8], 101.9, None)  # cut off by the end of the run
+    m.add(Record(100.0, [100.2, 100.3, 100.5], 100.6), True, offset=900.0)
+    m.add(Record(101.0, [101.1], 101.2), False, offset=900.0)
+    m.add(Record(101.5, [101.6, 101.8], 101.9), None, offset=900.0)  # cut off by the end
     s = m.summary(start=1000.0, stop=1002.0)
     assert s["tokens"] == 6 and s["tokens_per_s"] == 3.0
     assert s["requests"] == 1 and s["failures"] == 1
@@ -54,8 +59,8 @@ def test_meter_counts_tokens_latencies_and_partial_requests() -> None:
 
 def test_meter_drain_and_merge_like_locust_workers() -> None:
     a, b, master = Meter(), Meter(), Meter()
-    a.add(10.0, 0.0, [0.5, 1.5], 2.0, True)
-    b.add(11.0, 5.0, [5.5], 6.0, True)
+    a.add(Record(0.0, [0.5, 1.5], 2.0), True, offset=10.0)
+    b.add(Record(5.0, [5.5], 6.0), True, offset=6.0)
     for worker in (a, b):
         master.merge(json.loads(json.dumps(worker.drain())))  # as sent over the wire
     assert a.summary()["tokens"] == 0  # drained
@@ -120,7 +125,7 @@ def test_summary_and_plot_from_a_run(tmp_path: Path) -> None:
     for i in range(20):
         t0 = 50.0 + i * 0.5
         times = [t0 + 0.1 + 0.02 * k + rng.random() * 0.001 for k in range(10)]
-        m.add(1000.0 + t0 - 50.0, t0, times, times[-1], i != 3)
+        m.add(Record(t0, times, times[-1]), i != 3, offset=950.0)
     m.write(str(tmp_path / "locust"), start=1000.0, stop=1011.0)
     (tmp_path / "locust_failures.csv").write_text(
         "Method,Name,Error,Occurrences\ngRPC,generate seed,RuntimeError('boom'),1\n"
@@ -200,36 +205,45 @@ def _text(s: str) -> np.ndarray:
 
 
 def test_stream_tokens_sum_token_count_of_merged_responses() -> None:
-    rec = RequestRecord(start=0.0)
-    pieces: list[str] = []
-    # One response per step, then one carrying 3 merged steps, then an empty final one.
-    _absorb(
-        _FakeResult(text_output=_text("a"), token_count=np.array([[1]], np.int32)), 1.0, rec, pieces
-    )
-    _absorb(
-        _FakeResult(text_output=_text("bcd"), token_count=np.array([[3]], np.int32)),
-        2.0,
-        rec,
-        pieces,
-    )
-    _absorb(_FakeResult(), 3.0, rec, pieces)
-    assert rec.tokens == 4
-    assert rec.token_times == [1.0, 2.0, 2.0, 2.0]
-    assert rec.itls == [1.0, 0.0, 0.0]
-    assert "".join(pieces) == "abcd"
+    # One response per step, then one carrying 3 merged steps, then the empty final one.
+    script = Script(pieces=["a", "bcd"], token_counts=[1, 3], delay=0.05)
+    with FakeGrpcServer(script) as fake:
+        stream = Stream("grpc", fake.url, timeout=10)
+        rec = stream.send(Request("x", 4))
+        stream.close()
+    assert rec.error is None and rec.failure is None
+    assert rec.tokens == 4 and stream.tokens_seen == 4
+    t = rec.token_times
+    assert t[0] < t[1] == t[2] == t[3]  # the merged tokens share their response's time
+    assert rec.itls[0] > 0.03 and rec.itls[1:] == [0.0, 0.0]
+    assert rec.text == "abcd"
+    assert grpc_response(
+        _FakeResult(text_output=_text("bcd"), token_count=np.array([[3]], np.int32))
+    ) == (3, "bcd")
 
 
 def test_stream_tokens_fall_back_to_responses_without_token_count() -> None:
-    rec = RequestRecord(start=0.0)
-    pieces: list[str] = []
-    for t, s in enumerate(["x", "", "y"]):
-        _absorb(_FakeResult(text_output=_text(s)), float(t), rec, pieces)
-    assert rec.tokens == 3 and "".join(pieces) == "xy"
-    assert response_tokens(_FakeResult(text_output=_text("z"))) == 1
+    with FakeGrpcServer(Script(pieces=["x", "", "y"])) as fake:
+        stream = Stream("grpc", fake.url, timeout=10)
+        rec = stream.send(Request("q", 3))
+        stream.close()
+    assert rec.tokens == 3 and rec.text == "xy" and rec.failure is None
+    assert grpc_response(_FakeResult(text_output=_text("z"))) == (1, "z")
+
+
+def test_stream_failures_are_recorded() -> None:
+    script = Script(pieces=["a"], error="in-flight request failed: out of memory")
+    with FakeGrpcServer(script) as fake:
+        stream = Stream("grpc", fake.url, timeout=10)
+        failed = stream.send(Request("q", 8))
+        script.error = None
+        short = stream.send(Request("q", 8))  # ignore_eos: 8 tokens expected, 1 came
+        stream.close()
+    assert failed.failure == "in-flight request failed: out of memory" and failed.tokens == 1
+    assert short.error is None and short.failure == "expected 8 tokens (ignore_eos), got 1"
 
 
 def test_decoder_target_counts_output_ids() -> None:
-    rec = RequestRecord(start=0.0)
-    _absorb(_FakeResult(output_ids=np.array([[5, 6, 7]], np.int32)), 1.0, rec, [])
-    _absorb(_FakeResult(output_ids=np.array([[8]], np.int32)), 2.0, rec, [])
-    assert rec.tokens == 4 and rec.token_times == [1.0, 1.0, 1.0, 2.0]
+    assert grpc_response(_FakeResult(output_ids=np.array([[5, 6, 7]], np.int32))) == (3, "")
+    assert grpc_response(_FakeResult(output_ids=np.array([[8]], np.int32))) == (1, "")
+    assert grpc_response(_FakeResult()) == (0, "")  # the empty final response
