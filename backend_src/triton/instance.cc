@@ -132,7 +132,8 @@ bool DecoderInstance::admit(TRITONBACKEND_Request* request, bool engine_ok, uint
   size_t n_active = 0;
   // `live` keeps the entry alive: the responder may finish it before submit() returns.
   std::shared_ptr<LiveRequest> live =
-      table_.add(request, factory, parsed.stream, exec_start, &n_active);
+      table_.add(request, factory, parsed.stream, parsed.params.n, parsed.params.logprobs,
+                 exec_start, &n_active);
   const uint64_t id = live->id;
   if (parsed.inject_fault) {
     GLM_LOG_WARN("chatglm_decoder: injecting an engine fault (test hook)");
@@ -147,14 +148,14 @@ bool DecoderInstance::admit(TRITONBACKEND_Request* request, bool engine_ok, uint
   } catch (const std::exception& ex) {
     table_.erase(id);
     log_if_error(TRITONBACKEND_ResponseFactoryDelete(factory), "deleting a response factory");
-    std::string m = ex.what();
-    TRITONSERVER_Error_Code c = TRITONSERVER_ERROR_INVALID_ARG;
-    if (m.rfind("queue full", 0) == 0) {
-      c = TRITONSERVER_ERROR_UNAVAILABLE;
-    } else if (dynamic_cast<const glm::EngineError*>(&ex) == nullptr) {
-      c = TRITONSERVER_ERROR_INTERNAL;
+    // The engine's typed error decides the code (never its text).
+    TRITONSERVER_Error_Code c = TRITONSERVER_ERROR_INTERNAL;
+    if (const auto* ee = dynamic_cast<const glm::EngineError*>(&ex)) {
+      c = ee->code() == glm::ErrorCode::kInvalidArgument ? TRITONSERVER_ERROR_INVALID_ARG
+          : ee->code() == glm::ErrorCode::kUnavailable   ? TRITONSERVER_ERROR_UNAVAILABLE
+                                                          : TRITONSERVER_ERROR_INTERNAL;
     }
-    sender_->reject(request, c, m, exec_start);
+    sender_->reject(request, c, ex.what(), exec_start);
     return false;
   }
 }
@@ -190,14 +191,16 @@ void DecoderInstance::handle(ResponderEvent& ev) {
   LiveRequest* a = table_.find(ev.id);
   if (a == nullptr) return;  // already finished (cancelled by us, or failed to send)
   if (!ev.finished && stop_if_cancelled_or_late(*a, now_ns())) return;
-  if (ev.finished && ev.reason == glm::FinishReason::kCancelled) {
+  // A cancelled or failed choice ends the whole request with an error final
+  // (the other choices' events then find nothing to answer).
+  if (ev.choice_finished && ev.reason == glm::FinishReason::kCancelled) {
     sender_->finish_with_error(
         ev.id, TRITONSERVER_ERROR_CANCELLED,
         a->cancelled_by_client() ? "request cancelled" : "request cancelled by the engine",
         Outcome::kCancelled);
     return;
   }
-  if (ev.finished && ev.reason == glm::FinishReason::kError) {
+  if (ev.choice_finished && ev.reason == glm::FinishReason::kError) {
     // Before answering: releasing the request may destroy this instance (unload).
     if (!unload_.requested() && !healthy()) unload_.request_once();
     sender_->finish_with_error(
@@ -213,7 +216,7 @@ void DecoderInstance::handle(ResponderEvent& ev) {
     }
     if (metrics_) metrics_->add_tokens(ev.tokens.size());
   }
-  TRITONSERVER_Error* err = sender_->send_tokens(*a, ev.tokens, ev.finished);
+  TRITONSERVER_Error* err = sender_->send_tokens(*a, ev);
   if (err != nullptr) {
     std::string m = std::string("sending a response: ") + TRITONSERVER_ErrorMessage(err);
     TRITONSERVER_ErrorDelete(err);

@@ -5,6 +5,9 @@
 #include <cstring>
 #include <set>
 #include <sstream>
+#include <type_traits>
+
+#include "request_fields.gen.h"
 
 namespace glmtriton {
 namespace {
@@ -55,9 +58,19 @@ size_t dtype_size(TRITONSERVER_DataType t) {
 const char* dtype_name(TRITONSERVER_DataType t) {
   switch (t) {
     case TRITONSERVER_TYPE_BOOL: return "BOOL";
-    case TRITONSERVER_TYPE_INT32: return "INT32";
+    case TRITONSERVER_TYPE_UINT8: return "UINT8";
+    case TRITONSERVER_TYPE_UINT16: return "UINT16";
+    case TRITONSERVER_TYPE_UINT32: return "UINT32";
     case TRITONSERVER_TYPE_UINT64: return "UINT64";
+    case TRITONSERVER_TYPE_INT8: return "INT8";
+    case TRITONSERVER_TYPE_INT16: return "INT16";
+    case TRITONSERVER_TYPE_INT32: return "INT32";
+    case TRITONSERVER_TYPE_INT64: return "INT64";
+    case TRITONSERVER_TYPE_FP16: return "FP16";
     case TRITONSERVER_TYPE_FP32: return "FP32";
+    case TRITONSERVER_TYPE_FP64: return "FP64";
+    case TRITONSERVER_TYPE_BYTES: return "BYTES";
+    case TRITONSERVER_TYPE_BF16: return "BF16";
     default: return "another type";
   }
 }
@@ -103,6 +116,7 @@ std::string read_tensor(TRITONBACKEND_Request* request, const char* name, Tensor
     const char* p = static_cast<const char*>(buf);
     out->data.insert(out->data.end(), p, p + size);
   }
+  if (out->dtype == TRITONSERVER_TYPE_BYTES) return "";  // length-prefixed strings: split_bytes()
   size_t es = dtype_size(out->dtype);
   if (es == 0) return std::string(name) + ": unsupported data type";
   if (out->data.size() != static_cast<size_t>(out->elements()) * es) {
@@ -134,6 +148,82 @@ bool wants_fault(TRITONBACKEND_Request* request) {
     }
   }
   return false;
+}
+
+// "" when `t` has the field's type and shape: one value ([1, 1] batched, [1]
+// otherwise) or one list ([1, k] batched, [k] otherwise).
+std::string check_shape(const Tensor& t, const char* name, TRITONSERVER_DataType want, bool list,
+                        bool batched) {
+  if (t.dtype != want) {
+    return std::string(name) + ": expected " + dtype_name(want) + ", got " + dtype_name(t.dtype);
+  }
+  if (list) {
+    if (batched ? (t.shape.size() != 2 || t.shape[0] != 1) : t.shape.size() != 1) {
+      return std::string(name) + ": expected shape " + (batched ? "[1, n]" : "[n]") +
+             " (one request), got shape " + shape_str(t.shape);
+    }
+    return "";
+  }
+  if (t.elements() != 1 || (batched && (t.shape.empty() || t.shape[0] != 1))) {
+    return std::string(name) + ": expected a single value (shape " + (batched ? "[1, 1]" : "[1]") +
+           "), got shape " + shape_str(t.shape);
+  }
+  return "";
+}
+
+TRITONSERVER_DataType triton_type(glm::FieldType t) {
+  switch (t) {
+    case glm::FieldType::kInt32: return TRITONSERVER_TYPE_INT32;
+    case glm::FieldType::kUint64: return TRITONSERVER_TYPE_UINT64;
+    case glm::FieldType::kFp32: return TRITONSERVER_TYPE_FP32;
+    case glm::FieldType::kBool: return TRITONSERVER_TYPE_BOOL;
+    case glm::FieldType::kBytes: return TRITONSERVER_TYPE_BYTES;
+  }
+  return TRITONSERVER_TYPE_INVALID;
+}
+
+// The values of a BYTES tensor: each a 4-byte little-endian length, then the bytes.
+std::string split_bytes(const Tensor& t, const char* name, std::vector<std::string>* out) {
+  out->clear();
+  size_t at = 0;
+  while (at < t.data.size()) {
+    if (t.data.size() - at < 4) return std::string(name) + ": malformed BYTES tensor";
+    uint32_t len = 0;
+    for (int k = 3; k >= 0; --k) len = (len << 8) | static_cast<uint8_t>(t.data[at + static_cast<size_t>(k)]);
+    at += 4;
+    if (len > t.data.size() - at) return std::string(name) + ": malformed BYTES tensor";
+    out->emplace_back(t.data.data() + at, len);
+    at += len;
+  }
+  if (static_cast<int64_t>(out->size()) != t.elements()) {
+    return std::string(name) + ": " + std::to_string(out->size()) + " strings for shape " +
+           shape_str(t.shape);
+  }
+  return "";
+}
+
+// Reads field `f` into a SamplingParams member (or another value of its type):
+// type and shape checked against the field; "" or the message.
+template <class T>
+std::string read_field(TRITONBACKEND_Request* request, const glm::RequestField& f, bool batched,
+                       T* value) {
+  Tensor t;
+  std::string e = read_tensor(request, f.name, &t);
+  if (e.empty()) e = check_shape(t, f.name, triton_type(f.type), f.is_list, batched);
+  if (!e.empty()) return e;
+  if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+    return split_bytes(t, f.name, value);
+  } else if constexpr (std::is_same_v<T, std::vector<int32_t>>) {
+    value->resize(static_cast<size_t>(t.elements()));
+    if (!value->empty()) std::memcpy(value->data(), t.data.data(), value->size() * sizeof(int32_t));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    *value = t.data[0] != 0;
+  } else {
+    static_assert(std::is_arithmetic_v<T>, "a field bound to an unsupported member type");
+    if (t.data.size() != sizeof(T)) return std::string(f.name) + ": the contract binds it to another type";
+    std::memcpy(value, t.data.data(), sizeof(T));
+  }
+  return "";
 }
 
 // The checks in order; returns "" when valid, else the message with *code set.
@@ -196,87 +286,39 @@ std::string parse_inputs(TRITONBACKEND_Request* request, const RequestLimits& li
     }
   }
 
-  // Scalars: exactly one element ([1, 1] batched, [1] otherwise).
+  // Every other field of the request contract that the request sets: type and
+  // shape from the table (request_fields.gen.h), then field_error() (ranges, list
+  // lengths, byte limits), in table order.
+  glm::SamplingParams& p = out->params;
+  const glm::FieldLimits field_limits{max_ctx, limits.vocab_size};
+  glm::for_each_sampling_field(p, [&](const glm::RequestField& f, auto& member) {
+    if (!e.empty() || !present.count(f.name)) return;
+    e = read_field(request, f, limits.batched, &member);
+    if (e.empty()) e = glm::field_error(f, member, field_limits);
+  });
+  if (!e.empty()) return e;
+  const int64_t room = max_ctx - n;
+  if (!present.count(glm::fields::kMaxTokens.name)) {
+    p.max_tokens = static_cast<int>(std::min<int64_t>(limits.default_max_tokens, room));
+  } else if (p.max_tokens > room) {
+    return "max_tokens: prompt of " + std::to_string(n) + " tokens + max_tokens " +
+           std::to_string(p.max_tokens) + " exceeds the context of " + std::to_string(max_ctx) +
+           " tokens (allowed for this prompt: [1, " + std::to_string(room) + "])";
+  }
+  if (present.count(glm::fields::kStream.name)) {
+    e = read_field(request, glm::fields::kStream, limits.batched, &out->stream);
+    if (!e.empty()) return e;
+  }
+  Tensor t;
+  bool has = false;
   auto scalar = [&](const char* name, TRITONSERVER_DataType want, Tensor* t,
                     bool* has) -> std::string {
     *has = present.count(name) > 0;
     if (!*has) return "";
     std::string r = read_tensor(request, name, t);
     if (!r.empty()) return r;
-    if (t->dtype != want) {
-      return std::string(name) + ": expected " + dtype_name(want) + ", got " + dtype_name(t->dtype);
-    }
-    if (t->elements() != 1 || (limits.batched && (t->shape.empty() || t->shape[0] != 1))) {
-      return std::string(name) + ": expected a single value (shape " +
-             (limits.batched ? "[1, 1]" : "[1]") + "), got shape " + shape_str(t->shape);
-    }
-    return "";
+    return check_shape(*t, name, want, /*list=*/false, limits.batched);
   };
-  Tensor t;
-  bool has = false;
-  glm::SamplingParams& p = out->params;
-
-  if (!(e = scalar("max_tokens", TRITONSERVER_TYPE_INT32, &t, &has)).empty()) return e;
-  const int64_t room = max_ctx - n;
-  if (has) {
-    int32_t v;
-    std::memcpy(&v, t.data.data(), 4);
-    if (v < 1 || v > max_ctx) {
-      return "max_tokens: " + std::to_string(v) + " is out of range [1, " + std::to_string(max_ctx) +
-             "]";
-    }
-    if (v > room) {
-      return "max_tokens: prompt of " + std::to_string(n) + " tokens + max_tokens " +
-             std::to_string(v) + " exceeds the context of " + std::to_string(max_ctx) +
-             " tokens (allowed for this prompt: [1, " + std::to_string(room) + "])";
-    }
-    p.max_tokens = v;
-  } else {
-    p.max_tokens = static_cast<int>(std::min<int64_t>(limits.default_max_tokens, room));
-  }
-
-  if (!(e = scalar("temperature", TRITONSERVER_TYPE_FP32, &t, &has)).empty()) return e;
-  if (has) {
-    float v;
-    std::memcpy(&v, t.data.data(), 4);
-    if (!std::isfinite(v) || v < 0.0f) {
-      return "temperature: " + std::to_string(v) +
-             " is out of range: need a finite number >= 0 (0 = greedy)";
-    }
-    p.temperature = v;
-  }
-  if (!(e = scalar("top_k", TRITONSERVER_TYPE_INT32, &t, &has)).empty()) return e;
-  if (has) {
-    int32_t v;
-    std::memcpy(&v, t.data.data(), 4);
-    if (v < 0) return "top_k: " + std::to_string(v) + " is out of range: need >= 0 (0 = off)";
-    p.top_k = v;
-  }
-  if (!(e = scalar("top_p", TRITONSERVER_TYPE_FP32, &t, &has)).empty()) return e;
-  if (has) {
-    float v;
-    std::memcpy(&v, t.data.data(), 4);
-    if (!std::isfinite(v) || v <= 0.0f || v > 1.0f) {
-      return "top_p: " + std::to_string(v) + " is out of range (0, 1]";
-    }
-    p.top_p = v;
-  }
-  if (!(e = scalar("repetition_penalty", TRITONSERVER_TYPE_FP32, &t, &has)).empty()) return e;
-  if (has) {
-    float v;
-    std::memcpy(&v, t.data.data(), 4);
-    if (!std::isfinite(v) || v <= 0.0f) {
-      return "repetition_penalty: " + std::to_string(v) +
-             " is out of range: need a finite number > 0 (1 = off)";
-    }
-    p.repetition_penalty = v;
-  }
-  if (!(e = scalar("random_seed", TRITONSERVER_TYPE_UINT64, &t, &has)).empty()) return e;
-  if (has) std::memcpy(&p.seed, t.data.data(), 8);
-  if (!(e = scalar("stream", TRITONSERVER_TYPE_BOOL, &t, &has)).empty()) return e;
-  if (has) out->stream = t.data[0] != 0;
-  if (!(e = scalar("ignore_eos", TRITONSERVER_TYPE_BOOL, &t, &has)).empty()) return e;
-  if (has) p.ignore_eos = t.data[0] != 0;
 
   // Test hook. The input inject_fault (only where a test's config declares it)
   // is refused while the hook is off; the request parameter glm_inject_fault

@@ -23,12 +23,15 @@ bool LiveRequest::cancelled_by_client() const {
 
 std::shared_ptr<LiveRequest> RequestTable::add(TRITONBACKEND_Request* request,
                                                TRITONBACKEND_ResponseFactory* factory, bool stream,
+                                               int num_choices, int logprobs,
                                                uint64_t exec_start_ns, size_t* live) {
   auto r = std::make_shared<LiveRequest>();
   r->id = next_id_.fetch_add(1);
   r->request = request;
   r->factory = factory;
   r->stream = stream;
+  r->logprobs = logprobs;
+  r->choices.resize(static_cast<size_t>(num_choices < 1 ? 1 : num_choices));
   r->exec_start_ns = exec_start_ns;
   r->submit_ns = now_ns();
   uint64_t timeout_us = 0;

@@ -18,16 +18,26 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine.h"
 #include "triton_api.h"
 
 namespace glmtriton {
+
+// What one choice of a live request has produced. Stream: the last <= 16 ids
+// (prev_ids of the next response). Not stream: every id and its log-probabilities
+// so far (one response when the choice ends).
+struct ChoiceOutput {
+  std::vector<int32_t> ids;
+  std::vector<glm::TokenLogprob> logprobs;
+};
 
 struct LiveRequest {
   uint64_t id = 0;  // the engine's request id
   TRITONBACKEND_Request* request = nullptr;
   TRITONBACKEND_ResponseFactory* factory = nullptr;
   bool stream = false;
-  std::vector<int32_t> ids;  // non-stream: everything so far; stream: the last <= 16
+  int logprobs = -1;                  // alternatives per token (-1: no log-probabilities)
+  std::vector<ChoiceOutput> choices;  // one per choice (n)
   uint64_t exec_start_ns = 0;
   uint64_t submit_ns = 0;
   std::atomic<bool> submitted{false};  // engine.submit() returned (else Execute may erase it)
@@ -59,7 +69,8 @@ class RequestTable {
   // out) before engine.submit() returns.
   std::shared_ptr<LiveRequest> add(TRITONBACKEND_Request* request,
                                    TRITONBACKEND_ResponseFactory* factory, bool stream,
-                                   uint64_t exec_start_ns, size_t* live);
+                                   int num_choices, int logprobs, uint64_t exec_start_ns,
+                                   size_t* live);
   // Drops an entry that was never submitted (no answer, nothing released).
   void erase(uint64_t id);
   // The entry, or nullptr once it was finished. Only the responder thread may

@@ -1,6 +1,7 @@
 #include "responder_thread.h"
 
-#include <unordered_map>
+#include <map>
+#include <utility>
 
 #include "util.h"
 
@@ -9,27 +10,42 @@ namespace {
 
 constexpr uint64_t kTickNs = 100ull * 1000000;  // slow tick: cancellation of queued requests, metrics
 
-// When the responder falls behind, several steps' events of one request wait
-// in the same batch: merge them into one event (one response carrying all the
-// new ids; prev_ids stay right because they are taken before the merged ids).
-// The last event of a request is its final one, so finished/reason/error come
-// from it. Order between different requests does not matter.
+// When the responder falls behind, several steps' events of one choice wait in
+// the same batch: merge them into one event (one response carrying all the new
+// ids; prev_ids stay right because they are taken before the merged ids). The
+// last event of a choice is its final one, so the end fields come from it. A
+// merged event takes the place of its last part, so the event that ends the
+// request stays the last of its request. Order between requests does not matter.
 void coalesce(std::deque<ResponderEvent>* batch) {
   if (batch->size() < 2) return;
-  std::unordered_map<uint64_t, size_t> first;  // request id -> index of its merged event
+  std::map<std::pair<uint64_t, int>, size_t> last;  // (request, choice) -> index of its last event
+  for (size_t i = 0; i < batch->size(); ++i) last[{(*batch)[i].id, (*batch)[i].choice}] = i;
+  if (last.size() == batch->size()) return;
+  std::map<std::pair<uint64_t, int>, ResponderEvent> merged;
   std::deque<ResponderEvent> out;
-  for (auto& ev : *batch) {
-    auto it = first.find(ev.id);
-    if (it == first.end()) {
-      first.emplace(ev.id, out.size());
-      out.push_back(std::move(ev));
-      continue;
+  for (size_t i = 0; i < batch->size(); ++i) {
+    ResponderEvent& ev = (*batch)[i];
+    const std::pair<uint64_t, int> key{ev.id, ev.choice};
+    auto it = merged.find(key);
+    if (it == merged.end()) {
+      it = merged.emplace(key, std::move(ev)).first;
+    } else {
+      ResponderEvent& m = it->second;
+      m.tokens.insert(m.tokens.end(), ev.tokens.begin(), ev.tokens.end());
+      m.logprobs.insert(m.logprobs.end(), std::make_move_iterator(ev.logprobs.begin()),
+                        std::make_move_iterator(ev.logprobs.end()));
+      m.choice_finished = ev.choice_finished;
+      m.finished = ev.finished;
+      m.reason = ev.reason;
+      m.error = std::move(ev.error);
+      m.trim_bytes = ev.trim_bytes;
+      m.prompt_tokens = ev.prompt_tokens;
+      m.completion_tokens = ev.completion_tokens;
     }
-    ResponderEvent& m = out[it->second];
-    m.tokens.insert(m.tokens.end(), ev.tokens.begin(), ev.tokens.end());
-    m.finished = ev.finished;
-    m.reason = ev.reason;
-    m.error = std::move(ev.error);
+    if (last[key] == i) {
+      out.push_back(std::move(it->second));
+      merged.erase(it);
+    }
   }
   batch->swap(out);
 }
@@ -43,10 +59,16 @@ void ResponderThread::start() {
 void ResponderThread::post(const glm::TokenEvent& ev) {
   ResponderEvent e;
   e.id = ev.request_id;
+  e.choice = ev.choice;
   e.tokens = ev.new_tokens;
+  e.logprobs = ev.logprobs;
+  e.choice_finished = ev.choice_finished;
   e.finished = ev.finished;
   e.reason = ev.reason;
   e.error = ev.error;
+  e.trim_bytes = ev.trim_bytes;
+  e.prompt_tokens = ev.prompt_tokens;
+  e.completion_tokens = ev.completion_tokens;
   {
     std::lock_guard<std::mutex> lk(mu_);
     events_.push_back(std::move(e));

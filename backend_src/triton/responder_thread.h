@@ -24,12 +24,20 @@
 namespace glmtriton {
 
 // What the engine's callback hands to the responder thread.
+// One choice's new tokens (glm::TokenEvent: `choice_finished` ends the choice,
+// `finished` the request).
 struct ResponderEvent {
   uint64_t id = 0;
+  int choice = 0;
   std::vector<int32_t> tokens;
+  std::vector<glm::TokenLogprob> logprobs;
+  bool choice_finished = false;
   bool finished = false;
   glm::FinishReason reason = glm::FinishReason::kNone;
   std::string error;
+  int trim_bytes = 0;
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
 };
 
 class ResponderThread {

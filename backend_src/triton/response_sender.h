@@ -1,6 +1,13 @@
-// Everything that answers a request: data responses (output_ids, prev_ids,
-// is_final), error finals, per-request statistics, the outcome metric, and the
-// release of the request.
+// Everything that answers a request: data responses, error finals, per-request
+// statistics, the outcome metric, and the release of the request.
+//
+// A data response is one choice's new tokens: output_ids, prev_ids (the up to
+// 16 ids of that choice before them), is_final (the choice's last response),
+// index (the choice), finish_reason ("" until the choice's last response, then
+// "stop" or "length"), prompt_tokens, completion_tokens (the choice's tokens so
+// far), trim_bytes (on a stop's last response: bytes to cut from the end of the
+// choice's text), output_logprobs [k], top_logprob_ids and top_logprobs [k, N]
+// (N = the request's logprobs; empty when off).
 //
 // The FINAL flag goes out exactly once per request: a live request is answered
 // only while it is in the RequestTable, and finish() takes it out before
@@ -20,6 +27,7 @@
 
 #include "metrics.h"
 #include "request_table.h"
+#include "responder_thread.h"
 #include "triton_api.h"
 
 namespace glmtriton {
@@ -38,13 +46,13 @@ class ResponseSender {
   void reject(TRITONBACKEND_Request* request, TRITONSERVER_Error_Code code, const std::string& msg,
               uint64_t exec_start_ns);
 
-  // Sends what `tokens` add to `r`. stream: one response with the new ids and
-  // the up to 16 ids before them (prev_ids), FINAL when `finished`. Not stream:
-  // collects, and once `finished` sends one response with all ids, prev_ids
-  // empty. Returns the send error (nullptr when sent or nothing to send); the
-  // request stays in the table either way: the caller finishes it.
-  TRITONSERVER_Error* send_tokens(LiveRequest& r, const std::vector<int32_t>& tokens,
-                                  bool finished);
+  // Sends what the event adds to its choice of `r`. stream: one response with
+  // the new ids. Not stream: collects, and once the choice ends sends one
+  // response with all of its ids, prev_ids empty. The FINAL flag goes with the
+  // response of the event that ends the request. Returns the send error
+  // (nullptr when sent or nothing to send); the request stays in the table
+  // either way: the caller finishes it.
+  TRITONSERVER_Error* send_tokens(LiveRequest& r, const ResponderEvent& ev);
 
   // Sends an error final response (or, when that fails, at least the final
   // flag), then finish(id, false, outcome). No-op when `id` is already finished.
@@ -56,8 +64,10 @@ class ResponseSender {
   void finish(uint64_t id, bool success, Outcome outcome);
 
  private:
-  TRITONSERVER_Error* send_ids(LiveRequest& r, const int32_t* ids, size_t n, const int32_t* prev,
-                               size_t n_prev, bool final);
+  TRITONSERVER_Error* send_response(LiveRequest& r, const ResponderEvent& ev,
+                                    const std::vector<int32_t>& ids,
+                                    const std::vector<glm::TokenLogprob>& logprobs,
+                                    const std::vector<int32_t>& prev);
 
   TRITONBACKEND_ModelInstance* instance_;
   RequestTable* table_;

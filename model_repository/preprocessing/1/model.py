@@ -16,7 +16,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from glmserve import contract
-from glmserve.contract import ErrorCode, RequestError
+from glmserve.contract import DType, ErrorCode, RequestError
 from glmserve.tokenizer import ChatGLMTokenizer
 
 
@@ -79,11 +79,14 @@ class TritonPythonModel:
                 "(serve chatglm_decoder alone)"
             )
         self.tokenizer = ChatGLMTokenizer(spm)
-        self.context = 2048
+        self.context, vocab = 2048, None
         cfg_path = os.path.join(ckpt, "config.json")
         if os.path.isfile(cfg_path):
             with open(cfg_path, encoding="utf-8") as f:
-                self.context = int(json.load(f).get("max_sequence_length", 2048))
+                model_cfg = json.load(f)
+            self.context = int(model_cfg.get("max_sequence_length", 2048))
+            vocab = model_cfg.get("vocab_size")
+        self.limits = contract.Limits(context=self.context, vocab=vocab)
         self.default_max_tokens = int(params.get("default_max_tokens") or 128)
         self.max_prompt_bytes = int(params.get("max_prompt_bytes") or 65536)
         self.batched = int(cfg.get("max_batch_size", 0)) > 0
@@ -112,7 +115,7 @@ class TritonPythonModel:
                 if f.required:
                     raise RequestError(f.name, "required input is missing")
                 continue
-            values[f.name] = contract.from_array(f, t.as_numpy(), self.batched, self.context)
+            values[f.name] = contract.from_array(f, t.as_numpy(), self.batched, self.limits)
         return values
 
     def _one(self, request):
@@ -148,6 +151,8 @@ class TritonPythonModel:
         outs = [pb_utils.Tensor("input_ids", np.asarray([ids], dtype=np.int32))]
         for f in contract.forwarded():
             value = values.get(f.name, f.default)
-            shape = [value] if f.is_list else [[value]]
-            outs.append(pb_utils.Tensor(f"out_{f.name}", np.asarray(shape, dtype=f.dtype.numpy)))
+            if f.dtype is DType.BYTES:
+                value = [v.encode("utf-8") for v in value] if f.is_list else value.encode("utf-8")
+            rows = [list(value)] if f.is_list else [[value]]
+            outs.append(pb_utils.Tensor(f"out_{f.name}", np.asarray(rows, dtype=f.dtype.numpy)))
         return pb_utils.InferenceResponse(output_tensors=outs)
