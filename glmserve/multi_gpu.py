@@ -200,17 +200,22 @@ def report(work: Path, out: Path, device: str, conc: list[int], dur: str) -> str
     return text
 
 
+def _concurrencies(text: str) -> list[int]:
+    return [int(c) for c in text.split()]
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("work", type=Path, help="the run's work folder (cards.csv, phase_*/)")
-    p.add_argument("out", type=Path, help="where multi_gpu.md, phases.json and the sweeps go")
-    p.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
-    p.add_argument("--conc", default="64 256 512", help="the concurrencies, space-separated")
-    p.add_argument("--dur", default="25", help="seconds per concurrency (for the text)")
-    args = p.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("work", type=Path, help="the run's work folder (cards.csv, phase_*/)")
+    parser.add_argument("out", type=Path, help="where multi_gpu.md, phases.json and the sweeps go")
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a dry run")
+    parser.add_argument(
+        "--conc", type=_concurrencies, default=[64, 256, 512], help="concurrencies, space-separated"
+    )
+    parser.add_argument("--dur", default="25", help="seconds per concurrency (for the text)")
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    conc = [int(c) for c in args.conc.split()]
-    print(report(args.work, args.out, args.device, conc, args.dur), end="")
+    print(report(args.work, args.out, args.device, args.conc, args.dur), end="")
     return 0
 
 

@@ -98,20 +98,25 @@ need_venv() {  # need...
 # ================================================================ engine tasks
 task_build() { :; }  # the build ran before the tasks
 
-task_kernels() {
-  tee_run "$O/kernel_test.log" "$KERNEL_TEST" "${KERNEL_SEED:-$RANDOM}"
+# The GPU tests of one file, with PYTEST_K as -k; pytest.log.
+gpu_pytest() {  # test file
+  tee_run "$O/pytest.log" "$PYTHON" -m pytest -m gpu -v -s -p no:cacheprovider "$1" ${PYTEST_K:+-k "$PYTEST_K"}
 }
 
-task_tests() {
-  GLM_CUDA_KERNEL_TEST=$KERNEL_TEST tee_run "$O/pytest.log" "$PYTHON" -m pytest -m gpu -v -s \
-    -p no:cacheprovider tests/test_cuda_engine.py ${PYTEST_K:+-k "$PYTEST_K"}
-}
-
-task_bench() {
+# A benchmark module with its arguments (a string, split on spaces); <md> and bench.log.
+gpu_bench() {  # module, md file, arguments
   local args
-  read -r -a args <<<"${BENCH_ARGS:-}"
-  tee_run "$O/bench.log" "$PYTHON" -m glmserve.bench --out "$O/bench.md" "${args[@]}"
+  read -r -a args <<<"$3"
+  tee_run "$O/bench.log" "$PYTHON" -m "$1" --out "$O/$2" "${args[@]}"
 }
+
+task_kernels() { tee_run "$O/kernel_test.log" "$KERNEL_TEST" "${KERNEL_SEED:-$RANDOM}"; }
+task_tests() { GLM_CUDA_KERNEL_TEST=$KERNEL_TEST gpu_pytest tests/test_cuda_engine.py; }
+task_bench() { gpu_bench glmserve.bench bench.md "${BENCH_ARGS:-}"; }
+task_int8_kernels() { tee_run "$O/int8_test.log" "$INT8_TEST" "${KERNEL_SEED:-$RANDOM}"; }
+task_int8_kbench() { tee_run "$O/int8_kbench.md" "$INT8_TEST" bench; }
+task_int8_tests() { GLM_CUDA_INT8_TEST=$INT8_TEST gpu_pytest tests/test_int8_cuda.py; }
+task_int8_bench() { gpu_bench glmserve.bench_int8 bench_int8.md "${INT8_BENCH_ARGS:---int8-lm-head}"; }
 
 task_diag() {
   if [ "${SANITIZE:-0}" = 1 ]; then
@@ -120,25 +125,6 @@ task_diag() {
     return "${PIPESTATUS[0]}"
   fi
   tee_run "$O/diag.log" "$PYTHON" -m glmserve.cuda_diag
-}
-
-task_int8_kernels() {
-  tee_run "$O/int8_test.log" "$INT8_TEST" "${KERNEL_SEED:-$RANDOM}"
-}
-
-task_int8_kbench() {
-  tee_run "$O/int8_kbench.md" "$INT8_TEST" bench
-}
-
-task_int8_tests() {
-  GLM_CUDA_INT8_TEST=$INT8_TEST tee_run "$O/pytest.log" "$PYTHON" -m pytest -m gpu -v -s \
-    -p no:cacheprovider tests/test_int8_cuda.py ${PYTEST_K:+-k "$PYTEST_K"}
-}
-
-task_int8_bench() {
-  local args
-  read -r -a args <<<"${INT8_BENCH_ARGS:---int8-lm-head}"
-  tee_run "$O/bench.log" "$PYTHON" -m glmserve.bench_int8 --out "$O/bench_int8.md" "${args[@]}"
 }
 
 # ================================================================ serving tasks
@@ -184,10 +170,17 @@ task_triton_e2e() {
   return "$status"
 }
 
-# Tokens/s of <conc> concurrent requests of <tokens> new tokens each, one line.
-rate_line() {  # label, conc, tokens, t0, t1
-  awk -v l="$1" -v c="$2" -v t="$3" -v a="$4" -v b="$5" \
-    'BEGIN { s = b - a; printf "%sconcurrency %4d: %d tokens in %.2f s = %.0f tokens/s\n", l, c, c * t, s, c * t / s }'
+# For each concurrency C: C requests of <tokens> new tokens each POSTed at once, one line of
+# tokens/s when all have answered.
+rate_sweep() {  # label, url, body, tokens, concurrencies
+  local c t0 t1
+  for c in $5; do
+    t0=$(date +%s.%N)
+    seq "$c" | xargs -P "$c" -I{} curl -s -o /dev/null -X POST "$2" -d "$3"
+    t1=$(date +%s.%N)
+    glm_log "$(awk -v l="$1" -v c="$c" -v t="$4" -v a="$t0" -v b="$t1" \
+      'BEGIN { s = b - a; printf "%sconcurrency %4d: %d tokens in %.2f s = %.0f tokens/s", l, c, c * t, s, c * t / s }')"
+  done
 }
 
 # ChatGLM-6B's shapes, random fp16 weights, KIND_GPU (--model-config-name=gpu):
@@ -214,7 +207,7 @@ task_fullsize() {
     --backend-config=chatglm,random_weights=true --http-address=127.0.0.1
     --grpc-address=127.0.0.1 --http-port="$port" --grpc-port=$((port + 1)) --metrics-port=$((port + 2)))
   GLM_CHECKPOINT_DIR="$ck" "$TRITONSERVER" --model-repository="$repo" "${srv[@]}" >"$O/server.log" 2>&1 &
-  local spid=$! c t0 t1
+  local spid=$!
   if ! glm_wait_http "127.0.0.1:$port/v2/health/ready" "$spid" 300 1; then
     glm_log "server not ready" | tee -a "$log"
     tail -30 "$O/server.log"
@@ -228,12 +221,7 @@ task_fullsize() {
     -d "{\"input_ids\": $ids, \"max_tokens\": 32, \"stream\": true}" >"$O/stream.txt"
   glm_log "generate_stream: $(grep -c '^data:' "$O/stream.txt") events" | tee -a "$log"
   body="{\"input_ids\": $ids, \"max_tokens\": $tokens, \"ignore_eos\": true}"
-  for c in $conc; do
-    t0=$(date +%s.%N)
-    seq "$c" | xargs -P "$c" -I{} curl -s -o /dev/null -X POST "$url/chatglm_decoder/generate" -d "$body"
-    t1=$(date +%s.%N)
-    glm_log "$(rate_line "" "$c" "$tokens" "$t0" "$t1")" | tee -a "$log"
-  done
+  rate_sweep "" "$url/chatglm_decoder/generate" "$body" "$tokens" "$conc" | tee -a "$log"
   glm_metrics $((port + 2)) '^glm_(max_batch|kv_blocks|generated|requests_total)' | tee -a "$log"
   glm_stop "$spid" INT 60
   glm_log "server exit code $?" | tee -a "$log"
@@ -259,12 +247,7 @@ task_fullsize() {
     stream=false
     [ "$mode" = generate_stream ] && stream=true
     body="{\"text_input\": \"$text\", \"max_tokens\": $tokens, \"ignore_eos\": true, \"stream\": $stream}"
-    for c in $conc; do
-      t0=$(date +%s.%N)
-      seq "$c" | xargs -P "$c" -I{} curl -s -o /dev/null -X POST "$url/chatglm/$mode" -d "$body"
-      t1=$(date +%s.%N)
-      glm_log "$(rate_line "ensemble $mode " "$c" "$tokens" "$t0" "$t1")" | tee -a "$log"
-    done
+    rate_sweep "ensemble $mode " "$url/chatglm/$mode" "$body" "$tokens" "$conc" | tee -a "$log"
   done
   curl -s -X POST "$url/chatglm/generate_stream" \
     -d "{\"text_input\": \"$text\", \"max_tokens\": 16, \"stream\": true}" | grep -c '^data:' |

@@ -5,7 +5,7 @@
 # root, also the working directory), BUILD, VENV, PYTHON, DEVICE, JOBS, OFFLINE_DIR and
 # WORK to be set by the caller (scripts/gpu.sh documents them).
 
-glm_log() { echo "${GLM_TASK:-gpu} [$(($(date +%s) - ${T0:-$(date +%s)}))s]: $*"; }
+glm_log() { echo "${GLM_TASK:-gpu.sh} [$(($(date +%s) - ${T0:-$(date +%s)}))s]: $*"; }
 glm_die() { glm_log "error: $*"; exit 1; }
 
 # An absolute path: relative ones are taken from the repository root.
