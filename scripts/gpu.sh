@@ -144,6 +144,7 @@ task_triton_e2e() {
   VENV=$VENV BUILD=$BUILD DEVICE=$DEVICE MODEL=$model HTTP_PORT=$port GRPC_PORT=$((port + 1)) \
     METRICS_PORT=$((port + 2)) bash scripts/serve.sh >"$O/server_tiny.log" 2>&1 &
   local spid=$! status=0
+  trap 'glm_stop "$spid" TERM 30' EXIT
   local url="127.0.0.1:$port/v2/models/chatglm"
   if glm_wait_http "127.0.0.1:$port/v2/health/ready" "$spid" 120 1; then
     glm_log "server ready (device $DEVICE)" | tee -a "$log"
@@ -208,6 +209,7 @@ task_fullsize() {
     --grpc-address=127.0.0.1 --http-port="$port" --grpc-port=$((port + 1)) --metrics-port=$((port + 2)))
   GLM_CHECKPOINT_DIR="$ck" "$TRITONSERVER" --model-repository="$repo" "${srv[@]}" >"$O/server.log" 2>&1 &
   local spid=$!
+  trap 'glm_stop "$spid" TERM 30' EXIT
   if ! glm_wait_http "127.0.0.1:$port/v2/health/ready" "$spid" 300 1; then
     glm_log "server not ready" | tee -a "$log"
     tail -30 "$O/server.log"
@@ -295,6 +297,7 @@ task_serving() {
     --metrics-address=127.0.0.1 --http-port="$port" --grpc-port=$((port + 1)) \
     --metrics-port=$((port + 2)) --exit-timeout-secs=15 >"$w/server.log" 2>&1 &
   SPID=$!
+  trap 'glm_stop "$SPID" TERM 30' EXIT
   if ! glm_wait_http "$url/v2/models/chatglm_decoder/ready" "$SPID" 600 0.5; then
     log "server not ready"
     tail -30 "$w/server.log"
@@ -477,6 +480,7 @@ task_multi() {
       TRITON_ARGS="--backend-config=chatglm,random_weights=true" \
       bash scripts/serve.sh >"$p/server.log" 2>&1 &
     SPID=$! # serve.sh execs tritonserver
+    trap 'glm_stop "$SPID" TERM 30' EXIT
     ok=0
     for _ in $(seq 480); do
       curl -sf "$url/v2/health/ready" >/dev/null && { ok=1; break; }

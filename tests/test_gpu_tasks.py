@@ -96,7 +96,7 @@ def test_no_references_to_removed_scripts_or_the_lab():
         if not f.is_file() or f.name in ("gpu_tasks.md", Path(__file__).name):
             continue
         text = f.read_text(errors="replace")
-        for old in REMOVED:
+        for old in [*REMOVED, "scripts/gpu_*.sh"]:
             assert old not in text, f"{f.relative_to(ROOT)} mentions {old}"
         # a lab path only as a git object of the commit that still had it
         assert not re.search(r"(?<![\w:])lab/", text), f"{f.relative_to(ROOT)} mentions lab/"
