@@ -20,13 +20,14 @@ export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT 
 SETUP_STAMP := $(VENV)/.setup-done
 DEMO_MODEL  := models/chatglm-tiny/model.safetensors
 
-.PHONY: help setup build demo-model model serve test test-gpu bench load-test docker lint format clean
+.PHONY: help setup build demo-model model serve test test-gpu bench gpu load-test docker lint format clean
 
 help:
 	@echo "make serve      set everything up (first run) and serve the demo model, or MODEL=<dir>"
 	@echo "make test       the CPU test suite (what CI runs)"
 	@echo "make test-gpu   GPU tests (on a machine with an NVIDIA GPU)"
 	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows)"
+	@echo "make gpu        GPU tasks of scripts/gpu.sh (TASKS=\"kernels tests bench\"; docs/gpu_tasks.md)"
 	@echo "make load-test  Locust against a running server (USERS, SPAWN_RATE, DURATION, PROMPTS)"
 	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8)"
 	@echo "make demo-model write the tiny demo checkpoint to models/chatglm-tiny"
@@ -59,6 +60,11 @@ test-gpu: $(SETUP_STAMP) build demo-model
 
 bench: $(SETUP_STAMP) build
 	$(PY) -m glmserve.bench $(if $(filter 1,$(INT8)),--int8,)
+
+# GPU tasks with make's venv and Python; the build goes to $(BUILD)/gpu (docs/gpu_tasks.md)
+TASKS ?= check
+gpu: $(SETUP_STAMP)
+	PYTHON=$(PY) BUILD=$(BUILD)/gpu bash scripts/gpu.sh $(TASKS)
 
 load-test: $(SETUP_STAMP)
 	bash scripts/load_test.sh

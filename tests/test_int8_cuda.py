@@ -2,7 +2,7 @@
 against the CPU engine's int8, load-time GPU quantization = the converter's,
 continuous batching, and the full-size random model against fp16.
 
-Run on a GPU machine: ``pytest -m gpu tests/test_int8_cuda.py`` (scripts/gpu_int8.sh).
+Run on a GPU machine: ``pytest -m gpu tests/test_int8_cuda.py`` (``bash scripts/gpu.sh int8-tests``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reload: 20 cycles of unload + load of chatglm_decoder in explicit model-control mode
 (--model-control-mode=explicit, the HTTP repository API), one request served after each load,
 the server's host RSS and thread count (/proc/<pid>/status) not growing beyond a generous bound.
-Prints the RSS series (the GPU run is in docs/reliability.md: scripts/reliability_reload.sh).
+Prints the RSS series (the GPU run is in docs/reliability.md: ``bash scripts/gpu.sh reload``).
 """
 
 from __future__ import annotations
