@@ -1,6 +1,6 @@
 """Locust soak driver for ``chatglm_decoder`` (ids in, ids out), for servers without a
 tokenizer, e.g. ChatGLM-6B's shapes with random weights on the GPU (issue 8's soak; see
-scripts/reliability_soak.sh and docs/reliability.md).
+scripts/gpu.sh soak and docs/reliability.md).
 
 Each user sends one streamed request after another over gRPC (``load_tests.streaming``):
 a prompt of random ids (16..512 plain ids, then [gMASK] <sop> of the served config,

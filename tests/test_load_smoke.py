@@ -126,7 +126,7 @@ def test_sweep_http_compare_and_soak(server: Any, tmp_path: Path) -> None:
 
 
 def test_soak_decoder_locust(server: Any, tmp_path: Path) -> None:
-    """The Locust soak of chatglm_decoder (scripts/reliability_soak.sh), 2 users for 5 s."""
+    """The Locust soak of chatglm_decoder (scripts/gpu.sh soak), 2 users for 5 s."""
     locust = Path(sys.executable).parent / "locust"
     proc = subprocess.run(
         [str(locust), "-f", "load_tests/soak_decoder.py", "--headless", "--only-summary",

@@ -2,7 +2,7 @@
 // the layout, its GEMV (1-8 tokens), its warp-specialized wgmma kernel (more
 // tokens) and its dequantization for prefill. Contract: int8_gemm.h ("packed
 // layout"); method and numbers: docs/int8.md. The kernel design was worked out
-// in lab/wgmma (ws_kernel, lab/wgmma/NOTES.md).
+// as a lab experiment (docs/int8.md, "Kernel experiments").
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -226,7 +226,7 @@ void packed_gemv(const __half* x, const uint8_t* qp, const __half* scale, __half
 //    three A register arrays rotate, and the retired group's array is "used"
 //    right after the wait so that ptxas keeps it until the group is done
 //    (ptxas does not keep an in-flight wgmma's A registers reserved across a
-//    loop edge: lab/wgmma/NOTES.md). Each consumer warp arrives on `empty` once
+//    loop edge: docs/int8.md, "Kernel experiments"). Each consumer warp arrives on `empty` once
 //    the chunk's group is retired.
 // Split K over the ks blocks of one thread-block cluster: each writes its fp32
 // tile to its shared memory and the cluster reduces through DSMEM in a fixed
