@@ -9,7 +9,20 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from .errors import ClientError, ServerUnavailable, error_from_message
-from .params import MODEL_NAME, TEXT_INPUT, TEXT_OUTPUT, TOKEN_COUNT, Chunk, TensorValue
+from .params import (
+    COMPLETION_TOKENS,
+    FINISH_REASON,
+    INDEX,
+    MODEL_NAME,
+    PROMPT_TOKENS,
+    TEXT_INPUT,
+    TEXT_OUTPUT,
+    TOKEN_COUNT,
+    TOKEN_LOGPROBS,
+    Chunk,
+    TensorValue,
+    parse_logprobs,
+)
 
 # gRPC status codes that mean "the server is not there" rather than "it said no".
 _UNAVAILABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
@@ -59,6 +72,28 @@ def response_tokens(result: Any) -> int:
     if arr is None or arr.size == 0:
         return 1
     return int(arr.reshape(-1)[0])
+
+
+def _output(result: Any, name: str, default: Any) -> Any:
+    arr = result.as_numpy(name)
+    if arr is None or arr.size == 0:
+        return default
+    value = arr.reshape(-1)[0]
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def response_chunk(result: Any, text: str) -> Chunk:
+    """The response's text with its choice, finish reason, usage and log-probabilities
+    (defaults when a server does not send them)."""
+    return Chunk(
+        text,
+        response_tokens(result),
+        int(_output(result, INDEX, 0)),
+        str(_output(result, FINISH_REASON, "")),
+        int(_output(result, PROMPT_TOKENS, 0)),
+        int(_output(result, COMPLETION_TOKENS, 0)),
+        parse_logprobs(_output(result, TOKEN_LOGPROBS, "")),
+    )
 
 
 class GrpcTransport:
@@ -119,7 +154,7 @@ class GrpcTransport:
             for _, result in responses:
                 text = response_text(result)
                 if text is not None:
-                    yield Chunk(text, response_tokens(result))
+                    yield response_chunk(result, text)
         finally:
             responses.close()
 

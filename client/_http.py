@@ -10,7 +10,18 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from .errors import ClientError, ServerUnavailable, error_from_message
-from .params import MODEL_NAME, TEXT_OUTPUT, TOKEN_COUNT, Chunk
+from .params import (
+    COMPLETION_TOKENS,
+    FINISH_REASON,
+    INDEX,
+    MODEL_NAME,
+    PROMPT_TOKENS,
+    TEXT_OUTPUT,
+    TOKEN_COUNT,
+    TOKEN_LOGPROBS,
+    Chunk,
+    parse_logprobs,
+)
 from .sse import iter_sse_data
 
 
@@ -91,11 +102,31 @@ def parse_event_object(data: str) -> dict[str, Any]:
     return obj
 
 
-def parse_event_chunk(data: str) -> Chunk:
-    """One SSE event's data -> its text delta and token count; errors raise ClientError."""
-    obj = parse_event_object(data)
+def _scalar(obj: dict[str, Any], name: str, default: Any) -> Any:
+    value = obj.get(name, default)
+    if isinstance(value, list):
+        value = value[0] if len(value) == 1 else default
+    return default if value is None else value
+
+
+def object_chunk(obj: dict[str, Any]) -> Chunk:
+    """One generate JSON object (outputs by name) -> its chunk."""
     text = obj.get(TEXT_OUTPUT, "")
-    return Chunk(text if isinstance(text, str) else str(text), token_count(obj))
+    return Chunk(
+        text if isinstance(text, str) else str(text),
+        token_count(obj),
+        int(_scalar(obj, INDEX, 0)),
+        str(_scalar(obj, FINISH_REASON, "")),
+        int(_scalar(obj, PROMPT_TOKENS, 0)),
+        int(_scalar(obj, COMPLETION_TOKENS, 0)),
+        parse_logprobs(_scalar(obj, TOKEN_LOGPROBS, "")),
+    )
+
+
+def parse_event_chunk(data: str) -> Chunk:
+    """One SSE event's data -> its chunk (text delta, token count, choice state); errors
+    raise ClientError."""
+    return object_chunk(parse_event_object(data))
 
 
 class HttpTransport:
@@ -247,5 +278,5 @@ class HttpTransport:
     def _single(raw: bytes) -> Chunk:
         obj = HttpTransport._single_object(raw)
         if TEXT_OUTPUT in obj:
-            return Chunk(str(obj[TEXT_OUTPUT]), token_count(obj))
+            return object_chunk(obj)
         raise ClientError(f"malformed response from server: {raw[:200]!r}")

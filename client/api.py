@@ -7,7 +7,7 @@ from typing import Any
 
 from ._http import split_host_port
 from .errors import ClientError
-from .params import MODEL_NAME, Chunk, History, build_generate_body, build_tensors
+from .params import MODEL_NAME, Chunk, Completion, History, build_generate_body, build_tensors
 
 PROTOCOLS = ("grpc", "http")
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
@@ -22,10 +22,14 @@ class ChatGLMClient:
 
     ``url`` is ``host:port`` (a leading ``http://`` or ``grpc://`` is accepted);
     ``protocol`` is ``"grpc"`` (Triton's gRPC stream) or ``"http"`` (the generate
-    endpoints). Sampling keyword arguments of :meth:`generate` and :meth:`stream`:
-    ``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``,
-    ``random_seed`` (or ``seed``), ``ignore_eos``; leave them out for the server's
+    endpoints). Sampling keyword arguments: the optional request fields of
+    docs/request_fields.md (``max_tokens``, ``temperature``, ``top_k``, ``top_p``,
+    ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``, ``random_seed``
+    (or ``seed``), ``ignore_eos``, ``n``, ``logprobs``, ``stop`` (a string or a list),
+    ``stop_token_ids``, ``include_stop_str_in_output``); leave them out for the server's
     defaults (greedy decoding). ``history`` is a list of ``(question, answer)`` pairs.
+    :meth:`complete` returns every choice with its finish reason, log-probabilities
+    and the usage; :meth:`generate` only the text of a single choice.
 
     Errors raise :class:`client.ClientError` (the server's message), or its subclass
     :class:`client.ServerUnavailable` when the server cannot be reached.
@@ -54,8 +58,16 @@ class ChatGLMClient:
 
             self._transport = HttpTransport(self.url, model, timeout)
 
+    def complete(self, prompt: str, history: History | None = None, **sampling: Any) -> Completion:
+        """Every choice of the reply to ``prompt`` (``n`` of them) with its finish reason
+        and log-probabilities, and the usage. Streamed under the hood, so it works for
+        ``n > 1`` over both protocols."""
+        return Completion.collect(self.stream_chunks(prompt, history, **sampling))
+
     def generate(self, prompt: str, history: History | None = None, **sampling: Any) -> str:
-        """The whole reply to ``prompt`` (non-streamed request)."""
+        """The whole reply to ``prompt`` (non-streamed request; one choice)."""
+        if sampling.get("n") not in (None, 1):
+            raise ValueError("generate() returns one text: use complete() for n > 1")
         if self.protocol == "http":
             body = build_generate_body(prompt, history, sampling, stream=False)
             return self._transport.generate(body)

@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
@@ -19,7 +20,7 @@ from glmserve import contract
 
 from .api import DEFAULT_PORTS, PROTOCOLS, ChatGLMClient
 from .errors import ClientError, ServerUnavailable
-from .params import OPTIONAL_INPUTS
+from .params import OPTIONAL_INPUTS, Chunk, Completion
 
 EXIT_REJECTED = 1
 EXIT_USAGE = 2
@@ -62,8 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=_positive_float, default=600.0, help="seconds to wait for a response"
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the choices, finish reasons, log-probabilities and usage as JSON",
+    )
+    p.add_argument(
+        "--usage", action="store_true", help="print the finish reason and the usage on stderr"
+    )
     s = p.add_argument_group("sampling (server defaults when left out: greedy decoding)")
-    contract.add_cli_options(s, OPTIONAL_INPUTS)
+    contract.add_cli_options(s, OPTIONAL_INPUTS, short={"n": "-n"})
     return p
 
 
@@ -71,6 +80,45 @@ def sampling_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The sampling options given on the command line, keyed by input tensor name."""
     pairs = {name: getattr(args, contract.field(name).alias or name) for name in OPTIONAL_INPUTS}
     return {k: v for k, v in pairs.items() if v is not None}
+
+
+def completion_json(c: Completion) -> dict[str, Any]:
+    return {
+        "choices": [
+            {"index": ch.index, "text": ch.text, "finish_reason": ch.finish_reason,
+             "logprobs": ch.logprobs}
+            for ch in c.choices
+        ],
+        "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
+    }  # fmt: skip
+
+
+def print_choices(out: TextIO, c: Completion) -> None:
+    """One choice: its text; several: each under a header with its finish reason."""
+    if len(c.choices) == 1:
+        out.write(c.choices[0].text + "\n")
+        return
+    for ch in c.choices:
+        out.write(f"--- choice {ch.index} ({ch.finish_reason}) ---\n{ch.text}\n")
+
+
+def print_usage(err: TextIO, c: Completion) -> None:
+    reasons = ", ".join(ch.finish_reason or "?" for ch in c.choices)
+    err.write(
+        f"finish_reason: {reasons}; usage: prompt_tokens {c.prompt_tokens}, "
+        f"completion_tokens {c.completion_tokens}\n"
+    )
+
+
+def list_and_print(out: TextIO, chunks: Any) -> list[Chunk]:
+    """Prints a single choice's pieces as they arrive; returns the chunks."""
+    seen = []
+    for chunk in chunks:
+        out.write(chunk.text)
+        out.flush()
+        seen.append(chunk)
+    out.write("\n")
+    return seen
 
 
 def _stream_to(out: TextIO, pieces: Any) -> str:
@@ -135,10 +183,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         with ChatGLMClient(args.url, args.protocol, args.model, args.timeout) as client:
             if args.chat:
                 return run_chat(client, sampling)
-            if args.stream:
-                _stream_to(sys.stdout, client.stream(prompt, **sampling))
+            if args.json:
+                print(
+                    json.dumps(
+                        completion_json(client.complete(prompt, **sampling)), ensure_ascii=False
+                    )
+                )
+            elif args.stream and sampling.get("n", 1) == 1:
+                chunks = list_and_print(sys.stdout, client.stream_chunks(prompt, **sampling))
+                if args.usage:
+                    print_usage(sys.stderr, Completion.collect(chunks))
             else:
-                print(client.generate(prompt, **sampling))
+                completion = client.complete(prompt, **sampling)
+                print_choices(sys.stdout, completion)
+                if args.usage:
+                    print_usage(sys.stderr, completion)
         return 0
     except ServerUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)

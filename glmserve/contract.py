@@ -553,7 +553,7 @@ def cli_type(f: Field, limits: Limits = NO_LIMITS) -> Callable[[str], Any]:
             kind = "an integer" if f.dtype.integral else "a number"
             raise argparse.ArgumentTypeError(f"{f.flag}: not {kind}: {text!r}") from None
         try:
-            return f.check(value, limits)
+            return f.check([value], limits)[0] if f.is_list else f.check(value, limits)
         except RequestError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -565,25 +565,36 @@ def add_cli_options(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     names: Iterable[str],
     defaults: dict[str, Any] | None = None,
+    short: dict[str, str] | None = None,
 ) -> None:
     """Adds ``--<field>`` options for the named fields, with the contract's type, range and
-    meaning. Without a default an option is None when left out (the server's default)."""
-    defaults = defaults or {}
+    meaning (a list field: repeat the option). Without a default an option is None when
+    left out (the server's default). ``short`` adds short flags (``{"n": "-n"}``)."""
+    defaults, short = defaults or {}, short or {}
     for name in names:
         f = BY_NAME[name]
         dest = (f.alias or f.name).replace("-", "_")
         default = defaults.get(name)
-        help_text = f.doc
+        flags = [short[name], f.flag] if name in short else [f.flag]
         if f.dtype is DType.BOOL:
+            parser.add_argument(*flags, dest=dest, action="store_true", default=default, help=f.doc)
+            continue
+        shown = "" if default is None else f"; default {default}"
+        allowed = f.requirement().replace("%", "%%")
+        if f.is_list:
             parser.add_argument(
-                f.flag, dest=dest, action="store_true", default=default, help=help_text
+                *flags,
+                dest=dest,
+                action="append",
+                type=str if f.dtype is DType.BYTES else cli_type(f),
+                default=default,
+                help=f"{f.doc} Repeat for several (at most {f.max_items}). Allowed: {allowed}",
             )
         else:
-            shown = "" if default is None else f"; default {default}"
             parser.add_argument(
-                f.flag,
+                *flags,
                 dest=dest,
                 type=cli_type(f),
                 default=default,
-                help=f"{help_text} Allowed: {f.requirement().replace('%', '%%')}{shown}",
+                help=f"{f.doc} Allowed: {allowed}{shown}",
             )

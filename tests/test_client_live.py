@@ -136,3 +136,30 @@ def test_cli_rejected_request(server: Any) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: request rejected: ") and "max_tokens" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_controls_json_and_usage(server: Any, grpc_client: ChatGLMClient) -> None:
+    """-n, --stop, --logprobs and the penalties reach the server; --json shows every
+    choice with its finish reason and log-probabilities, and the usage; --usage prints
+    the finish reason and the usage on stderr."""
+    import json
+
+    params = dict(max_tokens=10, temperature=1.0, seed=5, ignore_eos=True, presence_penalty=0.5)
+    want = grpc_client.complete(Q1, n=2, logprobs=1, **params)
+    proc = _cli(server, "--url", server.grpc_url, "--json", "-n", "2", "--logprobs", "1",
+                "--max-tokens", "10", "--temperature", "1", "--seed", "5", "--ignore-eos",
+                "--presence-penalty", "0.5", Q1)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert [c["text"] for c in got["choices"]] == [c.text for c in want.choices]
+    assert [c["finish_reason"] for c in got["choices"]] == ["length", "length"]
+    assert all(len(c["logprobs"]) == 10 for c in got["choices"])
+    assert got["usage"] == {"prompt_tokens": want.prompt_tokens, "completion_tokens": 20}
+    text = want.choices[0].text
+    stop = text[3:5]
+    proc = _cli(server, "--url", server.grpc_url, "--usage", "--stop", stop, "--stop", "zzz",
+                "--max-tokens", "10", "--temperature", "1", "--seed", "5", "--ignore-eos",
+                "--presence-penalty", "0.5", Q1)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == text[: text.index(stop)] + "\n"
+    assert proc.stderr.startswith("finish_reason: stop; usage: prompt_tokens ")

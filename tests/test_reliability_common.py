@@ -24,6 +24,8 @@ import tritonclient.grpc as grpcclient
 from conftest import server_prerequisites
 from tritonserver import DEFAULT_CHECKPOINT
 
+from glmserve import contract
+
 # Tiny model facts, read from its config (the context is the real model's 2048).
 _CFG = (
     json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
@@ -35,15 +37,11 @@ VOCAB = int(_CFG.get("vocab_size", 1024))
 GMASK = int(_CFG.get("gmask_token_id", 681))
 SOP = int(_CFG.get("bos_token_id", 684))
 
+# The request fields' wire types, from the request contract (glmserve/contract.py).
 TYPES = {
-    "max_tokens": ("INT32", np.int32),
-    "temperature": ("FP32", np.float32),
-    "top_k": ("INT32", np.int32),
-    "top_p": ("FP32", np.float32),
-    "repetition_penalty": ("FP32", np.float32),
-    "random_seed": ("UINT64", np.uint64),
-    "stream": ("BOOL", np.bool_),
-    "ignore_eos": ("BOOL", np.bool_),
+    f.name: (f.dtype.value, np.dtype(f.dtype.numpy).type)
+    for f in contract.FIELDS
+    if f.dtype is not contract.DType.BYTES
 }
 NP_TO_TRITON = {
     np.dtype(np.int32): "INT32",

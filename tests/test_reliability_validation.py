@@ -133,6 +133,31 @@ ENSEMBLE_CASES = [
     ),
 ]
 
+# The generation controls (docs/request_fields.md), on both models.
+CONTROL_CASES = [
+    ("n_17", {"n": 17, "temperature": 1.0}, [], ["n", "[1, 16]"]),
+    ("n_0", {"n": 0}, [], ["n", "[1, 16]"]),
+    ("n_greedy", {"n": 2}, [], ["n", "needs sampling"]),
+    ("logprobs_21", {"logprobs": 21}, [], ["logprobs", "[-1, 20]"]),
+    ("presence_3", {"presence_penalty": 3.0}, [], ["presence_penalty", "[-2, 2]"]),
+    ("frequency_nan", {"frequency_penalty": NAN}, [], ["frequency_penalty", "[-2, 2]"]),
+    ("stop_17", {}, [tensor("stop", [[b"x"] * 17], np.object_)], ["stop", "at most 16"]),
+    ("stop_257_bytes", {}, [tensor("stop", [[b"y" * 257]], np.object_)], ["stop", "256 bytes"]),
+    ("stop_not_utf8", {}, [tensor("stop", [[b"\xff\xfe"]], np.object_)], ["stop", "UTF-8"]),
+    (
+        "stop_id_out_of_vocab",
+        {},
+        [tensor("stop_token_ids", [[VOCAB]], np.int32)],
+        ["stop_token_ids", f"[0, {VOCAB})"],
+    ),
+    ("stop_id_negative", {}, [tensor("stop_token_ids", [[-1]], np.int32)], ["stop_token_ids"]),
+    ("stop_ids_65", {}, [tensor("stop_token_ids", [list(range(65))], np.int32)], ["at most 64"]),
+]
+ENSEMBLE_CASES += [
+    (f"control_{name}", text_tensors("hi", **params) + extra, words)
+    for name, params, extra, words in CONTROL_CASES
+]
+
 DECODER_CASES = [
     ("id_equal_vocab", id_tensors([5, VOCAB, GMASK, SOP]), ["input_ids", f"[0, {VOCAB})"]),
     ("id_huge", id_tensors([5, 99_999, GMASK, SOP]), ["input_ids", f"[0, {VOCAB})"]),
@@ -184,6 +209,12 @@ DECODER_CASES = [
         id_tensors(GOOD_IDS) + [tensor("random_seed", [[-1]], np.int64)],
         ["random_seed", "UINT64"],
     ),
+]
+
+
+DECODER_CASES += [
+    (f"control_{name}", id_tensors(GOOD_IDS, **params) + extra, words)
+    for name, params, extra, words in CONTROL_CASES
 ]
 
 
@@ -272,6 +303,11 @@ HTTP_CASES = [
     ("chatglm_decoder", {"input_ids": []}, "input_ids"),
     ("chatglm_decoder", {"input_ids": GOOD_IDS, "max_tokens": -1}, "max_tokens"),
     ("chatglm_decoder", {"input_ids": GOOD_IDS, "top_p": 0.0}, "top_p"),
+    ("chatglm", {"text_input": "hi", "n": 99, "temperature": 1.0}, "n"),
+    ("chatglm", {"text_input": "hi", "stop": ["x"] * 17}, "stop"),
+    ("chatglm", {"text_input": "hi", "logprobs": 50}, "logprobs"),
+    ("chatglm_decoder", {"input_ids": GOOD_IDS, "stop_token_ids": [-5]}, "stop_token_ids"),
+    ("chatglm_decoder", {"input_ids": GOOD_IDS, "presence_penalty": 9.0}, "presence_penalty"),
 ]
 
 

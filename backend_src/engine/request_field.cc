@@ -33,9 +33,47 @@ std::string count_error(const RequestField& f, size_t count) {
          std::to_string(count);
 }
 
-std::string bytes_error(const RequestField& f, size_t bytes) {
-  if (f.max_bytes <= 0 || static_cast<int64_t>(bytes) <= f.max_bytes) return "";
-  return std::string(f.name) + ": a value is over the limit of " + std::to_string(f.max_bytes) + " bytes";
+namespace {
+
+// Length of the valid UTF-8 sequence at s[i] (strict: no overlong forms, no
+// surrogates, <= U+10FFFF), or 0.
+size_t utf8_len(const std::string& s, size_t i) {
+  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  if (b(i + 1) < lo || b(i + 1) > hi) return 0;
+  for (size_t k = 2; k < n; ++k)
+    if (b(i + k) < 0x80 || b(i + k) > 0xBF) return 0;
+  return n;
+}
+
+}  // namespace
+
+std::string bytes_error(const RequestField& f, const std::string& value) {
+  if (f.max_bytes > 0 && static_cast<int64_t>(value.size()) > f.max_bytes)
+    return std::string(f.name) + ": a value is over the limit of " + std::to_string(f.max_bytes) + " bytes";
+  for (size_t i = 0; i < value.size();) {
+    const size_t n = utf8_len(value, i);
+    if (n == 0) return std::string(f.name) + ": not valid UTF-8 (invalid byte at " + std::to_string(i) + ")";
+    i += n;
+  }
+  return "";
 }
 
 std::string range_error(const RequestField& f, double v, const FieldLimits& limits) {

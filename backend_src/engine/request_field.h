@@ -48,8 +48,9 @@ std::string requirement(const RequestField& f, const FieldLimits& limits);
 std::string range_error(const RequestField& f, double value, const FieldLimits& limits);
 // "" when a list of `count` values is allowed, else "<name>: at most N values are allowed, got M".
 std::string count_error(const RequestField& f, size_t count);
-// "" when one BYTES value of `bytes` bytes is allowed, else "<name>: a value is over the limit of N bytes".
-std::string bytes_error(const RequestField& f, size_t bytes);
+// "" when one BYTES value is allowed, else "<name>: a value is over the limit of N
+// bytes" or "<name>: not valid UTF-8 (...)".
+std::string bytes_error(const RequestField& f, const std::string& value);
 
 // "" when the value of a SamplingParams member is allowed by its field, else the
 // message: the range of numbers (of every element of a list), the length of
@@ -65,7 +66,7 @@ std::string field_error(const RequestField& f, const T& value, const FieldLimits
       if constexpr (std::is_arithmetic_v<std::decay_t<decltype(item)>>) {
         e = range_error(f, static_cast<double>(item), limits);
       } else {
-        e = bytes_error(f, item.size());
+        e = bytes_error(f, item);
       }
     }
     return e;

@@ -183,6 +183,15 @@ class CudaRunner final : public ModelRunner {
   size_t samp_ws_bytes_ = 0;
   char* samp_dev_ = nullptr;
   char* samp_host_ = nullptr;
+  // Log-probabilities (allocated on first use, grown to the rows a step needs):
+  // copies of the raw logits rows [lp_cap_rows_, V_]; results lp [cap] + top ids
+  // [cap, kMaxLogprobs] + top values [cap, kMaxLogprobs], on the device and pinned.
+  float* lp_rows_dev_ = nullptr;
+  float* lp_out_dev_ = nullptr;
+  float* lp_out_host_ = nullptr;
+  int lp_cap_rows_ = 0;
+  void ensure_logprob_buffers(int rows, int top);
+  void free_logprob_buffers();
   size_t samp_cap_ = 0;
 
   std::vector<int> buckets_;
@@ -353,6 +362,7 @@ void CudaRunner::release() {
   samp_dev_ = nullptr;
   if (samp_host_) cudaFreeHost(samp_host_);
   samp_host_ = nullptr;
+  free_logprob_buffers();
   samp_cap_ = 0;
   gemm_.reset();
   int8_gemm_.reset();
@@ -584,6 +594,27 @@ void CudaRunner::init_random_weights(uint64_t seed) {
   if (stage) cudaFree(stage);
 }
 
+void CudaRunner::free_logprob_buffers() {
+  if (lp_rows_dev_) cudaFree(lp_rows_dev_);
+  if (lp_out_dev_) cudaFree(lp_out_dev_);
+  if (lp_out_host_) cudaFreeHost(lp_out_host_);
+  lp_rows_dev_ = lp_out_dev_ = lp_out_host_ = nullptr;
+  lp_cap_rows_ = 0;
+}
+
+void CudaRunner::ensure_logprob_buffers(int rows, int top) {
+  if (top > cuda::kMaxLogprobs) throw EngineError("cuda runner: logprobs above " + std::to_string(cuda::kMaxLogprobs));
+  if (rows <= lp_cap_rows_) return;
+  GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  free_logprob_buffers();
+  const int cap = std::min(max_seqs_, std::max(rows, 2 * lp_cap_rows_));
+  const size_t words = (size_t)cap * (1 + 2 * cuda::kMaxLogprobs);
+  GLM_CUDA_CHECK(cudaMalloc(&lp_rows_dev_, (size_t)cap * V_ * sizeof(float)));
+  GLM_CUDA_CHECK(cudaMalloc(&lp_out_dev_, words * sizeof(float)));
+  GLM_CUDA_CHECK(cudaMallocHost(&lp_out_host_, words * sizeof(float)));
+  lp_cap_rows_ = cap;
+}
+
 void CudaRunner::copy_kv_block(int src, int dst) {
   // K and V of every layer are 2 * L_ equally spaced arrays of num_blocks_ blocks:
   // one strided 2D copy moves block src of each into block dst.
@@ -789,10 +820,14 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
       return;
     }
 
-    // Sampling inputs: penalty rows (+ history), sampled rows (+ params).
-    std::vector<int32_t> pen_rows, hist_off(1, 0), hist, samp_rows;
-    std::vector<float> pen;
+    // Sampling inputs: repetition-penalty rows (+ history), presence/frequency rows
+    // (+ the generated ids with their counts), sampled rows (+ params), rows that
+    // want log-probabilities.
+    std::vector<int32_t> pen_rows, hist_off(1, 0), hist, samp_rows, pf_rows, pf_off(1, 0), pf_ids, pf_counts,
+        lp_rows;
+    std::vector<float> pen, pf_presence, pf_frequency;
     std::vector<cuda::SampleRowParams> sp;
+    int lp_top = 0;
     for (int i = 0; i < S; ++i) {
       const SeqBatchEntry& e = batch.seqs[i];
       const SamplingParams& p = *e.params;
@@ -802,16 +837,46 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
         hist.insert(hist.end(), e.history, e.history + e.history_len);
         hist_off.push_back(static_cast<int32_t>(hist.size()));
       }
+      const int from = std::max(0, std::min(e.prompt_len, e.history_len));
+      if ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && e.history_len > from) {
+        std::vector<int32_t> gen(e.history + from, e.history + e.history_len);
+        std::sort(gen.begin(), gen.end());
+        for (size_t a = 0; a < gen.size();) {
+          size_t b = a;
+          while (b < gen.size() && gen[b] == gen[a]) ++b;
+          pf_ids.push_back(gen[a]);
+          pf_counts.push_back(static_cast<int32_t>(b - a));
+          a = b;
+        }
+        pf_rows.push_back(i);
+        pf_presence.push_back(p.presence_penalty);
+        pf_frequency.push_back(p.frequency_penalty);
+        pf_off.push_back(static_cast<int32_t>(pf_ids.size()));
+      }
       if (p.temperature != 0.0f) {
         samp_rows.push_back(i);
         sp.push_back(cuda::SampleRowParams{p.temperature, p.top_k, p.top_p, p.seed, e.rng_offset});
       }
+      if (p.logprobs >= 0 && e.logprob_out) {
+        lp_rows.push_back(i);
+        lp_top = std::max(lp_top, std::min(p.logprobs, cuda::kMaxLogprobs));
+      }
     }
-    if (!pen_rows.empty() || !samp_rows.empty()) {
+    const int L = static_cast<int>(lp_rows.size());
+    if (!pen_rows.empty() || !samp_rows.empty() || !pf_rows.empty() || L > 0) {
       auto al = [](size_t x) { return (x + 255) & ~size_t(255); };
-      const size_t o_pr = 0, o_pen = al(o_pr + pen_rows.size() * 4), o_hoff = al(o_pen + pen.size() * 4),
-                   o_hist = al(o_hoff + hist_off.size() * 4), o_sr = al(o_hist + hist.size() * 4),
-                   o_sp = al(o_sr + samp_rows.size() * 4), total = al(o_sp + sp.size() * sizeof(cuda::SampleRowParams));
+      size_t total = 0;
+      auto place = [&](size_t bytes) {
+        const size_t at = total;
+        total = al(total + bytes);
+        return at;
+      };
+      const size_t o_pr = place(pen_rows.size() * 4), o_pen = place(pen.size() * 4),
+                   o_hoff = place(hist_off.size() * 4), o_hist = place(hist.size() * 4),
+                   o_sr = place(samp_rows.size() * 4), o_sp = place(sp.size() * sizeof(cuda::SampleRowParams)),
+                   o_fr = place(pf_rows.size() * 4), o_fp = place(pf_presence.size() * 4),
+                   o_ff = place(pf_frequency.size() * 4), o_fo = place(pf_off.size() * 4),
+                   o_fi = place(pf_ids.size() * 4), o_fc = place(pf_counts.size() * 4), o_lr = place(lp_rows.size() * 4);
       if (total > samp_cap_) {
         GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
         if (samp_dev_) cudaFree(samp_dev_);
@@ -822,25 +887,47 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
         GLM_CUDA_CHECK(cudaMalloc(&samp_dev_, samp_cap_));
         GLM_CUDA_CHECK(cudaMallocHost(&samp_host_, samp_cap_));
       }
-      auto put = [&](size_t off, const void* src, size_t n) {
-        if (n) std::memcpy(samp_host_ + off, src, n);
+      auto put = [&](size_t off, const auto& v) {
+        if (!v.empty()) std::memcpy(samp_host_ + off, v.data(), v.size() * sizeof(v[0]));
       };
-      put(o_pr, pen_rows.data(), pen_rows.size() * 4);
-      put(o_pen, pen.data(), pen.size() * 4);
-      put(o_hoff, hist_off.data(), hist_off.size() * 4);
-      put(o_hist, hist.data(), hist.size() * 4);
-      put(o_sr, samp_rows.data(), samp_rows.size() * 4);
-      put(o_sp, sp.data(), sp.size() * sizeof(cuda::SampleRowParams));
+      put(o_pr, pen_rows);
+      put(o_pen, pen);
+      put(o_hoff, hist_off);
+      put(o_hist, hist);
+      put(o_sr, samp_rows);
+      put(o_sp, sp);
+      put(o_fr, pf_rows);
+      put(o_fp, pf_presence);
+      put(o_ff, pf_frequency);
+      put(o_fo, pf_off);
+      put(o_fi, pf_ids);
+      put(o_fc, pf_counts);
+      put(o_lr, lp_rows);
       GLM_CUDA_CHECK(cudaMemcpyAsync(samp_dev_, samp_host_, total, cudaMemcpyHostToDevice, stream_));
+      auto dev_i = [&](size_t off) { return reinterpret_cast<int32_t*>(samp_dev_ + off); };
+      auto dev_f = [&](size_t off) { return reinterpret_cast<float*>(samp_dev_ + off); };
+      // Log-probabilities are of the raw logits: keep those rows before the penalties.
+      if (L > 0) {
+        ensure_logprob_buffers(L, lp_top);
+        cuda::copy_rows(logits_, V_, dev_i(o_lr), L, lp_rows_dev_, stream_);
+      }
       if (!pen_rows.empty())
-        cuda::repetition_penalty(logits_, V_, reinterpret_cast<int32_t*>(samp_dev_ + o_pr),
-                                 reinterpret_cast<float*>(samp_dev_ + o_pen), reinterpret_cast<int32_t*>(samp_dev_ + o_hist),
-                                 reinterpret_cast<int32_t*>(samp_dev_ + o_hoff), (int)pen_rows.size(), stream_);
+        cuda::repetition_penalty(logits_, V_, dev_i(o_pr), dev_f(o_pen), dev_i(o_hist), dev_i(o_hoff),
+                                 (int)pen_rows.size(), stream_);
+      if (!pf_rows.empty())
+        cuda::presence_frequency_penalty(logits_, V_, dev_i(o_fr), dev_f(o_fp), dev_f(o_ff), dev_i(o_fi),
+                                         dev_i(o_fc), dev_i(o_fo), (int)pf_rows.size(), stream_);
       cuda::argmax_rows(logits_, V_, S, out_dev_, argmax_scratch_, stream_);
       if (!samp_rows.empty())
-        cuda::sample_rows(logits_, V_, reinterpret_cast<int32_t*>(samp_dev_ + o_sr),
-                          reinterpret_cast<cuda::SampleRowParams*>(samp_dev_ + o_sp), (int)samp_rows.size(), samp_ws_,
-                          samp_ws_bytes_, out_dev_, stream_);
+        cuda::sample_rows(logits_, V_, dev_i(o_sr), reinterpret_cast<cuda::SampleRowParams*>(samp_dev_ + o_sp),
+                          (int)samp_rows.size(), samp_ws_, samp_ws_bytes_, out_dev_, stream_);
+      if (L > 0) {
+        cuda::logprob_rows(lp_rows_dev_, V_, dev_i(o_lr), L, out_dev_, lp_top, lp_out_dev_,
+                           reinterpret_cast<int32_t*>(lp_out_dev_ + lp_cap_rows_),
+                           lp_out_dev_ + (size_t)lp_cap_rows_ * (1 + cuda::kMaxLogprobs), stream_);
+        const size_t words = (size_t)lp_cap_rows_ * (1 + 2 * cuda::kMaxLogprobs);
+        GLM_CUDA_CHECK(cudaMemcpyAsync(lp_out_host_, lp_out_dev_, words * 4, cudaMemcpyDeviceToHost, stream_));
+      }
     } else {
       cuda::argmax_rows(logits_, V_, S, out_dev_, argmax_scratch_, stream_);
     }
@@ -848,6 +935,16 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
     if (timing_) t_enqueued = clk::now();
     GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     std::memcpy(next_tokens, out_host_, sizeof(int32_t) * S);
+    for (int r = 0; r < L; ++r) {
+      const SeqBatchEntry& e = batch.seqs[lp_rows[r]];
+      const int n_top = std::min(e.params->logprobs, cuda::kMaxLogprobs);
+      const float* lp = lp_out_host_;
+      const int32_t* ids = reinterpret_cast<const int32_t*>(lp_out_host_ + lp_cap_rows_) + (size_t)r * lp_top;
+      const float* top = lp_out_host_ + (size_t)lp_cap_rows_ * (1 + cuda::kMaxLogprobs) + (size_t)r * lp_top;
+      e.logprob_out->logprob = lp[r];
+      e.logprob_out->top_ids.assign(ids, ids + n_top);
+      e.logprob_out->top_logprobs.assign(top, top + n_top);
+    }
     if (timing_) {
       const auto t_end = clk::now();
       t_prep_ += secs(t_enter, t_prepped);

@@ -85,6 +85,23 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
 void repetition_penalty(float* logits, int vocab, const int32_t* rows_idx, const float* penalty,
                         const int32_t* hist, const int32_t* hist_off, int n, cudaStream_t stream);
 
+// OpenAI's presence and frequency penalties of rows rows_idx[0..n): for row i,
+// logits[ids[j]] -= counts[j] * frequency[i] + presence[i] for j in
+// [off[i], off[i+1]) (distinct ids: the generated ids and how often each came).
+void presence_frequency_penalty(float* logits, int vocab, const int32_t* rows_idx, const float* presence,
+                                const float* frequency, const int32_t* ids, const int32_t* counts,
+                                const int32_t* off, int n, cudaStream_t stream);
+
+// ---- logprobs.cu: log-probabilities (the CPU's compute_logprobs semantics) ----
+constexpr int kMaxLogprobs = 20;
+// dst[i] = logits row rows[i] (vocab floats each), i < n.
+void copy_rows(const float* logits, int vocab, const int32_t* rows, int n, float* dst, cudaStream_t stream);
+// For the n rows of rows_data ([n, vocab], copies of batch rows rows[i]):
+// out_lp[i] = log-softmax of the id chosen[rows[i]]; out_ids / out_top [n, top_n]:
+// the top_n most likely ids and their log-probabilities (top_n <= kMaxLogprobs).
+void logprob_rows(const float* rows_data, int vocab, const int32_t* rows, int n, const int32_t* chosen,
+                  int top_n, float* out_lp, int32_t* out_ids, float* out_top, cudaStream_t stream);
+
 // out[r] = argmax of logits row r (lowest id on ties; NaN never wins).
 // scratch: [rows] 64-bit words of device memory.
 void argmax_rows(const float* logits, int vocab, int rows, int32_t* out, unsigned long long* scratch,

@@ -50,6 +50,22 @@ __global__ void penalty_kernel(float* __restrict__ logits, int vocab,
   }
 }
 
+__global__ void presence_frequency_kernel(float* __restrict__ logits, int vocab,
+                                          const int32_t* __restrict__ rows_idx,
+                                          const float* __restrict__ presence,
+                                          const float* __restrict__ frequency,
+                                          const int32_t* __restrict__ ids,
+                                          const int32_t* __restrict__ counts,
+                                          const int32_t* __restrict__ off) {
+  const int i = blockIdx.x;
+  float* row = logits + (int64_t)rows_idx[i] * vocab;
+  const float p = presence[i], f = frequency[i];
+  for (int j = off[i] + threadIdx.x; j < off[i + 1]; j += blockDim.x) {
+    const int id = ids[j];
+    if (id >= 0 && id < vocab) row[id] -= (float)counts[j] * f + p;  // as the CPU sampler
+  }
+}
+
 // Argmax in two launches: blocks of a row reduce chunks to a 64-bit key
 // (orderable value << 32 | ~id), combined with atomicMax; then key -> id.
 constexpr int kArgmaxChunk = 4096;
@@ -213,6 +229,19 @@ void repetition_penalty(float* logits, int vocab, const int32_t* rows_idx, const
     GLM_CUDA_CHECK(cudaFuncSetAttribute(penalty_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)smem));
   penalty_kernel<<<n, 512, smem, stream>>>(logits, vocab, rows_idx, penalty, hist, hist_off);
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+void presence_frequency_penalty(float* logits, int vocab, const int32_t* rows_idx, const float* presence,
+                                const float* frequency, const int32_t* ids, const int32_t* counts,
+                                const int32_t* off, int n, cudaStream_t stream) {
+  const char* k = "presence_frequency_penalty";
+  check_arg(logits && rows_idx && presence && frequency && off, k, "null tensor");
+  check_arg(vocab > 0 && n >= 0 && n <= 65535, k, "bad sizes");
+  if (n == 0) return;
+  check_arg(ids && counts, k, "null ids");
+  presence_frequency_kernel<<<n, 256, 0, stream>>>(logits, vocab, rows_idx, presence, frequency, ids, counts,
+                                                   off);
   GLM_CUDA_LAUNCH_CHECK(k);
 }
 
