@@ -14,6 +14,7 @@ Tests using servers are marked `@pytest.mark.server`.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -46,49 +47,26 @@ def triton_server(tmp_path_factory):
     try:
         yield server
     finally:
-        server.stop(check=False)
-
-
-def _server_exit(server: TritonServer) -> int | None:
-    """The server's exit code if it is no longer running, else None."""
-    if server.process is None:
-        return server.returncode if server.returncode is not None else -1
-    return server.process.poll()
-
-
-def _fail_if_down(server: TritonServer, what: str, lines: int) -> None:
-    code = _server_exit(server)
-    if code is not None:
+        code = server.stop(check=False)
+    # Shutdown waits for every inference in flight: one that never ends (a request some
+    # test left open, or one the server lost) holds it until --exit-timeout-secs.
+    left = shutdown_leftovers(server.log())
+    if left or code != 0:
         pytest.fail(
-            f"the shared tritonserver {what} (exit code {code}); "
-            f"log {server.log_path}:\n{server.log_tail(lines)}",
+            f"the shared tritonserver did not shut down cleanly (exit code {code}): "
+            f"{left or 'see its log'}; log {server.log_path}:\n{server.log_tail(30)}",
             pytrace=False,
         )
 
 
-@pytest.fixture(autouse=True)
-def _shared_server_stays_up(request):
-    """Around every test that uses the shared server (directly or through another fixture):
-    it must be running before, and a test that kills it errors itself, with the server's
-    log tail, instead of leaving the failure to whichever test comes next."""
-    if "triton_server" not in request.fixturenames:
-        yield
-        return
-    server = request.getfixturevalue("triton_server")
-    _fail_if_down(server, "is not running: an earlier test killed it", 40)
-    yield
-    _fail_if_down(server, "died during this test", 60)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    """A failing test that used the shared server gets the server's log tail in its report."""
-    outcome = yield
-    report = outcome.get_result()
-    server = getattr(item, "funcargs", {}).get("triton_server")
-    if report.when == "call" and report.failed and isinstance(server, TritonServer):
-        code = _server_exit(server)
-        state = "running" if code is None else f"exited with {code}"
-        report.sections.append(
-            (f"tritonserver ({state}) log tail", server.log_tail(40) or "(empty log)")
-        )
+def shutdown_leftovers(log: str) -> str:
+    """What tritonserver's shutdown log says was in flight ("" when nothing was): each
+    model it listed with in-flight inferences (the most it counted) and "Exit timeout
+    expired". The session's server must stop with nothing in flight at all."""
+    most: dict[str, int] = {}
+    for model, n in re.findall(r"Model '([^']+)'[^\n]*? has (\d+) in-flight inference", log):
+        most[model] = max(most.get(model, 0), int(n))
+    out = [f"model '{m}' had {n} inference(s) in flight" for m, n in most.items() if n > 0]
+    if "Exit timeout expired" in log:
+        out.append("Exit timeout expired")
+    return "; ".join(out)
