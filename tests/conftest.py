@@ -70,3 +70,59 @@ def shutdown_leftovers(log: str) -> str:
     if "Exit timeout expired" in log:
         out.append("Exit timeout expired")
     return "; ".join(out)
+
+
+@pytest.fixture(scope="session")
+def decode_rate(triton_server) -> float:
+    """Tokens/s of a short greedy request on the shared server: the fastest this machine
+    decodes the tiny model (later positions are slower), so `n / decode_rate` bounds from
+    below how long an n-token request lasts. Tests size their long requests, timeouts and
+    caps from it instead of assuming a slow machine (tests/serving_oracles.py)."""
+    from serving_oracles import server_decode_rate
+
+    return server_decode_rate(triton_server)
+
+
+def _server_exit(server: TritonServer) -> int | None:
+    """The server's exit code if it is no longer running, else None."""
+    if server.process is None:
+        return server.returncode if server.returncode is not None else -1
+    return server.process.poll()
+
+
+def _fail_if_down(server: TritonServer, what: str, lines: int) -> None:
+    code = _server_exit(server)
+    if code is not None:
+        pytest.fail(
+            f"the shared tritonserver {what} (exit code {code}); "
+            f"log {server.log_path}:\n{server.log_tail(lines)}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(autouse=True)
+def _shared_server_stays_up(request):
+    """Around every test that uses the shared server (directly or through another fixture):
+    it must be running before, and a test that kills it errors itself, with the server's
+    log tail, instead of leaving the failure to whichever test comes next."""
+    if "triton_server" not in request.fixturenames:
+        yield
+        return
+    server = request.getfixturevalue("triton_server")
+    _fail_if_down(server, "is not running: an earlier test killed it", 40)
+    yield
+    _fail_if_down(server, "died during this test", 60)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used the shared server gets the server's log tail in its report."""
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("triton_server")
+    if report.when == "call" and report.failed and isinstance(server, TritonServer):
+        code = _server_exit(server)
+        state = "running" if code is None else f"exited with {code}"
+        report.sections.append(
+            (f"tritonserver ({state}) log tail", server.log_tail(40) or "(empty log)")
+        )

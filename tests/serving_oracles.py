@@ -136,3 +136,96 @@ def decode_rate(generate_ids, prompt: Sequence[int], tokens: int = 128, tries: i
 
 def ceil_div(a: float, b: float) -> int:
     return int(math.ceil(a / b))
+
+
+# ------------------------------------------------------------------------------ engine counters
+
+ENGINE_COUNTERS = ("glm_engine_steps_total", "glm_running_sequences", "glm_kv_blocks_used")
+# The backend publishes the engine's gauges and step counter at most every 20 ms while it
+# streams (and every 100 ms when idle); a scrape can lag the engine by that much.
+METRICS_LAG_S = 0.1
+
+
+def server_decode_rate(srv, tokens: int = 128) -> float:
+    """Tokens/s of a short greedy request to chatglm_decoder on ``srv`` (see decode_rate)."""
+    from test_reliability_common import generate_ids, prompt_ids
+
+    def run(prompt, n):
+        ids, err = generate_ids(srv.grpc_url, prompt, max_tokens=n, ignore_eos=True, stream=True)
+        assert err is None, err
+        return ids
+
+    return decode_rate(run, prompt_ids(3), tokens)
+
+
+def engine_snapshot(srv) -> dict[str, float]:
+    """One scrape: the engine's counters and the decoder's request outcomes."""
+    from tritonserver import parse_metrics
+
+    out: dict[str, float] = {}
+    for name, labels, value in parse_metrics(srv.metrics_text()):
+        if name == "glm_requests_total":
+            name = f"glm_requests_total:{labels.get('outcome')}"
+        elif not name.startswith("glm_") or name.startswith("glm_time_to_first_token"):
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def engine_settled(srv, quiet: float = 0.5, timeout: float = 120.0) -> dict[str, float]:
+    """The snapshot once the engine's counters have not moved for ``quiet`` seconds and
+    nothing is running; bounded by ``timeout`` (a hang fails)."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        snap = engine_snapshot(srv)
+        key = tuple(snap.get(k) for k in ENGINE_COUNTERS)
+        if key != last:
+            last, since = key, time.monotonic()
+        elif time.monotonic() - since >= quiet and snap["glm_running_sequences"] == 0:
+            return snap
+        time.sleep(0.02)
+    raise TimeoutError(f"the engine did not settle within {timeout}s: {last}")
+
+
+def wait_outcome(srv, outcome: str, count: float, timeout: float = 60.0) -> dict[str, float]:
+    """The first snapshot whose glm_requests_total{outcome} reaches ``count``: the backend
+    counts a request right after it finished it (for a cancellation or a timeout: after it
+    asked the engine to stop it), so the engine's counters in that scrape are where the
+    engine was then, give or take METRICS_LAG_S."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snap = engine_snapshot(srv)
+        if snap.get(f"glm_requests_total:{outcome}", 0.0) >= count:
+            return snap
+        time.sleep(0.005)
+    raise TimeoutError(f"glm_requests_total{{outcome={outcome!r}}} did not reach {count}")
+
+
+def step_tolerance(rate: float) -> int:
+    """Engine steps a scrape may lag behind (METRICS_LAG_S at ``rate`` steps/s) plus the
+    step in flight and the one that reaps the cancelled sequence."""
+    return 2 + ceil_div(rate * METRICS_LAG_S, 1)
+
+
+def assert_engine_stopped(at: dict, end: dict, start: dict, steps_left: int, rate: float) -> None:
+    """After the backend ended a request early (``at``: the scrape that first counted it),
+    the engine ran at most a step or two more (``end``: settled), freed every KV block and
+    runs nothing. ``steps_left``: steps the engine would still have run had it not been
+    stopped (so that a request finishing on its own could not pass)."""
+    tol = step_tolerance(rate)
+    if steps_left < 2 * tol:
+        import pytest
+
+        pytest.skip(
+            f"inconclusive: only {steps_left} steps were left when the request was stopped, "
+            f"at {rate:.0f} tokens/s a scrape may lag {tol} steps (this machine is too fast "
+            "for a request within the context to outlast the check)"
+        )
+    more = end["glm_engine_steps_total"] - at["glm_engine_steps_total"]
+    assert more <= tol, (
+        f"the engine ran {more:.0f} steps after the backend stopped the request "
+        f"(allowed {tol} at {rate:.0f} tokens/s; {steps_left} were left): not cancelled in the engine"
+    )
+    assert end["glm_running_sequences"] == 0 and end["glm_kv_blocks_used"] == 0, end
+    assert end["glm_kv_blocks_used"] == start["glm_kv_blocks_used"] == 0
