@@ -227,6 +227,13 @@ def prepare_scratch(src: Path, scratch: Path, log: Callable[[str], None]) -> Non
     scratch.mkdir(parents=True, exist_ok=True)
     n = sync_tree(src, scratch, extra=["models/chatglm-tiny"])
     log(f"scratch {scratch}: {n} file(s) updated from {src}")
+    # A git index of the copy's files: some tests ask git what the repository tracks.
+    if not (scratch / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=scratch, check=True)
+    exclude = scratch / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    exclude.write_text("/mutation-logs/\n/.venv/\n", encoding="utf-8")
+    subprocess.run(["git", "add", "-A"], cwd=scratch, check=True, capture_output=True)
     overlay_venv(Path(os.environ.get("VENV") or src / ".venv").resolve(), scratch)
 
 

@@ -227,9 +227,12 @@ def test_sampled_ids_follow_the_documented_sampler(triton_server, tok):
         {"temperature": 0.7, "random_seed": 3},
         {"temperature": 1.3, "top_p": 0.8, "random_seed": 5},
         {"temperature": 0.9, "top_k": 5, "random_seed": 9},
+        # A penalty on a flat distribution (temperature 8): the repeated ids with negative
+        # logits (multiplied, not divided, by the penalty) carry real probability mass.
+        {"temperature": 8.0, "repetition_penalty": 3.0, "random_seed": 13},
     ]
     for i, s in enumerate(settings):
-        ids = tok.encode(PROMPTS[i % len(PROMPTS)])
+        ids = tok.encode(PROMPTS[i % len(PROMPTS)] if i < 4 else PROMPTS[2])
         got = grpc_decoder(triton_server.grpc_url, ids, max_tokens=N, ignore_eos=True, **s)
         logits = reference_step_logits(ids, got)
         kw = {k: v for k, v in s.items() if k != "random_seed"}
