@@ -183,6 +183,7 @@ bool DecoderInstance::stop_if_cancelled_or_late(const LiveRequest& r, uint64_t n
   if (!why) return false;
   const uint64_t id = r.id;
   engine_->cancel(id);
+  refresh_metrics(true);  // the gauges show where the engine was when it was told to stop
   sender_->finish_with_error(id, why->code, why->message, Outcome::kCancelled);
   return true;
 }

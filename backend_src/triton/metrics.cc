@@ -96,6 +96,8 @@ MetricFamilies::MetricFamilies() {
                          "Largest number of sequences in one engine step since the model loaded");
   steps = new_family(TRITONSERVER_METRIC_KIND_COUNTER, "glm_engine_steps_total",
                      "Engine steps (forward passes)");
+  engine_tokens = new_family(TRITONSERVER_METRIC_KIND_COUNTER, "glm_engine_tokens_total",
+                             "Tokens the engine generated (held-back and cancelled ones included)");
   healthy = new_family(TRITONSERVER_METRIC_KIND_GAUGE, "glm_engine_healthy",
                        "1 while the engine is healthy, 0 after an unrecoverable fault");
   ttft = new_family(TRITONSERVER_METRIC_KIND_HISTOGRAM, "glm_time_to_first_token_seconds",
@@ -103,7 +105,7 @@ MetricFamilies::MetricFamilies() {
 }
 
 MetricFamilies::~MetricFamilies() {
-  for (auto* f : {tokens, requests, running, waiting, active, kv_used, kv_total, max_batch, steps,
+  for (auto* f : {tokens, requests, running, waiting, active, kv_used, kv_total, max_batch, steps, engine_tokens,
                   healthy, ttft}) {
     delete_family(f);
   }
@@ -121,6 +123,7 @@ InstanceMetrics::InstanceMetrics(MetricFamilies* f, const std::string& model, ui
   kv_total_ = new_metric(f->kv_total, labels);
   max_batch_ = new_metric(f->max_batch, labels);
   steps_ = new_metric(f->steps, labels);
+  engine_tokens_ = new_metric(f->engine_tokens, labels);
   healthy_ = new_metric(f->healthy, labels);
   for (int i = 0; i < static_cast<int>(Outcome::kCount); ++i) {
     Labels l(model, version, instance, device);
@@ -159,6 +162,7 @@ InstanceMetrics::~InstanceMetrics() {
   delete_metric(kv_total_);
   delete_metric(max_batch_);
   delete_metric(steps_);
+  delete_metric(engine_tokens_);
   delete_metric(healthy_);
   delete_metric(ttft_);
 }
@@ -187,6 +191,10 @@ void InstanceMetrics::update(const glm::EngineStats& s) {
   if (s.steps > steps_seen_) {
     inc(steps_, static_cast<double>(s.steps - steps_seen_));
     steps_seen_ = s.steps;
+  }
+  if (s.tokens_generated > tokens_seen_) {
+    inc(engine_tokens_, static_cast<double>(s.tokens_generated - tokens_seen_));
+    tokens_seen_ = s.tokens_generated;
   }
 }
 

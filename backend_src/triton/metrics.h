@@ -10,6 +10,7 @@
 //   glm_kv_blocks_used / _total       gauge     paged KV cache blocks
 //   glm_max_batch_size                gauge     most sequences in one engine step so far
 //   glm_engine_steps_total            counter   engine steps
+//   glm_engine_tokens_total           counter   tokens the engine generated (cancelled ones too)
 //   glm_engine_healthy                gauge     1, or 0 after an unrecoverable engine fault
 //   glm_time_to_first_token_seconds   histogram submit -> first token
 //
@@ -42,6 +43,7 @@ class MetricFamilies {
   TRITONSERVER_MetricFamily* kv_total = nullptr;
   TRITONSERVER_MetricFamily* max_batch = nullptr;
   TRITONSERVER_MetricFamily* steps = nullptr;
+  TRITONSERVER_MetricFamily* engine_tokens = nullptr;
   TRITONSERVER_MetricFamily* healthy = nullptr;
   TRITONSERVER_MetricFamily* ttft = nullptr;
 };
@@ -75,9 +77,11 @@ class InstanceMetrics {
   TRITONSERVER_Metric* kv_total_ = nullptr;
   TRITONSERVER_Metric* max_batch_ = nullptr;
   TRITONSERVER_Metric* steps_ = nullptr;
+  TRITONSERVER_Metric* engine_tokens_ = nullptr;
   TRITONSERVER_Metric* healthy_ = nullptr;
   TRITONSERVER_Metric* ttft_ = nullptr;
   int64_t steps_seen_ = 0;
+  int64_t tokens_seen_ = 0;
 };
 
 }  // namespace glmtriton
