@@ -24,6 +24,7 @@ it loads converted checkpoints, so a hub-style DIR is converted once into
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -193,8 +194,8 @@ def fake_quantize_int8(model) -> None:  # noqa: ANN001 - ChatGLMModel, imported 
 
 
 def run_engine(args: argparse.Namespace, prompts: list[list[int]]) -> list[list[int]]:
-    try:
-        from glmserve import _engine  # type: ignore[attr-defined]
+    try:  # import_module honours sys.modules even once the package has the attribute
+        _engine = importlib.import_module("glmserve._engine")
     except ImportError as e:
         raise UsageError(
             f"--engine {args.engine}: the C++ engine module glmserve._engine is not built "

@@ -348,3 +348,33 @@ def test_read_unknown_adapter(base: Path) -> None:
 def test_prefix_kv_shapes() -> None:
     with pytest.raises(AdapterError, match="num_layers, pre_seq_len, hidden"):
         PrefixKV(torch.zeros(2, 3, 4), torch.zeros(2, 3, 5))
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_callables_are_refused(base: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # P-Tuning and LoRA .bin files are loaded with weights_only=True, like hub shards.
+    marker = tmp_path / "PWNED"
+    src = _pt(tmp_path, base)
+    torch.save(
+        {"transformer.prefix_encoder.embedding.weight": _Payload(marker)}, src / "pytorch_model.bin"
+    )
+    expect_error(capsys, src, base, "weights_only=True")
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8})
+    )
+    name = "base_model.model.transformer.layers.0.attention.dense.lora_A.weight"
+    torch.save({name: _Payload(marker)}, lora / "adapter_model.bin")
+    code, err = run(
+        capsys, "--src", str(base.parent / "hub"), "--out", str(tmp_path / "o"), "--lora", str(lora)
+    )
+    assert code == 1 and "weights_only=True" in err, err
+    assert not marker.exists(), "code from a pickle was executed"
