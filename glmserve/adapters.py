@@ -109,16 +109,30 @@ class PrefixKV:
 
 
 # --------------------------------------------------------------------- reading
-def read_adapter_json(path: Path) -> dict[str, object]:
-    """adapter.json, checked for the format version, type, and integer size fields."""
+def read_json_object(path: Path, what: str = "") -> dict[str, object]:
+    """A JSON object file, or an AdapterError naming it (``what``: a hint when it is missing)."""
     if not path.is_file():
-        raise AdapterError(f"{path}: not found")
+        raise AdapterError(f"{path}: not found{f' ({what})' if what else ''}")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AdapterError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
+    if not isinstance(data, dict):
         raise AdapterError(f"{path}: expected a JSON object")
+    return data
+
+
+def positive_int(data: dict[str, object], field: str, path: Path, hint: str = "") -> int:
+    """``data[field]`` if it is an integer > 0 (not a bool), else an AdapterError naming both."""
+    value = data.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise AdapterError(f"{path}: field {field!r} must be an integer > 0, got {value!r}{hint}")
+    return value
+
+
+def read_adapter_json(path: Path) -> dict[str, object]:
+    """adapter.json, checked for the format version, type, and integer size fields."""
+    meta = read_json_object(path)
     version = meta.get("glmserve_adapter_format")
     if version != ADAPTER_FORMAT:
         raise AdapterError(
@@ -130,9 +144,7 @@ def read_adapter_json(path: Path) -> dict[str, object]:
             f"{path}: field 'type' is {meta.get('type')!r}; known types: {', '.join(ADAPTER_TYPES)}"
         )
     for field in ("pre_seq_len", *_SIZE_FIELDS):
-        value = meta.get(field)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise AdapterError(f"{path}: field {field!r} must be an integer > 0, got {value!r}")
+        positive_int(meta, field, path)
     return meta
 
 

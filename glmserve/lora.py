@@ -20,7 +20,6 @@ model, and convert it as a full fine-tune.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from glmserve._checkpoint import FLOAT_DTYPES, LAYER_LINEARS, iter_shard
-from glmserve.adapters import AdapterError
+from glmserve.adapters import AdapterError, positive_int, read_json_object
 from glmserve.config import ChatGLMConfig
 
 CONFIG_FILE = "adapter_config.json"
@@ -63,23 +62,14 @@ class LoraConfig:
 
 
 def read_lora_config(path: Path) -> LoraConfig:
-    if not path.is_file():
-        raise AdapterError(f"{path}: not found (a peft LoRA adapter has {CONFIG_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise AdapterError(f"{path}: expected a JSON object")
+    data = read_json_object(path, f"a peft LoRA adapter has {CONFIG_FILE}")
     kind = data.get("peft_type")
     if kind != "LORA":
         raise AdapterError(
             f"{path}: field 'peft_type' is {kind!r}: only peft LoRA adapters ('LORA') can be "
             "merged (P-Tuning v2 checkpoints of THUDM's recipe go through --ptuning)"
         )
-    r, alpha = data.get("r"), data.get("lora_alpha")
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise AdapterError(f"{path}: field 'r' must be an integer > 0, got {r!r}")
+    r, alpha = positive_int(data, "r", path), data.get("lora_alpha")
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
         raise AdapterError(f"{path}: field 'lora_alpha' must be a number > 0, got {alpha!r}")
     for field, accepted in _REFUSED.items():

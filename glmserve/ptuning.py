@@ -17,7 +17,6 @@ once, here: serving only reads the resulting K/V (glmserve.adapters).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from glmserve.adapters import (
     AdapterError,
     PrefixKV,
     check_can_write,
+    positive_int,
+    read_json_object,
     write_prefix_adapter,
 )
 from glmserve.config import ChatGLMConfig, ConfigError
@@ -65,20 +66,8 @@ class PtuningConfig:
 
 def read_ptuning_config(path: Path, base: ChatGLMConfig) -> PtuningConfig:
     """The recipe's config.json: pre_seq_len, prefix_projection; sizes checked against base."""
-    if not path.is_file():
-        raise AdapterError(f"{path}: not found (a P-Tuning v2 checkpoint has a config.json)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise AdapterError(f"{path}: expected a JSON object")
-    p = data.get("pre_seq_len")
-    if isinstance(p, bool) or not isinstance(p, int) or p <= 0:
-        raise AdapterError(
-            f"{path}: field 'pre_seq_len' is {p!r}: not a P-Tuning v2 checkpoint "
-            "(expected an integer > 0)"
-        )
+    data = read_json_object(path, "a P-Tuning v2 checkpoint has a config.json")
+    p = positive_int(data, "pre_seq_len", path, ": not a P-Tuning v2 checkpoint")
     projection = data.get("prefix_projection", False)  # THUDM's config default
     if not isinstance(projection, bool):
         raise AdapterError(f"{path}: field 'prefix_projection' must be true or false")

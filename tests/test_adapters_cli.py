@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from test_adapters_util import one_thread
 
 from glmserve.adapter_fixtures import write_ptuning_checkpoint
 from glmserve.adapters import load_prefix
@@ -19,11 +19,7 @@ from glmserve.tiny import make_tiny
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

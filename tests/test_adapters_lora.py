@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_adapters_util import one_thread, run_convert, small_config, write_small_hub
 
 from glmserve.adapter_fixtures import (
     LORA_TARGETS,
@@ -18,57 +19,26 @@ from glmserve.adapter_fixtures import (
     write_lora_adapter,
 )
 from glmserve.config import ChatGLMConfig
-from glmserve.convert import main, quantize_int8
+from glmserve.convert import quantize_int8
 from glmserve.reference import ChatGLMModel, chunked_logits, generate
-from glmserve.tiny import make_tiny, tiny_config, tiny_weights
+from glmserve.tiny import make_tiny
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-SPECIAL = {
-    "mask_token_id": 60,
-    "gmask_token_id": 61,
-    "bos_token_id": 62,
-    "eos_token_id": 63,
-    "pad_token_id": 0,
-}
-
-
-def small_config(**sizes: int) -> ChatGLMConfig:
-    d = tiny_config(64, SPECIAL).to_dict()
-    d.update(hidden_size=64, num_attention_heads=4, num_layers=3, inner_hidden_size=96)
-    d.update(sizes)
-    return ChatGLMConfig.from_dict(d)
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small hub-style model (3 layers, hidden 64, inner 96: every linear has its own shape)."""
-    cfg = small_config()
-    d = tmp_path_factory.mktemp("lora") / "hub"
-    d.mkdir()
-    (d / "config.json").write_text(json.dumps(cfg.to_dict()))
-    save_file(tiny_weights(cfg, seed=11), str(d / "model.safetensors"))
-    return d
-
-
-def run(capsys, *argv: str) -> tuple[int, str]:  # noqa: ANN001
-    try:
-        code = main([*argv, "--quiet"])
-    except SystemExit as e:
-        code = int(e.code or 0)
-    return code, capsys.readouterr().err
+    return write_small_hub(tmp_path_factory.mktemp("lora") / "hub", seed=11)
 
 
 def convert_lora(capsys, hub: Path, lora: Path, out: Path, *extra: str) -> Path:  # noqa: ANN001
-    code, err = run(capsys, "--src", str(hub), "--out", str(out), "--lora", str(lora), *extra)
+    code, err = run_convert(
+        capsys, "--src", str(hub), "--out", str(out), "--lora", str(lora), *extra
+    )
     assert code == 0, err
     return out
 
@@ -194,7 +164,7 @@ def test_full_finetune_is_the_base_conversion_path(tmp_path: Path, capsys) -> No
     ft = write_full_finetune(tmp_path / "ft", tiny / "hub", seed=3, std=0.5)
     assert (ft / "pytorch_model.bin.index.json").is_file()
     assert json.loads((ft / "config.json").read_text())["pre_seq_len"] is None
-    code, err = run(capsys, "--src", str(ft), "--out", str(tmp_path / "out"))
+    code, err = run_convert(capsys, "--src", str(ft), "--out", str(tmp_path / "out"))
     assert code == 0, err
     out = tmp_path / "out"
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
@@ -217,7 +187,7 @@ def _lora(tmp_path: Path, hub: Path, **config: object) -> Path:
 
 
 def expect_error(capsys, hub: Path, lora: Path, out: Path, *needles: str) -> None:  # noqa: ANN001
-    code, err = run(capsys, "--src", str(hub), "--out", str(out), "--lora", str(lora))
+    code, err = run_convert(capsys, "--src", str(hub), "--out", str(out), "--lora", str(lora))
     assert code == 1 and err.count("\n") == 1, err
     for needle in needles:
         assert needle in err, err

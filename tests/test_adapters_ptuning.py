@@ -9,53 +9,29 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from test_adapters_util import run_convert, small_config, write_small_hub
 
 from glmserve.adapter_fixtures import random_prefix_encoder, write_ptuning_checkpoint
 from glmserve.adapters import AdapterError, PrefixKV, list_adapters, load_prefix
 from glmserve.config import ChatGLMConfig
-from glmserve.convert import convert, main
-from glmserve.tiny import tiny_config, tiny_weights
+from glmserve.convert import convert
+from glmserve.tiny import tiny_weights
 
-SPECIAL = {
-    "mask_token_id": 60,
-    "gmask_token_id": 61,
-    "bos_token_id": 62,
-    "eos_token_id": 63,
-    "pad_token_id": 0,
-}
 P = 5
-
-
-def small_config(**sizes: int) -> ChatGLMConfig:
-    d = tiny_config(64, SPECIAL).to_dict()
-    d.update(hidden_size=64, num_attention_heads=4, num_layers=3, inner_hidden_size=96)
-    d.update(sizes)
-    return ChatGLMConfig.from_dict(d)
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A converted small model (3 layers, hidden 64, 4 heads)."""
     root = tmp_path_factory.mktemp("ptuning_base")
-    cfg = small_config()
-    hub = root / "hub"
-    hub.mkdir()
-    (hub / "config.json").write_text(json.dumps(cfg.to_dict()))
-    save_file(tiny_weights(cfg, seed=3), str(hub / "model.safetensors"))
+    hub = write_small_hub(root / "hub", seed=3)
     return convert(hub, root / "out", dtype="fp32", progress=False)
 
 
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    try:
-        code = main([*argv, "--quiet"])
-    except SystemExit as e:  # argparse errors
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.err
-
-
 def add(capsys, src: Path, base: Path, name: str, *extra: str) -> tuple[int, str]:  # noqa: ANN001
-    return run(capsys, "--ptuning", str(src), "--base", str(base), "--adapter-name", name, *extra)
+    return run_convert(
+        capsys, "--ptuning", str(src), "--base", str(base), "--adapter-name", name, *extra
+    )
 
 
 def encoder_by_hand(enc: dict[str, torch.Tensor], projection: bool) -> torch.Tensor:
@@ -263,7 +239,7 @@ def test_error_base_not_converted(base: Path, tmp_path: Path, capsys) -> None:  
 def test_error_ptuning_dir_given_as_src(base: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     src = _pt(tmp_path, base)
     conf = json.loads((src / "config.json").read_text())
-    code, err = run(capsys, "--src", str(src), "--out", str(tmp_path / "o"))
+    code, err = run_convert(capsys, "--src", str(src), "--out", str(tmp_path / "o"))
     assert code == 1 and "P-Tuning v2 prefix encoder tensor" in err and "--ptuning" in err
     assert conf["pre_seq_len"] == P
 
@@ -283,7 +259,7 @@ def test_error_ptuning_dir_given_as_src(base: Path, tmp_path: Path, capsys) -> N
     ],
 )
 def test_cli_usage_errors(capsys, argv: list[str], needle: str) -> None:  # noqa: ANN001
-    code, err = run(capsys, *argv)
+    code, err = run_convert(capsys, *argv)
     assert code == 2 and needle in err and err.count("\n") == 1, err
 
 
@@ -373,7 +349,7 @@ def test_pickled_callables_are_refused(base: Path, tmp_path: Path, capsys) -> No
     )
     name = "base_model.model.transformer.layers.0.attention.dense.lora_A.weight"
     torch.save({name: _Payload(marker)}, lora / "adapter_model.bin")
-    code, err = run(
+    code, err = run_convert(
         capsys, "--src", str(base.parent / "hub"), "--out", str(tmp_path / "o"), "--lora", str(lora)
     )
     assert code == 1 and "weights_only=True" in err, err

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_adapters_util import one_thread
 
 from glmserve.adapter_fixtures import random_prefix_encoder, write_ptuning_checkpoint
 from glmserve.adapters import PrefixKV, load_prefix
@@ -30,11 +31,7 @@ from glmserve.tiny import make_tiny
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 PRE_SEQ_LEN = 6
