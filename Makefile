@@ -20,12 +20,14 @@ export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT 
 SETUP_STAMP := $(VENV)/.setup-done
 DEMO_MODEL  := models/chatglm-tiny/model.safetensors
 
-.PHONY: help setup build demo-model model serve test test-gpu bench gpu load-test docker lint format clean
+.PHONY: help setup build demo-model model serve test test-random test-gpu mutation-test bench gpu load-test docker lint format clean
 
 help:
 	@echo "make serve      set everything up (first run) and serve the demo model, or MODEL=<dir>"
 	@echo "make test       the CPU test suite (what CI runs)"
+	@echo "make test-random  the CPU suite in random order (SEED=N to repeat an order)"
 	@echo "make test-gpu   GPU tests (on a machine with an NVIDIA GPU)"
+	@echo "make mutation-test  apply tests/mutants.toml's bugs one by one; each must fail a test"
 	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows)"
 	@echo "make gpu        GPU tasks of scripts/gpu.sh (TASKS=\"kernels tests bench\"; docs/gpu_tasks.md)"
 	@echo "make load-test  Locust against a running server (USERS, SPAWN_RATE, DURATION, PROMPTS)"
@@ -54,6 +56,14 @@ test: $(SETUP_STAMP) build demo-model
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -rs -m "not gpu" tests
+
+SEED      ?= $(shell date +%s)
+test-random: $(SETUP_STAMP) build demo-model
+	$(VENV)/bin/pytest -rs -m "not gpu" -p randomly --randomly-seed=$(SEED) tests
+
+# Not in CI (it rebuilds and reruns tests once per mutant): see glmserve/mutation.py.
+mutation-test: $(SETUP_STAMP) build demo-model
+	$(PY) -m glmserve.mutation $(if $(MUTANTS),--only $(MUTANTS),)
 
 test-gpu: $(SETUP_STAMP) build demo-model
 	$(VENV)/bin/pytest -m gpu tests

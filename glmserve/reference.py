@@ -1,6 +1,6 @@
 """A faithful PyTorch ChatGLM-6B: the correctness reference for every engine path.
 
-The math is DESIGN.md's, written as short functions named after what they do
+The math is docs/model.md's, written as short functions named after what they do
 (``layer_norm``, ``alpha_residual``, ``position_ids_2d``, ``rotary_2d``, ...), with
 THUDM's precision details kept on purpose:
 

@@ -1,6 +1,6 @@
 """Request shapes of the load tests: what is sent, to which model, and when.
 
-Two targets (the public contract, ../shared/DESIGN.md "Models and tensors"):
+Two targets (the public contract: docs/request_fields.md, model_repository/):
 
 - ``chatglm``, the ensemble: text in, text out. Prompts come from the prompt sets of
   ``load_tests.prompts`` (seed, mixed, chat, a .jsonl file).

@@ -14,6 +14,7 @@ Tests using servers are marked `@pytest.mark.server`.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -46,7 +47,40 @@ def triton_server(tmp_path_factory):
     try:
         yield server
     finally:
-        server.stop(check=False)
+        code = server.stop(check=False)
+    # Shutdown waits for every inference in flight: one that never ends (a request some
+    # test left open, or one the server lost) holds it until --exit-timeout-secs.
+    left = shutdown_leftovers(server.log())
+    if left or code != 0:
+        pytest.fail(
+            f"the shared tritonserver did not shut down cleanly (exit code {code}): "
+            f"{left or 'see its log'}; log {server.log_path}:\n{server.log_tail(30)}",
+            pytrace=False,
+        )
+
+
+def shutdown_leftovers(log: str) -> str:
+    """What tritonserver's shutdown log says was in flight ("" when nothing was): each
+    model it listed with in-flight inferences (the most it counted) and "Exit timeout
+    expired". The session's server must stop with nothing in flight at all."""
+    most: dict[str, int] = {}
+    for model, n in re.findall(r"Model '([^']+)'[^\n]*? has (\d+) in-flight inference", log):
+        most[model] = max(most.get(model, 0), int(n))
+    out = [f"model '{m}' had {n} inference(s) in flight" for m, n in most.items() if n > 0]
+    if "Exit timeout expired" in log:
+        out.append("Exit timeout expired")
+    return "; ".join(out)
+
+
+@pytest.fixture(scope="session")
+def decode_rate(triton_server) -> float:
+    """Tokens/s of a short greedy request on the shared server: the fastest this machine
+    decodes the tiny model (later positions are slower), so `n / decode_rate` bounds from
+    below how long an n-token request lasts. Tests size their long requests, timeouts and
+    caps from it instead of assuming a slow machine (tests/serving_oracles.py)."""
+    from serving_oracles import server_decode_rate
+
+    return server_decode_rate(triton_server)
 
 
 def _server_exit(server: TritonServer) -> int | None:

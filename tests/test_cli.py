@@ -157,7 +157,12 @@ def test_argument_errors_exit_2(tiny: Path, capsys, argv: list[str], needle: str
 
 
 def test_engine_not_built_is_clear(tiny: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import glmserve
+
     monkeypatch.setitem(sys.modules, "glmserve._engine", None)  # import now fails
+    # ... also when an earlier test of this process imported it: `from glmserve import
+    # _engine` takes the package attribute that the first import left behind.
+    monkeypatch.delattr(glmserve, "_engine", raising=False)
     code, _, err = run(capsys, "--checkpoint", str(tiny), "--text", "a", "--engine", "cpu")
     assert code == 2 and "make build" in err and err.count("\n") == 1
 

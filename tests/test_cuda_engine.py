@@ -113,7 +113,7 @@ def test_golden_fp16(eng_mod, tmp_path):
     want = np.concatenate(g.outputs)
     err = rel_err(out[:, : want.shape[1]], want)
     print(f"golden fp16 rel err {err:.3g}, max abs {np.abs(out[:, :32] - want).max():.3g}")
-    assert err < 2e-3
+    assert err < 9e-4  # recorded 0.000281 (lab/results/h200_1343_gpu_check_pytest.log)
 
 
 # ------------------------------------------------------------------ tiny model
@@ -138,7 +138,7 @@ def test_tiny_greedy_matches_cpu_engine(eng_mod, tiny):
     for w, g in zip(want, got, strict=True):
         agree = next((i for i, (a, b) in enumerate(zip(w, g, strict=True)) if a != b), len(w))
         print(f"tiny greedy: {agree} of {len(w)} ids agree")
-        assert agree >= 32, (w, g)
+        assert agree == len(w), (w, g)  # recorded 40 of 40 for every prompt
 
 
 def test_tiny_logits_close_to_cpu_engine(eng_mod, tiny):
@@ -152,7 +152,7 @@ def test_tiny_logits_close_to_cpu_engine(eng_mod, tiny):
     got = np.asarray(gpu.debug_forward(chunks))
     err = rel_err(got, want)
     print(f"tiny logits rel err {err:.3g}")
-    assert err < 1e-2
+    assert err < 3e-3  # recorded 0.000953
 
 
 def test_continuous_batching_matches_one_at_a_time(eng_mod, tiny):
@@ -226,7 +226,7 @@ def test_sampling_agrees_with_cpu_engine(eng_mod, tiny):
     a, b = gpu.generate(prompts, **kw), cpu.generate(prompts, **kw)
     same = sum(x == y for x, y in zip(a, b, strict=True))
     print(f"sampling: {same} of {len(prompts)} requests agree on 4 sampled ids")
-    assert same >= 0.8 * len(prompts)
+    assert same >= len(prompts) - 1  # recorded 20 of 20; one boundary draw allowed
 
 
 # ------------------------------------------------------------------ full size
@@ -370,7 +370,7 @@ def test_full_size_random_logits_vs_torch_fp32(eng_mod, tmp_path):
     err = rel_err(got, want)
     agree = float((got.argmax(-1) == want.argmax(-1)).mean())
     print(f"full-size random model: logits rel err {err:.3g}, argmax agreement {agree:.2f}")
-    assert err < 1e-2
+    assert err < 5e-3  # recorded 0.00153
 
 
 def test_full_size_two_layers_vs_cpu_engine(eng_mod, tmp_path):
@@ -391,7 +391,7 @@ def test_full_size_two_layers_vs_cpu_engine(eng_mod, tmp_path):
     want = np.asarray(cpu.debug_forward(chunks))
     err = rel_err(got, want)
     print(f"2-layer full-width: rel err vs CPU engine {err:.3g}")
-    assert err < 1e-2
+    assert err < 1.5e-3  # recorded 0.000448
 
 
 def test_512_sequences_of_168_tokens_fit(eng_mod, tmp_path):

@@ -110,8 +110,8 @@ def test_tiny_int8_close_to_cpu_engine(eng_mod, int8_ckpts, lm_head):
     print(
         f"tiny int8 (lm_head int8: {lm_head}) cuda vs cpu: logits rel err {err:.3g}, greedy agreement {agree}"
     )
-    assert err < 1e-2
-    assert min(agree) >= 16, agree
+    assert err < 3e-3  # recorded 0.000916 / 0.000893 (lab/results/h200_1342_pytest_int8.log)
+    assert min(agree) == 40, agree  # recorded 40 of 40 for every prompt
 
 
 def test_gpu_quantization_equals_converter(eng_mod, tiny, int8_ckpts):
@@ -174,7 +174,7 @@ def test_full_size_int8_vs_fp16(eng_mod, full_size):
     got = np.asarray(q8.debug_forward(chunks))
     del q8
     err, _ = compare_logits("full-size random model: int8 vs fp16", got, want)
-    assert err < 0.1
+    assert err < 5e-3  # recorded 0.00173 (docs/int8.md)
 
 
 def test_full_size_packed_layout_matches_row_major(eng_mod, full_size, monkeypatch):
@@ -207,5 +207,5 @@ def test_full_size_packed_layout_matches_row_major(eng_mod, full_size, monkeypat
     want = np.asarray(row.debug_forward(chunks))
     del row
     err, agree = compare_logits(f"packed vs row-major int8 ({desc})", got, want)
-    assert err < 2e-3
+    assert err < 3.5e-4  # recorded 0.00011 (docs/int8.md)
     assert agree > 0.99

@@ -37,6 +37,7 @@ from test_reliability_common import (
     Stream,
     generate_ids,
     generate_text,
+    is_upstream_grpc_crash,
     proc_status,
     prompt_ids,
     record,
@@ -394,3 +395,52 @@ def test_upstream_grpc_crash_is_recognised_only_by_its_signature():
     xfail_on_upstream_grpc_crash(_dead_server("I1126 ... exiting with 0\n"))
     alive = SimpleNamespace(process=SimpleNamespace(poll=lambda: None), log=lambda: _CRASH_LOG)
     xfail_on_upstream_grpc_crash(alive)
+
+
+# A crash of the core (libtritonserver) on one of its own threads, e.g. after our backend
+# released a response factory twice: no frame of ours, but none of the gRPC front end's
+# either. The frame format is the real binary's (captured from 2.51 given SIGSEGV).
+_CORE_CRASH_LOG = """I1207 08:08:48.748505 3529 grpc_server.cc:2558] "Started GRPCInferenceService"
+Signal (11) received.
+ 0# 0x0000559DE924E52D in /venv/pytriton/tritonserver/bin/tritonserver
+ 1# 0x00007F430665A050 in /lib/x86_64-linux-gnu/libc.so.6
+ 2# 0x00007F4306E1244F in /venv/nvidia_pytriton.libs/libtritonserver-8d1d6c34.so
+ 3# TRITONBACKEND_ResponseFactoryDelete in /venv/nvidia_pytriton.libs/libtritonserver-8d1d6c34.so
+ 4# 0x00007F4306E5E753 in /venv/nvidia_pytriton.libs/libtritonserver-8d1d6c34.so
+ 5# 0x00007F430686CDE4 in /lib/x86_64-linux-gnu/libstdc++.so.6
+ 6# 0x00007F43066A3F16 in /lib/x86_64-linux-gnu/libc.so.6
+ 7# clone in /lib/x86_64-linux-gnu/libc.so.6
+"""
+# grpc's own assertion (SIGABRT "GRPC_CALL_ERROR_TOO_MANY_OPERATIONS"): abort() in libc,
+# then the front end's frames in the binary.
+_GRPC_ABORT_LOG = """E1207 08:09:01.000000 3600 call_op_set.h:987] assertion failed: GRPC_CALL_OK == ...
+Signal (6) received.
+ 0# 0x0000559DE924E52D in /venv/pytriton/tritonserver/bin/tritonserver
+ 1# 0x00007F430665A050 in /lib/x86_64-linux-gnu/libc.so.6
+ 2# pthread_kill in /lib/x86_64-linux-gnu/libc.so.6
+ 3# raise in /lib/x86_64-linux-gnu/libc.so.6
+ 4# abort in /lib/x86_64-linux-gnu/libc.so.6
+ 5# 0x0000559DE93C1A20 in /venv/pytriton/tritonserver/bin/tritonserver
+ 6# 0x0000559DE93B7011 in /venv/pytriton/tritonserver/bin/tritonserver
+ 7# clone in /lib/x86_64-linux-gnu/libc.so.6
+"""
+
+
+def test_crash_outside_the_grpc_front_end_is_not_excused():
+    """The recogniser wants the faulting frame in the tritonserver binary (its gRPC front
+    end): a crash inside libtritonserver with no frame of ours, a stack that never leaves
+    the system libraries, or frames printed outermost first are judged on the faulting frame."""
+    assert is_upstream_grpc_crash(_CRASH_LOG)[0]
+    assert is_upstream_grpc_crash(_GRPC_ABORT_LOG)[0]
+    upstream, why = is_upstream_grpc_crash(_CORE_CRASH_LOG)
+    assert not upstream and "libtritonserver" in why, why
+    xfail_on_upstream_grpc_crash(_dead_server(_CORE_CRASH_LOG))  # returns: not excused
+    only_libc = _CORE_CRASH_LOG.replace("/venv/nvidia_pytriton.libs/libtritonserver-8d1d6c34.so",
+                                        "/lib/x86_64-linux-gnu/libc.so.6")  # fmt: skip
+    assert not is_upstream_grpc_crash(only_libc)[0]
+    # Frames listed outermost first (as some versions print them): the same verdicts.
+    for log, want in ((_CRASH_LOG, True), (_CORE_CRASH_LOG, False)):
+        head, _, stack = log.partition("received.\n")
+        flipped = head + "received.\n" + "".join(reversed(stack.splitlines(keepends=True)))
+        assert is_upstream_grpc_crash(flipped)[0] is want
+    assert is_upstream_grpc_crash("I1207 exiting with 0\n") == (False, "no fatal signal in the log")

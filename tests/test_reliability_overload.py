@@ -12,6 +12,12 @@ import json
 import threading
 
 import pytest
+from serving_oracles import (
+    assert_engine_stopped,
+    engine_settled,
+    server_decode_rate,
+    wait_outcome,
+)
 from test_reliability_common import (
     SseStream,
     generate_ids,
@@ -149,34 +155,51 @@ def test_request_that_can_never_fit_fails_at_once(small_kv):
     assert err is None and len(ids) == 150
 
 
-def test_client_deadline_cancels_and_frees(timeouts_server):
-    """A gRPC stream deadline (the client's timeout) ends the request on the server too."""
+HOLD_S = 0.2  # seconds a held request must last per step of the test that needs it
+LONG = 2000  # new ids of the long requests (prompt_ids(3) + 2000 fits the 2048 context)
+
+
+@pytest.fixture(scope="module")
+def rate(timeouts_server) -> float:
+    """Tokens/s of a short request on this server: `LONG / rate` bounds from below how long a
+    LONG-token request lasts, so deadlines and timeouts are sized from this machine."""
+    return server_decode_rate(timeouts_server)
+
+
+def test_client_deadline_cancels_and_frees(timeouts_server, rate):
+    """A gRPC stream deadline (the client's timeout) ends the request on the server too: the
+    engine stops it (its steps stop within a step or two of the backend counting the
+    cancellation) and frees its blocks. The deadline is a quarter of the shortest time the
+    request could take here, so it always comes first."""
     srv = timeouts_server
-    srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=30)
-    cancelled0 = srv.metric("glm_requests_total", {"outcome": "cancelled"})
-    tensors = id_tensors(prompt_ids(3), max_tokens=2000, ignore_eos=True, stream=True)
+    start = engine_settled(srv)
+    deadline = LONG / rate / 4
+    tensors = id_tensors(prompt_ids(3), max_tokens=LONG, ignore_eos=True, stream=True)
     values, err = run_stream(srv.grpc_url, "chatglm_decoder", tensors, "output_ids",
-                             stream_timeout=0.5)  # fmt: skip
+                             stream_timeout=deadline)  # fmt: skip
     assert err is not None and "Deadline" in err, err
-    srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=30)
-    srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=30)
-    # Either the engine finished first (ok) or the server cancelled it: never left running.
-    cancelled = srv.metric("glm_requests_total", {"outcome": "cancelled"}) - cancelled0
-    record("client_deadline", responses_before_deadline=len(values), cancelled=int(cancelled))
+    at = wait_outcome(srv, "cancelled", start["glm_requests_total:cancelled"] + 1)
+    end = engine_settled(srv)
+    steps_left = LONG - int(at["glm_engine_steps_total"] - start["glm_engine_steps_total"])
+    assert_engine_stopped(at, end, start, steps_left, rate)
+    assert end["glm_requests_total:ok"] == start["glm_requests_total:ok"]
+    record("client_deadline", deadline_s=round(deadline, 3), responses_before_deadline=len(values))
 
 
 @pytest.mark.parametrize("model", ["chatglm", "chatglm_decoder"])
-def test_request_timeout_is_honoured(timeouts_server, model):
+def test_request_timeout_is_honoured(timeouts_server, rate, model):
     """Triton's per-request `timeout` (microseconds; tritonclient's timeout=) ends a long
-    generation with the timeout error, frees its KV blocks, and the server keeps serving."""
+    generation with the timeout error, frees its KV blocks, and the server keeps serving.
+    The timeout is a quarter of the shortest time the request could take on this machine."""
     srv = timeouts_server
+    timeout_us = int(LONG / rate / 4 * 1e6)
     if model == "chatglm":
-        tensors = text_tensors("你好", max_tokens=1900, ignore_eos=True, stream=True)
+        tensors = text_tensors("你好", max_tokens=LONG - 10, ignore_eos=True, stream=True)
         output = "text_output"
     else:
-        tensors = id_tensors(prompt_ids(3), max_tokens=2000, ignore_eos=True, stream=True)
+        tensors = id_tensors(prompt_ids(3), max_tokens=LONG, ignore_eos=True, stream=True)
         output = "output_ids"
-    values, err = run_stream(srv.grpc_url, model, tensors, output, request_timeout_us=200_000)
+    values, err = run_stream(srv.grpc_url, model, tensors, output, request_timeout_us=timeout_us)
     # The decoder's "request timeout expired (timeout N us)", or Triton's own "Request timeout
     # expired" when a batcher of the ensemble saw the deadline pass first.
     assert err is not None and "timeout expired" in err.lower(), err
@@ -203,15 +226,21 @@ def test_bounded_queue_answers_unavailable(tmp_path):
     skip_without_server()
     cfg = {"max_running_seqs": 1, "max_queue": 2}
     with TritonServer(log_dir=tmp_path, backend_config=cfg) as srv:
+        # The running request must outlast the polls and the four rejected requests below:
+        # sized from this machine's speed (2040 ids last at least 2040 / rate seconds).
+        rate = server_decode_rate(srv)
+        if 2040 / rate < 2 * HOLD_S:
+            pytest.skip(f"at {rate:.0f} tokens/s a 2040-token request may end within "
+                        f"{2 * HOLD_S}s, before the test's requests")  # fmt: skip
         long = id_tensors(prompt_ids(3), max_tokens=2040, ignore_eos=True, stream=True)
         # The three held requests go over HTTP: they are cancelled at the end (R5 item 3).
         body = {"input_ids": prompt_ids(3), "max_tokens": 2040, "ignore_eos": True, "stream": True}
         held = [SseStream(srv.http_url, "chatglm_decoder", body)]
         try:
-            srv.wait_metric("glm_running_sequences", lambda v: v == 1, timeout=60)
+            srv.wait_metric("glm_running_sequences", lambda v: v == 1, timeout=60, interval=0.01)
             for _ in range(2):
                 held.append(SseStream(srv.http_url, "chatglm_decoder", body))
-            srv.wait_metric("glm_waiting_sequences", lambda v: v == 2, timeout=60)
+            srv.wait_metric("glm_waiting_sequences", lambda v: v == 2, timeout=60, interval=0.01)
             rejected = 0
             # Decoder directly, gRPC stream: the message.
             _, err = run_stream(srv.grpc_url, "chatglm_decoder", long, "output_ids")

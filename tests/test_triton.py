@@ -18,11 +18,19 @@ import numpy as np
 import pytest
 import requests
 import tritonclient.grpc as grpcclient
+from serving_oracles import (
+    assert_engine_stopped,
+    engine_settled,
+    reference_tokenizer,
+    server_decode_rate,
+    step_tolerance,
+    wait_outcome,
+)
 from test_reliability_common import (
+    CONTEXT,
     TYPES,
     SseStream,
     Stream,
-    cancel_streams,
     skip_without_server,
     to_grpc,
     xfail_on_upstream_grpc_crash,
@@ -437,13 +445,29 @@ LONG_IDS = [
 ]
 
 
+def long_ids(tokens: int) -> list:
+    """A streamed decoder request of `tokens` new ids (ignore_eos), prompt [5, 6, gMASK, sop]."""
+    return LONG_IDS[:1] + [
+        ("max_tokens", "INT32", np.array([[tokens]], np.int32)),
+        ("ignore_eos", "BOOL", np.array([[True]], np.bool_)),
+        ("stream", "BOOL", np.array([[True]], np.bool_)),
+    ]
+
+
+ROOM = CONTEXT - 4  # the longest request after the 4-id prompt of LONG_IDS
+
+
 def test_cancel_grpc_streams_frees_kv_blocks(tmp_path):
-    """Cancelling gRPC streams mid-way stops the sequences within a step or two.
+    """Cancelling gRPC streams mid-way stops their sequences in the engine: once the backend
+    has counted the last cancellation, the engine's own step counter grows by a step or two
+    at most (it would run on to max_tokens if the cancel never reached the engine), nothing
+    runs and every KV block is free. The requests are as long as the context allows, and
+    the allowance is sized from this server's measured speed.
 
     On a server of its own: tritonserver 2.51's gRPC front end can crash completing a
     stream cancellation (upstream #7368; R5 in docs/reliability_requests.md). That crash,
-    recognised by its signature (a fatal signal with no frame in our backend), is reported
-    as xfail, and it cannot take the session's shared server down with it."""
+    recognised by its signature (the faulting frame in the binary's gRPC front end, none in
+    our backend), is reported as xfail, and it cannot take the session's shared server down."""
     skip_without_server()
     with TritonServer(log_dir=tmp_path) as srv:
         try:
@@ -458,62 +482,83 @@ def test_cancel_grpc_streams_frees_kv_blocks(tmp_path):
 
 
 def _cancel_four_decoder_streams(srv: TritonServer) -> None:
-    srv.wait_metric("glm_active_requests", lambda v: v == 0)
-    tokens0 = srv.metric("glm_generated_tokens_total")
-    streams = [Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids") for _ in range(4)]
+    rate = server_decode_rate(srv)
+    start = engine_settled(srv)
+    streams = [Stream(srv.grpc_url, "chatglm_decoder", long_ids(ROOM), "output_ids")]
+    streams += [Stream(srv.grpc_url, "chatglm_decoder", long_ids(ROOM), "output_ids")
+                for _ in range(3)]  # fmt: skip
+    cancelled0 = start["glm_requests_total:cancelled"]
     try:
         for s in streams:
-            for _ in range(3):
-                assert s.next(timeout=60)[0] == "data"
-        # Gauges are published at most every 20 ms: wait for the first that shows the blocks.
-        srv.wait_metric("glm_kv_blocks_used", lambda v: v > 0, timeout=10)
+            assert s.next(timeout=60)[0] == "data"
     finally:
-        cancel_streams(streams, srv)
-    srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=10)
-    srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=10)
-    srv.wait_metric("glm_running_sequences", lambda v: v == 0, timeout=10)
-    assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == 4
-    assert srv.metric("glm_generated_tokens_total") - tokens0 < 4 * 1900
+        # One at a time (R5 item 3), each once the backend has counted the one before.
+        for i, s in enumerate(streams):
+            s.close(cancel=True)
+            at = wait_outcome(srv, "cancelled", cancelled0 + i + 1)
+    end = engine_settled(srv)
+    steps_left = ROOM - int(at["glm_engine_steps_total"] - start["glm_engine_steps_total"])
+    assert_engine_stopped(at, end, start, steps_left, rate)
+    assert end["glm_requests_total:cancelled"] - cancelled0 == 4
+    assert end["glm_requests_total:ok"] == start["glm_requests_total:ok"]
     # The server still serves.
     assert http_generate(srv.http_url, {"text_input": "hi", "max_tokens": 4}).status_code == 200
 
 
-def test_request_timeout_stops_generation(triton_server):
-    """A request's timeout (gRPC `timeout`, microseconds) stops its sequence.
+def test_request_timeout_stops_generation(triton_server, decode_rate):
+    """A request's timeout (gRPC `timeout`, microseconds) stops its sequence in the engine:
+    the engine runs at most a step or two past the last id the client received, and every
+    id it generated before was sent. The timeout is a quarter of the shortest time this
+    machine could take for the request (its length over the measured tokens/s).
 
     Sent to chatglm_decoder directly: through the ensemble the timeout also
     reaches the decoder, but Triton 2.51's batchers then expire the ensemble's
     pre/postprocessing steps as well, so that path is not a clean test."""
     srv = triton_server
-    srv.wait_metric("glm_active_requests", lambda v: v == 0)
-    tokens0 = srv.metric("glm_generated_tokens_total")
-    s = Stream(srv.grpc_url, "chatglm_decoder", LONG_IDS, "output_ids", request_timeout_us=300_000)
+    start = engine_settled(srv)
+    timeout_us = int(ROOM / decode_rate / 4 * 1e6)
+    s = Stream(srv.grpc_url, "chatglm_decoder", long_ids(ROOM), "output_ids",
+               request_timeout_us=timeout_us)  # fmt: skip
     try:
         pieces, err = s.collect(timeout=60)
     finally:
         s.close()
-    assert err is not None and "timeout" in err
-    srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=10)
-    srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=10)
-    assert 0 < srv.metric("glm_generated_tokens_total") - tokens0 < 1900
+    assert err is not None and "timeout" in err, err
+    received = sum(v.size for v in pieces)
+    at = wait_outcome(srv, "cancelled", start["glm_requests_total:cancelled"] + 1)
+    end = engine_settled(srv)
+    steps_left = ROOM - int(at["glm_engine_steps_total"] - start["glm_engine_steps_total"])
+    assert_engine_stopped(at, end, start, steps_left, decode_rate)
+    ran = end["glm_engine_steps_total"] - start["glm_engine_steps_total"]
+    assert received <= ran <= received + step_tolerance(decode_rate), (received, ran)
+    assert end["glm_generated_tokens_total"] - start["glm_generated_tokens_total"] == received
 
 
 # ---------------------------------------------------------------------------- limits and shutdown
 
 
+# The shortest hold (seconds) the queue tests need from their first request: a few metric
+# polls 10 ms apart and one rejected request.
+HOLD_S = 0.2
+
+
 def test_full_queue_is_unavailable_and_waiting_requests_complete(tmp_path):
+    """max_running_seqs 1, max_queue 1: one runs, one waits, the third is refused; the two
+    complete. The running request is as long as the context allows, which on this machine
+    lasts at least ROOM / (measured tokens/s); the test skips if that could not outlast
+    its own polling."""
     skip_without_server()
     cfg = {"max_running_seqs": 1, "max_queue": 1}
     with TritonServer(log_dir=tmp_path, models=["chatglm_decoder"], backend_config=cfg) as srv:
-        tensors = [
-            ("input_ids", "INT32", np.array([[5, 6, 681, 684]], np.int32)),
-            ("max_tokens", "INT32", np.array([[1500]], np.int32)),
-            ("ignore_eos", "BOOL", np.array([[True]], np.bool_)),
-        ]
+        rate = server_decode_rate(srv)
+        if ROOM / rate < HOLD_S:
+            pytest.skip(f"at {rate:.0f} tokens/s a {ROOM}-token request may end within "
+                        f"{HOLD_S}s, before the test's polling")  # fmt: skip
+        tensors = long_ids(ROOM)[:3]  # not streamed
         streams = [Stream(srv.grpc_url, "chatglm_decoder", tensors, "output_ids")]
-        srv.wait_metric("glm_running_sequences", lambda v: v == 1)
+        srv.wait_metric("glm_running_sequences", lambda v: v == 1, interval=0.01)
         streams.append(Stream(srv.grpc_url, "chatglm_decoder", tensors, "output_ids"))
-        srv.wait_metric("glm_waiting_sequences", lambda v: v == 1)
+        srv.wait_metric("glm_waiting_sequences", lambda v: v == 1, interval=0.01)
         third = Stream(srv.grpc_url, "chatglm_decoder", tensors, "output_ids")
         _, err = third.collect(timeout=60)
         third.close()
@@ -522,7 +567,7 @@ def test_full_queue_is_unavailable_and_waiting_requests_complete(tmp_path):
             values, err = s.collect(timeout=120)
             s.close()
             assert err is None, err
-            assert sum(v.size for v in values) == 1500
+            assert sum(v.size for v in values) == ROOM
         assert srv.metric("glm_requests_total", {"outcome": "rejected"}) >= 1
         r = requests.post(
             f"http://{srv.http_url}/v2/models/chatglm_decoder/generate",
@@ -689,23 +734,30 @@ def test_fault_hook_by_input_and_model_parameter(tmp_path):
         assert srv.stop() == 0
 
 
-def test_max_request_seconds_bounds_cancelled_ensemble_streams(tmp_path):
+def test_max_request_seconds_bounds_cancelled_ensemble_streams(tmp_path, decode_rate):
     """Triton 2.51 never tells the decoder that a `chatglm` (ensemble) stream was cancelled
     (backend_src/triton/README.md, known limits), so the mitigation is the decoder's cap
     `max_request_seconds`: a request still running that long after it arrived ends with
-    UNAVAILABLE "request timeout expired (max_request_seconds ...)", and a cancelled
-    ensemble stream frees its KV blocks within the cap instead of running to max_tokens."""
+    UNAVAILABLE "request timeout expired (max_request_seconds ...)", and the engine stops
+    it (its step counter grows by a step or two at most after the backend counted it),
+    instead of running to max_tokens. The cap is a quarter of the shortest time this
+    machine could take for the requests (their length over the measured tokens/s)."""
     skip_without_server()
-    cfg = {"max_request_seconds": 0.25}
-    with TritonServer(log_dir=tmp_path, backend_config=cfg) as srv:
+    cap = max(round(ROOM / decode_rate / 4, 3), 0.001)
+    with TritonServer(log_dir=tmp_path, backend_config={"max_request_seconds": cap}) as srv:
         # Directly on the decoder: the client sees the error.
-        err = decoder_error(srv.grpc_url, LONG_IDS)
-        assert err is not None and "request timeout expired (max_request_seconds 0.25)" in err
-        assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == 1
-        tokens0 = srv.metric("glm_generated_tokens_total")
+        start = engine_settled(srv)
+        err = decoder_error(srv.grpc_url, long_ids(ROOM))
+        assert err is not None and f"request timeout expired (max_request_seconds {cap:g})" in err
+        at = wait_outcome(srv, "cancelled", 1)
+        end = engine_settled(srv)
+        steps_left = ROOM - int(at["glm_engine_steps_total"] - start["glm_engine_steps_total"])
+        assert_engine_stopped(at, end, start, steps_left, decode_rate)
         # Abandoned over HTTP (closing the connection cancels): 2.51's gRPC front end can
         # crash on quick successive stream cancellations (R5), which is not this test's subject.
-        body = {"text_input": "你好", "max_tokens": 1900, "ignore_eos": True}
+        start = end
+        room = CONTEXT - len(reference_tokenizer().encode("你好"))
+        body = {"text_input": "你好", "max_tokens": room, "ignore_eos": True}
         streams = [SseStream(srv.http_url, "chatglm", body) for _ in range(4)]
         try:
             for s in streams:
@@ -713,11 +765,13 @@ def test_max_request_seconds_bounds_cancelled_ensemble_streams(tmp_path):
         finally:
             for s in streams:
                 s.close()
-        srv.wait_metric("glm_active_requests", lambda v: v == 0, timeout=30)
-        srv.wait_metric("glm_kv_blocks_used", lambda v: v == 0, timeout=30)
-        assert srv.metric("glm_requests_total", {"outcome": "cancelled"}) == 5
-        assert srv.metric("glm_requests_total", {"outcome": "ok"}) == 0
-        assert srv.metric("glm_generated_tokens_total") - tokens0 < 4 * 1900
+        at = wait_outcome(srv, "cancelled", 5)
+        end = engine_settled(srv)
+        steps_left = room - int(at["glm_engine_steps_total"] - start["glm_engine_steps_total"])
+        assert_engine_stopped(at, end, start, steps_left, decode_rate)
+        assert end["glm_requests_total:cancelled"] == 5
+        assert end["glm_requests_total:ok"] == 0
+        assert srv.metric("glm_active_requests") == 0
         # Not asserting the exit code: 2.51's ensemble keeps counting a cancelled stream
         # (and one whose decoder step failed mid-stream) as in flight, so shutdown waits
         # for --exit-timeout-secs and exits 1 (known limit, not our backend).

@@ -362,8 +362,10 @@ class TritonServer:
             time.sleep(0.1)
         raise TimeoutError(f"{what}: not reached within {timeout}s")
 
-    def wait_metric(self, name: str, predicate, timeout: float = 30.0, labels=None) -> float:
-        """Polls metric `name` until predicate(value) holds; returns the value."""
+    def wait_metric(
+        self, name: str, predicate, timeout: float = 30.0, labels=None, interval: float = 0.1
+    ) -> float:
+        """Polls metric `name` every `interval` s until predicate(value) holds; returns it."""
         deadline = time.monotonic() + timeout
         value = None
         while time.monotonic() < deadline:
@@ -373,5 +375,5 @@ class TritonServer:
                     return value
             except KeyError:
                 pass
-            time.sleep(0.1)
+            time.sleep(interval)
         raise TimeoutError(f"metric {name} stayed at {value} for {timeout}s")

@@ -1,4 +1,4 @@
-// The float32 CPU back-end: the correctness reference (DESIGN.md math exactly).
+// The float32 CPU back-end: the correctness reference (docs/model.md math exactly).
 //
 // Weights stay in the checkpoint's storage (the mmap): F32 rows are used in
 // place, F16 rows are widened and I8 rows are dequantized (w = q * scale) into
