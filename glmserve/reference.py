@@ -20,14 +20,14 @@ semantics of THUDM's code without its JIT fusion.
 
 Batches of prompts of different lengths are left-padded; each sequence keeps its
 own positions and mask, so a batch computes exactly what each prompt computes alone.
-
-P-Tuning v2 prefixes (``prefix=``, a ``glmserve.adapters.PrefixKV`` or one per row) have
-THUDM's semantics (``get_prompt`` + ``past_key_values``): in every layer the prefix keys
-and values come before the tokens' own, cast to the model dtype, without rotary; every
-query attends to all of them (the mask gets a column of ones per prefix position); the
-tokens' position ids do not change.
 ``generate`` returns the new ids only; when a sequence stops at ``<eop>`` that id is
 the last one returned (as Hugging Face's ``generate`` does).
+
+P-Tuning v2 prefixes (``prefix=``, a ``glmserve.adapters.PrefixKV`` or one per row) have
+THUDM's semantics (``get_prompt`` + ``past_key_values``, docs/adapters.md): in every
+layer the prefix keys and values come before the tokens' own, cast to the model dtype,
+without rotary; every query attends to all of them (the mask gets a column of ones per
+prefix position); the tokens' position ids do not change.
 """
 
 from __future__ import annotations
