@@ -3,7 +3,7 @@
     chatglm-generate --checkpoint DIR [--engine reference|cpu|cuda] [--dtype fp32|fp16] [--int8]
                      (--text "..." | --input-ids "1,2,3;4,5,6") [--max-tokens N] [--temperature T]
                      [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]
-                     [--json] [--random-weights]
+                     [--json] [--random-weights] [--adapter NAME]
 
 DIR is a hub-style or a converted checkpoint. ``--text`` may be repeated; ``;`` separates
 ``--input-ids`` prompts; all prompts run as one batch. Id prompts must end with
@@ -11,6 +11,10 @@ DIR is a hub-style or a converted checkpoint. ``--text`` may be repeated; ``;`` 
 checkpoint has no tokenizer), one line per prompt; ``--json`` prints
 ``{"output_ids": [[...], ...], "text": [...]}`` (``text`` only with a tokenizer).
 Missing or invalid arguments print one line and exit with code 2.
+
+``--adapter NAME`` runs with the adapter ``DIR/adapters/NAME`` of a converted checkpoint
+(a P-Tuning v2 prefix, docs/adapters.md): the reference engine loads it here; the
+C++ engines get ``adapter=NAME`` in ``generate()``.
 
 ``--engine cpu|cuda`` uses the C++ engine (``glmserve._engine``, built by ``make build``);
 it loads converted checkpoints, so a hub-style DIR is converted once into
@@ -20,6 +24,7 @@ it loads converted checkpoints, so a hub-style DIR is converted once into
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -65,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at <eop>")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
+        "--adapter",
+        metavar="NAME",
+        help="use adapter NAME of the converted checkpoint (DIR/adapters/NAME, a P-Tuning v2 "
+        "prefix added with python -m glmserve.convert --ptuning)",
+    )
+    p.add_argument(
         "--random-weights",
         action="store_true",
         help="engine only: real shapes from config.json, random weights",
@@ -104,6 +115,10 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--checkpoint {ckpt}: no config.json there")
     if args.random_weights and args.engine == "reference":
         raise UsageError("--random-weights needs --engine cpu or cuda")
+    if args.adapter is not None:
+        from glmserve.adapters import check_adapter_name
+
+        check_adapter_name(args.adapter)
 
 
 def load_tokenizer(ckpt: Path):  # -> ChatGLMTokenizer | None
@@ -148,6 +163,11 @@ def run_reference(args: argparse.Namespace, prompts: list[list[int]]) -> list[li
         torch.set_num_threads(1)  # small models: ops too small to split, threads only cost
     if args.int8 and not model.cfg.int8:
         fake_quantize_int8(model)
+    prefix = None
+    if args.adapter is not None:
+        from glmserve.adapters import load_prefix
+
+        prefix = load_prefix(args.checkpoint, args.adapter, model.cfg)
     return generate(
         model,
         prompts,
@@ -158,6 +178,7 @@ def run_reference(args: argparse.Namespace, prompts: list[list[int]]) -> list[li
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         ignore_eos=args.ignore_eos,
+        prefix=prefix,
     )
 
 
@@ -173,8 +194,8 @@ def fake_quantize_int8(model) -> None:  # noqa: ANN001 - ChatGLMModel, imported 
 
 
 def run_engine(args: argparse.Namespace, prompts: list[list[int]]) -> list[list[int]]:
-    try:
-        from glmserve import _engine  # type: ignore[attr-defined]
+    try:  # import_module honours sys.modules even once the package has the attribute
+        _engine = importlib.import_module("glmserve._engine")
     except ImportError as e:
         raise UsageError(
             f"--engine {args.engine}: the C++ engine module glmserve._engine is not built "
@@ -182,6 +203,8 @@ def run_engine(args: argparse.Namespace, prompts: list[list[int]]) -> list[list[
         ) from None
     dtype = args.dtype or ("fp16" if args.engine == "cuda" else "fp32")
     ckpt = Path(args.checkpoint)
+    if args.adapter is not None and not is_converted(ckpt):
+        raise UsageError("--adapter needs a converted checkpoint (adapters live in DIR/adapters)")
     if not args.random_weights:
         ckpt = converted_for_engine(ckpt, dtype, args.int8)
     eng = _engine.Engine(
@@ -192,16 +215,23 @@ def run_engine(args: argparse.Namespace, prompts: list[list[int]]) -> list[list[
         random_weights=args.random_weights,
     )
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little")
-    out = eng.generate(
-        prompts,
-        max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty,
-        seed=seed,
-        ignore_eos=args.ignore_eos,
-    )
+    extra = {"adapter": args.adapter} if args.adapter is not None else {}
+    try:
+        out = eng.generate(
+            prompts,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            repetition_penalty=args.repetition_penalty,
+            seed=seed,
+            ignore_eos=args.ignore_eos,
+            **extra,
+        )
+    except TypeError as e:  # an engine build without adapters: "unknown sampling argument"
+        if not extra:
+            raise
+        raise UsageError(f"--adapter: --engine {args.engine} does not support it: {e}") from None
     return [list(map(int, ids)) for ids in out]
 
 

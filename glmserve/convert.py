@@ -1,6 +1,15 @@
 """Converts a hub-style ChatGLM-6B directory into the engine's checkpoint format.
 
-    python -m glmserve.convert --src HUBDIR --out DIR [--dtype fp16|fp32] [--int8] [--int8-lm-head]
+    python -m glmserve.convert --src HUBDIR --out DIR [--lora PEFT_DIR] [--dtype fp16|fp32]
+                               [--int8] [--int8-lm-head]
+    python -m glmserve.convert --ptuning PTUNING_DIR --base DIR --adapter-name NAME [--force]
+
+The first form converts a base model or a full fine-tune (both are hub-style
+directories), merging a peft LoRA adapter into the weights when ``--lora`` is given
+(glmserve/lora.py: ``W + B @ A * scale`` in fp32, then the cast or the int8
+quantization). The second adds a P-Tuning v2 prefix (THUDM's ``ptuning/`` recipe) to
+the converted checkpoint DIR as ``DIR/adapters/NAME/`` (glmserve/ptuning.py,
+docs/adapters.md).
 
 Input: ``config.json`` plus ``*.safetensors`` (preferred when both exist) or
 ``pytorch_model-*.bin`` shards with ``pytorch_model.bin.index.json`` (or a single
@@ -26,6 +35,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from tqdm import tqdm
@@ -40,7 +50,10 @@ from glmserve._checkpoint import (
     iter_shard,
     quantized_names,
 )
+from glmserve.adapters import check_adapter_name
 from glmserve.config import ChatGLMConfig, ConfigError
+from glmserve.lora import load_lora_deltas
+from glmserve.ptuning import PREFIX_ENCODER, add_ptuning_adapter
 from glmserve.token_texts import write_token_texts
 
 FORMAT_VERSION = 1
@@ -81,6 +94,16 @@ def _known_names(source_shards: dict[Path, list[str] | None]) -> dict[Path, list
     return out
 
 
+def unknown_name_error(path: Path, name: str) -> CheckpointError:
+    """The error for a tensor a base model does not have (with a hint for P-Tuning v2 ones)."""
+    if name.startswith(PREFIX_ENCODER):
+        return CheckpointError(
+            f"{path}: {name!r} is a P-Tuning v2 prefix encoder tensor: convert the base model "
+            "with --src, then add the prefix with --ptuning DIR --base OUT --adapter-name NAME"
+        )
+    return CheckpointError(f"{path}: unknown tensor name {name!r}")
+
+
 def _precheck_names(
     shards: dict[Path, list[str] | None], shapes: dict[str, tuple[int, ...]]
 ) -> None:
@@ -94,7 +117,7 @@ def _precheck_names(
             if is_ignored(name):
                 continue
             if name not in shapes:
-                raise CheckpointError(f"{path}: unknown tensor name {name!r}")
+                raise unknown_name_error(path, name)
             if name in seen:
                 raise CheckpointError(f"tensor {name!r} is in both {seen[name]} and {path}")
             seen[name] = path
@@ -112,8 +135,12 @@ def convert(
     int8: bool = False,
     int8_lm_head: bool = False,
     progress: bool = True,
+    lora: str | os.PathLike | None = None,
 ) -> Path:
-    """Converts hub-style ``src`` into ``out``; returns ``out``. Raises CheckpointError/ConfigError."""
+    """Converts hub-style ``src`` into ``out``; returns ``out``. Raises CheckpointError/ConfigError.
+
+    ``lora``: a peft LoRA adapter directory merged into the weights (glmserve.lora).
+    """
     src_dir, out_dir = Path(src), Path(out)
     if not src_dir.is_dir():
         raise CheckpointError(f"{src_dir}: source checkpoint directory not found")
@@ -132,6 +159,7 @@ def convert(
     source = find_source(src_dir)
     shards = _known_names(source.shards)
     _precheck_names(shards, shapes)
+    deltas = load_lora_deltas(lora, shapes, cfg) if lora is not None else {}
 
     specs: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
     for name, shape in shapes.items():
@@ -154,8 +182,10 @@ def convert(
                 if is_ignored(name):
                     continue
                 if name not in shapes:
-                    raise CheckpointError(f"{path}: unknown tensor name {name!r}")
+                    raise unknown_name_error(path, name)
                 check_tensor(name, t, shapes[name], path)
+                if name in deltas:  # LoRA: merged in fp32, then cast or quantized
+                    t = t.float() + deltas[name]
                 if name in quantized:
                     q, scale = quantize_int8(t)
                     writer.write(name, q)
@@ -189,39 +219,95 @@ def convert(
     return out_dir
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m glmserve.convert",
-        description="Convert a hub-style ChatGLM-6B checkpoint into glmserve's format "
-        "(config.json + one model.safetensors + ice_text.model).",
+        description="Convert a hub-style ChatGLM-6B checkpoint (base model or full fine-tune, "
+        "optionally merging a peft LoRA adapter) into glmserve's format, or add a P-Tuning v2 "
+        "prefix to a converted checkpoint as a named adapter.",
     )
-    p.add_argument("--src", required=True, help="hub-style checkpoint directory")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--src", help="hub-style checkpoint directory (base model or full fine-tune)")
+    mode.add_argument(
+        "--ptuning",
+        metavar="PTUNING_DIR",
+        help="P-Tuning v2 checkpoint of THUDM's ptuning/ recipe (config.json + pytorch_model.bin)",
+    )
+    conv = p.add_argument_group("converting a model (--src)")
+    conv.add_argument("--out", help="output directory")
+    conv.add_argument(
+        "--lora", metavar="ADAPTER_DIR", help="peft LoRA adapter to merge into the weights"
+    )
+    conv.add_argument(
         "--dtype",
         choices=sorted(DTYPES),
         default=None,
         help="output float dtype (default: the source's, float32 -> fp32, else fp16)",
     )
-    p.add_argument("--int8", action="store_true", help="int8 weight-only layer linears")
-    p.add_argument(
+    conv.add_argument("--int8", action="store_true", help="int8 weight-only layer linears")
+    conv.add_argument(
         "--int8-lm-head", action="store_true", help="also quantize lm_head (needs --int8)"
     )
+    pt = p.add_argument_group("adding a P-Tuning v2 prefix (--ptuning)")
+    pt.add_argument("--base", metavar="OUT", help="the converted checkpoint to add the adapter to")
+    pt.add_argument("--adapter-name", metavar="NAME", help="adapter name, [A-Za-z0-9_.-]{1,64}")
+    pt.add_argument("--force", action="store_true", help="replace an existing adapter NAME")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options of the other mode are errors (one line, exit code 2)."""
+    if args.src is not None:
+        if args.out is None:
+            parser.error("--src needs --out")
+        other = {"--base": args.base, "--adapter-name": args.adapter_name, "--force": args.force}
+        if args.int8_lm_head and not args.int8:
+            parser.error("--int8-lm-head needs --int8")
+    else:
+        if args.base is None or args.adapter_name is None:
+            parser.error("--ptuning needs --base OUT and --adapter-name NAME")
+        other = {
+            "--out": args.out,
+            "--lora": args.lora,
+            "--dtype": args.dtype,
+            "--int8": args.int8,
+            "--int8-lm-head": args.int8_lm_head,
+        }
+    wrong = [flag for flag, value in other.items() if value not in (None, False)]
+    if wrong:
+        parser.error(
+            f"{', '.join(wrong)} cannot be used with {'--src' if args.src else '--ptuning'}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.int8_lm_head and not args.int8:
-        parser.error("--int8-lm-head needs --int8")
+    _check_mode(parser, args)
     try:
-        out = convert(
-            args.src, args.out, args.dtype, args.int8, args.int8_lm_head, progress=not args.quiet
-        )
+        if args.ptuning is not None:
+            check_adapter_name(args.adapter_name)
+            out = add_ptuning_adapter(
+                args.ptuning, args.base, args.adapter_name, args.force, progress=not args.quiet
+            )
+        else:
+            out = convert(
+                args.src,
+                args.out,
+                args.dtype,
+                args.int8,
+                args.int8_lm_head,
+                progress=not args.quiet,
+                lora=args.lora,
+            )
     except (CheckpointError, ConfigError, ValueError) as e:
-        print(f"convert: error: {e}", file=sys.stderr)
+        print(f"convert: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     print(f"convert: wrote {out}")
     return 0

@@ -22,12 +22,19 @@ Batches of prompts of different lengths are left-padded; each sequence keeps its
 own positions and mask, so a batch computes exactly what each prompt computes alone.
 ``generate`` returns the new ids only; when a sequence stops at ``<eop>`` that id is
 the last one returned (as Hugging Face's ``generate`` does).
+
+P-Tuning v2 prefixes (``prefix=``, a ``glmserve.adapters.PrefixKV`` or one per row) have
+THUDM's semantics (``get_prompt`` + ``past_key_values``, docs/adapters.md): in every
+layer the prefix keys and values come before the tokens' own, cast to the model dtype,
+without rotary; every query attends to all of them (the mask gets a column of ones per
+prefix position); the tokens' position ids do not change.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from glmserve._checkpoint import CheckpointError, expected_shapes, load_hub_state_dict
+from glmserve.adapters import PrefixKV
 from glmserve.config import ChatGLMConfig
 from glmserve.sampling import SamplingParams, make_generator, sample_next
 
@@ -145,6 +153,26 @@ def attention_allowed(q_idx: torch.Tensor, k_idx: torch.Tensor, c: int) -> torch
 
 # ----------------------------------------------------------------- the model
 @dataclass
+class PrefixBatch:
+    """Prefix K/V of a batch, per layer [B, heads, P, head_dim] (model dtype), and ``valid``.
+
+    Rows with a shorter prefix (or none) are padded after their prefix; ``valid`` [B, P]
+    is False there, so those columns are masked like any disallowed key.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    valid: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.valid.shape[1])
+
+
+PrefixArg = PrefixKV | Sequence[PrefixKV | None] | PrefixBatch | None
+
+
+@dataclass
 class KVCache:
     """Per layer (k, v), each [B, heads, S, head_dim] (rotary applied to k)."""
 
@@ -204,8 +232,14 @@ class ChatGLMModel:
         block_pos: torch.Tensor,
         allowed: torch.Tensor,
         past: tuple[torch.Tensor, torch.Tensor] | None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """One GLM block on x [B, T, hidden]; returns (output, this layer's full (k, v))."""
+        """One GLM block on x [B, T, hidden]; returns (output, this layer's full (k, v)).
+
+        ``prefix``: this layer's prefix (k, v) [B, heads, P, head_dim], attended before the
+        cache and the new tokens (``allowed`` then has P more leading columns); the returned
+        (k, v) are the tokens' own, without the prefix.
+        """
         cfg, w, p = self.cfg, self.w, f"transformer.layers.{i}."
         heads, hd = cfg.num_attention_heads, cfg.head_dim
         bsz, t = x.shape[:2]
@@ -224,7 +258,12 @@ class ChatGLMModel:
         if past is not None:
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
-        ctx = scaled_masked_attention(q, k, v, allowed, i)
+        if prefix is not None:  # no rotary: THUDM's past_key_values are used as they are
+            ctx = scaled_masked_attention(
+                q, torch.cat((prefix[0], k), dim=2), torch.cat((prefix[1], v), dim=2), allowed, i
+            )
+        else:
+            ctx = scaled_masked_attention(q, k, v, allowed, i)
         ctx = ctx.transpose(1, 2).reshape(bsz, t, heads * hd)
         att = F.linear(ctx, w[p + "attention.dense.weight"], w[p + "attention.dense.bias"])
         h = alpha_residual(a, att, cfg.alpha)
@@ -250,11 +289,14 @@ class ChatGLMModel:
         allowed: torch.Tensor,
         cache: KVCache | None = None,
         last_only: bool = False,
+        prefix: PrefixArg = None,
     ) -> tuple[torch.Tensor, KVCache]:
         """Runs new tokens [B, T] on top of ``cache``.
 
-        position_ids / block_position_ids: [B, T]; allowed: [B, T, cache_len + T] bool.
-        Returns (logits [B, T or 1, vocab] float32, the extended cache).
+        position_ids / block_position_ids: [B, T]; allowed: [B, T, cache_len + T] bool
+        (tokens only: every query sees all of its row's prefix). ``prefix``: a PrefixKV
+        for every row, one per row (None: no prefix), or ``prefix_batch()``'s result.
+        Returns (logits [B, T or 1, vocab] float32, the extended cache, without the prefix).
         """
         w, cfg = self.w, self.cfg
         dev = self.device
@@ -265,10 +307,15 @@ class ChatGLMModel:
             allowed.to(dev),
         )
         x = F.embedding(input_ids, w["transformer.word_embeddings.weight"])
+        pb = prefix if isinstance(prefix, PrefixBatch) else self.prefix_batch(prefix, x.shape[0])
+        if pb is not None:
+            seen = pb.valid.to(dev)[:, None, :].expand(-1, allowed.shape[1], -1)
+            allowed = torch.cat((seen, allowed), dim=2)
         new_layers = []
         for i in range(cfg.num_layers):
             past = cache.layers[i] if cache is not None else None
-            x, kv = self.layer(i, x, position_ids, block_position_ids, allowed, past)
+            pre = (pb.keys[i], pb.values[i]) if pb is not None else None
+            x, kv = self.layer(i, x, position_ids, block_position_ids, allowed, past, pre)
             new_layers.append(kv)
         if last_only:
             x = x[:, -1:]
@@ -280,6 +327,37 @@ class ChatGLMModel:
         )
         logits = F.linear(x, w["lm_head.weight"])
         return logits.float(), KVCache(new_layers)
+
+    def prefix_batch(self, prefix: PrefixArg, bsz: int) -> PrefixBatch | None:
+        """The per-layer prefix K/V of a batch of ``bsz`` rows, in the model dtype.
+
+        As THUDM's ``get_prompt``: each layer's [P, hidden] is viewed as [P, heads,
+        head_dim] and cast to the model dtype (``.type(dtype)``); no rotary.
+        """
+        if prefix is None or isinstance(prefix, PrefixBatch):
+            return prefix
+        rows = [prefix] * bsz if isinstance(prefix, PrefixKV) else list(prefix)
+        if len(rows) != bsz:
+            raise ValueError(f"{len(rows)} prefixes for a batch of {bsz}")
+        given = [r for r in rows if r is not None]
+        if not given:
+            return None
+        cfg, heads, hd = self.cfg, self.cfg.num_attention_heads, self.cfg.head_dim
+        width = max(r.length for r in given)
+        shape = (cfg.num_layers, bsz, heads, width, hd)
+        keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        values = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        valid = torch.zeros((bsz, width), dtype=torch.bool, device=self.device)
+        for b, r in enumerate(rows):
+            if r is None:
+                continue
+            r.check_fits(cfg)
+            n = r.length
+            for dst, src in ((keys, r.key), (values, r.value)):
+                per_head = src.view(cfg.num_layers, n, heads, hd).permute(0, 2, 1, 3)
+                dst[:, b, :, :n] = per_head.to(device=self.device, dtype=self.dtype)
+            valid[b, :n] = True
+        return PrefixBatch(list(keys.unbind(0)), list(values.unbind(0)), valid)
 
 
 # ----------------------------------------------------------- converted files
@@ -336,12 +414,15 @@ def golden_forward(model: ChatGLMModel, calls: list[dict[str, list[int]]]) -> li
     return outs
 
 
-def chunked_logits(model: ChatGLMModel, chunks: list[list[int]]) -> torch.Tensor:
+def chunked_logits(
+    model: ChatGLMModel, chunks: list[list[int]], prefix: PrefixKV | None = None
+) -> torch.Tensor:
     """Full-sequence logits [sum of lengths, vocab] of one sequence fed chunk by chunk.
 
     Chunk 0 is the prompt (ends with <sop>); later chunks are treated as generated
-    tokens. Mirrors the engine's ``debug_forward``.
+    tokens. Mirrors the engine's ``debug_forward``. ``prefix``: a P-Tuning v2 prefix.
     """
+    pb = model.prefix_batch(prefix, 1)
     c, g = context_and_mask_position(chunks[0], model.cfg)
     cache: KVCache | None = None
     outs, start = [], 0
@@ -349,7 +430,9 @@ def chunked_logits(model: ChatGLMModel, chunks: list[list[int]]) -> torch.Tensor
         t = torch.arange(start, start + len(chunk))
         pos, block = position_ids_2d(t, c, g)
         allowed = attention_allowed(t, torch.arange(start + len(chunk)), c)[None]
-        logits, cache = model.forward(torch.tensor([chunk]), pos[None], block[None], allowed, cache)
+        logits, cache = model.forward(
+            torch.tensor([chunk]), pos[None], block[None], allowed, cache, prefix=pb
+        )
         outs.append(logits[0])
         start += len(chunk)
     return torch.cat(outs)
@@ -366,13 +449,16 @@ def generate(
     repetition_penalty: float = 1.0,
     seed: int | list[int] | None = None,
     ignore_eos: bool = False,
+    prefix: PrefixKV | Sequence[PrefixKV | None] | None = None,
 ) -> list[list[int]]:
     """Generates for a batch of prompts (each ends with [gMASK]... <sop>); returns the new ids.
 
     Greedy when temperature == 0. Each request samples with its own torch.Generator
     (seeded by ``seed``, or ``seed[i]`` when a list), so results do not depend on the
     batch. A sequence stops after ``<eop>`` (included) unless ``ignore_eos``, after
-    ``max_tokens`` new ids, or when it reaches ``max_sequence_length``.
+    ``max_tokens`` new ids, or when it reaches ``max_sequence_length`` (counted in
+    tokens: a prefix does not count, as in THUDM's code). ``prefix``: a P-Tuning v2
+    prefix for every prompt, or one (or None) per prompt.
     """
     cfg = model.cfg
     if not prompts:
@@ -415,7 +501,8 @@ def generate(
     key_valid = torch.zeros((bsz, width), dtype=torch.bool)
     for b, pad in enumerate(pads):
         key_valid[b, pad:] = True
-    logits, cache = model.forward(ids, pos, block, allowed, None, last_only=True)
+    pb = model.prefix_batch(prefix, bsz)
+    logits, cache = model.forward(ids, pos, block, allowed, None, last_only=True, prefix=pb)
 
     history = [list(p) for p in prompts]
     out: list[list[int]] = [[] for _ in prompts]
@@ -451,4 +538,5 @@ def generate(
             step_block[:, None],
             key_valid[:, None, :],
             cache,
+            prefix=pb,
         )
