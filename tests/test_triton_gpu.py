@@ -4,7 +4,7 @@ in fp16) serves the tiny checkpoint; its greedy text through the `chatglm` ensem
 the CPU engine's (`chatglm-generate --engine cpu`) on the same checkpoint.
 
 Recorded on the GPU machine without Triton: the fp16 CUDA engine's greedy ids agree with the
-CPU engine's for 40 of 40 ids on every tiny prompt (lab/results), so the texts must be equal.
+CPU engine's for 40 of 40 ids on every tiny prompt (tests/test_cuda_engine.py), so the texts must be equal.
 """
 
 from __future__ import annotations
