@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Docker step 1: installs what scripts/setup.sh and scripts/build.sh need and the
 # Triton image lacks: a C++17 compiler and make, CMake (new enough for
-# backend_src/CMakeLists.txt), the system Python's venv module and shared
-# libpython (the Python-backend stub loads it), and the CUDA compiler with the
-# cuBLAS/cudart headers of the image's own CUDA version (its runtime libraries
-# are already there). Installs only what is missing.
+# backend_src/CMakeLists.txt), nlohmann/json and GoogleTest (the engine's JSON
+# library and C++ test framework; scripts/setup.sh installs the same), the system
+# Python's venv module and shared libpython (the Python-backend stub loads it),
+# and the CUDA compiler with the cuBLAS/cudart headers of the image's own CUDA
+# version (its runtime libraries are already there). Installs only what is missing.
 #
 #   bash docker/install_build_deps.sh            install (as root, Debian/Ubuntu)
 #   bash docker/install_build_deps.sh --dry-run  print the plan; apt-get simulates
@@ -39,6 +40,11 @@ pip_pkgs=()
 # g++ (the project builds with -Werror on GCC; the image build sets CXX=g++)
 have g++ || apt_pkgs+=(g++)
 have make || apt_pkgs+=(make)
+
+# --- C++ libraries: JSON (header-only) and GoogleTest, as scripts/setup.sh ------
+for pkg in nlohmann-json3-dev libgtest-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || apt_pkgs+=("$pkg")
+done
 
 # --- CMake --------------------------------------------------------------------
 cmake_min=3.18

@@ -25,6 +25,36 @@ if [ ! -e "$libpy" ]; then
   exit 1
 fi
 
+# C++ build dependencies from the distribution (Debian/Ubuntu): the JSON library
+# the engine parses config.json / safetensors headers / Triton's model config
+# with, and GoogleTest for backend_src/tests (CTest runs them in `make test`).
+apt_deps=(nlohmann-json3-dev libgtest-dev)
+missing=()
+for pkg in "${apt_deps[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root=()
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      as_root=(sudo -n)
+    else
+      echo "setup: missing packages ${missing[*]}; install them as root:" \
+        "apt-get update && apt-get install -y ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: missing packages ${missing[*]} and no apt-get here; install them (or their" \
+      "equivalents: nlohmann/json 3 and GoogleTest with CMake config files) with your package manager" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]} with apt-get"
+  { "${as_root[@]}" apt-get update -qq &&
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+    || { echo "setup: apt-get could not install ${missing[*]}; install them by hand" >&2; exit 1; }
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV from $PYBIN (Python $ver)"
   "$PYBIN" -m venv "$VENV"
