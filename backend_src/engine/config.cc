@@ -5,7 +5,7 @@
 #include <sstream>
 
 #include "engine.h"
-#include "json.h"
+#include "json_util.h"
 
 namespace glm {
 
@@ -25,43 +25,39 @@ std::string ModelConfig::summary() const {
 namespace {
 
 struct Reader {
-  const json::Value& root;
+  const Json& root;
   const std::string& origin;
 
   [[noreturn]] void fail(const std::string& field, const std::string& what) const {
     throw EngineError(origin + ": field \"" + field + "\" " + what);
   }
-  const json::Value& get(const std::string& field) const {
-    const json::Value* v = root.find(field);
+  const Json& get(const std::string& field) const {
+    const Json* v = json_find(root, field);
     if (!v) fail(field, "is missing");
     return *v;
   }
   int integer(const std::string& field, long lo, long hi) const {
-    const json::Value& v = get(field);
-    if (!v.is_number()) fail(field, std::string("must be an integer, got ") + json::type_name(v.type()));
+    const Json& v = get(field);
+    if (!v.is_number()) fail(field, std::string("must be an integer, got ") + json_type_name(v));
     int64_t i;
-    try {
-      i = v.as_int64();
-    } catch (const json::TypeError&) {
-      fail(field, "must be an integer, got " + v.dump());
-    }
+    if (!json_whole_number(v, &i)) fail(field, "must be an integer, got " + v.dump());
     if (i < lo || i > hi)
       fail(field, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
                       std::to_string(i));
     return static_cast<int>(i);
   }
   int optional_integer(const std::string& field, int dflt, long lo, long hi) const {
-    return root.find(field) ? integer(field, lo, hi) : dflt;
+    return json_find(root, field) ? integer(field, lo, hi) : dflt;
   }
 };
 
 }  // namespace
 
 ModelConfig parse_model_config(const std::string& json_text, const std::string& origin) {
-  json::Value root;
+  Json root;
   try {
-    root = json::parse(json_text);
-  } catch (const json::ParseError& e) {
+    root = parse_json(json_text);
+  } catch (const JsonError& e) {
     throw EngineError(origin + ": not valid JSON: " + e.what());
   }
   if (!root.is_object()) throw EngineError(origin + ": expected a JSON object at the top level");
@@ -82,14 +78,14 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     r.fail("hidden_size", "/ num_attention_heads = head dim " + std::to_string(c.head_dim) +
                               " must be a multiple of 4 (2D rotary halves of even size)");
   {
-    const json::Value& eps = r.get("layernorm_epsilon");
-    if (!eps.is_number() || !(eps.as_double() > 0.0) || !(eps.as_double() < 1.0))
+    const Json& eps = r.get("layernorm_epsilon");
+    if (!eps.is_number() || !(eps.get<double>() > 0.0) || !(eps.get<double>() < 1.0))
       r.fail("layernorm_epsilon", "must be a number in (0, 1), got " + eps.dump());
-    c.layernorm_epsilon = static_cast<float>(eps.as_double());
+    c.layernorm_epsilon = static_cast<float>(eps.get<double>());
   }
-  if (const json::Value* p = root.find("position_encoding_2d")) {
-    if (!p->is_bool()) r.fail("position_encoding_2d", "must be true or false, got " + p->dump());
-    c.position_encoding_2d = p->as_bool();
+  if (const Json* p = json_find(root, "position_encoding_2d")) {
+    if (!p->is_boolean()) r.fail("position_encoding_2d", "must be true or false, got " + p->dump());
+    c.position_encoding_2d = p->get<bool>();
   }
   if (!c.position_encoding_2d)
     r.fail("position_encoding_2d", "must be true (only ChatGLM's 2D positions are implemented)");
@@ -99,19 +95,19 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   c.gmask_token_id = r.integer("gmask_token_id", 0, vmax);
   c.mask_token_id = r.integer("mask_token_id", 0, vmax);
   c.pad_token_id = r.optional_integer("pad_token_id", 0, 0, vmax);
-  if (const json::Value* d = root.find("torch_dtype")) {
-    if (d->is_string()) c.torch_dtype = d->as_string();
+  if (const Json* d = json_find(root, "torch_dtype")) {
+    if (d->is_string()) c.torch_dtype = d->get<std::string>();
   }
-  if (const json::Value* q = root.find("quantization")) {
+  if (const Json* q = json_find(root, "quantization")) {
     if (!q->is_null()) {
       if (!q->is_object()) r.fail("quantization", "must be an object like {\"int8\": true, \"lm_head\": false}");
-      if (const json::Value* i8 = q->find("int8")) {
-        if (!i8->is_bool()) r.fail("quantization.int8", "must be true or false, got " + i8->dump());
-        c.int8 = i8->as_bool();
+      if (const Json* i8 = json_find(*q, "int8")) {
+        if (!i8->is_boolean()) r.fail("quantization.int8", "must be true or false, got " + i8->dump());
+        c.int8 = i8->get<bool>();
       }
-      if (const json::Value* lm = q->find("lm_head")) {
-        if (!lm->is_bool()) r.fail("quantization.lm_head", "must be true or false, got " + lm->dump());
-        c.int8_lm_head = c.int8 && lm->as_bool();
+      if (const Json* lm = json_find(*q, "lm_head")) {
+        if (!lm->is_boolean()) r.fail("quantization.lm_head", "must be true or false, got " + lm->dump());
+        c.int8_lm_head = c.int8 && lm->get<bool>();
       }
     }
   }

@@ -13,7 +13,7 @@
 #include <thread>
 
 #include "engine.h"
-#include "json.h"
+#include "json_util.h"
 #include "rng.h"
 
 namespace glm {
@@ -95,10 +95,10 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     throw fail("corrupt or truncated safetensors file: header length " + std::to_string(header_len) +
                " exceeds the file size " + std::to_string(size));
   if (header_len > (100u << 20)) throw fail("corrupt safetensors header: length " + std::to_string(header_len) + " is over 100 MiB");
-  json::Value header;
+  Json header;
   try {
-    header = json::parse(reinterpret_cast<const char*>(bytes + 8), static_cast<size_t>(header_len));
-  } catch (const json::ParseError& e) {
+    header = parse_json(reinterpret_cast<const char*>(bytes + 8), static_cast<size_t>(header_len));
+  } catch (const JsonError& e) {
     throw fail(std::string("corrupt safetensors header (not valid JSON): ") + e.what());
   }
   if (!header.is_object()) throw fail("corrupt safetensors header: not a JSON object");
@@ -106,36 +106,35 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
   const size_t data_start = 8 + static_cast<size_t>(header_len);
   const size_t data_size = size - data_start;
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
-  for (const auto& kv : header.as_object()) {
-    const std::string& name = kv.first;
+  for (const auto& kv : header.items()) {
+    const std::string& name = kv.key();
     if (name == "__metadata__") continue;
-    const json::Value& info = kv.second;
+    const Json& info = kv.value();
     auto bad = [&](const std::string& what) { return fail("tensor \"" + name + "\": " + what); };
     if (!info.is_object()) throw bad("header entry is not an object");
-    const json::Value* dt = info.find("dtype");
-    const json::Value* sh = info.find("shape");
-    const json::Value* off = info.find("data_offsets");
+    const Json* dt = json_find(info, "dtype");
+    const Json* sh = json_find(info, "shape");
+    const Json* off = json_find(info, "data_offsets");
     if (!dt || !dt->is_string() || !sh || !sh->is_array() || !off || !off->is_array() || off->size() != 2)
       throw bad("header entry needs \"dtype\" (string), \"shape\" (array), \"data_offsets\" ([begin, end])");
     TensorView t;
-    const std::string& d = dt->as_string();
+    const std::string& d = dt->get_ref<const std::string&>();
     if (d == "F32") t.dtype = DType::kF32;
     else if (d == "F16") t.dtype = DType::kF16;
     else if (d == "I8") t.dtype = DType::kI8;
     else throw bad("unsupported dtype " + d + " (F32, F16 or I8)");
     int64_t numel = 1;
-    for (const auto& dim : sh->as_array()) {
-      if (!dim.is_integer() || dim.as_int64() < 0 || dim.as_int64() > (int64_t(1) << 40))
-        throw bad("bad shape entry " + dim.dump());
-      t.shape.push_back(dim.as_int64());
-      numel *= dim.as_int64();
+    for (const Json& dim : *sh) {
+      int64_t n;
+      if (!json_integer_literal(dim, &n) || n < 0 || n > (int64_t(1) << 40)) throw bad("bad shape entry " + dim.dump());
+      t.shape.push_back(n);
+      numel *= n;
       if (numel > (int64_t(1) << 40)) throw bad("shape too large");
     }
-    const json::Value& b = off->at(size_t(0));
-    const json::Value& e = off->at(size_t(1));
-    if (!b.is_integer() || !e.is_integer() || b.as_int64() < 0 || e.as_int64() < b.as_int64())
+    int64_t b, e;
+    if (!json_integer_literal((*off)[0], &b) || !json_integer_literal((*off)[1], &e) || b < 0 || e < b)
       throw bad("bad data_offsets " + off->dump());
-    const uint64_t begin = static_cast<uint64_t>(b.as_int64()), end = static_cast<uint64_t>(e.as_int64());
+    const uint64_t begin = static_cast<uint64_t>(b), end = static_cast<uint64_t>(e);
     const uint64_t want = static_cast<uint64_t>(numel) * dtype_size(t.dtype);
     if (end - begin != want)
       throw bad("data_offsets " + off->dump() + " span " + std::to_string(end - begin) + " bytes, but " + d +

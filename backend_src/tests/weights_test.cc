@@ -2,9 +2,11 @@
 
 #include <cmath>
 
-#include "check.h"
+#include <gtest/gtest.h>
+
 #include "config.h"
 #include "engine.h"
+#include "expect_throw.h"
 
 using namespace glm;
 
@@ -15,65 +17,63 @@ static ModelConfig small_config() {
                             "test");
 }
 
-TEST(config_fields_and_alpha) {
+TEST(WeightsTest, config_fields_and_alpha) {
   ModelConfig c = small_config();
-  CHECK_EQ(c.head_dim, 8);
-  CHECK_EQ(c.num_layers, 3);
-  CHECK(!c.int8);
-  CHECK(std::fabs(c.residual_alpha() - std::sqrt(56.0f)) < 1e-6f);
-  CHECK_THROWS(parse_model_config("[]", "cfg.json"), "cfg.json: expected a JSON object");
+  EXPECT_EQ(c.head_dim, 8);
+  EXPECT_EQ(c.num_layers, 3);
+  EXPECT_FALSE(c.int8);
+  EXPECT_TRUE(std::fabs(c.residual_alpha() - std::sqrt(56.0f)) < 1e-6f);
+  EXPECT_THROW_MSG(parse_model_config("[]", "cfg.json"), "cfg.json: expected a JSON object");
 }
 
-TEST(random_weights_have_every_tensor_with_its_shape) {
+TEST(WeightsTest, random_weights_have_every_tensor_with_its_shape) {
   ModelConfig c = small_config();
   ModelWeights w = random_weights(c, 1, DType::kF32, false);
   auto all = w.by_name();
-  CHECK_EQ(all.size(), size_t(1 + 12 * 3 + 2 + 1));
-  CHECK(all.at("transformer.layers.2.attention.query_key_value.weight").shape == (std::vector<int64_t>{48, 16}));
-  CHECK(all.at("transformer.layers.0.mlp.dense_4h_to_h.weight").shape == (std::vector<int64_t>{16, 24}));
-  CHECK(all.at("lm_head.weight").shape == (std::vector<int64_t>{40, 16}));
-  for (const auto& kv : all) CHECK(!kv.second.empty());
+  EXPECT_EQ(all.size(), size_t(1 + 12 * 3 + 2 + 1));
+  EXPECT_TRUE(all.at("transformer.layers.2.attention.query_key_value.weight").shape == (std::vector<int64_t>{48, 16}));
+  EXPECT_TRUE(all.at("transformer.layers.0.mlp.dense_4h_to_h.weight").shape == (std::vector<int64_t>{16, 24}));
+  EXPECT_TRUE(all.at("lm_head.weight").shape == (std::vector<int64_t>{40, 16}));
+  for (const auto& kv : all) EXPECT_FALSE(kv.second.empty());
   // Deterministic in the seed.
   ModelWeights again = random_weights(c, 1, DType::kF32, false);
   ModelWeights other = random_weights(c, 2, DType::kF32, false);
   auto a = to_float(w.layers[1].dense.weight), b = to_float(again.layers[1].dense.weight),
        d = to_float(other.layers[1].dense.weight);
-  CHECK(a == b);
-  CHECK(a != d);
+  EXPECT_TRUE(a == b);
+  EXPECT_TRUE(a != d);
   // Layer norms start at 1.
-  CHECK_EQ(to_float(w.layers[0].input_layernorm_weight)[5], 1.0f);
+  EXPECT_EQ(to_float(w.layers[0].input_layernorm_weight)[5], 1.0f);
 }
 
-TEST(random_int8_weights_carry_scales) {
+TEST(WeightsTest, random_int8_weights_carry_scales) {
   ModelConfig c = small_config();
   ModelWeights w = random_weights(c, 3, DType::kF16, true);
   auto all = w.by_name();
-  CHECK_EQ(all.size(), size_t(1 + 12 * 3 + 2 + 1 + 4 * 3));
+  EXPECT_EQ(all.size(), size_t(1 + 12 * 3 + 2 + 1 + 4 * 3));
   const TensorView& s = all.at("transformer.layers.1.mlp.dense_h_to_4h.weight_scale");
-  CHECK(s.dtype == DType::kF16);
-  CHECK(s.shape == std::vector<int64_t>{24});
-  CHECK(w.layers[1].dense_h_to_4h.weight.dtype == DType::kI8);
-  CHECK(w.lm_head.weight.dtype == DType::kF16);
+  EXPECT_TRUE(s.dtype == DType::kF16);
+  EXPECT_TRUE(s.shape == std::vector<int64_t>{24});
+  EXPECT_TRUE(w.layers[1].dense_h_to_4h.weight.dtype == DType::kI8);
+  EXPECT_TRUE(w.lm_head.weight.dtype == DType::kF16);
   auto deq = dequantize(w.layers[1].dense_h_to_4h);
-  CHECK_EQ(deq.size(), size_t(24 * 16));
+  EXPECT_EQ(deq.size(), size_t(24 * 16));
 }
 
-TEST(quantize_int8_rows_like_the_converter) {
+TEST(WeightsTest, quantize_int8_rows_like_the_converter) {
   // Row 0: amax 1.27 -> scale fp16(0.01); row 1 all zero -> scale 1, q 0.
   std::vector<float> w = {1.27f, -0.635f, 0.005f, 0.015f, 0.0f, 0.0f, 0.0f, 0.0f};
   QuantizedRows q = quantize_int8_rows(w.data(), 2, 4);
   const float s0 = f16_to_f32(q.scale[0]);
-  CHECK_EQ(q.scale[0], f32_to_f16(1.27f / 127.0f));
-  CHECK_EQ(q.q[0], int8_t(std::nearbyint(1.27f / s0)));
-  CHECK_EQ(q.q[1], int8_t(std::nearbyint(-0.635f / s0)));
-  CHECK_EQ(q.scale[1], uint16_t(0x3C00));
-  CHECK_EQ(q.q[4], int8_t(0));
-  for (int i = 0; i < 4; ++i) CHECK(std::fabs(q.q[static_cast<size_t>(i)] * s0 - w[static_cast<size_t>(i)]) <= s0 / 2 + 1e-7f);
+  EXPECT_EQ(q.scale[0], f32_to_f16(1.27f / 127.0f));
+  EXPECT_EQ(q.q[0], int8_t(std::nearbyint(1.27f / s0)));
+  EXPECT_EQ(q.q[1], int8_t(std::nearbyint(-0.635f / s0)));
+  EXPECT_EQ(q.scale[1], uint16_t(0x3C00));
+  EXPECT_EQ(q.q[4], int8_t(0));
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(std::fabs(q.q[static_cast<size_t>(i)] * s0 - w[static_cast<size_t>(i)]) <= s0 / 2 + 1e-7f);
 }
 
-TEST(missing_files_are_named) {
-  CHECK_THROWS(load_weights("/nonexistent-dir", small_config()), "/nonexistent-dir/model.safetensors: cannot open");
-  CHECK_THROWS(load_model_config("/nonexistent-dir"), "/nonexistent-dir/config.json: cannot open");
+TEST(WeightsTest, missing_files_are_named) {
+  EXPECT_THROW_MSG(load_weights("/nonexistent-dir", small_config()), "/nonexistent-dir/model.safetensors: cannot open");
+  EXPECT_THROW_MSG(load_model_config("/nonexistent-dir"), "/nonexistent-dir/config.json: cannot open");
 }
-
-TEST_MAIN()

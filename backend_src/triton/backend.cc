@@ -7,7 +7,7 @@
 
 #include "decoder_config.h"
 #include "instance.h"
-#include "json.h"
+#include "json_util.h"
 #include "metrics.h"
 #include "triton_api.h"
 #include "util.h"
@@ -76,12 +76,11 @@ TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend* backend) {
     TRITONSERVER_Message* msg = nullptr;
     GLM_RETURN_IF_ERROR(TRITONBACKEND_BackendConfig(backend, &msg));
     // The backend config message is owned by Triton: read it, never free it.
-    glm::json::Value cfg = glm::json::parse(message_json(msg));
-    if (const auto* cmd = cfg.find("cmdline")) {
-      if (cmd->is_object()) {
-        for (const auto& kv : cmd->as_object()) {
-          if (kv.second.is_string()) state->cmdline[kv.first] = kv.second.as_string();
-        }
+    const glm::Json cfg = glm::parse_json(message_json(msg));
+    const glm::Json* cmd = glm::json_find(cfg, "cmdline");
+    if (cmd != nullptr && cmd->is_object()) {
+      for (const auto& kv : cmd->items()) {
+        if (kv.value().is_string()) state->cmdline[kv.key()] = kv.value().get<std::string>();
       }
     }
     state->families = std::make_unique<MetricFamilies>();

@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#include "json.h"
+#include "json_util.h"
 
 namespace glmtriton {
 namespace {
@@ -72,37 +72,37 @@ const std::vector<std::string>& known_parameter_keys() { return kKeys; }
 DecoderConfig parse_decoder_config(const std::string& model_config_json,
                                    const std::map<std::string, std::string>& cmdline,
                                    const std::string& model_dir, const char* env_checkpoint_dir) {
-  glm::json::Value cfg;
+  glm::Json cfg;
   try {
-    cfg = glm::json::parse(model_config_json);
+    cfg = glm::parse_json(model_config_json);
   } catch (const std::exception& e) {
     throw std::runtime_error(std::string("cannot parse the model configuration: ") + e.what());
   }
   DecoderConfig out;
-  if (const auto* mbs = cfg.find("max_batch_size")) {
-    if (mbs->is_number()) out.max_batch_size = static_cast<int>(mbs->as_int64());
+  if (const auto* mbs = glm::json_find(cfg, "max_batch_size")) {
+    int64_t n;
+    if (glm::json_whole_number(*mbs, &n)) out.max_batch_size = static_cast<int>(n);
   }
-  if (const auto* pol = cfg.find("model_transaction_policy")) {
-    if (const auto* d = pol->find("decoupled")) out.decoupled = d->is_bool() && d->as_bool();
+  if (const auto* pol = glm::json_find(cfg, "model_transaction_policy")) {
+    if (const auto* d = glm::json_find(*pol, "decoupled")) out.decoupled = d->is_boolean() && d->get<bool>();
   }
 
   // Collect the values: model-config parameters, then the overrides.
   std::map<std::string, std::string> values;
   std::map<std::string, std::string> source;
-  if (const auto* params = cfg.find("parameters")) {
-    if (params->is_object()) {
-      for (const auto& kv : params->as_object()) {
-        const auto* sv = kv.second.find("string_value");
-        if (sv == nullptr || !sv->is_string()) continue;
-        bool known = false;
-        for (const auto& k : kKeys) known = known || k == kv.first;
-        if (!known) {
-          throw std::runtime_error("chatglm_decoder: unknown parameter '" + kv.first +
-                                   "' in the model configuration");
-        }
-        values[kv.first] = sv->as_string();
-        source[kv.first] = "model config";
+  const auto* params = glm::json_find(cfg, "parameters");
+  if (params != nullptr && params->is_object()) {
+    for (const auto& kv : params->items()) {
+      const auto* sv = glm::json_find(kv.value(), "string_value");
+      if (sv == nullptr || !sv->is_string()) continue;
+      bool known = false;
+      for (const auto& k : kKeys) known = known || k == kv.key();
+      if (!known) {
+        throw std::runtime_error("chatglm_decoder: unknown parameter '" + kv.key() +
+                                 "' in the model configuration");
       }
+      values[kv.key()] = sv->get<std::string>();
+      source[kv.key()] = "model config";
     }
   }
   if (env_checkpoint_dir != nullptr && env_checkpoint_dir[0] != '\0') {
