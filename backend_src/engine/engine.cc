@@ -78,6 +78,7 @@ void validate_options(const EngineOptions& o) {
   if (o.max_queue < 0) bad("max_queue", "must be >= 0 (0 = unbounded), got " + std::to_string(o.max_queue));
   if (o.num_threads < 0) bad("num_threads", "must be >= 0 (0 = all cores), got " + std::to_string(o.num_threads));
   if (o.device_id < 0) bad("device_id", "must be >= 0, got " + std::to_string(o.device_id));
+  validate_cuda_tuning(o.cuda);
 }
 
 class EngineImpl final : public Engine {

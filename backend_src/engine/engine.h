@@ -48,6 +48,46 @@ class EngineError : public std::runtime_error {
   std::string detail_;
 };
 
+// Tuning of the CUDA back-end (device "cuda"; the cpu back-end ignores it). The
+// defaults are the measured fastest (docs/cuda_notes.md, docs/int8.md); the other
+// values are there for A/B measurements and debugging. Each field is also settable
+// by name (cuda_tuning.h): the Triton parameter and Python keyword "cuda_<field>",
+// the CLIs' flag --cuda-<field> (docs/cuda_notes.md lists them).
+struct CudaTuning {
+  // Rotary angle and cos/sin rounded to fp16, as THUDM's code does in an fp16 run
+  // (angles above 1024 become whole radians); false: fp32 angles (docs/cuda_notes.md).
+  bool rotary_fp16 = false;
+  // Programmatic dependent launch on sm_90 and newer. Process-wide: the engine
+  // created last decides for every engine of the process.
+  bool pdl = true;
+  // Warp-per-(token, head) paged attention when there are >= 2048 such pairs
+  // (head_dim 64 or 128); off: one block per pair (v5 found the warp kernel no faster,
+  // docs/cuda_notes.md).
+  bool attention_warp = false;
+  // fp16 linears: the weight-streaming GEMV up to this many tokens, cuBLAS above
+  // (0 = cuBLAS only; at most 8).
+  int gemv_max_tokens = 4;
+  // int8 mode: lm_head quantized too, as a checkpoint with quantization.lm_head has it.
+  bool int8_lm_head = false;
+  // int8 mode on Hopper (a build with sm_90a code): the block linears rewritten into
+  // the packed layout of their fastest kernels at load; false keeps the row-major ones.
+  bool int8_packed = true;
+  // int8 linears: the GEMV up to this many tokens (-1 = automatic: row-major 1 with
+  // PDL and 2 without, packed 8; 0 = never; at most 8).
+  int int8_gemv_max_tokens = -1;
+  // int8 linears: the tensor-core kernel up to this many tokens, dequantization +
+  // cuBLAS above (0 = never).
+  int int8_mma_max_tokens = 256;
+  // Debugging: NaN written at allocation into the KV cache (1), the activations (2) or both (3).
+  int poison = 0;
+  // Host-side time per step (preparation, enqueue, wait), printed to stderr when the runner goes.
+  bool timing = false;
+};
+
+// Throws EngineError for a CudaTuning integer field out of its range (Engine::create
+// calls it). Setting the fields by name: cuda_tuning.h.
+void validate_cuda_tuning(const CudaTuning& tuning);
+
 // Everything chosen once, at engine creation. Parsed and validated once.
 struct EngineOptions {
   std::string checkpoint_dir;      // converted checkpoint: config.json + model.safetensors
@@ -66,6 +106,7 @@ struct EngineOptions {
   int max_queue = 0;               // waiting requests beyond this are refused (0 = unbounded)
   int num_threads = 0;             // cpu compute threads (0 = hardware concurrency)
   bool use_cuda_graphs = true;     // cuda decode steps
+  CudaTuning cuda;                 // cuda back-end kernels and debugging aids (above)
 };
 
 // Per-request decoding parameters. One semantics on every back-end:

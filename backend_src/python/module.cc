@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_tuning.h"
 #include "engine.h"
 #include "request_fields.gen.h"
 #include "token_texts.h"
@@ -188,6 +189,42 @@ glm::SamplingParams params_from(const py::kwargs& kwargs) {
   return p;
 }
 
+// The keywords cuda_<field>=value of Engine(): EngineOptions::cuda, by name.
+void set_cuda_tuning(glm::CudaTuning& cuda, const py::kwargs& tuning) {
+  for (const auto& item : tuning) {
+    const std::string key = py::str(item.first);
+    if (key.rfind("cuda_", 0) != 0) throw py::type_error("Engine() got an unexpected keyword argument '" + key + "'");
+    const py::handle v = item.second;
+    std::string text;
+    if (py::isinstance<py::bool_>(v))
+      text = v.cast<bool>() ? "true" : "false";
+    else if (py::isinstance<py::int_>(v) || py::isinstance<py::str>(v))
+      text = py::str(v);
+    else
+      throw py::type_error("Engine() keyword " + key + " must be a bool, an int or a str");
+    glm::set_cuda_tuning(cuda, key.substr(5), text);
+  }
+}
+
+py::list cuda_tuning_fields() {
+  const glm::CudaTuning defaults;
+  py::list out;
+  for (const glm::CudaTuningField& f : glm::cuda_tuning_fields()) {
+    py::dict d;
+    d["name"] = f.name;
+    d["type"] = f.flag ? "bool" : "int";
+    if (f.flag)
+      d["default"] = defaults.*f.flag;
+    else
+      d["default"] = defaults.*f.number;
+    d["min"] = f.min;
+    d["max"] = f.max;
+    d["help"] = f.help;
+    out.append(d);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_engine, m) {
@@ -219,12 +256,15 @@ PYBIND11_MODULE(_engine, m) {
       },
       py::arg("checkpoint_dir"), py::arg("ids"),
       "The generated text of `ids` as the engine sees it (token_bytes.bin), for tests.");
+  m.def("cuda_tuning_fields", &cuda_tuning_fields,
+        "The CUDA tuning options (EngineOptions.cuda; Engine(cuda_<name>=...), the Triton parameter "
+        "cuda_<name>): a list of dicts with name, type ('bool' or 'int'), default, min, max, help.");
 
   py::class_<PyEngine>(m, "Engine")
       .def(py::init([](const std::string& checkpoint_dir, const std::string& device, const std::string& dtype, bool int8,
                        bool random_weights, uint64_t weights_seed, int block_size, int num_kv_blocks,
                        double kv_cache_fraction, int64_t kv_cache_bytes, int max_running_seqs, int max_batched_tokens,
-                       int max_queue, int num_threads, bool use_cuda_graphs, int device_id) {
+                       int max_queue, int num_threads, bool use_cuda_graphs, int device_id, const py::kwargs& tuning) {
              glm::EngineOptions o;
              o.checkpoint_dir = checkpoint_dir;
              o.device = device;
@@ -242,13 +282,16 @@ PYBIND11_MODULE(_engine, m) {
              o.num_threads = num_threads;
              o.use_cuda_graphs = use_cuda_graphs;
              o.device_id = device_id;
+             set_cuda_tuning(o.cuda, tuning);
              return std::make_unique<PyEngine>(o);
            }),
            py::arg("checkpoint_dir"), py::arg("device") = "cpu", py::arg("dtype") = "fp32", py::arg("int8") = false,
            py::arg("random_weights") = false, py::arg("weights_seed") = 0, py::arg("block_size") = 16,
            py::arg("num_kv_blocks") = 0, py::arg("kv_cache_fraction") = 0.9, py::arg("kv_cache_bytes") = 0,
            py::arg("max_running_seqs") = 256, py::arg("max_batched_tokens") = 4096, py::arg("max_queue") = 0,
-           py::arg("num_threads") = 0, py::arg("use_cuda_graphs") = true, py::arg("device_id") = 0)
+           py::arg("num_threads") = 0, py::arg("use_cuda_graphs") = true, py::arg("device_id") = 0,
+           "Engine(checkpoint_dir, device=..., ..., cuda_<field>=value...): the cuda_* keywords set\n"
+           "EngineOptions.cuda (see cuda_tuning_fields()); a value is a bool, an int or its text.")
       .def(
           "submit",
           [](PyEngine& self, uint64_t request_id, std::vector<int32_t> input_ids, py::object callback,

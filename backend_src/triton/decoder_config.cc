@@ -5,17 +5,27 @@
 #include <cstdlib>
 #include <stdexcept>
 
+#include "cuda_tuning.h"
 #include "json_util.h"
 
 namespace glmtriton {
 namespace {
 
-const std::vector<std::string> kKeys = {
-    "checkpoint_dir", "device",          "device_id",         "dtype",
-    "int8",           "random_weights",  "weights_seed",      "block_size",
-    "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
-    "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
-    "default_max_tokens", "enable_fault_injection", "max_request_seconds"};
+// The engine's CUDA tuning fields are parameters "cuda_<field>" (engine.h CudaTuning).
+const char kCudaPrefix[] = "cuda_";
+
+std::vector<std::string> all_keys() {
+  std::vector<std::string> keys = {
+      "checkpoint_dir", "device",          "device_id",         "dtype",
+      "int8",           "random_weights",  "weights_seed",      "block_size",
+      "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
+      "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
+      "default_max_tokens", "enable_fault_injection", "max_request_seconds"};
+  for (const glm::CudaTuningField& f : glm::cuda_tuning_fields()) keys.push_back(kCudaPrefix + std::string(f.name));
+  return keys;
+}
+
+const std::vector<std::string> kKeys = all_keys();
 
 [[noreturn]] void bad(const std::string& key, const std::string& value, const std::string& want) {
   throw std::runtime_error("chatglm_decoder parameter '" + key + "' = '" + value + "': expected " +
@@ -163,6 +173,16 @@ DecoderConfig parse_decoder_config(const std::string& model_config_json,
   if (const auto* v = get("num_threads"))
     e.num_threads = static_cast<int>(to_int("num_threads", *v, 0, 4096));
   if (const auto* v = get("use_cuda_graphs")) e.use_cuda_graphs = to_bool("use_cuda_graphs", *v);
+  for (const glm::CudaTuningField& f : glm::cuda_tuning_fields()) {
+    const std::string key = kCudaPrefix + std::string(f.name);
+    const auto* v = get(key);
+    if (v == nullptr) continue;
+    try {
+      glm::set_cuda_tuning(e.cuda, f.name, *v);
+    } catch (const glm::EngineError& err) {
+      throw std::runtime_error("chatglm_decoder parameter '" + key + "' = '" + *v + "': " + err.what());
+    }
+  }
   {
     auto it = cmdline.find("allow_fault_injection");  // command line only
     if (it != cmdline.end()) out.allow_fault_injection = to_bool("allow_fault_injection", it->second);

@@ -1,8 +1,6 @@
 // Paged attention (decode, prefill and mixed batches): one block per
 // (head, query token); keys and values read from the paged cache.
 #include <cfloat>
-#include <cstdlib>
-#include <cstring>
 
 #include "cuda_check.h"
 #include "kernels.h"
@@ -311,13 +309,10 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
   check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
   if (tokens == 0) return;
   // Many (token, head) pairs: the warp-per-pair kernel (head_dim 64 or 128), when
-  // GLM_CUDA_ATTN_WARP=1. Off by default: in an A/B on one H200 it made no
-  // measurable difference at batch 1/64/256 (docs/cuda_notes.md, v5/v6).
-  static const bool warp_on = [] {
-    const char* e = std::getenv("GLM_CUDA_ATTN_WARP");
-    return e && std::strcmp(e, "1") == 0;
-  }();
-  if (warp_on && tokens * p.heads >= kWarpAttnMinPairs && (p.head_dim == 128 || p.head_dim == 64)) {
+  // p.warp_per_pair (tuning attention_warp). Off by default: v5 measured it no faster
+  // than the block kernel (docs/cuda_notes.md; the later same-run A/B most likely ran
+  // the block kernel in its "warp" rows, see "Tuning options" there).
+  if (p.warp_per_pair && tokens * p.heads >= kWarpAttnMinPairs && (p.head_dim == 128 || p.head_dim == 64)) {
     const int pairs = tokens * p.heads;
     const int blocks = (pairs + kWarpAttnWarps - 1) / kWarpAttnWarps;
     if (p.head_dim == 128)

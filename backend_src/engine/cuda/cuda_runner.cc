@@ -122,7 +122,7 @@ class CudaRunner final : public ModelRunner {
   // INT8: I8 + scale copied; a float tensor quantized on the GPU (the converter's scheme).
   void upload_linear8(cuda::Int8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
   // Hopper (sm_90a build): the block linears rewritten in place into the packed
-  // layout of their fastest kernels (int8_gemm.h); GLM_INT8_PACKED=0 keeps row-major.
+  // layout of their fastest kernels (int8_gemm.h); tuning int8_packed=false keeps row-major.
   void pack_int8_layers();
   void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, __half* y, int T, int in, int out,
            const float* bias = nullptr, bool gelu = false) {
@@ -139,19 +139,17 @@ class CudaRunner final : public ModelRunner {
   EngineOptions opts_;
   int H_ = 0, I_ = 0, V_ = 0, L_ = 0, heads_ = 0, hd_ = 0;
   float alpha_ = 0.f;
-  bool fp16_angles_ = false;
-  int poison_ = 0;
-  // GLM_CUDA_TIMING=1: host-side time per step, printed when the runner is destroyed.
+  // Tuning timing (opts_.cuda): host-side time per step, printed when the runner is destroyed.
   bool timing_ = false;
   int64_t t_steps_ = 0;
   double t_prep_ = 0, t_enqueue_ = 0, t_wait_ = 0, t_outside_ = 0;
-  std::chrono::steady_clock::time_point t_last_end_{};  // GLM_CUDA_POISON: 1 = KV cache, 2 = activations, filled with NaN at allocation
+  std::chrono::steady_clock::time_point t_last_end_{};
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
   bool int8_ = false;  // layer linears int8 (EngineOptions.int8 or an int8 checkpoint)
   bool int8_packed_ = false;  // ... rewritten into the packed layout at load (pack_int8_layers)
   std::unique_ptr<cuda::Int8Gemm> int8_gemm_;
-  cuda::Int8Weight lm_head8_;  // int8 lm_head (checkpoint quantization.lm_head, or GLM_CUDA_INT8_LM_HEAD=1)
+  cuda::Int8Weight lm_head8_;  // int8 lm_head (checkpoint quantization.lm_head, or tuning int8_lm_head)
 
   // weights
   __half* emb_ = nullptr;
@@ -209,13 +207,10 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
   heads_ = cfg.num_attention_heads;
   hd_ = cfg.head_dim;
   alpha_ = cfg.residual_alpha();
+  timing_ = opts.cuda.timing;
   if (hd_ != 4 && hd_ != 8 && hd_ != 16 && hd_ != 32 && hd_ != 64 && hd_ != 128)
     throw EngineError("device cuda: head_dim " + std::to_string(hd_) + " is not supported (4..128, power of two)");
   if (H_ % 2 || I_ % 2) throw EngineError("device cuda: hidden and inner sizes must be even");
-  if (const char* pz = std::getenv("GLM_CUDA_POISON")) poison_ = std::atoi(pz);
-  if (const char* tm = std::getenv("GLM_CUDA_TIMING")) timing_ = std::string(tm) == "1";
-  const char* rot = std::getenv("GLM_CUDA_ROTARY_FP16");
-  fp16_angles_ = rot && std::string(rot) == "1";
 
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0)
@@ -225,16 +220,18 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
                       " CUDA device(s)");
   try {
     GLM_CUDA_CHECK(cudaSetDevice(opts.device_id));
-    cuda::set_pdl(cuda::pdl_default(opts.device_id));  // Hopper unless GLM_CUDA_PDL=0
+    cuda::set_pdl(opts.cuda.pdl && cuda::pdl_supported(opts.device_id));
     GLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     gemm_ = std::make_unique<Gemm>();
     gemm_->set_stream(stream_);
+    gemm_->set_gemv_max_tokens(opts.cuda.gemv_max_tokens);
     bool int8_lm_head = false;
     if (int8_) {
       int8_gemm_ = std::make_unique<cuda::Int8Gemm>();
       int8_gemm_->set_stream(stream_);
-      const char* lh = std::getenv("GLM_CUDA_INT8_LM_HEAD");
-      int8_lm_head = cfg.int8_lm_head || (lh && std::string(lh) == "1");
+      int8_gemm_->set_gemv_max_tokens(opts.cuda.int8_gemv_max_tokens);
+      int8_gemm_->set_mma_max_tokens(opts.cuda.int8_mma_max_tokens);
+      int8_lm_head = cfg.int8_lm_head || opts.cuda.int8_lm_head;
     }
 
     // weights
@@ -308,11 +305,6 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     allocations_.push_back(out_dev_);
     argmax_scratch_ = dev_alloc<unsigned long long>(max_seqs_);
     allocations_.push_back(argmax_scratch_);
-    {
-      // GLM_CUDA_GEMV_MAX: largest token count that uses the GEMV (0 = cuBLAS only).
-      const char* g = std::getenv("GLM_CUDA_GEMV_MAX");
-      if (g) gemm_->set_gemv_max_tokens(std::atoi(g));
-    }
     GLM_CUDA_CHECK(cudaMallocHost(&out_host_, sizeof(int32_t) * max_seqs_));
     samp_ws_bytes_ = cuda::sample_workspace_bytes(max_seqs_, V_);
     GLM_CUDA_CHECK(cudaMalloc(&samp_ws_, samp_ws_bytes_));
@@ -384,7 +376,7 @@ void CudaRunner::alloc_activations(int max_tokens) {
   hfinal_ = dev_alloc<__half>(T * H_);
   meta_dev_ = dev_alloc<int32_t>(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
   ensure_host(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
-  if (poison_ & 2) {  // debugging aid: NaN everywhere a kernel must write before anything reads
+  if (opts_.cuda.poison & 2) {  // debugging aid: NaN everywhere a kernel must write before anything reads
     for (auto pr : {std::make_pair((void*)a_, T * H_), std::make_pair((void*)m_, T * H_),
                     std::make_pair((void*)qkv_, T * 3 * H_), std::make_pair((void*)q_, T * H_),
                     std::make_pair((void*)att_, T * H_), std::make_pair((void*)d_, T * H_),
@@ -481,8 +473,7 @@ void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int
 }
 
 void CudaRunner::pack_int8_layers() {
-  const char* e = std::getenv("GLM_INT8_PACKED");
-  if ((e && std::string(e) == "0") || !cuda::int8_packed_available()) return;
+  if (!opts_.cuda.int8_packed || !cuda::int8_packed_available()) return;
   struct Linear {
     cuda::Int8Weight* w;
     int out, in;
@@ -658,7 +649,7 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
     throw EngineError("device cuda: cannot allocate the KV cache (" + std::to_string(num_blocks) + " blocks, " +
                       std::to_string((per * 2 * L_ * 2) >> 20) + " MiB): " + cudaGetErrorString(e));
   }
-  if (poison_ & 1) {
+  if (opts_.cuda.poison & 1) {
     GLM_CUDA_CHECK(cudaMemset(kv_, 0xFF, per * 2 * L_ * sizeof(__half)));
     GLM_CUDA_CHECK(cudaDeviceSynchronize());
   }
@@ -678,7 +669,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
   rp.head_dim = hd_;
   rp.block_size = block_size_;
   rp.inv_freq = inv_freq_;
-  rp.fp16_angles = fp16_angles_;
+  rp.fp16_angles = opts_.cuda.rotary_fp16;
   cuda::AttentionParams ap;
   ap.heads = heads_;
   ap.head_dim = hd_;
@@ -686,6 +677,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
   ap.max_blocks_per_seq = mbps_;
   ap.max_keys = cfg_.max_sequence_length;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd_));
+  ap.warp_per_pair = opts_.cuda.attention_warp;
 
   cuda::add_layernorm(nullptr, 0.f, emb_, nullptr, m.tokens, layers_[0].ln_in_w, layers_[0].ln_in_b, eps, a_, T,
                       H_, s);

@@ -1,7 +1,5 @@
 // Weight initialisation and conversions on the GPU (random weights for the
 // full-size model are generated here, never on the host).
-#include <cstdlib>
-#include <string>
 
 #include "../rng.h"
 #include "cuda_check.h"
@@ -55,11 +53,10 @@ bool g_pdl = false;
 
 void set_pdl(bool on) { g_pdl = on; }
 bool pdl_enabled() { return g_pdl; }
-bool pdl_default(int device) {
+bool pdl_supported(int device) {
   cudaDeviceProp prop{};
   GLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-  const char* env = std::getenv("GLM_CUDA_PDL");
-  return prop.major >= 9 && !(env && std::string(env) == "0");
+  return prop.major >= 9;
 }
 
 void fill_uniform_half(__half* x, int64_t n, uint64_t tseed, float amp, cudaStream_t stream) {

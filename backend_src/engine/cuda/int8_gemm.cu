@@ -657,12 +657,6 @@ Int8Gemm::Int8Gemm() {
   int dev = 0;
   GLM_CUDA_CHECK(cudaGetDevice(&dev));
   GLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
-  if (const char* e = std::getenv("GLM_INT8_GEMV_MAX")) gemv_max_ = std::atoi(e);
-  if (const char* e = std::getenv("GLM_INT8_MMA_MAX")) mma_max_ = std::atoi(e);
-  // GLM_INT8_MMA_VARIANT picked among tensor-core kernels that are gone: only 4 remains.
-  if (const char* e = std::getenv("GLM_INT8_MMA_VARIANT"))
-    check_arg(std::string(e) == "4", "Int8Gemm",
-              "GLM_INT8_MMA_VARIANT must be 4 (variant 6 was replaced by the packed layout on Hopper: GLM_INT8_PACKED)");
   pipe_setup();  // shared-memory limits of the pipelined kernels, before any graph capture
   int8_packed_available();  // and of the packed-layout kernels
   check_blas(cublasCreate(&handle_), "cublasCreate");
@@ -742,7 +736,7 @@ void Int8Gemm::run_packed(const __half* x, const Int8Weight& w, void* y, bool f3
   check_arg(!f32_out, k, "fp16 output only");
   const uint8_t* qp = reinterpret_cast<const uint8_t*>(w.q);
   if (tokens <= mma_max_ && (uintptr_t)x % 16 == 0) {
-    // packed: its GEMV up to 8 tokens unless GLM_INT8_GEMV_MAX / set_gemv_max_tokens says otherwise
+    // packed: its GEMV up to 8 tokens unless set_gemv_max_tokens says otherwise
     const int gemv_max = gemv_max_ >= 0 ? gemv_max_ : 8;
     int8_packed_linear(x, qp, w.scale, static_cast<__half*>(y), bias, gelu, tokens, in, out, gemv_max,
                        partials_, partial_bytes_ / sizeof(float), counters_, kCounters, num_sms_, stream_);

@@ -102,11 +102,12 @@ class Int8Gemm {
   void linear(const __half* x, const Int8Weight& w, __half* y, int tokens, int in, int out,
               const float* bias = nullptr, bool gelu = false);
   void linear_f32out(const __half* x, const Int8Weight& w, float* y, int tokens, int in, int out);
-  // Token-count limits of the GEMV and the tensor-core kernel (0 = never);
-  // GLM_INT8_GEMV_MAX / GLM_INT8_MMA_MAX override the defaults at construction.
-  // The GEMV's default (negative = automatic) is 1 token while programmatic
-  // dependent launch is on (the pipelined kernel is faster at 2 tokens then) and
-  // 2 without it (docs/int8.md, kernel timing tables).
+  // Token-count limits of the GEMV and the tensor-core kernel (0 = never); the
+  // engine sets them from its options (EngineOptions::cuda, int8_gemv_max_tokens
+  // and int8_mma_max_tokens). The GEMV's default (negative = automatic) is 1 token
+  // while programmatic dependent launch is on (the pipelined kernel is faster at
+  // 2 tokens then) and 2 without it (docs/int8.md, kernel timing tables); the
+  // packed layout's GEMV takes up to 8 tokens then.
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
   int gemv_max_tokens() const;

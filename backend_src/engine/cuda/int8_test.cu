@@ -4,6 +4,11 @@
 // paths (GEMV, tensor-core GEMM with and without split-K, dequantize + cuBLAS),
 // and on sm_90a the packed layout (round trip, its GEMV, its wgmma kernel, prefill).
 //   glm_cuda_int8_test [seed]      exit status 0 = all passed
+//   glm_cuda_int8_test bench [--tokens N] [--no-pdl]
+//                                  kernel timings of one ChatGLM-6B block's linears
+//                                  (--tokens: that token count only, for a profiler;
+//                                  --no-pdl: programmatic dependent launch off, as the
+//                                  engine's option cuda.pdl=false)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -342,7 +347,8 @@ float time_us(const std::function<void()>& f, int reps) {
   return 1000.f * ms / reps;
 }
 
-int bench() {
+// tokens > 0: that token count only (profiling); pdl: as the engine's option cuda.pdl.
+int bench(int tokens, bool pdl) {
   struct Layer {
     const char* name;
     int N, K;
@@ -356,7 +362,7 @@ int bench() {
     cudaDeviceProp prop{};
     GLM_CUDA_CHECK(cudaGetDevice(&dev));
     GLM_CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    set_pdl(pdl_default(dev));
+    set_pdl(pdl && pdl_supported(dev));
     std::printf("%s, programmatic dependent launch %s\n", prop.name, pdl_enabled() ? "on" : "off");
   }
   Gemm fp16;
@@ -441,7 +447,7 @@ int bench() {
         reps);
   };
   std::vector<int> sizes = {1, 2, 4, 8, 16, 32, 64, 96, 128, 192, 256};
-  if (const char* e = std::getenv("GLM_KBENCH_TOKENS")) sizes = {std::atoi(e)};  // one size (profiling)
+  if (tokens > 0) sizes = {tokens};  // one size (profiling)
   for (int M : sizes) {
     const float t16 = block_time(M, 0, kFp16);
     const float tg = M <= 8 ? block_time(M, 8, kRowMajor) : 0.f;
@@ -459,8 +465,10 @@ int bench() {
   }
   std::printf("\nper layer, us (GB/s of weights in brackets)\n| tokens | layer | fp16 | int8 gemv | int8 v4 | packed |\n"
               "|---:|---|---:|---:|---:|---:|\n");
-  if (std::getenv("GLM_KBENCH_TOKENS")) sizes.clear();
-  else sizes = {1, 8, 16, 64, 128};
+  if (tokens > 0)
+    sizes.clear();
+  else
+    sizes = {1, 8, 16, 64, 128};
   for (int M : sizes) {
     for (size_t i = 0; i < 4; ++i) {
       const double wb = (double)layers[i].N * layers[i].K;
@@ -491,8 +499,20 @@ int bench() {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "bench") == 0) {
+    int tokens = 0;
+    bool pdl = true;
+    for (int i = 2; i < argc; ++i) {
+      if (std::strcmp(argv[i], "--tokens") == 0 && i + 1 < argc && std::atoi(argv[i + 1]) >= 1) {
+        tokens = std::atoi(argv[++i]);
+      } else if (std::strcmp(argv[i], "--no-pdl") == 0) {
+        pdl = false;
+      } else {
+        std::printf("usage: %s bench [--tokens N (>= 1)] [--no-pdl]\n", argv[0]);
+        return 2;
+      }
+    }
     try {
-      return bench();
+      return bench(tokens, pdl);
     } catch (const std::exception& e) {
       std::printf("FAIL exception: %s\n", e.what());
       return 1;
@@ -555,17 +575,6 @@ int main(int argc, char** argv) {
       report(refused, "packed weights refuse fp32 output", 0);
     } else {
       std::printf("-- packed layout: skipped (no sm_90a code for this device in this build)\n");
-    }
-    {  // a removed tensor-core variant asked for by the environment is refused, not silently replaced
-      setenv("GLM_INT8_MMA_VARIANT", "6", 1);
-      bool refused = false;
-      try {
-        Int8Gemm other;
-      } catch (const std::invalid_argument&) {
-        refused = true;
-      }
-      unsetenv("GLM_INT8_MMA_VARIANT");
-      report(refused, "GLM_INT8_MMA_VARIANT=6 refused", 0);
     }
     // all four epilogues on the paths the decoder uses most
     for (int act = 0; act < 4; ++act) {

@@ -73,6 +73,7 @@ struct AttentionParams {
   int max_blocks_per_seq = 0;
   int max_keys = 0;          // upper bound of n_keys (sizes shared memory)
   float scale = 0.f;
+  bool warp_per_pair = false;  // one warp per (token, head) pair when there are many (EngineOptions::cuda.attention_warp)
 };
 void paged_attention(const __half* q, const __half* k_cache, const __half* v_cache,
                      const int32_t* tok_seq, const int32_t* n_keys, const int32_t* block_tables,
@@ -124,7 +125,7 @@ void sample_rows(const float* logits, int vocab, const int32_t* rows_idx,
 
 // ---- pdl.h / init.cu: programmatic dependent launch for the decode kernels
 // (layernorm, bias_gelu, gemv, rotary, attention, int8) on sm_90; process-wide
-// switch: set_pdl(), pdl_enabled(), pdl_default(device), declared in pdl.h.
+// switch: set_pdl(), pdl_enabled(), pdl_supported(device), declared in pdl.h.
 
 // ---- init.cu ------------------------------------------------------------
 // x[i] = amp * (2 * uniform01(tseed, i) - 1) (rng.h), rounded to fp16 / kept in

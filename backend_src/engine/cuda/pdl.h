@@ -17,8 +17,9 @@ namespace cuda {
 
 void set_pdl(bool on);
 bool pdl_enabled();
-// The engine's choice for `device`: on for sm_90 and newer unless GLM_CUDA_PDL=0.
-bool pdl_default(int device);
+// Whether `device` can use it (sm_90 and newer). The engine turns it on there
+// unless its option cuda.pdl is false.
+bool pdl_supported(int device);
 
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
