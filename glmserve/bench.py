@@ -9,46 +9,26 @@ card's measured copy bandwidth and the batch-1 bandwidth bound.
 
     python -m glmserve.bench [--batches 1,8,64,128,256] [--baseline-batches 1,8,64]
                              [--out docs/benchmarks.md-fragment] [--profile]
+                             [--cuda-<option> VALUE ...] [--variant cuda_<option>=VALUE ...]
+
+``--cuda-<option>`` sets an engine CUDA tuning option (EngineOptions.cuda) for every row;
+``--variant`` adds A/B rows with one option changed (e.g. ``--variant cuda_pdl=false``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
-import math
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REAL_CONFIG = {
-    "vocab_size": 130528,
-    "hidden_size": 4096,
-    "num_attention_heads": 32,
-    "num_layers": 28,
-    "inner_hidden_size": 16384,
-    "layernorm_epsilon": 1e-05,
-    "max_sequence_length": 2048,
-    "position_encoding_2d": True,
-    "bos_token_id": 130004,
-    "eos_token_id": 130005,
-    "mask_token_id": 130000,
-    "gmask_token_id": 130001,
-    "pad_token_id": 3,
-    "torch_dtype": "float16",
-    "glmserve_format": 1,
-}
-
-
-def weight_bytes_per_step(cfg: dict, bytes_per_weight: float = 2.0) -> float:
-    """Bytes of weights one decode step reads: every layer's four matrices + lm_head."""
-    h, i, v, n = cfg["hidden_size"], cfg["inner_hidden_size"], cfg["vocab_size"], cfg["num_layers"]
-    per_layer = 3 * h * h + h * h + 2 * h * i
-    return (n * per_layer + v * h) * bytes_per_weight
+from glmserve import bench_common as common
+from glmserve import cuda_tuning
+from glmserve.config import REAL_CONFIG
 
 
 def copy_bandwidth(torch) -> float:
@@ -69,129 +49,6 @@ def copy_bandwidth(torch) -> float:
     del a, b
     torch.cuda.empty_cache()
     return 2 * n * 2 / statistics.median(times)
-
-
-def make_prompts(batch: int, prompt_len: int, seed: int) -> list[list[int]]:
-    import random
-
-    rng = random.Random(seed)
-    g, bos = REAL_CONFIG["gmask_token_id"], REAL_CONFIG["bos_token_id"]
-    return [[rng.randrange(5, 130000) for _ in range(prompt_len)] + [g, bos] for _ in range(batch)]
-
-
-def used_gpu_bytes(torch) -> int:
-    free, total = torch.cuda.mem_get_info()
-    return total - free
-
-
-def run_engine(
-    _engine, ckpt: str, batch: int, args, torch, base_used: int, int8: bool = False
-) -> dict:
-    seq_len = args.prompt_len + 2 + args.tokens
-    blocks = batch * math.ceil(seq_len / 16) + 1
-    eng = _engine.Engine(
-        ckpt,
-        device="cuda",
-        dtype="fp16",
-        int8=int8,
-        random_weights=True,
-        weights_seed=args.seed,
-        num_kv_blocks=blocks,
-        max_running_seqs=batch,
-        max_batched_tokens=max(4096, batch * (args.prompt_len + 2)),
-        use_cuda_graphs=not args.no_graphs,
-    )
-    prompts = make_prompts(batch, args.prompt_len, args.seed + batch)
-    # Warm-up: captures this batch's decode graph, loads cuBLAS kernels.
-    eng.generate(prompts, max_tokens=4, ignore_eos=True)
-
-    def timed(max_tokens: int, e=eng) -> float:
-        t0 = time.perf_counter()
-        out = e.generate(prompts, max_tokens=max_tokens, ignore_eos=True)
-        dt = time.perf_counter() - t0
-        assert all(len(o) == max_tokens for o in out), "a request did not get all its tokens"
-        return dt
-
-    # Time to first token: the whole batch's prefill step (+ its first sampled id).
-    ttft = statistics.median(timed(1) for _ in range(3))
-    wall = timed(args.tokens)
-    decode_ms = (wall - ttft) / (args.tokens - 1) * 1e3
-    res = {
-        "batch": batch,
-        "tokens_per_s": batch * args.tokens / wall,
-        "decode_tokens_per_s": batch / (decode_ms / 1e3),
-        "ms_per_step": decode_ms,
-        "ttft_ms": ttft * 1e3,
-        "gpu_mem_gib": (used_gpu_bytes(torch) - base_used) / 2**30,
-        "backend": eng.backend_description(),  # which kernels ran (e.g. the int8 layout)
-        "wall_s": wall,
-    }
-    if args.profile and batch in args.profile_batches:
-        res["profile"] = profile_steps(eng, prompts, args, torch)
-    del eng
-    gc.collect()
-    return res
-
-
-def profile_steps(eng, prompts, args, torch) -> str:
-    """CUDA kernel time by name over 20 decode steps (torch.profiler sees our kernels too)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    for k, p in enumerate(prompts):
-        eng.submit(50_000 + k, p, None, max_tokens=args.tokens, ignore_eos=True)
-    for _ in range(3):
-        eng.step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(20):
-            eng.step()
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
-    for k in range(len(prompts)):
-        eng.cancel(50_000 + k)
-    while eng.step():
-        pass
-    table = prof.key_averages().table(
-        sort_by="cuda_time_total", row_limit=14, max_name_column_width=70
-    )
-    return (
-        table
-        + f"\nwall {wall * 1e3 / 20:.2f} ms/step (host clock, under the profiler); "
-        + gap_summary(prof)
-    )
-
-
-def gap_summary(prof) -> str:
-    """GPU timeline over the profiled steps: span, busy time, idle gaps (host/launch overhead)."""
-    try:
-        from torch.autograd import DeviceType
-
-        iv = sorted(
-            (e.time_range.start, e.time_range.end)
-            for e in prof.events()
-            if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start
-        )
-    except Exception as e:  # profiler API differences: report, do not fail the bench
-        return f"(no timeline: {e})"
-    if not iv:
-        return "(no GPU events)"
-    busy, cur_s, cur_e, gaps = 0.0, iv[0][0], iv[0][1], []
-    for s, e in iv[1:]:
-        if s > cur_e:
-            busy += cur_e - cur_s
-            gaps.append(s - cur_e)
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    busy += cur_e - cur_s
-    span = iv[-1][1] - iv[0][0]
-    big = [g for g in gaps if g > 20]
-    return (
-        f"GPU timeline: span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, idle {(span - busy) / 1e3:.2f} ms "
-        f"({len(big)} gaps > 20 us totalling {sum(big) / 1e3:.2f} ms; {len(gaps) - len(big)} smaller gaps "
-        f"totalling {(sum(gaps) - sum(big)) / 1e3:.2f} ms)"
-    )
 
 
 def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
@@ -226,7 +83,7 @@ def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
     model = ChatGLMModel(cfg, sd, torch.float16, "cuda")
     out = {}
     for b in batches:
-        prompts = make_prompts(b, args.prompt_len, args.seed + b)
+        prompts = common.make_prompts(b, args.prompt_len, args.seed + b)
         generate(model, prompts, max_tokens=2, ignore_eos=True)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -275,18 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--batches", default="1,8,64,128,256")
+    common.add_common_args(p)
     p.add_argument("--baseline-batches", default="1,8,64", help="'' to skip the PyTorch baseline")
-    p.add_argument("--tokens", type=int, default=150)
-    p.add_argument("--prompt-len", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-graphs", action="store_true")
     p.add_argument(
         "--variant",
         action="append",
         default=[],
-        metavar="ENV=VALUE",
-        help="also run batch 1 and the largest batch with this environment setting (A/B in the same run)",
+        type=cuda_tuning.parse_setting,
+        metavar="cuda_NAME=VALUE",
+        help="also run batch 1 and the largest batch with this engine tuning option, e.g. "
+        "cuda_pdl=false (A/B in the same run; the options are the --cuda-* flags)",
     )
     p.add_argument(
         "--variant-batches", default="", help="batches for --variant (default: first and last)"
@@ -297,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "--int8",
         action="store_true",
         help="add INT8 weight-only rows (random fp16 weights quantized on the GPU), "
-        "their ratio to fp16, logits error and memory (glmserve/bench_int8.py)",
+        "their ratio to fp16, logits error and memory (as glmserve.bench_int8)",
     )
     p.add_argument(
         "--int8-lm-head", action="store_true", help="with --int8: also rows with an int8 lm_head"
@@ -319,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = torch.cuda.get_device_name()
     print(f"device: {dev}", flush=True)
-    base_used = used_gpu_bytes(torch)
+    base_used = common.used_gpu_bytes(torch)
     bw = copy_bandwidth(torch)
     print(f"copy bandwidth: {bw / 1e12:.2f} TB/s", flush=True)
     batches = [int(x) for x in args.batches.split(",") if x]
@@ -327,15 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     int8_rows: dict[str, list[dict]] = {}
     int8_md = ""
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "config.json").write_text(json.dumps(REAL_CONFIG))
+        common.write_real_config(d)
         if args.int8:
-            from glmserve import bench_int8
-
-            int8_rows, int8_md = bench_int8.run(
-                _engine, d, batches, args, torch, base_used, run_engine
-            )
+            int8_rows, int8_md = common.run_int8(_engine, d, batches, args, torch, base_used)
         for b in batches:
-            r = run_engine(_engine, d, b, args, torch, base_used)
+            r = common.run_engine(_engine, d, b, args, torch, base_used)
             rows.append(r)
             print(
                 f"batch {b}: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step, "
@@ -347,27 +198,19 @@ def main(argv: list[str] | None = None) -> int:
                     f"--- kernel profile, batch {b}, 20 decode steps ---\n{r['profile']}",
                     flush=True,
                 )
-        for var in args.variant:
-            name, _, value = var.partition("=")
-            old_value = os.environ.get(name)
-            os.environ[name] = value
-            try:
-                for b in args.variant_batches or sorted({batches[0], batches[-1]}):
-                    r = run_engine(_engine, d, b, args, torch, base_used)
-                    r["variant"] = var
-                    rows.append(r)
-                    print(
-                        f"batch {b} [{var}]: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step",
-                        flush=True,
-                    )
-            finally:
-                if old_value is None:
-                    del os.environ[name]
-                else:
-                    os.environ[name] = old_value
+        for name, value in args.variant:
+            var = f"{name}={value}"
+            for b in args.variant_batches or sorted({batches[0], batches[-1]}):
+                r = common.run_engine(_engine, d, b, args, torch, base_used, tuning={name: value})
+                r["variant"] = var
+                rows.append(r)
+                print(
+                    f"batch {b} [{var}]: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step",
+                    flush=True,
+                )
     bbs = [int(x) for x in args.baseline_batches.split(",") if x]
     base = run_baseline(bbs, args, torch) if bbs else {}
-    wbytes = weight_bytes_per_step(REAL_CONFIG)
+    wbytes = common.weight_bytes_per_step(REAL_CONFIG)
     bound = bw / wbytes
     b1 = next((r for r in rows if r["batch"] == 1 and "variant" not in r), None)
     info = {
@@ -377,9 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "frac": (b1["decode_tokens_per_s"] / bound) if b1 else 0.0,
     }
     md = table(rows, base, info)
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "python -m glmserve.bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    header = f"Card: {dev}; {when}; command: `{cmd.strip()}`\n\n"
+    when, header = common.report_header(dev, "glmserve.bench", argv)
     if int8_md:
         md += "\n\n" + int8_md
     print("\n" + header + md)

@@ -3,7 +3,7 @@
     chatglm-generate --checkpoint DIR [--engine reference|cpu|cuda] [--dtype fp32|fp16] [--int8]
                      (--text "..." | --input-ids "1,2,3;4,5,6") [--max-tokens N] [--temperature T]
                      [--top-k K] [--top-p P] [--repetition-penalty R] [--seed S] [--ignore-eos]
-                     [--json] [--random-weights] [--adapter NAME]
+                     [--json] [--random-weights] [--adapter NAME] [--cuda-<option> VALUE ...]
 
 DIR is a hub-style or a converted checkpoint. ``--text`` may be repeated; ``;`` separates
 ``--input-ids`` prompts; all prompts run as one batch. Id prompts must end with
@@ -18,7 +18,9 @@ C++ engines get ``adapter=NAME`` in ``generate()``.
 
 ``--engine cpu|cuda`` uses the C++ engine (``glmserve._engine``, built by ``make build``);
 it loads converted checkpoints, so a hub-style DIR is converted once into
-``DIR.glmserve-<dtype>[-int8]`` next to it.
+``DIR.glmserve-<dtype>[-int8]`` next to it. ``--cuda-<option> VALUE`` sets one of the
+engine's CUDA tuning options (``EngineOptions.cuda``; listed by ``--help``) for
+``--engine cuda``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import os
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+from glmserve import cuda_tuning
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -80,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="engine only: real shapes from config.json, random weights",
     )
+    cuda_tuning.add_flags(p)
     return p
 
 
@@ -119,6 +124,10 @@ def validate_args(args: argparse.Namespace) -> None:
         from glmserve.adapters import check_adapter_name
 
         check_adapter_name(args.adapter)
+    tuning = cuda_tuning.kwargs(args)
+    if tuning and args.engine != "cuda":
+        flags = ", ".join("--" + k.replace("_", "-") for k in tuning)
+        raise UsageError(f"{flags}: CUDA tuning needs --engine cuda")
 
 
 def load_tokenizer(ckpt: Path):  # -> ChatGLMTokenizer | None
@@ -213,6 +222,7 @@ def run_engine(args: argparse.Namespace, prompts: list[list[int]]) -> list[list[
         dtype=dtype,
         int8=args.int8,
         random_weights=args.random_weights,
+        **cuda_tuning.kwargs(args),
     )
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(8), "little")
     extra = {"adapter": args.adapter} if args.adapter is not None else {}

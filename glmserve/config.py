@@ -37,6 +37,27 @@ ALPHA_NUM_LAYERS = 28
 _OPTIONAL_FIELDS = ("torch_dtype", "glmserve_format", "quantization")
 _TORCH_DTYPES = ("float16", "float32", "bfloat16")
 
+# ChatGLM-6B's shapes and special ids as a converted checkpoint's config.json (format 1):
+# what the benchmarks, the GPU tests and config-only checkpoints (glmserve.config_only)
+# run with random weights.
+REAL_CONFIG: dict[str, Any] = {
+    "vocab_size": 130528,
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_layers": 28,
+    "inner_hidden_size": 16384,
+    "layernorm_epsilon": 1e-05,
+    "max_sequence_length": 2048,
+    "position_encoding_2d": True,
+    "bos_token_id": 130004,
+    "eos_token_id": 130005,
+    "mask_token_id": 130000,
+    "gmask_token_id": 130001,
+    "pad_token_id": 3,
+    "torch_dtype": "float16",
+    "glmserve_format": 1,
+}
+
 
 @dataclass(frozen=True)
 class ChatGLMConfig:

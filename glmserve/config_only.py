@@ -5,7 +5,7 @@ weights of the config's shapes and never reads the file; ``scripts/serve.sh`` on
 that it exists). Used by the GPU scripts to serve ChatGLM-6B's shapes without the 13 GB
 download::
 
-    python -m glmserve.config_only build/soak-6b                 # glmserve.bench.REAL_CONFIG
+    python -m glmserve.config_only build/soak-6b                 # glmserve.config.REAL_CONFIG
     python -m glmserve.config_only out/ --config models/chatglm-tiny/config.json
 """
 
@@ -16,7 +16,7 @@ import json
 import struct
 from pathlib import Path
 
-from glmserve.bench import REAL_CONFIG
+from glmserve.config import REAL_CONFIG
 
 # safetensors: an 8-byte little-endian header length, then the JSON header ("{}": no tensors)
 EMPTY_SAFETENSORS = struct.pack("<Q", 2) + b"{}"

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from glmserve.bench import REAL_CONFIG
-from glmserve.config import ChatGLMConfig
+from glmserve.config import REAL_CONFIG, ChatGLMConfig
 from glmserve.config_only import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[1]
 
 # The real ChatGLM-6B config (ids and sizes), as a converted checkpoint's config.json.
-from glmserve.bench import REAL_CONFIG  # noqa: E402
+from glmserve.config import REAL_CONFIG  # noqa: E402
 
 
 def _engine_module():
@@ -422,9 +422,9 @@ def test_512_sequences_of_168_tokens_fit(eng_mod, tmp_path):
     assert eng.stats()["max_batch_seen"] == 512
 
 
-def test_rotary_fp16_quirk_mode_measured(eng_mod, tiny, monkeypatch):
+def test_rotary_fp16_quirk_mode_measured(eng_mod, tiny):
     """DESIGN.md's fp16 rotary quirk, measured at positions above 1024 (tiny model):
-    the default (fp32 angles) tracks the fp32 reference, GLM_CUDA_ROTARY_FP16=1
+    the default (fp32 angles) tracks the fp32 reference, cuda_rotary_fp16=True
     tracks THUDM's fp16 arithmetic (glmserve.reference in fp16) better."""
     import torch
 
@@ -440,9 +440,10 @@ def test_rotary_fp16_quirk_mode_measured(eng_mod, tiny, monkeypatch):
     exact = np.asarray(
         eng_mod.Engine(str(d), device="cuda", dtype="fp16", num_kv_blocks=96).debug_forward(chunks)
     )
-    monkeypatch.setenv("GLM_CUDA_ROTARY_FP16", "1")
     quirk = np.asarray(
-        eng_mod.Engine(str(d), device="cuda", dtype="fp16", num_kv_blocks=96).debug_forward(chunks)
+        eng_mod.Engine(
+            str(d), device="cuda", dtype="fp16", num_kv_blocks=96, cuda_rotary_fp16=True
+        ).debug_forward(chunks)
     )
     rows = slice(1100, None)  # positions above 1024
     e = {

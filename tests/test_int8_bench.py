@@ -1,9 +1,11 @@
-"""glmserve.bench_int8 without a GPU: weight accounting and the table."""
+"""The INT8 benchmark rows (glmserve.bench_common, shown by glmserve.bench_int8 and
+glmserve.bench --int8) without a GPU: weight accounting and the table."""
 
 from __future__ import annotations
 
-from glmserve.bench import REAL_CONFIG, weight_bytes_per_step
-from glmserve.bench_int8 import table, weight_bytes
+from glmserve.bench_common import int8_table as table
+from glmserve.bench_common import weight_bytes, weight_bytes_per_step
+from glmserve.config import REAL_CONFIG
 
 
 def test_weight_bytes_match_the_fp16_step_and_issue_targets() -> None:

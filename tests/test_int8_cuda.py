@@ -141,7 +141,7 @@ def full_size(eng_mod, tmp_path) -> Path:
     """A config-only ChatGLM-6B checkpoint (random weights at load); skips without ~20 GB free."""
     import torch
 
-    from glmserve.bench import REAL_CONFIG
+    from glmserve.config import REAL_CONFIG
 
     free, _ = torch.cuda.mem_get_info()
     if free < 20e9:
@@ -161,7 +161,7 @@ def compare_logits(label: str, got: np.ndarray, want: np.ndarray) -> tuple[float
 
 
 def test_full_size_int8_vs_fp16(eng_mod, full_size):
-    from glmserve.bench import REAL_CONFIG
+    from glmserve.config import REAL_CONFIG
 
     d = full_size
     (p,) = prompts_for(REAL_CONFIG, [20], 6)
@@ -177,11 +177,11 @@ def test_full_size_int8_vs_fp16(eng_mod, full_size):
     assert err < 5e-3  # recorded 0.00173 (docs/int8.md)
 
 
-def test_full_size_packed_layout_matches_row_major(eng_mod, full_size, monkeypatch):
+def test_full_size_packed_layout_matches_row_major(eng_mod, full_size):
     """On Hopper the block linears run over the packed layout (GEMV + wgmma kernels);
-    GLM_INT8_PACKED=0 keeps the row-major kernels. Same math, other summation order:
+    cuda_int8_packed=False keeps the row-major kernels. Same math, other summation order:
     the logits agree closely, and each engine says which kernels it runs."""
-    from glmserve.bench import REAL_CONFIG
+    from glmserve.config import REAL_CONFIG
 
     d = full_size
     # a decode-sized chunk (1 token: GEMV), a 24-token one (wgmma) and the prompt
@@ -201,8 +201,7 @@ def test_full_size_packed_layout_matches_row_major(eng_mod, full_size, monkeypat
         pytest.skip(f"the packed layout needs an sm_90a build on an sm_90 GPU (engine: {desc!r})")
     got = np.asarray(packed.debug_forward(chunks))
     del packed
-    monkeypatch.setenv("GLM_INT8_PACKED", "0")
-    row = eng_mod.Engine(str(d), **kw)
+    row = eng_mod.Engine(str(d), cuda_int8_packed=False, **kw)
     assert "row-major" in row.backend_description()
     want = np.asarray(row.debug_forward(chunks))
     del row

@@ -1,0 +1,360 @@
+"""What the engine benchmarks share (``glmserve.bench``: fp16 rows and the PyTorch
+baseline; ``glmserve.bench_int8``: fp16 against INT8 weight-only). Both import this
+module and neither imports the other.
+
+Everything runs ChatGLM-6B's shapes (``glmserve.config.REAL_CONFIG``) with random fp16
+weights made on the GPU: prompts, one engine run per batch size (tokens/s, decode ms per
+step, time to first token, GPU memory, optional kernel profile), the weight bytes a
+decode step reads, and the INT8 rows (speed, logits error and memory against fp16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from glmserve import cuda_tuning
+from glmserve.config import REAL_CONFIG
+
+# ------------------------------------------------------------------ set-up
+
+
+def write_real_config(directory: str | Path) -> None:
+    """A checkpoint directory for ``random_weights=True`` engines: config.json only."""
+    (Path(directory) / "config.json").write_text(json.dumps(REAL_CONFIG))
+
+
+def make_prompts(batch: int, prompt_len: int, seed: int) -> list[list[int]]:
+    import random
+
+    rng = random.Random(seed)
+    g, bos = REAL_CONFIG["gmask_token_id"], REAL_CONFIG["bos_token_id"]
+    return [[rng.randrange(5, 130000) for _ in range(prompt_len)] + [g, bos] for _ in range(batch)]
+
+
+def used_gpu_bytes(torch) -> int:
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
+def engine_kwargs(args, **over) -> dict:
+    """Keywords of every benchmarked ``_engine.Engine``: the CUDA tuning flags given on the
+    command line (``--cuda-<name>``), then `over` (a mode's or an A/B variant's own)."""
+    return {**cuda_tuning.kwargs(args), **over}
+
+
+def report_header(device: str, module: str, argv: list[str] | None) -> tuple[str, str]:
+    """(date, "Card: ...; date; command: `python -m <module> ...`" + blank line)."""
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return when, f"Card: {device}; {when}; command: `{cmd.strip()}`\n\n"
+
+
+# ------------------------------------------------------------------ weight bytes
+
+
+def weight_bytes_per_step(cfg: dict, bytes_per_weight: float = 2.0) -> float:
+    """Bytes of weights one decode step reads: every layer's four matrices + lm_head."""
+    h, i, v, n = cfg["hidden_size"], cfg["inner_hidden_size"], cfg["vocab_size"], cfg["num_layers"]
+    per_layer = 3 * h * h + h * h + 2 * h * i
+    return (n * per_layer + v * h) * bytes_per_weight
+
+
+def weight_bytes(cfg: dict, int8: bool, lm_head: bool) -> int:
+    """Bytes of the weights on the GPU (matrices; vectors are fp32 and tiny, left out)."""
+    h, i, v, n = cfg["hidden_size"], cfg["inner_hidden_size"], cfg["vocab_size"], cfg["num_layers"]
+    per_layer = 3 * h * h + h * h + 2 * h * i
+    rows = 3 * h + h + i + h
+    layers = n * (per_layer + 2 * rows) if int8 else n * per_layer * 2
+    head = (v * h + 2 * v) if lm_head else v * h * 2
+    return layers + v * h * 2 + head
+
+
+# ------------------------------------------------------------------ one engine run
+
+
+def run_engine(
+    _engine,
+    ckpt: str,
+    batch: int,
+    args,
+    torch,
+    base_used: int,
+    int8: bool = False,
+    tuning: dict | None = None,
+) -> dict:
+    """One batch size on a fresh engine. `tuning`: extra ``cuda_<name>`` keywords (over
+    the command line's)."""
+    seq_len = args.prompt_len + 2 + args.tokens
+    blocks = batch * math.ceil(seq_len / 16) + 1
+    eng = _engine.Engine(
+        ckpt,
+        device="cuda",
+        dtype="fp16",
+        int8=int8,
+        random_weights=True,
+        weights_seed=args.seed,
+        num_kv_blocks=blocks,
+        max_running_seqs=batch,
+        max_batched_tokens=max(4096, batch * (args.prompt_len + 2)),
+        use_cuda_graphs=not args.no_graphs,
+        **engine_kwargs(args, **(tuning or {})),
+    )
+    prompts = make_prompts(batch, args.prompt_len, args.seed + batch)
+    # Warm-up: captures this batch's decode graph, loads cuBLAS kernels.
+    eng.generate(prompts, max_tokens=4, ignore_eos=True)
+
+    def timed(max_tokens: int, e=eng) -> float:
+        t0 = time.perf_counter()
+        out = e.generate(prompts, max_tokens=max_tokens, ignore_eos=True)
+        dt = time.perf_counter() - t0
+        assert all(len(o) == max_tokens for o in out), "a request did not get all its tokens"
+        return dt
+
+    # Time to first token: the whole batch's prefill step (+ its first sampled id).
+    ttft = statistics.median(timed(1) for _ in range(3))
+    wall = timed(args.tokens)
+    decode_ms = (wall - ttft) / (args.tokens - 1) * 1e3
+    res = {
+        "batch": batch,
+        "tokens_per_s": batch * args.tokens / wall,
+        "decode_tokens_per_s": batch / (decode_ms / 1e3),
+        "ms_per_step": decode_ms,
+        "ttft_ms": ttft * 1e3,
+        "gpu_mem_gib": (used_gpu_bytes(torch) - base_used) / 2**30,
+        "backend": eng.backend_description(),  # which kernels ran (e.g. the int8 layout)
+        "wall_s": wall,
+    }
+    if args.profile and batch in args.profile_batches:
+        res["profile"] = profile_steps(eng, prompts, args, torch)
+    del eng
+    gc.collect()
+    return res
+
+
+def profile_steps(eng, prompts, args, torch) -> str:
+    """CUDA kernel time by name over 20 decode steps (torch.profiler sees our kernels too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for k, p in enumerate(prompts):
+        eng.submit(50_000 + k, p, None, max_tokens=args.tokens, ignore_eos=True)
+    for _ in range(3):
+        eng.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(20):
+            eng.step()
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    for k in range(len(prompts)):
+        eng.cancel(50_000 + k)
+    while eng.step():
+        pass
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total", row_limit=14, max_name_column_width=70
+    )
+    return (
+        table
+        + f"\nwall {wall * 1e3 / 20:.2f} ms/step (host clock, under the profiler); "
+        + gap_summary(prof)
+    )
+
+
+def gap_summary(prof) -> str:
+    """GPU timeline over the profiled steps: span, busy time, idle gaps (host/launch overhead)."""
+    try:
+        from torch.autograd import DeviceType
+
+        iv = sorted(
+            (e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start
+        )
+    except Exception as e:  # profiler API differences: report, do not fail the bench
+        return f"(no timeline: {e})"
+    if not iv:
+        return "(no GPU events)"
+    busy, cur_s, cur_e, gaps = 0.0, iv[0][0], iv[0][1], []
+    for s, e in iv[1:]:
+        if s > cur_e:
+            busy += cur_e - cur_s
+            gaps.append(s - cur_e)
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    busy += cur_e - cur_s
+    span = iv[-1][1] - iv[0][0]
+    big = [g for g in gaps if g > 20]
+    return (
+        f"GPU timeline: span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, idle {(span - busy) / 1e3:.2f} ms "
+        f"({len(big)} gaps > 20 us totalling {sum(big) / 1e3:.2f} ms; {len(gaps) - len(big)} smaller gaps "
+        f"totalling {(sum(gaps) - sum(big)) / 1e3:.2f} ms)"
+    )
+
+
+# ------------------------------------------------------------------ INT8 rows
+
+
+def int8_modes(args) -> list[tuple[str, bool, bool]]:
+    """(name, int8, lm_head int8)."""
+    m = [("fp16", False, False), ("int8", True, False)]
+    if getattr(args, "int8_lm_head", False):
+        m.append(("int8+lm_head", True, True))
+    return m
+
+
+def int8_logits_error(_engine, ckpt: str, args, lm_head: bool) -> dict:
+    """Logits of the int8 engine against the fp16 one (full-size model, one prompt in chunks)."""
+    import numpy as np
+
+    p = make_prompts(1, 20, args.seed + 999)[0]
+    chunks = [p, [5000], [77, 1234]]
+    kw = dict(
+        device="cuda", dtype="fp16", random_weights=True, weights_seed=args.seed, num_kv_blocks=32
+    )
+    eng = _engine.Engine(ckpt, **kw, **engine_kwargs(args))
+    want = np.asarray(eng.debug_forward(chunks), dtype=np.float64)
+    del eng
+    gc.collect()
+    eng = _engine.Engine(ckpt, int8=True, **kw, **engine_kwargs(args, cuda_int8_lm_head=lm_head))
+    got = np.asarray(eng.debug_forward(chunks), dtype=np.float64)
+    del eng
+    gc.collect()
+    return {
+        "rel_err": float(np.linalg.norm(got - want) / np.linalg.norm(want)),
+        "max_abs_err": float(np.abs(got - want).max()),
+        "argmax_agree": float((got.argmax(-1) == want.argmax(-1)).mean()),
+        "rows": int(want.shape[0]),
+    }
+
+
+def int8_memory(_engine, ckpt: str, args, torch, base_used: int, int8: bool, lm_head: bool) -> dict:
+    """GPU memory of an engine with one KV block (weights + activations + workspaces), and the
+    KV blocks it gets with the default sizing (90% of the memory left)."""
+    kw = dict(
+        device="cuda",
+        dtype="fp16",
+        int8=int8,
+        random_weights=True,
+        weights_seed=args.seed,
+        **engine_kwargs(args, cuda_int8_lm_head=lm_head),
+    )
+    eng = _engine.Engine(ckpt, num_kv_blocks=1, max_running_seqs=1, **kw)
+    used = used_gpu_bytes(torch) - base_used
+    del eng
+    gc.collect()
+    eng = _engine.Engine(ckpt, **kw)
+    blocks = eng.stats()["kv_blocks_total"]
+    del eng
+    gc.collect()
+    h, n = REAL_CONFIG["hidden_size"], REAL_CONFIG["num_layers"]
+    return {
+        "weights_gib": weight_bytes(REAL_CONFIG, int8, lm_head) / 2**30,
+        "engine_1block_gib": used / 2**30,
+        "kv_blocks": blocks,
+        "kv_gib": blocks * 2 * n * 16 * h * 2 / 2**30,
+    }
+
+
+def run_int8(_engine, ckpt: str, batches: list[int], args, torch, base_used: int):
+    """Rows per mode and the markdown (speed, accuracy, memory): for every batch size the
+    fp16 and the int8 engines back to back, in the same process on the same card."""
+    ms = int8_modes(args)
+    rows: dict[str, list[dict]] = {name: [] for name, _, _ in ms}
+    for b in batches:
+        for name, int8, lm in ms:
+            r = run_engine(
+                _engine,
+                ckpt,
+                b,
+                args,
+                torch,
+                base_used,
+                int8=int8,
+                tuning={"cuda_int8_lm_head": lm},
+            )
+            prof = r.pop("profile", None)
+            if prof:
+                print(
+                    f"--- kernel profile, {name} batch {b}, 20 decode steps ---\n{prof}", flush=True
+                )
+            rows[name].append(r)
+            print(
+                f"{name} batch {b}: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step, "
+                f"TTFT {r['ttft_ms']:.1f} ms",
+                flush=True,
+            )
+    acc: dict = {}
+    mem: dict = {}
+    if getattr(args, "speed_only", False):
+        return {"rows": rows}, int8_table(rows, acc, mem)
+    for name, _int8, lm in ms[1:]:
+        acc[name] = int8_logits_error(_engine, ckpt, args, lm)
+        print(f"{name} logits vs fp16: {acc[name]}", flush=True)
+    for name, int8, lm in ms:
+        mem[name] = int8_memory(_engine, ckpt, args, torch, base_used, int8, lm)
+        print(f"{name} memory: {mem[name]}", flush=True)
+    return {"rows": rows, "accuracy": acc, "memory": mem}, int8_table(rows, acc, mem)
+
+
+def int8_table(rows: dict[str, list[dict]], acc: dict, mem: dict) -> str:
+    names = list(rows)
+    q = names[1:]
+    head = "| batch | fp16 tokens/s | " + " | ".join(f"{n} tokens/s | {n} / fp16" for n in q)
+    head += " | fp16 ms/step | " + " | ".join(f"{n} ms/step" for n in q) + " | fp16 TTFT ms | "
+    head += " | ".join(f"{n} TTFT ms" for n in q) + " |"
+    ncol = head.count("|") - 1
+    lines = [head, "|" + "---:|" * ncol]
+    for k, r16 in enumerate(rows["fp16"]):
+        cells = [str(r16["batch"]), f"{r16['tokens_per_s']:,.0f}"]
+        for n in q:
+            r = rows[n][k]
+            cells += [
+                f"{r['tokens_per_s']:,.0f}",
+                f"{r['tokens_per_s'] / r16['tokens_per_s']:.2f}x",
+            ]
+        cells.append(f"{r16['ms_per_step']:.2f}")
+        cells += [f"{rows[n][k]['ms_per_step']:.2f}" for n in q]
+        cells.append(f"{r16['ttft_ms']:.1f}")
+        cells += [f"{rows[n][k]['ttft_ms']:.1f}" for n in q]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not mem:
+        return "\n".join(lines)
+    lines.append("")
+    lines.append(
+        "| mode | logits rel. error vs fp16 | max abs error | argmax agreement | weights (GiB) "
+        "| weights / fp16 | engine with 1 KV block (GiB) | KV blocks (default sizing) | KV cache (GiB) |"
+    )
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w16 = mem["fp16"]["weights_gib"]
+    for n in names:
+        a = acc.get(n)
+        m = mem[n]
+        lines.append(
+            f"| {n} | {a['rel_err']:.4f} | {a['max_abs_err']:.3f} | {a['argmax_agree']:.2f} "
+            if a
+            else f"| {n} | - | - | - "
+        )
+        lines[-1] += (
+            f"| {m['weights_gib']:.2f} | {m['weights_gib'] / w16 * 100:.1f}% | {m['engine_1block_gib']:.2f} "
+            f"| {m['kv_blocks']:,} | {m['kv_gib']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    """The arguments both benchmark CLIs take (workload, graphs, CUDA tuning flags)."""
+    p.add_argument("--batches", default="1,8,64,128,256")
+    p.add_argument("--tokens", type=int, default=150)
+    p.add_argument("--prompt-len", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-graphs", action="store_true")
+    cuda_tuning.add_flags(p)
