@@ -164,7 +164,9 @@ def build_tensors(
     for name, value in params.items():
         spec = OPTIONAL_INPUTS[name]
         if spec.datatype == "BYTES":
-            value = [v.encode("utf-8") for v in value] if isinstance(value, list) else value
+            value = (
+                [v.encode("utf-8") for v in value] if isinstance(value, list) else value.encode()
+            )
         values = value if isinstance(value, list) else [value]
         tensors.append(TensorValue(name, spec.datatype, np.array(values, dtype=spec.dtype)))
     tensors.append(TensorValue("stream", "BOOL", np.array([stream], dtype=np.bool_)))

@@ -463,6 +463,17 @@ FIELDS: tuple[Field, ...] = (
         forward=True,
     ),
     Field(
+        "adapter",
+        DType.BYTES,
+        "The adapter to run with: a P-Tuning v2 prefix the server loaded at start "
+        "(docs/adapters.md); empty: the base model.",
+        _BOTH,
+        default="",
+        max_bytes=64,
+        engine_member="adapter",
+        forward=True,
+    ),
+    Field(
         "include_stop_str_in_output",
         DType.BOOL,
         "Keep the stop string (or the stop id's text) at the end of the text.",

@@ -109,11 +109,6 @@ def test_engine_adapter_needs_converted_checkpoint(tiny: Path, capsys) -> None: 
     assert code == 2 and "needs a converted checkpoint" in err, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the C++ engine's generate() does not take adapter= yet (TypeError: unknown "
-    "sampling argument 'adapter'); flips when the engine half of the adapters issue lands",
-)
 def test_cpu_engine_with_adapter_equals_reference(tiny: Path, capsys) -> None:  # noqa: ANN001
     from test_engine_util import engine_module
 

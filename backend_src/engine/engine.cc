@@ -18,6 +18,7 @@
 #include "config.h"
 #include "engine.h"
 #include "model_runner.h"
+#include "adapters.h"
 #include "positions.h"
 #include "request_fields.gen.h"
 #include "scheduler.h"
@@ -87,6 +88,8 @@ class EngineImpl final : public Engine {
     validate_options(opts_);
     if (opts_.checkpoint_dir.empty()) throw EngineError("engine option checkpoint_dir is empty");
     cfg_ = load_model_config(opts_.checkpoint_dir);
+    adapters_ = load_adapters(opts_.adapters_dir.empty() ? opts_.checkpoint_dir + "/adapters" : opts_.adapters_dir, cfg_);
+    for (const PrefixAdapter& a : adapters_) cfg_.max_prefix_len = std::max(cfg_.max_prefix_len, a.prefix_len);
     runner_ = opts_.device == "cuda" ? make_cuda_runner(cfg_, opts_) : make_cpu_runner(cfg_, opts_);
     const int blocks = runner_->plan_kv_blocks(opts_);
     if (blocks < 1) throw EngineError("the KV cache has room for no block");
@@ -94,6 +97,7 @@ class EngineImpl final : public Engine {
     blocks_ = std::make_unique<BlockManager>(blocks, opts_.block_size);
     scheduler_ = std::make_unique<Scheduler>(blocks_.get(), Scheduler::Limits{opts_.max_running_seqs, opts_.max_batched_tokens});
     texts_ = TokenTexts::load(opts_.checkpoint_dir);
+    load_prefixes();
   }
 
   ~EngineImpl() override { stop(); }
@@ -143,6 +147,17 @@ class EngineImpl final : public Engine {
     if (p.n > opts_.max_running_seqs)
       bad("n", "n = " + std::to_string(p.n) + " is more than the engine runs at once (max_running_seqs " +
                    std::to_string(opts_.max_running_seqs) + ")");
+    const Prefix* prefix = nullptr;
+    if (!p.adapter.empty()) {
+      auto it = prefixes_.find(p.adapter);
+      if (it == prefixes_.end()) {
+        std::string names;
+        for (const PrefixAdapter& a : adapters_) names += (names.empty() ? "" : ", ") + a.name;
+        bad("adapter", "unknown adapter \"" + p.adapter + "\" (" +
+                           (names.empty() ? std::string("this server loaded none") : "available: " + names) + ")");
+      }
+      prefix = &it->second;
+    }
     if (!p.stop.empty() && !texts_)
       bad("stop", "stop strings need the token texts of the checkpoint (" + std::string(TokenTexts::kFileName) +
                       ", written by glmserve.convert); this one has none: convert it again, or use stop_token_ids");
@@ -151,8 +166,10 @@ class EngineImpl final : public Engine {
                             " exceeds the model's max_sequence_length " + std::to_string(cfg_.max_sequence_length));
     // The request's whole KV need: the prompt's full context blocks (shared by the
     // choices), then each choice's own blocks up to max_tokens.
-    const int shared = p.n > 1 ? c / opts_.block_size : 0;
-    const int need = shared + p.n * (blocks_->blocks_for(n + p.max_tokens) - shared);
+    const int P = prefix ? prefix->length : 0;
+    const int held = P / opts_.block_size;  // the prefix's full blocks, held already
+    const int shared = p.n > 1 ? (P + c) / opts_.block_size - held : 0;
+    const int need = shared + p.n * (blocks_->blocks_for(P + n + p.max_tokens) - held - shared);
     if (need > blocks_->num_total())
       bad("max_tokens", "prompt + max_tokens = " + std::to_string(n + p.max_tokens) + " tokens" +
                             (p.n > 1 ? " for " + std::to_string(p.n) + " choices" : std::string()) + " need " +
@@ -175,6 +192,10 @@ class EngineImpl final : public Engine {
     seq->group = group;
     seq->num_choices = p.n;
     seq->filter = make_filter(p);
+    if (prefix) {
+      seq->prefix_len = prefix->length;
+      seq->prefix_owner = prefix->owner;
+    }
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (!healthy_) unhealthy();
@@ -241,11 +262,26 @@ class EngineImpl final : public Engine {
     s.max_batch_seen = max_batch_seen_;
     s.healthy = healthy_;
     s.preemptions = scheduler_->num_preemptions();
+    s.kv_blocks_reserved = reserved_blocks_;
     return s;
   }
 
-  std::vector<float> debug_forward(const std::vector<std::vector<int32_t>>& chunks) override {
+  std::vector<std::string> adapters() const override {
+    std::vector<std::string> names;
+    for (const PrefixAdapter& a : adapters_) names.push_back(a.name);
+    return names;
+  }
+
+  std::vector<float> debug_forward(const std::vector<std::vector<int32_t>>& chunks,
+                                   const std::string& adapter) override {
     std::lock_guard<std::mutex> step_lk(step_mu_);
+    const Prefix* prefix = nullptr;
+    if (!adapter.empty()) {
+      auto it = prefixes_.find(adapter);
+      if (it == prefixes_.end()) throw EngineError("debug_forward: unknown adapter \"" + adapter + "\"");
+      prefix = &it->second;
+    }
+    const int P = prefix ? prefix->length : 0;
     if (chunks.empty() || chunks[0].empty()) throw EngineError("debug_forward: chunks must be non-empty lists of ids");
     std::vector<int32_t> all;
     for (const auto& ch : chunks) {
@@ -266,9 +302,17 @@ class EngineImpl final : public Engine {
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (scheduler_->num_running() > 0) throw EngineError("debug_forward: only valid while no requests are running");
-      if (!blocks_->can_allocate(static_cast<int>(all.size())))
+      const int n = static_cast<int>(all.size());
+      if (blocks_->blocks_for(P + n) - P / opts_.block_size > blocks_->num_free())
         throw EngineError("debug_forward: not enough free KV blocks");
-      blocks_->allocate(kDebugSeq, static_cast<int>(all.size()));
+      if (prefix) {
+        int32_t src = -1, dst = -1;
+        blocks_->fork(prefix->owner, kDebugSeq, P, &src, &dst);
+        if (src >= 0) runner_->copy_kv_block(src, dst);
+        blocks_->append(kDebugSeq, P + n);
+      } else {
+        blocks_->allocate(kDebugSeq, n);
+      }
     }
     std::vector<int32_t> table;
     {
@@ -301,6 +345,7 @@ class EngineImpl final : public Engine {
         e.history = all.data();
         e.history_len = cached + m;
         e.prompt_len = cached + m;
+        e.prefix_len = P;
         batch.seqs.push_back(e);
         std::vector<float> logits;
         int32_t unused = 0;
@@ -326,6 +371,21 @@ class EngineImpl final : public Engine {
   static void deliver(const Events& events) {
     for (const auto& e : events)
       if (e.first) e.first(e.second);
+  }
+
+  // Puts every adapter's K/V into KV blocks held for the engine's life (at start).
+  void load_prefixes() {
+    uint64_t owner = ~uint64_t(0) - 1;  // ids no sequence (nor debug_forward's) ever takes
+    for (const PrefixAdapter& a : adapters_) {
+      if (!blocks_->can_allocate(a.prefix_len))
+        throw EngineError("adapter \"" + a.name + "\": its prefix of " + std::to_string(a.prefix_len) +
+                          " tokens does not fit in the KV cache's free blocks");
+      blocks_->allocate(owner, a.prefix_len);
+      runner_->write_prefix(blocks_->block_table(owner), a.prefix_len, a.key.data(), a.value.data());
+      reserved_blocks_ += blocks_->blocks_for(a.prefix_len);
+      prefixes_[a.name] = Prefix{a.prefix_len, owner};
+      --owner;
+    }
   }
 
   std::unique_ptr<StopFilter> make_filter(const SamplingParams& p) const {
@@ -396,6 +456,8 @@ class EngineImpl final : public Engine {
       child->params.seed = s->params.seed + static_cast<uint64_t>(i);
       child->group = s->group;
       child->choice = i;
+      child->prefix_len = s->prefix_len;
+      child->prefix_owner = s->prefix_owner;
       child->filter = make_filter(child->params);
       int32_t src = -1, dst = -1;
       if (scheduler_->fork(s, std::move(child), s->context_length, &src, &dst) && src >= 0)
@@ -416,6 +478,7 @@ class EngineImpl final : public Engine {
         end_all(FinishReason::kCancelled, "", &events, /*only_cancelled=*/true);
       }
       if (healthy_) plan = scheduler_->schedule();
+      for (const auto& [src, dst] : plan.kv_copies) runner_->copy_kv_block(src, dst);
       const size_t S = plan.batch.size();
       pos.resize(S);
       bpos.resize(S);
@@ -444,6 +507,7 @@ class EngineImpl final : public Engine {
         e.history = s->tokens.data();
         e.history_len = static_cast<int>(s->tokens.size());
         e.prompt_len = s->prompt_len;
+        e.prefix_len = s->prefix_len;
         e.logprob_out = &logprobs[i];
         batch.seqs.push_back(e);
       }
@@ -533,6 +597,15 @@ class EngineImpl final : public Engine {
   int max_batch_seen_ = 0;
   std::unique_ptr<TokenTexts> texts_;  // null: the checkpoint has no token_bytes.bin
   std::unordered_map<uint64_t, std::shared_ptr<RequestGroup>> groups_;  // live requests by request id
+  // Adapters: their K/V sit in KV blocks held from the start by owner ids past
+  // every sequence id (BlockManager), shared by the requests that name them.
+  struct Prefix {
+    int length = 0;
+    uint64_t owner = 0;
+  };
+  std::vector<PrefixAdapter> adapters_;
+  std::unordered_map<std::string, Prefix> prefixes_;
+  int reserved_blocks_ = 0;
   uint64_t next_seq_id_ = 1;
 };
 

@@ -107,6 +107,7 @@ struct EngineOptions {
   int num_threads = 0;             // cpu compute threads (0 = hardware concurrency)
   bool use_cuda_graphs = true;     // cuda decode steps
   CudaTuning cuda;                 // cuda back-end kernels and debugging aids (above)
+  std::string adapters_dir;        // prefix adapters (adapters.h); "" = <checkpoint_dir>/adapters
 };
 
 // Per-request decoding parameters. One semantics on every back-end:
@@ -128,6 +129,7 @@ struct SamplingParams {
   std::vector<std::string> stop;   // stop strings (UTF-8): generation ends when the text contains one
   std::vector<int32_t> stop_token_ids;  // generation ends at any of these ids
   bool include_stop_str_in_output = false;  // keep the stop string (or stop id's text) in the text
+  std::string adapter;             // a loaded prefix adapter's name; "" = the base model
 };
 
 // Why a choice ended. kStop: a stop string or stop id (kEos: <eop>).
@@ -175,6 +177,7 @@ struct EngineStats {
   int max_batch_seen = 0;          // largest number of sequences in one step so far
   bool healthy = true;             // false after an unrecoverable back-end fault
   int64_t preemptions = 0;         // running sequences sent back to the queue (KV cache full)
+  int kv_blocks_reserved = 0;      // held from the start by the adapters' prefixes (in kv_blocks_used)
 };
 
 class Engine {
@@ -214,7 +217,11 @@ class Engine {
   // run as one forward of a single sequence that keeps its KV cache between
   // chunks (chunk 0 = prefill). Returns [sum of chunk lengths, vocab] row-major.
   // Only valid while no requests are running.
-  virtual std::vector<float> debug_forward(const std::vector<std::vector<int32_t>>& chunks) = 0;
+  // With `adapter`, the sequence attends to that adapter's prefix.
+  virtual std::vector<float> debug_forward(const std::vector<std::vector<int32_t>>& chunks,
+                                           const std::string& adapter = "") = 0;
+  // The loaded adapters' names (sorted).
+  virtual std::vector<std::string> adapters() const = 0;
 
   // Test hook for the fault path: the next step fails inside the back-end.
   virtual void inject_fault() = 0;

@@ -30,6 +30,9 @@ struct SeqBatchEntry {
   const int32_t* history = nullptr;          // prompt + generated ids (for the penalties)
   int history_len = 0;
   int prompt_len = 0;                        // history[prompt_len:] are the generated ids
+  // KV slots [0, prefix_len) hold an adapter's prefix: every query attends to
+  // them; token t lives in slot prefix_len + t (block_table covers both).
+  int prefix_len = 0;
   // When params->logprobs >= 0: where the runner writes the sampled token's
   // log-probabilities (raw logits, before penalties and temperature).
   TokenLogprob* logprob_out = nullptr;
@@ -52,6 +55,10 @@ class ModelRunner {
   // the next forward (the choices of one request: copy-on-write of the prompt's
   // last partial block).
   virtual void copy_kv_block(int src, int dst) = 0;
+  // Writes an adapter's prefix into the KV slots [0, prefix_len) of the blocks
+  // `blocks` (in order): key / value are [num_layers, prefix_len, hidden] fp32.
+  virtual void write_prefix(const std::vector<int32_t>& blocks, int prefix_len, const float* key,
+                            const float* value) = 0;
 
   // Runs the batch and samples one next token per sequence into next_tokens
   // [seqs.size()]. With want_all_logits, writes logits of every token

@@ -59,6 +59,8 @@ template <class T>
 std::string field_error(const RequestField& f, const T& value, const FieldLimits& limits) {
   if constexpr (std::is_arithmetic_v<T>) {
     return range_error(f, static_cast<double>(value), limits);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return bytes_error(f, value);
   } else {
     std::string e = count_error(f, value.size());
     for (const auto& item : value) {

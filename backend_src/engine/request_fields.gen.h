@@ -142,6 +142,14 @@ inline constexpr RequestField kStopTokenIds{
     /*max_bytes=*/0, /*requirement=*/"in [0, {vocab})",
     /*member=*/"stop_token_ids"};
 
+// The adapter to run with: a P-Tuning v2 prefix the server loaded at start (docs/adapters.md); empty: the base model.
+inline constexpr RequestField kAdapter{
+    "adapter", FieldType::kBytes, /*is_list=*/false, /*max_items=*/0,
+    /*required=*/false, /*has_min=*/false, /*min=*/0.0, /*min_exclusive=*/false,
+    /*has_max=*/false, /*max=*/0.0, /*max_bound=*/MaxBound::kFixed, /*max_exclusive=*/false,
+    /*max_bytes=*/64, /*requirement=*/"UTF-8 text",
+    /*member=*/"adapter"};
+
 // Keep the stop string (or the stop id's text) at the end of the text.
 inline constexpr RequestField kIncludeStopStrInOutput{
     "include_stop_str_in_output", FieldType::kBool, /*is_list=*/false, /*max_items=*/0,
@@ -151,7 +159,7 @@ inline constexpr RequestField kIncludeStopStrInOutput{
     /*member=*/"include_stop_str_in_output"};
 
 // The decoder's inputs, in table order.
-inline constexpr const RequestField* kDecoderInputs[] = {&kInputIds, &kMaxTokens, &kTemperature, &kTopK, &kTopP, &kRepetitionPenalty, &kPresencePenalty, &kFrequencyPenalty, &kRandomSeed, &kStream, &kIgnoreEos, &kN, &kLogprobs, &kStop, &kStopTokenIds, &kIncludeStopStrInOutput};
+inline constexpr const RequestField* kDecoderInputs[] = {&kInputIds, &kMaxTokens, &kTemperature, &kTopK, &kTopP, &kRepetitionPenalty, &kPresencePenalty, &kFrequencyPenalty, &kRandomSeed, &kStream, &kIgnoreEos, &kN, &kLogprobs, &kStop, &kStopTokenIds, &kAdapter, &kIncludeStopStrInOutput};
 
 }  // namespace glm::fields
 
@@ -174,6 +182,7 @@ void for_each_sampling_field(Params& p, F&& f) {
   f(fields::kLogprobs, p.logprobs);
   f(fields::kStop, p.stop);
   f(fields::kStopTokenIds, p.stop_token_ids);
+  f(fields::kAdapter, p.adapter);
   f(fields::kIncludeStopStrInOutput, p.include_stop_str_in_output);
 }
 

@@ -22,7 +22,7 @@ bool Scheduler::fork(Sequence* parent, std::unique_ptr<Sequence> child, int num_
   Sequence* c = child.get();
   if (!seqs_.emplace(c->id, std::move(child)).second)
     throw std::logic_error("Scheduler::fork: duplicate sequence id " + std::to_string(c->id));
-  if (!blocks_->fork(parent->id, c->id, num_tokens, copy_src, copy_dst)) {
+  if (!blocks_->fork(parent->id, c->id, c->prefix_len + num_tokens, copy_src, copy_dst)) {
     c->num_cached = 0;
     waiting_.push_front(c);
     return false;
@@ -64,7 +64,7 @@ SchedulerOutput Scheduler::schedule() {
     Sequence* s = running_[i];
     const int total = static_cast<int>(s->tokens.size());
     bool self_preempted = false;
-    while (!blocks_->append(s->id, total)) {
+    while (!blocks_->append(s->id, s->prefix_len + total)) {
       Sequence* victim = running_.back();
       preempt(victim);
       ++out.num_preempted;
@@ -85,8 +85,17 @@ SchedulerOutput Scheduler::schedule() {
       // Room for the choices forked right after this prefill: a slot and a block each.
       if (static_cast<int>(running_.size()) + s->num_choices > limits_.max_running_seqs) break;
       if (out.num_prefill_tokens > 0 && out.num_prefill_tokens + n > limits_.max_batched_tokens) break;
-      if (blocks_->blocks_for(n) + s->num_choices - 1 > blocks_->num_free()) break;
-      blocks_->allocate(s->id, n);
+      // An adapter's full prefix blocks are shared: only the partial one and the tokens need room.
+      const int need = blocks_->blocks_for(s->prefix_len + n) - s->prefix_len / blocks_->block_size();
+      if (need + s->num_choices - 1 > blocks_->num_free()) break;
+      if (s->prefix_len > 0) {
+        int32_t src = -1, dst = -1;
+        blocks_->fork(s->prefix_owner, s->id, s->prefix_len, &src, &dst);
+        if (src >= 0) out.kv_copies.emplace_back(src, dst);
+        blocks_->append(s->id, s->prefix_len + n);
+      } else {
+        blocks_->allocate(s->id, n);
+      }
       waiting_.pop_front();
       running_.push_back(s);
       out.batch.push_back({s, 0, n, true});

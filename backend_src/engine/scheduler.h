@@ -23,6 +23,7 @@
 #include <deque>
 #include <memory>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "block_manager.h"
@@ -41,6 +42,11 @@ struct Sequence {
   int mask_position = 0;        // g
   int num_cached = 0;           // tokens whose K/V are in the cache
   int num_generated = 0;        // = rng_offset of the next draw
+  // An adapter's prefix: prefix_len KV slots before token 0, taken from the
+  // blocks of the BlockManager sequence prefix_owner (shared; the partial last
+  // prefix block is copied). Token t lives in KV slot prefix_len + t.
+  int prefix_len = 0;
+  uint64_t prefix_owner = 0;
   SamplingParams params;        // seed = the request's seed + choice
   bool cancel_requested = false;
   int num_preemptions = 0;
@@ -66,6 +72,9 @@ struct SchedulerOutput {
   std::vector<ScheduledSeq> batch;
   int num_prefill_tokens = 0;
   int num_preempted = 0;
+  // KV blocks to copy (src, dst) before this step's forward: the partial last
+  // prefix block of each admitted sequence with an adapter.
+  std::vector<std::pair<int32_t, int32_t>> kv_copies;
 };
 
 class Scheduler {
@@ -79,7 +88,8 @@ class Scheduler {
   // Queues a new sequence (at the back).
   void add(std::unique_ptr<Sequence> seq);
   // Starts `child` (a further choice of parent's request) with the KV blocks of
-  // parent's first num_tokens tokens: full blocks shared, the partial last one
+  // parent's first num_tokens tokens (after the adapter prefix both have, if
+  // any): full blocks shared, the partial last one
   // copied (the caller copies block *copy_src into *copy_dst; -1 when none). The
   // child joins the running batch with num_cached = num_tokens. When no block is
   // free for the copy it is queued at the front instead, to be recomputed, and

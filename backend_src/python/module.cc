@@ -190,21 +190,48 @@ glm::SamplingParams params_from(const py::kwargs& kwargs) {
 }
 
 // The keywords cuda_<field>=value of Engine(): EngineOptions::cuda, by name.
-void set_cuda_tuning(glm::CudaTuning& cuda, const py::kwargs& tuning) {
-  for (const auto& item : tuning) {
-    const std::string key = py::str(item.first);
-    if (key.rfind("cuda_", 0) != 0) throw py::type_error("Engine() got an unexpected keyword argument '" + key + "'");
-    const py::handle v = item.second;
-    std::string text;
-    if (py::isinstance<py::bool_>(v))
-      text = v.cast<bool>() ? "true" : "false";
-    else if (py::isinstance<py::int_>(v) || py::isinstance<py::str>(v))
-      text = py::str(v);
-    else
-      throw py::type_error("Engine() keyword " + key + " must be a bool, an int or a str");
-    glm::set_cuda_tuning(cuda, key.substr(5), text);
-  }
+void set_cuda_tuning(glm::CudaTuning& cuda, const std::string& key, py::handle v) {
+  if (key.rfind("cuda_", 0) != 0) throw py::type_error("Engine() got an unexpected keyword argument '" + key + "'");
+  std::string text;
+  if (py::isinstance<py::bool_>(v))
+    text = v.cast<bool>() ? "true" : "false";
+  else if (py::isinstance<py::int_>(v) || py::isinstance<py::str>(v))
+    text = py::str(v);
+  else
+    throw py::type_error("Engine() keyword " + key + " must be a bool, an int or a str");
+  glm::set_cuda_tuning(cuda, key.substr(5), text);
 }
+
+// EngineOptions from Engine()'s keywords: each named like its field, cuda_<name>
+// for EngineOptions.cuda; anything else is a TypeError. Defaults: EngineOptions'.
+glm::EngineOptions options_from(const std::string& checkpoint_dir, const py::kwargs& kwargs) {
+  glm::EngineOptions o;
+  o.checkpoint_dir = checkpoint_dir;
+  for (const auto& item : kwargs) {
+    const std::string key = py::str(item.first);
+    const py::handle v = item.second;
+    auto set = [&](auto& field) { field = v.cast<std::decay_t<decltype(field)>>(); };
+    if (key == "device") set(o.device);
+    else if (key == "device_id") set(o.device_id);
+    else if (key == "dtype") set(o.dtype);
+    else if (key == "int8") set(o.int8);
+    else if (key == "random_weights") set(o.random_weights);
+    else if (key == "weights_seed") set(o.weights_seed);
+    else if (key == "block_size") set(o.block_size);
+    else if (key == "num_kv_blocks") set(o.num_kv_blocks);
+    else if (key == "kv_cache_fraction") set(o.kv_cache_fraction);
+    else if (key == "kv_cache_bytes") set(o.kv_cache_bytes);
+    else if (key == "max_running_seqs") set(o.max_running_seqs);
+    else if (key == "max_batched_tokens") set(o.max_batched_tokens);
+    else if (key == "max_queue") set(o.max_queue);
+    else if (key == "num_threads") set(o.num_threads);
+    else if (key == "use_cuda_graphs") set(o.use_cuda_graphs);
+    else if (key == "adapters_dir") set(o.adapters_dir);
+    else set_cuda_tuning(o.cuda, key, v);
+  }
+  return o;
+}
+
 
 py::list cuda_tuning_fields() {
   const glm::CudaTuning defaults;
@@ -261,37 +288,15 @@ PYBIND11_MODULE(_engine, m) {
         "cuda_<name>): a list of dicts with name, type ('bool' or 'int'), default, min, max, help.");
 
   py::class_<PyEngine>(m, "Engine")
-      .def(py::init([](const std::string& checkpoint_dir, const std::string& device, const std::string& dtype, bool int8,
-                       bool random_weights, uint64_t weights_seed, int block_size, int num_kv_blocks,
-                       double kv_cache_fraction, int64_t kv_cache_bytes, int max_running_seqs, int max_batched_tokens,
-                       int max_queue, int num_threads, bool use_cuda_graphs, int device_id, const py::kwargs& tuning) {
-             glm::EngineOptions o;
-             o.checkpoint_dir = checkpoint_dir;
-             o.device = device;
-             o.dtype = dtype;
-             o.int8 = int8;
-             o.random_weights = random_weights;
-             o.weights_seed = weights_seed;
-             o.block_size = block_size;
-             o.num_kv_blocks = num_kv_blocks;
-             o.kv_cache_fraction = kv_cache_fraction;
-             o.kv_cache_bytes = kv_cache_bytes;
-             o.max_running_seqs = max_running_seqs;
-             o.max_batched_tokens = max_batched_tokens;
-             o.max_queue = max_queue;
-             o.num_threads = num_threads;
-             o.use_cuda_graphs = use_cuda_graphs;
-             o.device_id = device_id;
-             set_cuda_tuning(o.cuda, tuning);
-             return std::make_unique<PyEngine>(o);
+      .def(py::init([](const std::string& checkpoint_dir, const py::kwargs& options) {
+             return std::make_unique<PyEngine>(options_from(checkpoint_dir, options));
            }),
-           py::arg("checkpoint_dir"), py::arg("device") = "cpu", py::arg("dtype") = "fp32", py::arg("int8") = false,
-           py::arg("random_weights") = false, py::arg("weights_seed") = 0, py::arg("block_size") = 16,
-           py::arg("num_kv_blocks") = 0, py::arg("kv_cache_fraction") = 0.9, py::arg("kv_cache_bytes") = 0,
-           py::arg("max_running_seqs") = 256, py::arg("max_batched_tokens") = 4096, py::arg("max_queue") = 0,
-           py::arg("num_threads") = 0, py::arg("use_cuda_graphs") = true, py::arg("device_id") = 0,
-           "Engine(checkpoint_dir, device=..., ..., cuda_<field>=value...): the cuda_* keywords set\n"
-           "EngineOptions.cuda (see cuda_tuning_fields()); a value is a bool, an int or its text.")
+           py::arg("checkpoint_dir"),
+           "Engine(checkpoint_dir, **options): keywords named like EngineOptions' fields (device, dtype,\n"
+           "int8, random_weights, weights_seed, block_size, num_kv_blocks, kv_cache_fraction, kv_cache_bytes,\n"
+           "max_running_seqs, max_batched_tokens, max_queue, num_threads, use_cuda_graphs, device_id,\n"
+           "adapters_dir), left out: the engine's defaults; cuda_<field>=value sets EngineOptions.cuda\n"
+           "(see cuda_tuning_fields()), a value being a bool, an int or its text.")
       .def(
           "submit",
           [](PyEngine& self, uint64_t request_id, std::vector<int32_t> input_ids, py::object callback,
@@ -331,6 +336,7 @@ PYBIND11_MODULE(_engine, m) {
              d["max_batch_seen"] = s.max_batch_seen;
              d["healthy"] = s.healthy;
              d["preemptions"] = s.preemptions;
+             d["kv_blocks_reserved"] = s.kv_blocks_reserved;
              return d;
            })
       .def("backend_description", [](PyEngine& self) { return self.engine().backend_description(); },
@@ -351,11 +357,11 @@ PYBIND11_MODULE(_engine, m) {
            })
       .def(
           "debug_forward",
-          [](PyEngine& self, const std::vector<std::vector<int32_t>>& chunks) {
+          [](PyEngine& self, const std::vector<std::vector<int32_t>>& chunks, const std::string& adapter) {
             std::vector<float> logits;
             {
               py::gil_scoped_release nogil;
-              logits = self.engine().debug_forward(chunks);
+              logits = self.engine().debug_forward(chunks, adapter);
             }
             const int64_t vocab = self.engine().model_info().vocab_size;
             const int64_t rows = static_cast<int64_t>(logits.size()) / vocab;
@@ -363,7 +369,9 @@ PYBIND11_MODULE(_engine, m) {
             std::copy(logits.begin(), logits.end(), out.mutable_data());
             return out;
           },
-          py::arg("chunks"), "Logits [sum of chunk lengths, vocab] of one sequence fed chunk by chunk.")
+          py::arg("chunks"), py::arg("adapter") = "",
+          "Logits [sum of chunk lengths, vocab] of one sequence fed chunk by chunk (with an adapter's prefix).")
+      .def("adapters", [](PyEngine& self) { return self.engine().adapters(); }, "The loaded adapters' names.")
       .def("inject_fault", [](PyEngine& self) { self.engine().inject_fault(); })
       .def(
           "generate",

@@ -20,7 +20,7 @@ std::vector<std::string> all_keys() {
       "int8",           "random_weights",  "weights_seed",      "block_size",
       "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
       "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
-      "default_max_tokens", "enable_fault_injection", "max_request_seconds"};
+      "default_max_tokens", "enable_fault_injection", "max_request_seconds", "adapters_dir"};
   for (const glm::CudaTuningField& f : glm::cuda_tuning_fields()) keys.push_back(kCudaPrefix + std::string(f.name));
   return keys;
 }
@@ -173,6 +173,10 @@ DecoderConfig parse_decoder_config(const std::string& model_config_json,
   if (const auto* v = get("num_threads"))
     e.num_threads = static_cast<int>(to_int("num_threads", *v, 0, 4096));
   if (const auto* v = get("use_cuda_graphs")) e.use_cuda_graphs = to_bool("use_cuda_graphs", *v);
+  if (const auto* v = get("adapters_dir")) {  // "" = <checkpoint_dir>/adapters (the engine's default)
+    e.adapters_dir = *v;
+    if (!v->empty() && (*v)[0] != '/') e.adapters_dir = model_dir + "/" + *v;
+  }
   for (const glm::CudaTuningField& f : glm::cuda_tuning_fields()) {
     const std::string key = kCudaPrefix + std::string(f.name);
     const auto* v = get(key);

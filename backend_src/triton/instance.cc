@@ -48,7 +48,7 @@ DecoderInstance::DecoderInstance(ModelState* model, TRITONBACKEND_ModelInstance*
   limits_.allow_fault_injection = model->config.allow_fault_injection;
   metrics_ = std::make_unique<InstanceMetrics>(
       model->families, model->name, model->version, instance_name_,
-      opts.device == "cuda" ? "cuda:" + std::to_string(opts.device_id) : opts.device);
+      opts.device == "cuda" ? "cuda:" + std::to_string(opts.device_id) : opts.device, engine_->adapters());
   sender_ = std::make_unique<ResponseSender>(instance_, &table_, metrics_.get(), batched_);
   engine_->start();
   responder_.start();
@@ -134,6 +134,7 @@ bool DecoderInstance::admit(TRITONBACKEND_Request* request, bool engine_ok, uint
   std::shared_ptr<LiveRequest> live =
       table_.add(request, factory, parsed.stream, parsed.params.n, parsed.params.logprobs,
                  exec_start, &n_active);
+  live->adapter = parsed.params.adapter;
   const uint64_t id = live->id;
   if (parsed.inject_fault) {
     GLM_LOG_WARN("chatglm_decoder: injecting an engine fault (test hook)");
@@ -215,7 +216,7 @@ void DecoderInstance::handle(ResponderEvent& ev) {
       a->got_first = true;
       if (metrics_) metrics_->observe_ttft(static_cast<double>(now_ns() - a->submit_ns) * 1e-9);
     }
-    if (metrics_) metrics_->add_tokens(ev.tokens.size());
+    if (metrics_) metrics_->add_tokens(ev.tokens.size(), a->adapter);
   }
   TRITONSERVER_Error* err = sender_->send_tokens(*a, ev);
   if (err != nullptr) {

@@ -112,10 +112,25 @@ MetricFamilies::~MetricFamilies() {
 }
 
 InstanceMetrics::InstanceMetrics(MetricFamilies* f, const std::string& model, uint64_t version,
-                                 const std::string& instance, const std::string& device) {
+                                 const std::string& instance, const std::string& device,
+                                 const std::vector<std::string>& adapters) {
   if (f == nullptr) return;
   Labels labels(model, version, instance, device);
-  tokens_ = new_metric(f->tokens, labels);
+  std::vector<std::string> names = {""};
+  names.insert(names.end(), adapters.begin(), adapters.end());
+  for (const std::string& name : names) {
+    PerAdapter& a = by_adapter_[name];
+    const std::string label = name.empty() ? "base" : name;
+    Labels lt(model, version, instance, device);
+    lt.add("adapter", label.c_str());
+    a.tokens = new_metric(f->tokens, lt);
+    for (int i = 0; i < static_cast<int>(Outcome::kCount); ++i) {
+      Labels l(model, version, instance, device);
+      l.add("adapter", label.c_str());
+      l.add("outcome", kOutcomeNames[i]);
+      a.requests[i] = new_metric(f->requests, l);
+    }
+  }
   running_ = new_metric(f->running, labels);
   waiting_ = new_metric(f->waiting, labels);
   active_ = new_metric(f->active, labels);
@@ -125,11 +140,6 @@ InstanceMetrics::InstanceMetrics(MetricFamilies* f, const std::string& model, ui
   steps_ = new_metric(f->steps, labels);
   engine_tokens_ = new_metric(f->engine_tokens, labels);
   healthy_ = new_metric(f->healthy, labels);
-  for (int i = 0; i < static_cast<int>(Outcome::kCount); ++i) {
-    Labels l(model, version, instance, device);
-    l.add("outcome", kOutcomeNames[i]);
-    requests_[i] = new_metric(f->requests, l);
-  }
   if (f->ttft != nullptr) {
     static const double kBuckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                       1.0,   2.5,  5.0,   10.0, 30.0, 60.0};
@@ -153,8 +163,10 @@ InstanceMetrics::InstanceMetrics(MetricFamilies* f, const std::string& model, ui
 }
 
 InstanceMetrics::~InstanceMetrics() {
-  delete_metric(tokens_);
-  for (auto*& m : requests_) delete_metric(m);
+  for (auto& [name, a] : by_adapter_) {
+    delete_metric(a.tokens);
+    for (auto*& m : a.requests) delete_metric(m);
+  }
   delete_metric(running_);
   delete_metric(waiting_);
   delete_metric(active_);
@@ -167,12 +179,17 @@ InstanceMetrics::~InstanceMetrics() {
   delete_metric(ttft_);
 }
 
-void InstanceMetrics::add_tokens(size_t n) {
-  if (n > 0) inc(tokens_, static_cast<double>(n));
+InstanceMetrics::PerAdapter& InstanceMetrics::of(const std::string& adapter) {
+  auto it = by_adapter_.find(adapter);
+  return it != by_adapter_.end() ? it->second : by_adapter_[""];
 }
 
-void InstanceMetrics::add_request(Outcome outcome) {
-  inc(requests_[static_cast<int>(outcome)], 1.0);
+void InstanceMetrics::add_tokens(size_t n, const std::string& adapter) {
+  if (n > 0) inc(of(adapter).tokens, static_cast<double>(n));
+}
+
+void InstanceMetrics::add_request(Outcome outcome, const std::string& adapter) {
+  inc(of(adapter).requests[static_cast<int>(outcome)], 1.0);
 }
 
 void InstanceMetrics::observe_ttft(double seconds) {

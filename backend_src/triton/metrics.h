@@ -14,12 +14,15 @@
 //   glm_engine_healthy                gauge     1, or 0 after an unrecoverable engine fault
 //   glm_time_to_first_token_seconds   histogram submit -> first token
 //
-// Labels: model, version, instance. When Triton runs with metrics disabled,
-// everything here is a no-op.
+// Labels: model, version, instance, device; glm_generated_tokens_total and
+// glm_requests_total also by adapter ("base" for none, else a loaded adapter's
+// name). When Triton runs with metrics disabled, everything here is a no-op.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
 #include "engine.h"
 #include "triton_api.h"
@@ -55,21 +58,27 @@ class InstanceMetrics {
   // Labels: model, version, instance and device ("cpu" or "cuda:<id>"): Triton gives the
   // instances of one group on different GPUs the same name, the device tells them apart.
   InstanceMetrics(MetricFamilies* families, const std::string& model, uint64_t version,
-                  const std::string& instance, const std::string& device);
+                  const std::string& instance, const std::string& device,
+                  const std::vector<std::string>& adapters);
   ~InstanceMetrics();
   InstanceMetrics(const InstanceMetrics&) = delete;
   InstanceMetrics& operator=(const InstanceMetrics&) = delete;
 
-  void add_tokens(size_t n);
-  void add_request(Outcome outcome);
+  // `adapter`: "" for the base model; an unknown name counts as the base model.
+  void add_tokens(size_t n, const std::string& adapter = "");
+  void add_request(Outcome outcome, const std::string& adapter = "");
   void observe_ttft(double seconds);
   void set_active(size_t n);
   // Gauges + step counter from the engine's stats.
   void update(const glm::EngineStats& stats);
 
  private:
-  TRITONSERVER_Metric* tokens_ = nullptr;
-  TRITONSERVER_Metric* requests_[static_cast<int>(Outcome::kCount)] = {};
+  struct PerAdapter {
+    TRITONSERVER_Metric* tokens = nullptr;
+    TRITONSERVER_Metric* requests[static_cast<int>(Outcome::kCount)] = {};
+  };
+  PerAdapter& of(const std::string& adapter);
+  std::map<std::string, PerAdapter> by_adapter_;  // "" = the base model
   TRITONSERVER_Metric* running_ = nullptr;
   TRITONSERVER_Metric* waiting_ = nullptr;
   TRITONSERVER_Metric* active_ = nullptr;

@@ -213,6 +213,11 @@ std::string read_field(TRITONBACKEND_Request* request, const glm::RequestField& 
   if (!e.empty()) return e;
   if constexpr (std::is_same_v<T, std::vector<std::string>>) {
     return split_bytes(t, f.name, value);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    std::vector<std::string> one;
+    e = split_bytes(t, f.name, &one);
+    if (e.empty()) *value = one.empty() ? std::string() : one[0];
+    return e;
   } else if constexpr (std::is_same_v<T, std::vector<int32_t>>) {
     value->resize(static_cast<size_t>(t.elements()));
     if (!value->empty()) std::memcpy(value->data(), t.data.data(), value->size() * sizeof(int32_t));

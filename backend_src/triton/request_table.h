@@ -38,6 +38,7 @@ struct LiveRequest {
   bool stream = false;
   int logprobs = -1;                  // alternatives per token (-1: no log-probabilities)
   std::vector<ChoiceOutput> choices;  // one per choice (n)
+  std::string adapter;                // "" = the base model (metrics label)
   uint64_t exec_start_ns = 0;
   uint64_t submit_ns = 0;
   std::atomic<bool> submitted{false};  // engine.submit() returned (else Execute may erase it)

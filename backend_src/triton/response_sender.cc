@@ -164,7 +164,7 @@ void ResponseSender::finish(uint64_t id, bool success, Outcome outcome) {
                "reporting statistics");
   log_if_error(TRITONBACKEND_ResponseFactoryDelete(r->factory), "deleting a response factory");
   if (metrics_) {
-    metrics_->add_request(outcome);
+    metrics_->add_request(outcome, r->adapter);
     metrics_->set_active(left);
   }
   // Last: releasing the last request of a model being unloaded may destroy

@@ -247,6 +247,19 @@ class CpuRunner final : public ModelRunner {
     }
   }
 
+  void write_prefix(const std::vector<int32_t>& blocks, int prefix_len, const float* key,
+                    const float* value) override {
+    const int64_t H = cfg_.hidden_size;
+    for (size_t l = 0; l < k_cache_.size(); ++l)
+      for (int t = 0; t < prefix_len; ++t) {
+        const int64_t at = (static_cast<int64_t>(blocks.at(static_cast<size_t>(t / block_size_))) * block_size_ +
+                            t % block_size_) * H;
+        const int64_t from = (static_cast<int64_t>(l) * prefix_len + t) * H;
+        std::copy_n(key + from, H, k_cache_[l].get() + at);
+        std::copy_n(value + from, H, v_cache_[l].get() + at);
+      }
+  }
+
   void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
 
  private:
@@ -343,7 +356,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
   for (size_t i = 0; i < S; ++i) {
     const SeqBatchEntry& e = batch.seqs[i];
     if (e.num_tokens < 1) throw EngineError("cpu runner: a sequence with no tokens in the batch");
-    const int total = e.num_cached + e.num_tokens;
+    const int total = e.prefix_len + e.num_cached + e.num_tokens;
     if (static_cast<int64_t>(e.num_blocks) * block_size_ < total)
       throw EngineError("cpu runner: block table too short for the sequence");
     for (int b = 0; b < e.num_blocks; ++b)
@@ -388,7 +401,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
       const SeqBatchEntry& e = batch.seqs[i];
       for (int j = 0; j < e.num_tokens; ++j) {
         float* row = &qkv[static_cast<size_t>((row0[i] + j) * 3 * H)];
-        const int slot = e.num_cached + j;
+        const int slot = e.prefix_len + e.num_cached + j;
         const float* r = &rot[static_cast<size_t>((row0[i] + j) * 4 * rq)];
         float* kdst = kc + (static_cast<int64_t>(e.block_table[slot / block_size_]) * block_size_ + slot % block_size_) * H;
         float* vdst = vc + (kdst - kc);
@@ -415,7 +428,8 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
         const size_t i = static_cast<size_t>(p / heads);
         const int h = static_cast<int>(p % heads);
         const SeqBatchEntry& e = batch.seqs[i];
-        const int total = e.num_cached + e.num_tokens;
+        const int P = e.prefix_len;
+        const int total = P + e.num_cached + e.num_tokens;  // KV slots: the prefix, then the tokens
         scores.resize(static_cast<size_t>(total));
         for (int j = 0; j < e.num_tokens; ++j) {
           const int query = e.num_cached + j;
@@ -423,7 +437,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
           for (int d = 0; d < hd; ++d) qs[static_cast<size_t>(d)] = q[d] / q_div;
           float mx = -INFINITY;
           for (int s = 0; s < total; ++s) {
-            if (!can_attend(query, s, e.context_length)) {
+            if (s >= P && !can_attend(query, s - P, e.context_length)) {
               scores[static_cast<size_t>(s)] = -INFINITY;  // exp() = 0, as -10000 * coeff gives
               continue;
             }

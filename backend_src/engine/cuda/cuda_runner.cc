@@ -83,6 +83,8 @@ class CudaRunner final : public ModelRunner {
   int plan_kv_blocks(const EngineOptions& opts) const override;
   void allocate_kv_cache(int num_blocks, int block_size) override;
   void copy_kv_block(int src, int dst) override;
+  void write_prefix(const std::vector<int32_t>& blocks, int prefix_len, const float* key,
+                    const float* value) override;
   void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
   std::string describe() const override {
     if (!int8_) return "";
@@ -298,7 +300,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
 
     max_seqs_ = std::max(1, opts.max_running_seqs);
-    mbps_ = (cfg.max_sequence_length + opts.block_size - 1) / std::max(1, opts.block_size);
+    mbps_ = (cfg.max_prefix_len + cfg.max_sequence_length + opts.block_size - 1) / std::max(1, opts.block_size);
     alloc_activations(std::max(opts.max_batched_tokens, cfg.max_sequence_length) + max_seqs_);
     logits_ = alloc_f((size_t)max_seqs_ * V_);
     out_dev_ = dev_alloc<int32_t>(max_seqs_);
@@ -606,6 +608,31 @@ void CudaRunner::ensure_logprob_buffers(int rows, int top) {
   lp_cap_rows_ = cap;
 }
 
+void CudaRunner::write_prefix(const std::vector<int32_t>& blocks, int prefix_len, const float* key,
+                              const float* value) {
+  // The cache's layout per layer: [num_blocks, heads, block_size, head_dim] fp16;
+  // the prefix's: [num_layers, prefix_len, heads * head_dim] fp32. One host block
+  // image per (layer, K or V, block), then one copy.
+  const int heads = cfg_.num_attention_heads, hd = cfg_.head_dim;
+  const size_t block = (size_t)block_size_ * H_;
+  std::vector<__half> img(block);
+  for (int l = 0; l < L_; ++l)
+    for (int kv = 0; kv < 2; ++kv) {
+      const float* src = (kv == 0 ? key : value) + (size_t)l * prefix_len * H_;
+      __half* layer = kv == 0 ? k_layer_[l] : v_layer_[l];
+      for (size_t b = 0; b * block_size_ < (size_t)prefix_len; ++b) {
+        std::fill(img.begin(), img.end(), __float2half(0.0f));
+        for (int o = 0; o < block_size_ && (int)(b * block_size_) + o < prefix_len; ++o)
+          for (int h = 0; h < heads; ++h)
+            for (int d = 0; d < hd; ++d)
+              img[((size_t)h * block_size_ + o) * hd + d] = __float2half(src[(b * block_size_ + o) * H_ + h * hd + d]);
+        GLM_CUDA_CHECK(cudaMemcpyAsync(layer + (size_t)blocks.at(b) * block, img.data(), block * sizeof(__half),
+                                       cudaMemcpyHostToDevice, stream_));
+        GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // img is reused
+      }
+    }
+}
+
 void CudaRunner::copy_kv_block(int src, int dst) {
   // K and V of every layer are 2 * L_ equally spaced arrays of num_blocks_ blocks:
   // one strided 2D copy moves block src of each into block dst.
@@ -675,7 +702,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
   ap.head_dim = hd_;
   ap.block_size = block_size_;
   ap.max_blocks_per_seq = mbps_;
-  ap.max_keys = cfg_.max_sequence_length;
+  ap.max_keys = cfg_.max_prefix_len + cfg_.max_sequence_length;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd_));
   ap.warp_per_pair = opts_.cuda.attention_warp;
 
@@ -719,7 +746,7 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
     if (e.num_tokens < 1) throw EngineError("cuda runner: a sequence with no tokens in the batch");
     const int total = e.num_cached + e.num_tokens;
     if (total > cfg_.max_sequence_length) throw EngineError("cuda runner: sequence longer than max_sequence_length");
-    if (e.num_blocks > mbps_ || static_cast<int64_t>(e.num_blocks) * block_size_ < total)
+    if (e.num_blocks > mbps_ || static_cast<int64_t>(e.num_blocks) * block_size_ < e.prefix_len + total)
       throw EngineError("cuda runner: block table too short for the sequence");
     for (int b = 0; b < e.num_blocks; ++b)
       if (e.block_table[b] < 0 || e.block_table[b] >= num_blocks_) throw EngineError("cuda runner: bad KV block id");
@@ -749,16 +776,16 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
     int row = 0;
     for (int i = 0; i < S; ++i) {
       const SeqBatchEntry& e = batch.seqs[i];
-      const int total = e.num_cached + e.num_tokens;
+      const int total = e.num_cached + e.num_tokens, P = e.prefix_len;
       std::memcpy(h.tables + (size_t)i * mbps_, e.block_table, sizeof(int32_t) * e.num_blocks);
       for (int j = 0; j < e.num_tokens; ++j, ++row) {
-        const int t = e.num_cached + j;
+        const int t = e.num_cached + j, kv = P + t;  // an adapter's prefix takes KV slots [0, P)
         h.tokens[row] = e.tokens[j];
         h.pos[row] = e.position_ids[j];
         h.bpos[row] = e.block_position_ids[j];
-        h.slot[row] = e.block_table[t / block_size_] * block_size_ + t % block_size_;
+        h.slot[row] = e.block_table[kv / block_size_] * block_size_ + kv % block_size_;
         h.tok_seq[row] = i;
-        h.n_keys[row] = std::min(total, std::max(e.context_length, t + 1));
+        h.n_keys[row] = P + std::min(total, std::max(e.context_length, t + 1));
         if (batch.want_all_logits) h.sel_rows[row] = row;
       }
       if (!batch.want_all_logits) h.sel_rows[i] = row - 1;
