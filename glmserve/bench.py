@@ -13,6 +13,9 @@ card's measured copy bandwidth and the batch-1 bandwidth bound.
 
 ``--cuda-<option>`` sets an engine CUDA tuning option (EngineOptions.cuda) for every row;
 ``--variant`` adds A/B rows with one option changed (e.g. ``--variant cuda_pdl=false``).
+``--logprobs N`` and ``--prefix P`` add, at ``--controls-batches``, rows with every request
+asking for N log-probabilities, or running with an adapter prefix of P tokens (random K/V),
+beside a plain row of the same batch in the same run: their cost per decode step.
 """
 
 from __future__ import annotations
@@ -128,6 +131,69 @@ def table(rows: list[dict], base: dict[int, dict], info: dict) -> str:
     return "\n".join(lines)
 
 
+def write_random_prefix(ckpt: str, length: int, seed: int) -> str:
+    """An adapters directory holding adapter 'bench': a random prefix of `length` tokens
+    with the real model's shapes (K/V of the scale the model's own keys have)."""
+    import torch
+
+    from glmserve.adapters import PrefixKV, write_prefix_adapter
+    from glmserve.config import ChatGLMConfig
+
+    cfg = ChatGLMConfig.from_dict(REAL_CONFIG)
+    gen = torch.Generator().manual_seed(seed)
+    shape = (cfg.num_layers, length, cfg.hidden_size)
+    kv = PrefixKV(torch.randn(shape, generator=gen), torch.randn(shape, generator=gen))
+    # Not in the checkpoint's own adapters/: the plain rows' engines must load no adapter.
+    base = Path(ckpt) / "bench_prefix"
+    write_prefix_adapter(base, "bench", kv, cfg, source=f"glmserve.bench random prefix {length}")
+    return str(base / "adapters")
+
+
+def run_controls(_engine, ckpt: str, args, torch, base_used: int) -> list[dict]:
+    """Plain, logprobs and prefix rows of the same batch sizes, in this run."""
+    out: list[dict] = []
+    if args.logprobs is None and args.prefix is None:
+        return out
+    adapters = write_random_prefix(ckpt, args.prefix, args.seed) if args.prefix else None
+    for b in [int(x) for x in args.controls_batches.split(",") if x]:
+        plain = common.run_engine(_engine, ckpt, b, args, torch, base_used)
+        row = {"batch": b, "plain_ms": plain["ms_per_step"], "plain_tps": plain["tokens_per_s"]}
+        if args.logprobs is not None:
+            r = common.run_engine(
+                _engine, ckpt, b, args, torch, base_used, sampling={"logprobs": args.logprobs}
+            )
+            row["logprobs_ms"], row["logprobs_tps"] = r["ms_per_step"], r["tokens_per_s"]
+        if adapters:
+            r = common.run_engine(
+                _engine, ckpt, b, args, torch, base_used,
+                sampling={"adapter": "bench"}, options={"adapters_dir": adapters},
+                prefix_len=args.prefix,
+            )  # fmt: skip
+            row["prefix_ms"], row["prefix_tps"] = r["ms_per_step"], r["tokens_per_s"]
+        print(f"controls batch {b}: {row}", flush=True)
+        out.append(row)
+    return out
+
+
+def controls_table(rows: list[dict]) -> str:
+    """Cost of the generation controls per decode step, against plain rows of the same run."""
+    lines = [
+        "| batch | plain ms/step | with logprobs ms/step | cost | with prefix ms/step | cost |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cell(r: dict, key: str) -> tuple[str, str]:
+        if key not in r:
+            return "-", "-"
+        return f"{r[key]:.2f}", f"{(r[key] / r['plain_ms'] - 1) * 100:+.1f}%"
+
+    for r in rows:
+        lp, lpc = cell(r, "logprobs_ms")
+        px, pxc = cell(r, "prefix_ms")
+        lines.append(f"| {r['batch']} | {r['plain_ms']:.2f} | {lp} | {lpc} | {px} | {pxc} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -157,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--int8-lm-head", action="store_true", help="with --int8: also rows with an int8 lm_head"
     )
+    p.add_argument(
+        "--logprobs", type=int, default=None, help="rows with logprobs=N on every request"
+    )
+    p.add_argument(
+        "--prefix", type=int, default=None, help="rows with an adapter prefix of P tokens"
+    )
+    p.add_argument("--controls-batches", default="1,64,256", help="batches of those rows")
     p.add_argument("--out", help="also write the markdown table (and JSON) to this file")
     args = p.parse_args(argv)
     args.profile_batches = [int(x) for x in args.profile_batches.split(",") if x]
@@ -179,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"copy bandwidth: {bw / 1e12:.2f} TB/s", flush=True)
     batches = [int(x) for x in args.batches.split(",") if x]
     rows = []
+    controls: list[dict] = []
     int8_rows: dict[str, list[dict]] = {}
     int8_md = ""
     with tempfile.TemporaryDirectory() as d:
@@ -208,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"batch {b} [{var}]: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step",
                     flush=True,
                 )
+        controls = run_controls(_engine, d, args, torch, base_used)
     bbs = [int(x) for x in args.baseline_batches.split(",") if x]
     base = run_baseline(bbs, args, torch) if bbs else {}
     wbytes = common.weight_bytes_per_step(REAL_CONFIG)
@@ -223,11 +298,15 @@ def main(argv: list[str] | None = None) -> int:
     when, header = common.report_header(dev, "glmserve.bench", argv)
     if int8_md:
         md += "\n\n" + int8_md
+    if controls:
+        md += "\n\n" + controls_table(controls)
     print("\n" + header + md)
     if args.out:
         data = {"device": dev, "date": when, "rows": rows, "baseline": base, **info}
         if int8_rows:
             data["int8"] = int8_rows
+        if controls:
+            data["controls"] = controls
         for r in data["rows"]:
             r.pop("profile", None)
         Path(args.out).write_text(

@@ -89,11 +89,18 @@ def run_engine(
     base_used: int,
     int8: bool = False,
     tuning: dict | None = None,
+    sampling: dict | None = None,
+    options: dict | None = None,
+    prefix_len: int = 0,
 ) -> dict:
     """One batch size on a fresh engine. `tuning`: extra ``cuda_<name>`` keywords (over
-    the command line's)."""
+    the command line's); `sampling`: request keywords for every request (e.g. logprobs,
+    adapter); `options`: more engine options (e.g. adapters_dir); `prefix_len`: the adapter
+    prefix's length (sizes the KV cache)."""
     seq_len = args.prompt_len + 2 + args.tokens
-    blocks = batch * math.ceil(seq_len / 16) + 1
+    # Room for every sequence (after an adapter prefix of prefix_len tokens, whose own
+    # blocks the engine holds once) at once.
+    blocks = batch * math.ceil((prefix_len + seq_len) / 16) + math.ceil(prefix_len / 16) + 1
     eng = _engine.Engine(
         ckpt,
         device="cuda",
@@ -105,15 +112,17 @@ def run_engine(
         max_running_seqs=batch,
         max_batched_tokens=max(4096, batch * (args.prompt_len + 2)),
         use_cuda_graphs=not args.no_graphs,
+        **(options or {}),
         **engine_kwargs(args, **(tuning or {})),
     )
+    sampling = sampling or {}
     prompts = make_prompts(batch, args.prompt_len, args.seed + batch)
     # Warm-up: captures this batch's decode graph, loads cuBLAS kernels.
-    eng.generate(prompts, max_tokens=4, ignore_eos=True)
+    eng.generate(prompts, max_tokens=4, ignore_eos=True, **sampling)
 
     def timed(max_tokens: int, e=eng) -> float:
         t0 = time.perf_counter()
-        out = e.generate(prompts, max_tokens=max_tokens, ignore_eos=True)
+        out = e.generate(prompts, max_tokens=max_tokens, ignore_eos=True, **sampling)
         dt = time.perf_counter() - t0
         assert all(len(o) == max_tokens for o in out), "a request did not get all its tokens"
         return dt

@@ -22,6 +22,13 @@ def fields() -> list[dict[str, Any]]:
     """The engine's tuning fields (name, type 'bool' or 'int', default, min, max, help);
     empty when glmserve._engine is not built."""
     try:
+        # torch first when it is there: its CUDA libraries must be loaded before the
+        # engine's in one process (the engine module first, then torch, crashed the
+        # benchmark at start on an H100, 2026-12-07).
+        importlib.import_module("torch")
+    except ImportError:
+        pass
+    try:
         _engine = importlib.import_module("glmserve._engine")
     except ImportError:
         return []

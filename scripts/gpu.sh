@@ -8,8 +8,11 @@
 # Engine tasks (run with $PYTHON, the machine's Python with torch and numpy):
 #   build          the CUDA build: _engine, glm_cuda_kernel_test, glm_cuda_int8_test, triton_chatglm
 #   kernels        glm_cuda_kernel_test (seed KERNEL_SEED)
-#   tests          pytest -m gpu tests/test_cuda_engine.py (PYTEST_K selects with -k)
+#   tests          pytest -m gpu tests/test_cuda_*.py (PYTEST_K selects with -k)
 #   bench          python -m glmserve.bench (BENCH_ARGS adds arguments)
+#   bench-prev     the same benchmark of another source tree, PREV_SRC (a directory or a
+#                  `git archive` .tar.gz; e.g. the commit before), built on its own: compare
+#                  with bench in the same run
 #   diag           glmserve.cuda_diag: tiny model, CUDA vs CPU engine (SANITIZE=1: under
 #                  compute-sanitizer, tool SANITIZE_TOOL, default initcheck)
 #   int8-kernels   glm_cuda_int8_test (seed KERNEL_SEED)
@@ -99,8 +102,8 @@ need_venv() {  # need...
 task_build() { :; }  # the build ran before the tasks
 
 # The GPU tests of one file, with PYTEST_K as -k; pytest.log.
-gpu_pytest() {  # test file
-  tee_run "$O/pytest.log" "$PYTHON" -m pytest -m gpu -v -s -p no:cacheprovider "$1" ${PYTEST_K:+-k "$PYTEST_K"}
+gpu_pytest() {  # test file...
+  tee_run "$O/pytest.log" "$PYTHON" -m pytest -m gpu -v -s -p no:cacheprovider "$@" ${PYTEST_K:+-k "$PYTEST_K"}
 }
 
 # A benchmark module with its arguments (a string, split on spaces); <md> and bench.log.
@@ -111,8 +114,22 @@ gpu_bench() {  # module, md file, arguments
 }
 
 task_kernels() { tee_run "$O/kernel_test.log" "$KERNEL_TEST" "${KERNEL_SEED:-$RANDOM}"; }
-task_tests() { GLM_CUDA_KERNEL_TEST=$KERNEL_TEST gpu_pytest tests/test_cuda_engine.py; }
+task_tests() { GLM_CUDA_KERNEL_TEST=$KERNEL_TEST gpu_pytest tests/test_cuda_*.py; }
 task_bench() { gpu_bench glmserve.bench bench.md "${BENCH_ARGS:-}"; }
+
+# Another source tree's engine (PREV_SRC), built into $BUILD/prev, benchmarked as `bench`.
+task_bench_prev() {
+  [ -n "${PREV_SRC:-}" ] || glm_die "bench-prev needs PREV_SRC (a source directory or a .tar.gz)"
+  local src=$PREV_SRC
+  if [ -f "$src" ]; then
+    src=$WORK/prev_src
+    rm -rf "$src"
+    mkdir -p "$src"
+    tar xzf "$PREV_SRC" -C "$src" || glm_die "cannot unpack $PREV_SRC"
+  fi
+  ( cd "$src" && ROOT=$src BUILD=$BUILD/prev glm_build "$O" _engine ) || return 1
+  ( cd "$src" && gpu_bench glmserve.bench bench.md "${BENCH_ARGS:-}" )
+}
 task_int8_kernels() { tee_run "$O/int8_test.log" "$INT8_TEST" "${KERNEL_SEED:-$RANDOM}"; }
 task_int8_kbench() { tee_run "$O/int8_kbench.md" "$INT8_TEST" bench; }
 task_int8_tests() { GLM_CUDA_INT8_TEST=$INT8_TEST gpu_pytest tests/test_int8_cuda.py; }
@@ -144,7 +161,7 @@ task_triton_e2e() {
   VENV=$VENV BUILD=$BUILD DEVICE=$DEVICE MODEL=$model HTTP_PORT=$port GRPC_PORT=$((port + 1)) \
     METRICS_PORT=$((port + 2)) bash scripts/serve.sh >"$O/server_tiny.log" 2>&1 &
   local spid=$! status=0
-  trap 'glm_stop "$spid" TERM 30' EXIT
+  trap '[ -z "${spid:-}" ] || glm_stop "$spid" TERM 30' EXIT
   local url="127.0.0.1:$port/v2/models/chatglm"
   if glm_wait_http "127.0.0.1:$port/v2/health/ready" "$spid" 120 1; then
     glm_log "server ready (device $DEVICE)" | tee -a "$log"
@@ -209,7 +226,7 @@ task_fullsize() {
     --grpc-address=127.0.0.1 --http-port="$port" --grpc-port=$((port + 1)) --metrics-port=$((port + 2)))
   GLM_CHECKPOINT_DIR="$ck" "$TRITONSERVER" --model-repository="$repo" "${srv[@]}" >"$O/server.log" 2>&1 &
   local spid=$!
-  trap 'glm_stop "$spid" TERM 30' EXIT
+  trap '[ -z "${spid:-}" ] || glm_stop "$spid" TERM 30' EXIT
   if ! glm_wait_http "127.0.0.1:$port/v2/health/ready" "$spid" 300 1; then
     glm_log "server not ready" | tee -a "$log"
     tail -30 "$O/server.log"

@@ -55,6 +55,21 @@ glm_pybind11() {
 # GLM_CUDA_ARCHS defaults to 90a (Hopper, which the packed int8 kernels need);
 # GLM_CMAKE_ARGS adds CMake arguments. glmserve._engine goes into glmserve/, the Triton
 # backend into $BUILD/backends/chatglm/. Logs: <log dir>/cmake.log and build.log.
+# The build's header/library dependencies (nlohmann/json, GoogleTest) on a machine that
+# cannot install them: .deb files in $OFFLINE_DIR (`apt-get download nlohmann-json3-dev
+# libgtest-dev googletest` elsewhere) unpacked under $WORK/deps, whose usr/ is printed as a
+# CMAKE_PREFIX_PATH; nothing printed when there are none.
+glm_build_deps() {
+  compgen -G "$OFFLINE_DIR/*.deb" >/dev/null || return 0
+  local dest=$WORK/deps
+  mkdir -p "$dest"
+  local deb
+  for deb in "$OFFLINE_DIR"/*.deb; do
+    dpkg -x "$deb" "$dest" || { glm_log "error: cannot unpack $deb"; return 1; }
+  done
+  echo "$dest/usr"
+}
+
 glm_build() {  # log dir, target...
   local logs=$1
   shift
@@ -72,6 +87,9 @@ glm_build() {  # log dir, target...
     glm_log "error: $PYTHON has no pybind11 and there is no $OFFLINE_DIR/pybind11-*.whl (needed for _engine)"
     return 1
   fi
+  local deps
+  deps=$(glm_build_deps) || return 1
+  [ -z "$deps" ] || args+=(-DCMAKE_PREFIX_PATH="$deps")
   if [ -n "${GLM_CMAKE_ARGS:-}" ]; then
     local extra
     read -r -a extra <<<"$GLM_CMAKE_ARGS"

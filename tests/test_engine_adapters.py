@@ -164,3 +164,19 @@ def test_a_malformed_adapter_fails_the_engine_start_naming_the_file(ckpt, tmp_pa
     # Pointed elsewhere (adapters_dir), the engine loads none.
     e = _engine.Engine(str(d), num_threads=1, adapters_dir=str(tmp_path / "none"))
     assert e.adapters() == []
+
+
+def test_a_request_that_fits_only_with_the_prefix_blocks_is_refused(ckpt, reference) -> None:
+    """The adapters' blocks are held for good: a request that would need them is refused at
+    submit (naming the KV cache), instead of preempting itself forever (it did once)."""
+    _engine = engine_module()
+    e = _engine.Engine(str(ckpt), num_threads=1, num_kv_blocks=6, block_size=16)
+    assert e.stats()["kv_blocks_reserved"] == 3
+    p = prompts(reference.cfg)[0]
+    with pytest.raises(_engine.EngineError, match="only 3 besides the adapters' prefixes") as info:
+        e.submit(1, p, None, max_tokens=60, adapter="style")  # 8 + 5 + 60 slots: 5 blocks
+    assert info.value.field == "max_tokens"
+    e.submit(2, p, None, max_tokens=20, adapter="style")  # 8 + 5 + 20 slots: 3 blocks, fits
+    while e.step():
+        pass
+    assert e.stats()["kv_blocks_used"] == 3

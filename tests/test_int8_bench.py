@@ -35,3 +35,22 @@ def test_table_ratios_and_memory_rows() -> None:
     assert "| 64 | 1,000 | 1,300 | 1.30x |" in lines[3]
     assert any(line.startswith("| int8 | 0.0017 |") and "58.0%" in line for line in lines)
     assert "|" in table(rows, {}, {}) and "logits" not in table(rows, {}, {})
+
+
+def test_controls_table_gives_each_cost_against_the_plain_row_of_its_batch() -> None:
+    from glmserve.bench import controls_table, run_controls
+
+    md = controls_table(
+        [
+            {"batch": 1, "plain_ms": 4.0, "logprobs_ms": 4.1},
+            {"batch": 64, "plain_ms": 5.0, "logprobs_ms": 5.25, "prefix_ms": 5.4},
+        ]
+    )
+    assert "| 1 | 4.00 | 4.10 | +2.5% | - | - |" in md
+    assert "| 64 | 5.00 | 5.25 | +5.0% | 5.40 | +8.0% |" in md
+
+    class Args:
+        logprobs = None
+        prefix = None
+
+    assert run_controls(None, "", Args(), None, 0) == []

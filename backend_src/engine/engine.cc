@@ -170,11 +170,13 @@ class EngineImpl final : public Engine {
     const int held = P / opts_.block_size;  // the prefix's full blocks, held already
     const int shared = p.n > 1 ? (P + c) / opts_.block_size - held : 0;
     const int need = shared + p.n * (blocks_->blocks_for(P + n + p.max_tokens) - held - shared);
-    if (need > blocks_->num_total())
+    // The adapters' prefixes hold their blocks for good: the rest is what requests share.
+    if (need > blocks_->num_total() - reserved_blocks_)
       bad("max_tokens", "prompt + max_tokens = " + std::to_string(n + p.max_tokens) + " tokens" +
                             (p.n > 1 ? " for " + std::to_string(p.n) + " choices" : std::string()) + " need " +
                             std::to_string(need) + " KV blocks, but the cache has only " +
-                            std::to_string(blocks_->num_total()) + " in all (block_size " +
+                            std::to_string(blocks_->num_total() - reserved_blocks_) +
+                            (reserved_blocks_ ? " besides the adapters' prefixes" : " in all") + " (block_size " +
                             std::to_string(opts_.block_size) + "); lower max_tokens or enlarge the KV cache");
 
     auto group = std::make_shared<RequestGroup>();

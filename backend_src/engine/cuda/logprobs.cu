@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
     const float v = x[j];
     part += exp((double)v - (double)mx);
-    if (have < top_n || v > mine[have - 1].v) {
+    if (top_n > 0 && (have < top_n || v > mine[have - 1].v)) {
       int at = have < top_n ? have++ : top_n - 1;
       while (at > 0 && v > mine[at - 1].v) {
         mine[at] = mine[at - 1];
