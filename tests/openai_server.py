@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -151,3 +152,43 @@ class OpenAIServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def raw_request(
+    url: str,
+    path: str,
+    body: bytes,
+    api_key: str | None = API_KEY,
+    chunked: bool = False,
+    declared_length: int | None = None,
+) -> socket.socket:
+    """Send one POST on a plain socket and return the socket (unread): closing it is a
+    client disconnect. ``chunked``: no Content-Length, the body in one chunk;
+    ``declared_length``: announce that Content-Length and send no body."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=60)
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json"]
+    if api_key:
+        head.append(f"Authorization: Bearer {api_key}")
+    if chunked:
+        head.append("Transfer-Encoding: chunked")
+        payload = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    elif declared_length is not None:
+        head.append(f"Content-Length: {declared_length}")
+        payload = b""
+    else:
+        head.append(f"Content-Length: {len(body)}")
+        payload = body
+    s.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+    return s
+
+
+def read_until(s: socket.socket, marker: bytes, limit: int = 1 << 20) -> bytes:
+    """Read from ``s`` until ``marker`` arrived (or the peer closed, or ``limit`` bytes)."""
+    data = b""
+    while marker not in data and len(data) < limit:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data

@@ -297,7 +297,7 @@ def chat_prompt(messages: Any) -> str:
             )
         turns.append((role, text))
     if not turns or turns[-1][0] != "user":
-        raise invalid("messages", "the last message must be a user message")
+        raise invalid("messages", "messages: the last message must be a user message")
     history = [(turns[k][1], turns[k + 1][1]) for k in range(0, len(turns) - 1, 2)]
     prompt = ChatGLMTokenizer.build_prompt(turns[-1][1], history)
     return "\n".join([*system, prompt])

@@ -164,6 +164,7 @@ class DecoderStream:
         self._parser = SSEParser()
         self._pending: collections.deque[DecoderResponse] = collections.deque()
         self._eof = False
+        self._error: UpstreamError | None = None
         self.closed = False
 
     def __aiter__(self) -> DecoderStream:
@@ -171,6 +172,8 @@ class DecoderStream:
 
     async def __anext__(self) -> DecoderResponse:
         while not self._pending:
+            if self._error is not None:
+                raise self._error
             if self._eof:
                 raise StopAsyncIteration
             try:
@@ -182,8 +185,11 @@ class DecoderStream:
             else:
                 self._eof = True
                 events = self._parser.end()
-            for data in events:
-                self._add(data)
+            try:
+                for data in events:
+                    self._add(data)
+            except UpstreamError as e:  # after the responses that came before it
+                self._error = e
         return self._pending.popleft()
 
     def _add(self, data: bytes) -> None:
