@@ -92,10 +92,15 @@ class Service:
         log.error("inference failed: %s (HTTP status %s)", msg, e.status)
         return internal(f"the inference failed: {msg}")
 
-    async def open(self, plan: Plan, streamed: bool) -> tuple[DecoderStream, DecoderResponse]:
-        """The decoder's stream and its first response (errors come before any answer)."""
+    async def open(self, plan: Plan) -> tuple[DecoderStream, DecoderResponse]:
+        """The decoder's stream and its first response (errors come before any answer).
+
+        The decoder always streams (one response per step), for non-streamed answers too:
+        Triton 2.51 notices that a /generate_stream connection was closed only when it
+        writes to it, so a request that writes nothing until its end would not be
+        cancelled when its client leaves (measured: it ran to its end)."""
         try:
-            stream = await self.triton.open(plan.upstream_body(streamed))
+            stream = await self.triton.open(plan.upstream_body(stream=True))
         except UpstreamError as e:
             raise self.upstream_error(e, plan) from None
         try:
@@ -123,8 +128,12 @@ class Service:
             reasons,
         )
 
+    @staticmethod
+    def _gone(renderer: Renderer) -> None:
+        log.info("%s: the client disconnected; its decoder request is cancelled", renderer.id)
+
     async def collect(self, plan: Plan, renderer: Renderer) -> dict[str, Any]:
-        stream, first = await self.open(plan, streamed=False)
+        stream, first = await self.open(plan)
         try:
             renderer.add(first)
             async for response in stream:
@@ -175,11 +184,14 @@ class Service:
         renderer = Renderer(plan, self.model.info.tokenizer, self.model.table)
         try:
             if plan.stream:
-                stream, first = await until_disconnect(request.receive, self.open(plan, True))
-                return EventStreamResponse(self.events(plan, renderer, stream, first))
+                stream, first = await until_disconnect(request.receive, self.open(plan))
+                return EventStreamResponse(
+                    self.events(plan, renderer, stream, first),
+                    on_disconnect=lambda: self._gone(renderer),
+                )
             result = await until_disconnect(request.receive, self.collect(plan, renderer))
         except ClientGone:
-            log.info("%s: the client disconnected; the decoder request was cancelled", renderer.id)
+            self._gone(renderer)
             return Response(status_code=499)
         return ORJSONResponse(result)
 

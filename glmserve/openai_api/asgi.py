@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -68,8 +68,14 @@ class EventStreamResponse:
     """``text/event-stream`` from an async iterator of byte strings; the iterator is
     cancelled when the client disconnects (its ``finally`` then releases what it holds)."""
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        headers: dict[str, str] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ):
         self.events = events
+        self.on_disconnect = on_disconnect
         self.headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})}
 
     async def _produce(self, send: Send) -> None:
@@ -84,7 +90,8 @@ class EventStreamResponse:
         try:
             await until_disconnect(receive, self._produce(send))
         except ClientGone:
-            pass
+            if self.on_disconnect is not None:
+                self.on_disconnect()
         finally:
             close = getattr(self.events, "aclose", None)
             if close is not None:
