@@ -13,17 +13,23 @@ HOST      ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+OPENAI_PORT ?= 9000
+OPENAI_WORKERS ?= 1
 GPUS      ?=
 JOBS      ?= $(shell nproc)
-export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT GPUS JOBS
+export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT OPENAI_PORT \
+	OPENAI_WORKERS GPUS JOBS
 
 SETUP_STAMP := $(VENV)/.setup-done
 DEMO_MODEL  := models/chatglm-tiny/model.safetensors
 
-.PHONY: help setup build demo-model model serve test test-gpu bench gpu load-test docker lint format clean
+.PHONY: help setup build demo-model model serve openai test test-gpu bench gpu load-test docker lint \
+	format clean
 
 help:
 	@echo "make serve      set everything up (first run) and serve the demo model, or MODEL=<dir>"
+	@echo "                (with the OpenAI-compatible API on OPENAI_PORT, default 9000)"
+	@echo "make openai     the OpenAI-compatible API alone, in front of a running server"
 	@echo "make test       the CPU test suite (what CI runs)"
 	@echo "make test-gpu   GPU tests (on a machine with an NVIDIA GPU)"
 	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows)"
@@ -49,6 +55,13 @@ model: $(SETUP_STAMP)
 
 serve: $(SETUP_STAMP) build demo-model
 	bash scripts/serve.sh
+
+# The OpenAI-compatible API alone (make serve starts it too), in front of a running
+# tritonserver on HTTP_PORT; MODEL: the converted checkpoint it serves (its tokenizer).
+openai: $(SETUP_STAMP) demo-model
+	$(PY) -m glmserve.openai_api --checkpoint $(or $(MODEL),models/chatglm-tiny) \
+		--triton-url 127.0.0.1:$(HTTP_PORT) --host $(HOST) --port $(OPENAI_PORT) \
+		--workers $(OPENAI_WORKERS)
 
 test: $(SETUP_STAMP) build demo-model
 	$(VENV)/bin/ruff check .

@@ -76,10 +76,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="uvicorn worker processes (each holds its own tokenizer; default %(default)s)",
     )
     p.add_argument(
-        "--exit-with-parent",
-        action="store_true",
-        help="exit when the process that started this one exits (scripts/serve.sh: "
-        "stops together with tritonserver)",
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="exit when this process (our parent) exits (scripts/serve.sh passes its own "
+        "pid, which becomes tritonserver's: the API stops together with the server)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-access-log", action="store_true", help="no line per HTTP request")
@@ -93,14 +94,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def watch_parent(interval: float = 0.5) -> None:
-    """A daemon thread: SIGTERM to this process once its parent is gone (re-parented)."""
-    parent = os.getppid()
+def watch_parent(pid: int, interval: float = 0.5) -> None:
+    """A daemon thread: SIGTERM to this process once ``pid`` is no longer its parent
+    (it exited and this process was re-parented), at once if that is so already."""
 
     def loop() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == pid:
             time.sleep(interval)
-        logging.getLogger("glmserve.openai_api").info("parent %d exited: stopping", parent)
+        logging.getLogger("glmserve.openai_api").info("parent %d exited: stopping", pid)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=loop, name="parent-watch", daemon=True).start()
@@ -126,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ[SETTINGS_ENV] = settings.to_json()
     if args.api_key:
         os.environ[API_KEY_ENV] = args.api_key
-    if args.exit_with_parent:
-        watch_parent()
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid)
     import uvicorn
 
     log = logging.getLogger("glmserve.openai_api")

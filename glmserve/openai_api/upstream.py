@@ -156,7 +156,7 @@ class DecoderStream:
     """One open /generate_stream request: ``async for response in stream``.
 
     ``close()`` ends it; before the end that closes the connection, which cancels the
-    decoder request in Triton. After the end the connection goes back to the pool.
+    decoder request in Triton.
     """
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
@@ -224,7 +224,7 @@ class Triton:
     """Client of one Triton server's HTTP endpoint (``host:port`` or ``http://host:port``).
 
     The aiohttp session is made on first use, inside the running event loop, with no
-    limit on connections (each open stream holds one)."""
+    limit on connections (each open stream holds one) and no keep-alive."""
 
     def __init__(self, url: str, model: str = DECODER, connect_timeout: float = 10.0) -> None:
         url = url.strip().rstrip("/")
@@ -236,7 +236,10 @@ class Triton:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout)
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+            # One connection per request, closed at its end: tritonserver's shutdown waits
+            # for every open HTTP connection, so an idle kept-alive one would hold it for
+            # its whole --exit-timeout-secs (seen: exit code 1 after 30 s).
+            connector = aiohttp.TCPConnector(limit=0, force_close=True)
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=timeout,
