@@ -83,7 +83,11 @@ SERVER_PARAMS: dict[str, tuple[frozenset[str], str]] = {
     "messages": (frozenset({CHAT}), "the conversation; becomes ChatGLM's prompt (see above)"),
     "prompt": (frozenset({COMPLETIONS}), "one text prompt, used as it is"),
     "stream": (BOTH, "server-sent events in OpenAI's chunk format, ending with [DONE]"),
-    "stream_options": (BOTH, "include_usage: a last chunk with the usage (needs stream)"),
+    "stream_options": (
+        BOTH,
+        "include_usage: a last chunk with the usage (needs stream); continuous_usage_stats "
+        "(vLLM's extension): the usage so far in every chunk",
+    ),
     "logprobs": (
         frozenset({CHAT}),
         "true: each token's log-probability (top_logprobs: how many alternatives)",
@@ -137,7 +141,7 @@ REFUSED: dict[str, Refused] = {
     "best_of": Refused("best_of must equal n (no server-side ranking)"),  # see _check_best_of
 }
 
-_STREAM_OPTIONS = ("include_usage",)
+_STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
 _REQUEST_PREFIX = re.compile(r"^request \d+: ")
 
 
@@ -164,6 +168,7 @@ class Plan:
     fields: dict[str, Any]  # contract field -> value (every field the decoder gets)
     stream: bool = False
     include_usage: bool = False
+    continuous_usage: bool = False  # vLLM's extension: the usage so far in every chunk
     user: str | None = None
     used: dict[str, str] = field(default_factory=dict)  # contract field -> OpenAI name used
 
@@ -365,6 +370,7 @@ def _stream_options(body: Mapping[str, Any], plan: Plan) -> None:
         if value is not None and not isinstance(value, bool):
             raise invalid(name, f"{name} must be a boolean")
     plan.include_usage = bool(options.get("include_usage"))
+    plan.continuous_usage = bool(options.get("continuous_usage_stats"))
 
 
 def _user(body: Mapping[str, Any]) -> str | None:

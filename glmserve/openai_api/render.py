@@ -166,7 +166,9 @@ class Renderer:
             "model": self.plan.model,
             "choices": choices,
         }
-        if self.plan.include_usage:
+        if self.plan.continuous_usage:
+            obj["usage"] = self.usage()
+        elif self.plan.include_usage:
             obj["usage"] = None
         return obj
 
