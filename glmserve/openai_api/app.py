@@ -129,6 +129,18 @@ class Service:
         )
 
     @staticmethod
+    def _early_end(renderer: Renderer, stream: DecoderStream) -> None:
+        states = [(c.index, c.tokens, c.finish_reason) for c in renderer.choices]
+        log.error(
+            "%s: the decoder's stream ended after %d responses; choices (index, tokens, "
+            "finish): %s; last event: %r",
+            renderer.id,
+            stream.responses,
+            states,
+            stream.last_event[:300],
+        )
+
+    @staticmethod
     def _gone(renderer: Renderer) -> None:
         log.info("%s: the client disconnected; its decoder request is cancelled", renderer.id)
 
@@ -146,6 +158,7 @@ class Service:
         finally:
             stream.close()
         if not renderer.done:
+            self._early_end(renderer, stream)
             raise internal("the inference server ended the request early")
         self._finished(plan, renderer)
         return renderer.result()
@@ -164,6 +177,7 @@ class Service:
                     yield sse(chunk)
                 response = await anext(stream, None)
             if not renderer.done:
+                self._early_end(renderer, stream)
                 raise UpstreamError("the inference server ended the stream early")
             if plan.include_usage:
                 yield sse(renderer.usage_chunk())

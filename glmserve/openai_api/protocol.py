@@ -53,24 +53,26 @@ class Param:
     endpoints: frozenset[str] = BOTH
     convert: Callable[[Any], Any] | None = None  # OpenAI's value -> the field's
     extension: bool = False  # not OpenAI's own: vLLM's name for one of our controls
+    note: str = ""  # for the docs: defaults that differ from the contract's, forms
 
     @property
     def contract_field(self) -> contract.Field:
         return contract.field(self.field)
 
 
+_MAX_TOKENS_NOTE = "default: chat, all the room the context leaves; completions, 16 (OpenAI's)"
 PARAMS: tuple[Param, ...] = (
-    Param("max_tokens", "max_tokens"),
-    Param("max_completion_tokens", "max_tokens", frozenset({CHAT})),
-    Param("temperature", "temperature"),
+    Param("max_tokens", "max_tokens", note=_MAX_TOKENS_NOTE),
+    Param("max_completion_tokens", "max_tokens", frozenset({CHAT}), note="as max_tokens"),
+    Param("temperature", "temperature", note="default 1 (OpenAI's; the contract's is 0)"),
     Param("top_p", "top_p"),
-    Param("n", "n"),
-    Param("seed", "random_seed"),
-    Param("stop", "stop", convert=_as_list),
+    Param("n", "n", note="n > 1 needs temperature > 0"),
+    Param("seed", "random_seed", note="default: a fresh random seed per request"),
+    Param("stop", "stop", convert=_as_list, note="a string or a list of strings"),
     Param("presence_penalty", "presence_penalty"),
     Param("frequency_penalty", "frequency_penalty"),
-    Param("logprobs", "logprobs", frozenset({COMPLETIONS})),
-    Param("top_logprobs", "logprobs", frozenset({CHAT})),
+    Param("logprobs", "logprobs", frozenset({COMPLETIONS}), note="how many alternatives"),
+    Param("top_logprobs", "logprobs", frozenset({CHAT}), note="needs logprobs: true"),
     Param("top_k", "top_k", extension=True),
     Param("repetition_penalty", "repetition_penalty", extension=True),
     Param("ignore_eos", "ignore_eos", extension=True),
@@ -80,7 +82,7 @@ PARAMS: tuple[Param, ...] = (
 
 SERVER_PARAMS: dict[str, tuple[frozenset[str], str]] = {
     "model": (BOTH, "must name a served model (GET /v1/models); else 404"),
-    "messages": (frozenset({CHAT}), "the conversation; becomes ChatGLM's prompt (see above)"),
+    "messages": (frozenset({CHAT}), "the conversation; becomes ChatGLM's prompt (Chat prompt)"),
     "prompt": (frozenset({COMPLETIONS}), "one text prompt, used as it is"),
     "stream": (BOTH, "server-sent events in OpenAI's chunk format, ending with [DONE]"),
     "stream_options": (
@@ -109,36 +111,40 @@ def _neutral_empty(value: Any) -> bool:
 class Refused:
     why: str
     neutral: Callable[[Any], bool] = _neutral_none  # values that ask for nothing
+    accepted: str = "null"  # those values, for the docs
 
 
 _NO_TOOLS = "ChatGLM-6B has no tool or function calling"
 REFUSED: dict[str, Refused] = {
-    "tools": Refused(_NO_TOOLS, _neutral_empty),
-    "tool_choice": Refused(_NO_TOOLS, lambda v: v is None or v == "none"),
-    "functions": Refused(_NO_TOOLS, _neutral_empty),
-    "function_call": Refused(_NO_TOOLS, lambda v: v is None or v == "none"),
+    "tools": Refused(_NO_TOOLS, _neutral_empty, "null, []"),
+    "tool_choice": Refused(_NO_TOOLS, lambda v: v is None or v == "none", 'null, "none"'),
+    "functions": Refused(_NO_TOOLS, _neutral_empty, "null, []"),
+    "function_call": Refused(_NO_TOOLS, lambda v: v is None or v == "none", 'null, "none"'),
     "parallel_tool_calls": Refused(_NO_TOOLS),
     "response_format": Refused(
         "only plain text output; no JSON mode or schema",
         lambda v: v is None or v == {"type": "text"},
+        'null, {"type": "text"}',
     ),
-    "logit_bias": Refused("no logit bias in the decoder", _neutral_empty),
+    "logit_bias": Refused("no logit bias in the decoder", _neutral_empty, "null, {}"),
     "audio": Refused("text only"),
-    "modalities": Refused("text only", lambda v: v is None or v == ["text"]),
+    "modalities": Refused("text only", lambda v: v is None or v == ["text"], 'null, ["text"]'),
     "prediction": Refused("no predicted outputs"),
     "web_search_options": Refused("no web search"),
     "reasoning_effort": Refused("not a reasoning model"),
     "verbosity": Refused("not a reasoning model"),
-    "service_tier": Refused("one service tier", lambda v: v in (None, "auto", "default")),
-    "store": Refused("completions are not stored", lambda v: v in (None, False)),
-    "metadata": Refused("completions are not stored", _neutral_empty),
+    "service_tier": Refused(
+        "one service tier", lambda v: v in (None, "auto", "default"), 'null, "auto", "default"'
+    ),
+    "store": Refused("completions are not stored", lambda v: v in (None, False), "null, false"),
+    "metadata": Refused("completions are not stored", _neutral_empty, "null, {}"),
     "moderation": Refused("no moderation"),
     "prompt_cache_key": Refused("no prompt cache across requests"),
     "prompt_cache_options": Refused("no prompt cache across requests"),
     "prompt_cache_retention": Refused("no prompt cache across requests"),
-    "suffix": Refused("no insertion (suffix) mode", lambda v: v in (None, "")),
-    "echo": Refused("the prompt is not echoed", lambda v: v in (None, False)),
-    "best_of": Refused("best_of must equal n (no server-side ranking)"),  # see _check_best_of
+    "suffix": Refused("no insertion (suffix) mode", lambda v: v in (None, ""), 'null, ""'),
+    "echo": Refused("the prompt is not echoed", lambda v: v in (None, False), "null, false"),
+    "best_of": Refused("no server-side ranking", accepted="null, the value of n"),
 }
 
 _STREAM_OPTIONS = ("include_usage", "continuous_usage_stats")
@@ -453,9 +459,7 @@ def params_markdown() -> str:
         return "both" if endpoints == BOTH else next(iter(endpoints))
 
     for p in PARAMS:
-        note = "extension (vLLM's name)" if p.extension else ""
-        if p.convert is _as_list:
-            note = "a string or a list of strings"
+        note = "extension (vLLM's name)" if p.extension else p.note
         rows.append(f"| `{p.name}` | {where(p.endpoints)} | `{p.field}` | {note} |")
     for name, (endpoints, note) in SERVER_PARAMS.items():
         rows.append(f"| `{name}` | {where(endpoints)} | (server) | {note} |")
@@ -463,6 +467,6 @@ def params_markdown() -> str:
 
 
 def refused_markdown() -> str:
-    rows = ["| refused parameter | why |", "|---|---|"]
-    rows += [f"| `{k}` | {r.why} |" for k, r in REFUSED.items()]
+    rows = ["| refused parameter | why | values accepted (they ask for nothing) |", "|---|---|---|"]
+    rows += [f"| `{k}` | {r.why} | `{r.accepted}` |" for k, r in REFUSED.items()]
     return "\n".join(rows)

@@ -166,6 +166,8 @@ class DecoderStream:
         self._eof = False
         self._error: UpstreamError | None = None
         self.closed = False
+        self.responses = 0  # events read (for diagnostics)
+        self.last_event = b""
 
     def __aiter__(self) -> DecoderStream:
         return self
@@ -193,6 +195,8 @@ class DecoderStream:
         return self._pending.popleft()
 
     def _add(self, data: bytes) -> None:
+        self.responses += 1
+        self.last_event = data
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
