@@ -23,13 +23,10 @@ export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT 
 SETUP_STAMP := $(VENV)/.setup-done
 DEMO_MODEL  := models/chatglm-tiny/model.safetensors
 
-.PHONY: help setup build demo-model model serve openai test test-gpu bench gpu load-test docker lint \
-	format clean
+.PHONY: help setup build demo-model model serve test test-gpu bench gpu load-test docker lint format clean
 
 help:
 	@echo "make serve      set everything up (first run) and serve the demo model, or MODEL=<dir>"
-	@echo "                (with the OpenAI-compatible API on OPENAI_PORT, default 9000)"
-	@echo "make openai     the OpenAI-compatible API alone, in front of a running server"
 	@echo "make test       the CPU test suite (what CI runs)"
 	@echo "make test-gpu   GPU tests (on a machine with an NVIDIA GPU)"
 	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows)"
@@ -38,6 +35,8 @@ help:
 	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8)"
 	@echo "make demo-model write the tiny demo checkpoint to models/chatglm-tiny"
 	@echo "make docker     build the container image"
+	@echo "make openai     the OpenAI-compatible API alone, in front of a running server"
+	@echo "                (make serve starts it too, on OPENAI_PORT, default 9000)"
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): requirements.txt requirements-cuda-build.txt pyproject.toml scripts/setup.sh
@@ -58,6 +57,7 @@ serve: $(SETUP_STAMP) build demo-model
 
 # The OpenAI-compatible API alone (make serve starts it too), in front of a running
 # tritonserver on HTTP_PORT; MODEL: the converted checkpoint it serves (its tokenizer).
+.PHONY: openai
 openai: $(SETUP_STAMP) demo-model
 	$(PY) -m glmserve.openai_api --checkpoint $(or $(MODEL),models/chatglm-tiny) \
 		--triton-url 127.0.0.1:$(HTTP_PORT) --host $(HOST) --port $(OPENAI_PORT) \
