@@ -64,9 +64,9 @@ def steps_per_second(client: openai.OpenAI, srv) -> float:
     run of it (a measurement, nothing asserted on it)."""
     before = settle(srv)
     t0 = time.perf_counter()
-    r = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=96, **LONG)
+    r = client.chat.completions.create(model=MODEL, messages=PROMPT, max_tokens=32, **LONG)
     seconds = time.perf_counter() - t0
-    assert r.usage.completion_tokens == 96 * N
+    assert r.usage.completion_tokens == 32 * N
     after = settle(srv)
     return (after.steps - before.steps) / seconds
 

@@ -271,7 +271,9 @@ def test_503_when_triton_is_unreachable(tmp_path):
 
 class _FakeTriton(BaseHTTPRequestHandler):
     """Ready, but answers generate_stream with garbage: max_tokens 1 -> a malformed first
-    event; 2 -> one good event, then a malformed one."""
+    event; 2 -> one good event, then a malformed one; 3 -> one good event, then the end
+    without the choice's last response (as tritonserver 2.51 does when it drops a
+    stream's tail)."""
 
     def log_message(self, *args):  # quiet
         pass
@@ -285,8 +287,10 @@ class _FakeTriton(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         good = {"output_ids": 5, "prev_ids": [], "is_final": False, "index": 0}
         events = [b"data: {broken\n\n"]
-        if body["max_tokens"] == 2:
+        if body["max_tokens"] >= 2:
             events.insert(0, b"data: " + json.dumps(good).encode() + b"\n\n")
+        if body["max_tokens"] == 3:
+            events.pop()
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Connection", "close")
@@ -329,6 +333,19 @@ def test_500_on_a_broken_upstream_without_a_stack_trace(tmp_path):
                         model=MODEL, messages=USER, max_tokens=2, stream=True
                     )
                 )
+            # a stream that ends without the choice's last response: 502 (the client may retry)
+            with pytest.raises(openai.APIStatusError) as e:
+                client.chat.completions.create(model=MODEL, messages=USER, max_tokens=3)
+            err = _error(e.value.response.content)
+            assert e.value.status_code == 502 and err["code"] == "upstream_truncated", err
+            with pytest.raises(openai.APIError) as e:
+                list(
+                    client.chat.completions.create(
+                        model=MODEL, messages=USER, max_tokens=3, stream=True
+                    )
+                )
+            assert "ended the answer before its end" in str(e.value)
+            assert "the decoder's stream ended after 1 responses" in oai.log()
             assert "Traceback" not in urllib.request.urlopen(f"{oai.url}/health").read().decode()
     finally:
         fake.shutdown()

@@ -44,6 +44,7 @@ from glmserve.openai_api.errors import (
     invalid,
     is_retryable,
     model_not_found,
+    truncated,
     unavailable,
 )
 from glmserve.openai_api.protocol import Plan
@@ -120,9 +121,9 @@ class Service:
         usage = renderer.usage()
         reasons = ",".join(str(c.finish_reason) for c in renderer.choices)
         log.info(
-            "%s user=%s prompt_tokens=%d completion_tokens=%d finish=%s",
+            "%s user=%r prompt_tokens=%d completion_tokens=%d finish=%s",
             renderer.id,
-            plan.user or "-",
+            plan.user,
             usage["prompt_tokens"],
             usage["completion_tokens"],
             reasons,
@@ -159,7 +160,7 @@ class Service:
             stream.close()
         if not renderer.done:
             self._early_end(renderer, stream)
-            raise internal("the inference server ended the request early")
+            raise truncated()
         self._finished(plan, renderer)
         return renderer.result()
 
@@ -178,10 +179,11 @@ class Service:
                 response = await anext(stream, None)
             if not renderer.done:
                 self._early_end(renderer, stream)
-                raise UpstreamError("the inference server ended the stream early")
-            if plan.include_usage:
+                yield sse(truncated().body())
+            elif plan.include_usage:
                 yield sse(renderer.usage_chunk())
-            self._finished(plan, renderer)
+            if renderer.done:
+                self._finished(plan, renderer)
         except UpstreamError as e:
             yield sse(self.upstream_error(e, plan).body())
         except Exception:  # noqa: BLE001 - logged here, never sent to the client

@@ -11,6 +11,7 @@ logged here with theirs and answered with a short message).
 | 404 | unknown model or path | invalid_request_error / model_not_found, not_found |
 | 405 | wrong method | invalid_request_error / method_not_allowed |
 | 413 | request body over the limit | invalid_request_error / request_too_large |
+| 502 | Triton ended a request's stream before its last responses (tritonserver 2.51 drops them under load; docs/openai.md "Known limits") | server_error / upstream_truncated |
 | 503 | the decoder's queue is full, it is not serving, or Triton is unreachable | server_error / queue_full, unavailable |
 | 500 | anything else | server_error / internal_error |
 """
@@ -92,6 +93,17 @@ def too_large(size: int | None, limit: int) -> APIError:
 def unavailable(message: str, code: str = "unavailable") -> APIError:
     """503: worth retrying later (the client's SDK does so by itself)."""
     return APIError(503, message, code=code, headers={"Retry-After": "1"})
+
+
+def truncated() -> APIError:
+    """502: Triton ended the decoder's stream before its last responses (the answer is
+    incomplete; a retry regenerates it: the `openai` client retries 502 by itself)."""
+    return APIError(
+        502,
+        "the inference server ended the answer before its end (its last responses were "
+        "lost); retry the request",
+        code="upstream_truncated",
+    )
 
 
 def internal(message: str = "internal error") -> APIError:
