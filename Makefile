@@ -13,9 +13,12 @@ HOST      ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+OPENAI_PORT ?= 9000
+OPENAI_WORKERS ?= 1
 GPUS      ?=
 JOBS      ?= $(shell nproc)
-export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT GPUS JOBS
+export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT OPENAI_PORT \
+	OPENAI_WORKERS GPUS JOBS
 
 SETUP_STAMP := $(VENV)/.setup-done
 DEMO_MODEL  := models/chatglm-tiny/model.safetensors
@@ -34,6 +37,8 @@ help:
 	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8)"
 	@echo "make demo-model write the tiny demo checkpoint to models/chatglm-tiny"
 	@echo "make docker     build the container image"
+	@echo "make openai     the OpenAI-compatible API alone, in front of a running server"
+	@echo "                (make serve starts it too, on OPENAI_PORT, default 9000)"
 
 setup: $(SETUP_STAMP)
 $(SETUP_STAMP): requirements.txt requirements-cuda-build.txt pyproject.toml scripts/setup.sh
@@ -51,6 +56,14 @@ model: $(SETUP_STAMP)
 
 serve: $(SETUP_STAMP) build demo-model
 	bash scripts/serve.sh
+
+# The OpenAI-compatible API alone (make serve starts it too), in front of a running
+# tritonserver on HTTP_PORT; MODEL: the converted checkpoint it serves (its tokenizer).
+.PHONY: openai
+openai: $(SETUP_STAMP) demo-model
+	$(PY) -m glmserve.openai_api --checkpoint $(or $(MODEL),models/chatglm-tiny) \
+		--triton-url 127.0.0.1:$(HTTP_PORT) --host $(HOST) --port $(OPENAI_PORT) \
+		--workers $(OPENAI_WORKERS)
 
 test: $(SETUP_STAMP) build demo-model
 	$(VENV)/bin/ruff check .

@@ -18,6 +18,9 @@
 #   DEVICE DTYPE INT8 GPUS       as for `make serve` (INT8=1 also makes `prepare` write int8)
 #   HOST            listen address (default 0.0.0.0 in a container)
 #   HTTP_PORT GRPC_PORT METRICS_PORT   8000 8001 8002
+#   OPENAI_PORT     the OpenAI-compatible API beside tritonserver (default 9000; 0: off),
+#                   started by scripts/serve.sh; also OPENAI_HOST, OPENAI_WORKERS, OPENAI_ARGS
+#   GLM_OPENAI_API_KEY   when set, every OpenAI API request needs "Authorization: Bearer <it>"
 #   TRITONSERVER    the tritonserver binary (default /opt/tritonserver/bin/tritonserver
 #                   when it exists, else nvidia-pytriton's in the venv)
 #   TRITON_ARGS     more tritonserver arguments (so are the arguments after "serve")
@@ -80,6 +83,10 @@ check() {
   if ! "$py" -c 'import numpy, sentencepiece, glmserve, glmserve.tokenizer
 assert numpy.__version__.startswith("1."), "numpy %s: the stub needs numpy<2" % numpy.__version__'; then
     log "the venv $VENV cannot run the Python models"
+    fail=1
+  fi
+  if ! "$py" -c 'import uvicorn, glmserve.openai_api.app' 2>/dev/null; then
+    log "the venv $VENV cannot run the OpenAI-compatible API (glmserve.openai_api)"
     fail=1
   fi
   if [ -n "${TRITON_PYTHON_BACKEND:-}" ]; then

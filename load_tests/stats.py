@@ -198,17 +198,21 @@ class Meter:
             (self.done if ok else self.failed)[int(end)] += 1
         self._span(rec.start + offset, end)
 
-    def drain(self) -> dict[str, Any]:
-        """Everything collected since the last drain, as plain data (and reset)."""
-        data = {
+    def data(self) -> dict[str, Any]:
+        """Everything collected, as plain data (for ``merge``)."""
+        return {
             "tokens": dict(self.tokens),
             "done": dict(self.done),
             "failed": dict(self.failed),
-            "ttft": self.ttft,
-            "itl": self.itl,
+            "ttft": list(self.ttft),
+            "itl": list(self.itl),
             "first": self.first,
             "last": self.last,
         }
+
+    def drain(self) -> dict[str, Any]:
+        """Everything collected since the last drain, as plain data (and reset)."""
+        data = self.data()
         self.__init__()
         return data
 

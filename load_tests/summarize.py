@@ -51,7 +51,7 @@ def load(results: Path, prefix: str = "locust") -> dict[str, Any]:
 
 def render_markdown(data: dict[str, Any], title: str, params: dict[str, str]) -> str:
     m = data["metrics"]
-    gen = [r for r in data["stats"] if r.get("Type") == "gRPC"]
+    gen = [r for r in data["stats"] if r.get("Type") in ("gRPC", "OpenAI")]
     lines = [f"# {title}", ""]
     if params:
         lines += [", ".join(f"{k}={v}" for k, v in params.items()), ""]
@@ -70,6 +70,7 @@ def render_markdown(data: dict[str, Any], title: str, params: dict[str, str]) ->
             f"| {row['Name']}: latency p50 / p99 (ms), avg tokens | "
             f"{row['50%']} / {row['99%']}, {_fmt(_num(row['Average Content Size']))} |"
         )
+    lines += _transport_rows(m)
     lines += [
         "",
         "Tokens are the sum of the responses' token_count (one streamed response may "
@@ -83,6 +84,31 @@ def render_markdown(data: dict[str, Any], title: str, params: dict[str, str]) ->
             err = f.get("Error", "").replace("|", "\\|").replace("\n", " ")[:300]
             lines.append(f"| {f.get('Name', '')} | {err} | {f.get('Occurrences', '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _transport_rows(m: dict[str, Any]) -> list[str]:
+    """A table per transport (gRPC to Triton, the OpenAI-compatible server) when the run
+    had users of both, so that one run compares them under the same load."""
+    parts = m.get("by_transport") or {}
+    if len(parts) < 2:
+        return []
+    users = m.get("users_by_transport") or {}
+    lines = [
+        "",
+        "| transport | users | tokens/s | tokens/s per user | TTFT p50 / p99 (ms) | "
+        "ITL p50 / p99 (ms) | requests | failures |",
+        "|---|---:|---:|---:|---|---|---:|---:|",
+    ]
+    for name, t in parts.items():
+        n = users.get(name, 0)
+        per_user = _fmt(t["tokens_per_s"] / n) if n else "n/a"
+        lines.append(
+            f"| {name} | {n or 'n/a'} | {_fmt(t['tokens_per_s'])} | {per_user} | "
+            f"{_fmt(t['ttft_ms']['p50'])} / {_fmt(t['ttft_ms']['p99'])} | "
+            f"{_fmt(t['itl_ms']['p50'], 2)} / {_fmt(t['itl_ms']['p99'], 2)} | "
+            f"{t['requests']} | {t['failures']} |"
+        )
+    return lines
 
 
 def plot(data: dict[str, Any], out: Path, title: str) -> None:

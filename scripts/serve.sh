@@ -15,6 +15,11 @@
 #   BUILD VENV    build and venv directories (default build, .venv)
 #   TRITON_ARGS   more tritonserver arguments, e.g.
 #                 "--backend-config=chatglm,num_kv_blocks=512 --log-verbose=1"
+#   OPENAI_PORT   the OpenAI-compatible API (python -m glmserve.openai_api, docs/openai.md)
+#                 beside tritonserver (default 9000; 0 or off: not started). It binds
+#                 OPENAI_HOST (default HOST), runs OPENAI_WORKERS uvicorn workers (default
+#                 1), needs GLM_OPENAI_API_KEY on every request when that is set, gets
+#                 OPENAI_ARGS as more arguments, and exits together with tritonserver.
 # Model control is off (--model-control-mode=none): the repository API cannot
 # load or unload models. A checkpoint without ice_text.model serves only
 # chatglm_decoder (ids in, ids out) with a warning.
@@ -116,4 +121,24 @@ export GLM_CHECKPOINT_DIR="$CKPT"
 if [ -n "${TRITON_ARGS:-}" ]; then read -r -a extra <<<"$TRITON_ARGS"; args+=("${extra[@]}"); fi
 say "checkpoint $CKPT, device $DEVICE${DTYPE:+, dtype $DTYPE}$(is_int8 && echo ', int8' || true)"
 say "HTTP $HOST:$HTTP_PORT  gRPC $HOST:$GRPC_PORT  metrics $HOST:$METRICS_PORT"
+
+# ---- the OpenAI-compatible API beside it ----------------------------------------
+# Started in the background before the exec below: its parent, this shell ($$), then
+# becomes tritonserver itself, and --parent-pid stops it when tritonserver exits.
+OPENAI_PORT=${OPENAI_PORT:-9000}
+OPENAI_HOST=${OPENAI_HOST:-$HOST}
+OPENAI_WORKERS=${OPENAI_WORKERS:-1}
+if [ "$OPENAI_PORT" = 0 ] || [ "$OPENAI_PORT" = off ]; then
+  say "OpenAI-compatible API: off (OPENAI_PORT=$OPENAI_PORT)"
+elif [ ! -f "$CKPT/ice_text.model" ]; then
+  say "OpenAI-compatible API: off (no tokenizer in $CKPT)"
+else
+  upstream=$HOST
+  case "$HOST" in 0.0.0.0 | :: | "") upstream=127.0.0.1 ;; esac
+  oai=(--checkpoint "$CKPT" --triton-url "$upstream:$HTTP_PORT" --host "$OPENAI_HOST"
+    --port "$OPENAI_PORT" --workers "$OPENAI_WORKERS" --parent-pid $$)
+  if [ -n "${OPENAI_ARGS:-}" ]; then read -r -a more <<<"$OPENAI_ARGS"; oai+=("${more[@]}"); fi
+  "$PY" -m glmserve.openai_api "${oai[@]}" &
+  say "OpenAI-compatible API http://$OPENAI_HOST:$OPENAI_PORT/v1 (pid $!, API key $([ -n "${GLM_OPENAI_API_KEY:-}" ] && echo required || echo off))"
+fi
 exec "$TRITONSERVER" "${args[@]}"

@@ -126,3 +126,31 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(
             (f"tritonserver ({state}) log tail", server.log_tail(40) or "(empty log)")
         )
+
+
+# -- the OpenAI-compatible server next to the session's tritonserver (tests/openai_server.py)
+
+
+@pytest.fixture(scope="session")
+def openai_server(triton_server, tmp_path_factory):
+    """``python -m glmserve.openai_api`` (uvicorn, a real subprocess on a free port) in front
+    of the session's tritonserver, requiring the API key ``openai_server.api_key``."""
+    from openai_server import OpenAIServer
+
+    server = OpenAIServer(triton_server.http_url, log_dir=tmp_path_factory.mktemp("openai"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def openai_client(openai_server):
+    """The official ``openai`` client on the session's OpenAI server (no retries)."""
+    openai = pytest.importorskip("openai", reason="the openai package is in requirements.txt")
+    client = openai.OpenAI(
+        base_url=openai_server.base_url, api_key=openai_server.api_key, max_retries=0, timeout=120
+    )
+    yield client
+    client.close()

@@ -412,7 +412,7 @@ def test_k8s_deployment_contract():
     (ctr,) = pod["spec"]["containers"]
     assert str(ctr["resources"]["limits"]["nvidia.com/gpu"]) == "1"  # one pod per GPU
     ports = {p["name"]: p["containerPort"] for p in ctr["ports"]}
-    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+    assert ports == {"http": 8000, "grpc": 8001, "metrics": 8002, "openai": 9000}
     assert ctr["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert ctr["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert ctr["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -426,14 +426,18 @@ def test_k8s_deployment_contract():
         "http": (8000, "http"),
         "grpc": (8001, "grpc"),
         "metrics": (8002, "metrics"),
+        "openai": (9000, "openai"),
     }
     # the model volume comes from the PVC, mounted where MODEL_DIR points
     vols = {v["name"]: v for v in pod["spec"]["volumes"]}
     claim = vols["model"]["persistentVolumeClaim"]["claimName"]
     assert ("PersistentVolumeClaim", claim) in objs
     mounts = {m["name"]: m["mountPath"] for m in ctr["volumeMounts"]}
-    env = {e["name"]: e["value"] for e in ctr["env"]}
+    env = {e["name"]: e.get("value") for e in ctr["env"]}
     assert env["MODEL_DIR"].startswith(mounts["model"] + "/")
+    # the OpenAI API's key comes from an optional Secret (no key: the API is open)
+    (key,) = [e for e in ctr["env"] if e["name"] == "GLM_OPENAI_API_KEY"]
+    assert key["valueFrom"]["secretKeyRef"]["optional"] is True
     assert mounts["dshm"] == "/dev/shm" and vols["dshm"]["emptyDir"]["medium"] == "Memory"
     # the container's knobs and command are the entry point's
     entry = (DOCKER / "entrypoint.sh").read_text()
@@ -542,10 +546,11 @@ def test_entrypoint_serves_through_an_image_like_server_layout(tmp_path):
         home / "python_backend_stubs" / pyver / "triton_python_backend_stub",
         opt / "backends/python",
     )
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics, openai_port = free_port(), free_port(), free_port(), free_port()
     env = dict(os.environ)
     env.update(
         {
+            "OPENAI_PORT": str(openai_port),
             "VENV": str(VENV),
             "BUILD": str(BUILD),
             "MODEL_DIR": "",
@@ -585,6 +590,11 @@ def test_entrypoint_serves_through_an_image_like_server_layout(tmp_path):
         assert status == 200
         status, body = http_get(f"http://127.0.0.1:{metrics}/metrics")
         assert status == 200 and re.search(r"^glm_waiting_sequences\{", body, re.M), body[:2000]
+        # the OpenAI-compatible API beside it (scripts/serve.sh), ready with the decoder
+        deadline = time.monotonic() + 60
+        while http_get(f"http://127.0.0.1:{openai_port}/health")[0] != 200:
+            assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-4000:]
+            time.sleep(0.5)
         # exec all the way down: the entry point's process is tritonserver itself
         argv0 = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         external = "TRITON_PYTHON_BACKEND" in (ROOT / "scripts/triton_env.sh").read_text()
@@ -595,6 +605,11 @@ def test_entrypoint_serves_through_an_image_like_server_layout(tmp_path):
         )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, (tmp_path / "server.log").read_text()[-4000:]
+        # ... and it stops with the server
+        deadline = time.monotonic() + 30
+        while http_get(f"http://127.0.0.1:{openai_port}/health")[0] is not None:
+            assert time.monotonic() < deadline, "the OpenAI API outlived tritonserver"
+            time.sleep(0.5)
     finally:
         if proc.poll() is None:
             proc.kill()
