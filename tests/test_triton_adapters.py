@@ -124,3 +124,25 @@ def test_prefix_blocks_are_held_once_and_metrics_are_labelled_by_adapter(server,
     assert server.metric("glm_generated_tokens_total", {"adapter": "base"}) == before["base"]
     assert server.metric("glm_requests_total", {"adapter": "style", "outcome": "ok"}) >= 1
     server.wait_metric("glm_kv_blocks_used", lambda v: v == 3, timeout=30)
+
+
+def test_openai_model_name_selects_the_adapter(server, ckpt, oracle) -> None:
+    """The OpenAI-compatible server lists `<name>:<adapter>` per adapter in /v1/models, and
+    such a model name runs the request with that adapter (the official `openai` client)."""
+    openai = pytest.importorskip("openai", reason="the openai package is in requirements.txt")
+    from openai_server import OpenAIServer
+
+    tok, _, want = oracle
+    with OpenAIServer(server.http_url, checkpoint=ckpt) as api:
+        client = openai.OpenAI(base_url=api.base_url, api_key=api.api_key, max_retries=0)
+        names = [m.id for m in client.models.list().data]
+        base = ckpt.name
+        assert names == [base, f"{base}:style", f"{base}:terse"]
+        for model, adapter in ((base, ""), (f"{base}:style", "style"), (f"{base}:terse", "terse")):
+            done = client.completions.create(
+                model=model, prompt=PROMPT, max_tokens=12, temperature=0
+            )
+            assert done.choices[0].text == tok.decode(want[adapter]), model
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model=f"{base}:nope", prompt=PROMPT, max_tokens=2)
+        client.close()

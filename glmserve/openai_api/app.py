@@ -221,13 +221,13 @@ class Service:
         return {"id": name, "object": "model", "created": self.started, "owned_by": "glmserve"}
 
     async def models(self, request: Request) -> Response:
-        data = [self._model_object(n) for n in self.model.info.names]
+        data = [self._model_object(n) for n in self.model.info.served()]
         return ORJSONResponse({"object": "list", "data": data})
 
     async def one_model(self, request: Request) -> Response:
         name = request.path_params["model"]
-        if name not in self.model.info.names:
-            raise model_not_found(name, list(self.model.info.names))
+        if self.model.info.adapter_of(name) is None:
+            raise model_not_found(name, list(self.model.info.served()))
         return ORJSONResponse(self._model_object(name))
 
     async def health(self, request: Request) -> Response:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmserve import contract
+from glmserve.adapters import list_adapters
 from glmserve.decoder_output import TokenTable
 from glmserve.openai_api.protocol import ModelInfo
 from glmserve.tokenizer import ChatGLMTokenizer
@@ -81,6 +82,9 @@ def load_model(settings: Settings) -> ServedModel:
         vocab = data.get("vocab_size")
     tokenizer = ChatGLMTokenizer(spm)
     info = ModelInfo(
-        settings.model_names(), tokenizer, contract.Limits(context=context, vocab=vocab)
+        settings.model_names(),
+        tokenizer,
+        contract.Limits(context=context, vocab=vocab),
+        tuple(list_adapters(ckpt)),  # served as "<name>:<adapter>"
     )
     return ServedModel(info, TokenTable(tokenizer))

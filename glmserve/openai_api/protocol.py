@@ -158,10 +158,22 @@ class ModelInfo:
     names: tuple[str, ...]
     tokenizer: ChatGLMTokenizer
     limits: contract.Limits
+    adapters: tuple[str, ...] = ()  # the checkpoint's prefix adapters (docs/adapters.md)
 
     @property
     def context(self) -> int:
         return int(self.limits.context or 2048)
+
+    def served(self) -> tuple[str, ...]:
+        """Every model name a request may use: each name, and ``name:adapter`` per adapter."""
+        return self.names + tuple(f"{n}:{a}" for n in self.names for a in self.adapters)
+
+    def adapter_of(self, name: str) -> str | None:
+        """The adapter a served model name selects ("" for none); None: not served."""
+        if name in self.names:
+            return ""
+        base, _, adapter = name.rpartition(":")
+        return adapter if base in self.names and adapter in self.adapters else None
 
 
 @dataclass
@@ -421,10 +433,13 @@ def _common(body: Any, endpoint: str, model: ModelInfo) -> Plan:
         raise invalid("model", "model is required")
     _text(name, "model")
     _check_keys(body, endpoint)
-    if name not in model.names:
-        raise model_not_found(name, list(model.names))
+    adapter = model.adapter_of(name)
+    if adapter is None:
+        raise model_not_found(name, list(model.served()))
     plan = _sampling(body, endpoint, model.limits)
     plan.model = name
+    if adapter:
+        plan.fields["adapter"] = adapter
     _stream_options(body, plan)
     plan.user = _user(body)
     return plan

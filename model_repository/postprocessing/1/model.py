@@ -3,8 +3,8 @@
 Each chatglm_decoder response carries one choice's new ids: output_ids, prev_ids (up
 to 16 ids of that choice generated right before them) and is_final (the choice's
 last response). The text of a response is ChatGLMTokenizer.decode_delta(prev_ids,
-output_ids, is_final): stateless, and the pieces of one choice concatenate to
-exactly decode(all ids) (multi-byte characters, <n>, blanks and emoji are never
+output_ids, is_final) (glmserve/decoder_output.py, shared with the OpenAI server):
+stateless, and the pieces of one choice concatenate to exactly decode(all ids) (multi-byte characters, <n>, blanks and emoji are never
 split or duplicated). On a choice's last response, trim_bytes (a stop string and
 what followed it, computed by the engine on the same token texts) are cut from the
 end of the text.
@@ -25,6 +25,7 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from glmserve.decoder_output import TokenTable, logprob_entries, response_text
 from glmserve.tokenizer import ChatGLMTokenizer
 
 
@@ -52,7 +53,7 @@ class TritonPythonModel:
                 "(serve chatglm_decoder alone)"
             )
         self.tokenizer = ChatGLMTokenizer(spm)
-        self.texts = self.tokenizer.token_texts()
+        self.table = TokenTable(self.tokenizer)
 
     def execute(self, requests):
         responses = []
@@ -64,42 +65,29 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=err))
         return responses
 
-    def _token(self, i: int) -> dict:
-        data = self.texts[i][1] if 0 <= i < len(self.texts) else b""
-        return {"id": i, "token": self.tokenizer.decode([i]), "bytes": list(data)}
-
     def _logprobs(self, request, ids: list[int]) -> str:
         lp = _input(request, "output_logprobs")
         if lp is None or lp.size == 0:
             return ""
-        lp = lp.reshape(-1)
+        k = len(ids)
         top_ids = _input(request, "top_logprob_ids")
         top_lp = _input(request, "top_logprobs")
-        k = len(ids)
-        top_ids = top_ids.reshape(k, -1) if top_ids is not None and top_ids.size else None
-        top_lp = top_lp.reshape(k, -1) if top_lp is not None and top_lp.size else None
-        out = []
-        for t, i in enumerate(ids):
-            entry = {**self._token(i), "logprob": float(lp[t]), "top_logprobs": []}
-            if top_ids is not None and top_lp is not None:
-                entry["top_logprobs"] = [
-                    {**self._token(int(a)), "logprob": float(b)}
-                    for a, b in zip(top_ids[t], top_lp[t], strict=True)
-                ]
-            out.append(entry)
-        return json.dumps(out, ensure_ascii=False)
+        rows = top_ids is not None and top_ids.size and top_lp is not None and top_lp.size
+        entries = logprob_entries(
+            self.table,
+            ids,
+            lp.reshape(-1).tolist(),
+            top_ids.reshape(k, -1).tolist() if rows else None,
+            top_lp.reshape(k, -1).tolist() if rows else None,
+        )
+        return json.dumps(entries, ensure_ascii=False)
 
     def _one(self, request):
         ids = _input(request, "output_ids").reshape(-1).tolist()
         prev = _input(request, "prev_ids").reshape(-1).tolist()
         final = bool(_input(request, "is_final").reshape(-1)[0])
-        text = self.tokenizer.decode_delta(prev, ids, final)
         trim = int(_scalar(request, "trim_bytes", 0))
-        if final and trim > 0:
-            # The engine cuts on the same token texts; a cut that would split a character
-            # (only when the decoder repaired bytes, docs/request_fields.md) drops it whole.
-            data = text.encode("utf-8")
-            text = data[: max(0, len(data) - trim)].decode("utf-8", errors="ignore")
+        text = response_text(self.tokenizer, prev, ids, final, trim)
         reason = _scalar(request, "finish_reason", b"")
         reason = reason.decode("utf-8") if isinstance(reason, bytes) else str(reason)
 
