@@ -208,7 +208,7 @@ def overlay_venv(src_venv: Path, root: Path) -> Path:
     )  # fmt: skip
     site.mkdir(parents=True, exist_ok=True)
     (site / "_glm_mutation.pth").write_text(f"{root}\n{src_site}\n", encoding="utf-8")
-    for name in ("pytriton", "nvidia_pytriton.libs"):  # tests/tritonserver.py looks here
+    for name in ("pytriton", "nvidia_pytriton.libs"):  # tests/helpers/tritonserver.py looks here
         link = site / name
         if not link.exists() and (src_site / name).exists():
             link.symlink_to(src_site / name)

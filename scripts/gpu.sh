@@ -8,7 +8,7 @@
 # Engine tasks (run with $PYTHON, the machine's Python with torch and numpy):
 #   build          the CUDA build: _engine, glm_cuda_kernel_test, glm_cuda_int8_test, triton_chatglm
 #   kernels        glm_cuda_kernel_test (seed KERNEL_SEED)
-#   tests          pytest -m gpu tests/test_cuda_*.py (PYTEST_K selects with -k)
+#   tests          pytest -m gpu tests/gpu/test_cuda_*.py (PYTEST_K selects with -k)
 #   bench          python -m glmserve.bench (BENCH_ARGS adds arguments)
 #   bench-prev     the same benchmark of another source tree, PREV_SRC (a directory or a
 #                  `git archive` .tar.gz; e.g. the commit before), built on its own: compare
@@ -17,7 +17,7 @@
 #                  compute-sanitizer, tool SANITIZE_TOOL, default initcheck)
 #   int8-kernels   glm_cuda_int8_test (seed KERNEL_SEED)
 #   int8-kbench    glm_cuda_int8_test bench: one block's linear layers, fp16 vs each int8 kernel
-#   int8-tests     pytest -m gpu tests/test_int8_cuda.py (PYTEST_K)
+#   int8-tests     pytest -m gpu tests/gpu/test_int8_cuda.py (PYTEST_K)
 #   int8-bench     python -m glmserve.bench_int8 (INT8_BENCH_ARGS, default --int8-lm-head)
 #   check          = kernels tests bench           int8 = int8-kernels int8-kbench int8-tests int8-bench
 # Serving tasks (tritonserver from $VENV, the backend built with CUDA):
@@ -114,7 +114,7 @@ gpu_bench() {  # module, md file, arguments
 }
 
 task_kernels() { tee_run "$O/kernel_test.log" "$KERNEL_TEST" "${KERNEL_SEED:-$RANDOM}"; }
-task_tests() { GLM_CUDA_KERNEL_TEST=$KERNEL_TEST gpu_pytest tests/test_cuda_*.py; }
+task_tests() { GLM_CUDA_KERNEL_TEST=$KERNEL_TEST gpu_pytest tests/gpu/test_cuda_*.py; }
 task_bench() { gpu_bench glmserve.bench bench.md "${BENCH_ARGS:-}"; }
 
 # Another source tree's engine (PREV_SRC), built into $BUILD/prev, benchmarked as `bench`.
@@ -132,7 +132,7 @@ task_bench_prev() {
 }
 task_int8_kernels() { tee_run "$O/int8_test.log" "$INT8_TEST" "${KERNEL_SEED:-$RANDOM}"; }
 task_int8_kbench() { tee_run "$O/int8_kbench.md" "$INT8_TEST" bench; }
-task_int8_tests() { GLM_CUDA_INT8_TEST=$INT8_TEST gpu_pytest tests/test_int8_cuda.py; }
+task_int8_tests() { GLM_CUDA_INT8_TEST=$INT8_TEST gpu_pytest tests/gpu/test_int8_cuda.py; }
 task_int8_bench() { gpu_bench glmserve.bench_int8 bench_int8.md "${INT8_BENCH_ARGS:---int8-lm-head}"; }
 
 task_diag() {

@@ -7,7 +7,7 @@ postprocessing) with the tiny demo model (models/chatglm-tiny). Attributes:
 `.http_url` and `.grpc_url` ("127.0.0.1:PORT"), `.metrics_url`
 ("http://127.0.0.1:PORT/metrics"), `.log_path`, plus `.metric(name, labels)`,
 `.wait_metric(name, predicate)`, `.log()`. Tests that need their own
-configuration start one with `tritonserver.TritonServer(...)` (see its
+configuration start one with `helpers.tritonserver.TritonServer(...)` (see its
 docstring: backend_config={"num_kv_blocks": ..., "max_queue": ...}, models=...).
 Tests using servers are marked `@pytest.mark.server`.
 """
@@ -15,26 +15,9 @@ Tests using servers are marked `@pytest.mark.server`.
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from tritonserver import DEFAULT_CHECKPOINT, TritonServer, backend_library  # noqa: E402
-
-
-def server_prerequisites() -> str | None:
-    """Why a server cannot start here, or None."""
-    lib = backend_library()
-    if not lib.exists():
-        return f"{lib} is missing (run: make build)"
-    if not (DEFAULT_CHECKPOINT / "model.safetensors").exists():
-        return f"{DEFAULT_CHECKPOINT} is missing (run: make demo-model)"
-    if not (DEFAULT_CHECKPOINT / "ice_text.model").exists():
-        return f"{DEFAULT_CHECKPOINT}/ice_text.model is missing (run: make demo-model)"
-    return None
+from helpers.tritonserver import TritonServer, server_prerequisites
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +60,8 @@ def decode_rate(triton_server) -> float:
     """Tokens/s of a short greedy request on the shared server: the fastest this machine
     decodes the tiny model (later positions are slower), so `n / decode_rate` bounds from
     below how long an n-token request lasts. Tests size their long requests, timeouts and
-    caps from it instead of assuming a slow machine (tests/serving_oracles.py)."""
-    from serving_oracles import server_decode_rate
+    caps from it instead of assuming a slow machine (tests/helpers/serving_oracles.py)."""
+    from helpers.serving_oracles import server_decode_rate
 
     return server_decode_rate(triton_server)
 
@@ -128,14 +111,14 @@ def pytest_runtest_makereport(item, call):
         )
 
 
-# -- the OpenAI-compatible server next to the session's tritonserver (tests/openai_server.py)
+# -- the OpenAI-compatible server next to the session's tritonserver (tests/helpers/openai_server.py)
 
 
 @pytest.fixture(scope="session")
 def openai_server(triton_server, tmp_path_factory):
     """``python -m glmserve.openai_api`` (uvicorn, a real subprocess on a free port) in front
     of the session's tritonserver, requiring the API key ``openai_server.api_key``."""
-    from openai_server import OpenAIServer
+    from helpers.openai_server import OpenAIServer
 
     server = OpenAIServer(triton_server.http_url, log_dir=tmp_path_factory.mktemp("openai"))
     server.start()

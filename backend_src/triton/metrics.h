@@ -29,6 +29,24 @@
 
 namespace glmtriton {
 
+// Every family, in the order of kFamilySpecs in metrics.cc.
+enum class Family {
+  kTokens = 0,    // per adapter
+  kRequests,      // per adapter and outcome
+  kRunning,
+  kWaiting,
+  kActive,
+  kKvUsed,
+  kKvTotal,
+  kMaxBatch,
+  kSteps,
+  kEngineTokens,
+  kHealthy,
+  kTtft,          // histogram
+  kCount
+};
+constexpr int kFamilyCount = static_cast<int>(Family::kCount);
+
 class MetricFamilies {
  public:
   // Never throws; families that cannot be created stay null (logged once).
@@ -37,18 +55,10 @@ class MetricFamilies {
   MetricFamilies(const MetricFamilies&) = delete;
   MetricFamilies& operator=(const MetricFamilies&) = delete;
 
-  TRITONSERVER_MetricFamily* tokens = nullptr;
-  TRITONSERVER_MetricFamily* requests = nullptr;
-  TRITONSERVER_MetricFamily* running = nullptr;
-  TRITONSERVER_MetricFamily* waiting = nullptr;
-  TRITONSERVER_MetricFamily* active = nullptr;
-  TRITONSERVER_MetricFamily* kv_used = nullptr;
-  TRITONSERVER_MetricFamily* kv_total = nullptr;
-  TRITONSERVER_MetricFamily* max_batch = nullptr;
-  TRITONSERVER_MetricFamily* steps = nullptr;
-  TRITONSERVER_MetricFamily* engine_tokens = nullptr;
-  TRITONSERVER_MetricFamily* healthy = nullptr;
-  TRITONSERVER_MetricFamily* ttft = nullptr;
+  TRITONSERVER_MetricFamily* get(Family f) const { return families_[static_cast<int>(f)]; }
+
+ private:
+  TRITONSERVER_MetricFamily* families_[kFamilyCount] = {};
 };
 
 enum class Outcome { kOk = 0, kCancelled, kError, kRejected, kCount };
@@ -78,17 +88,11 @@ class InstanceMetrics {
     TRITONSERVER_Metric* requests[static_cast<int>(Outcome::kCount)] = {};
   };
   PerAdapter& of(const std::string& adapter);
+  TRITONSERVER_Metric*& metric(Family f) { return per_instance_[static_cast<int>(f)]; }
+
   std::map<std::string, PerAdapter> by_adapter_;  // "" = the base model
-  TRITONSERVER_Metric* running_ = nullptr;
-  TRITONSERVER_Metric* waiting_ = nullptr;
-  TRITONSERVER_Metric* active_ = nullptr;
-  TRITONSERVER_Metric* kv_used_ = nullptr;
-  TRITONSERVER_Metric* kv_total_ = nullptr;
-  TRITONSERVER_Metric* max_batch_ = nullptr;
-  TRITONSERVER_Metric* steps_ = nullptr;
-  TRITONSERVER_Metric* engine_tokens_ = nullptr;
-  TRITONSERVER_Metric* healthy_ = nullptr;
-  TRITONSERVER_Metric* ttft_ = nullptr;
+  // Families labelled by instance only (kTokens and kRequests slots stay null).
+  TRITONSERVER_Metric* per_instance_[kFamilyCount] = {};
   int64_t steps_seen_ = 0;
   int64_t tokens_seen_ = 0;
 };

@@ -19,8 +19,8 @@
 // How they are proven: nothing checks a declaration against upstream at
 // compile time. The symbols are resolved by name when tritonserver loads
 // libtriton_chatglm.so (a missing one fails the load), and the signatures are
-// proven by use: the server tests (tests/test_triton*.py,
-// tests/test_reliability_*.py, tests/test_client_live.py) load the backend
+// proven by use: the server tests (tests/server/test_triton*.py,
+// tests/server/test_reliability_*.py, tests/server/test_client_live.py) load the backend
 // into the real tritonserver 2.51.0 and go through requests, streaming,
 // errors, cancellation, timeouts, statistics, metrics and the self-unload.
 // TRITONBACKEND_Initialize checks both API versions against the running

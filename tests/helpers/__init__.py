@@ -1,0 +1,1 @@
+"""Helpers the test suites share (on the path through pyproject's pytest pythonpath)."""
