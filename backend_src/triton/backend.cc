@@ -40,6 +40,14 @@ TRITONSERVER_Error* guarded(const char* where, F&& f) {
   }
 }
 
+// The state object a TRITONBACKEND_*State getter returns for `handle`, as a T*.
+template <typename T, typename H>
+T* state_of(H* handle, TRITONSERVER_Error* (*get)(H*, void**)) {
+  void* state = nullptr;
+  throw_if_error(get(handle, &state), "reading a backend state");
+  return static_cast<T*>(state);
+}
+
 }  // namespace
 }  // namespace glmtriton
 
@@ -95,9 +103,7 @@ TRITONSERVER_Error* TRITONBACKEND_Initialize(TRITONBACKEND_Backend* backend) {
 
 TRITONSERVER_Error* TRITONBACKEND_Finalize(TRITONBACKEND_Backend* backend) {
   return guarded("chatglm backend finalize", [&]() -> TRITONSERVER_Error* {
-    void* vstate = nullptr;
-    GLM_RETURN_IF_ERROR(TRITONBACKEND_BackendState(backend, &vstate));
-    delete static_cast<BackendState*>(vstate);
+    delete state_of<BackendState>(backend, TRITONBACKEND_BackendState);
     return nullptr;
   });
 }
@@ -151,9 +157,7 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInitialize(TRITONBACKEND_Model* model) {
 
 TRITONSERVER_Error* TRITONBACKEND_ModelFinalize(TRITONBACKEND_Model* model) {
   return guarded("chatglm model finalize", [&]() -> TRITONSERVER_Error* {
-    void* vstate = nullptr;
-    GLM_RETURN_IF_ERROR(TRITONBACKEND_ModelState(model, &vstate));
-    delete static_cast<ModelState*>(vstate);
+    delete state_of<ModelState>(model, TRITONBACKEND_ModelState);
     return nullptr;
   });
 }
@@ -162,9 +166,8 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
   return guarded("chatglm instance initialize", [&]() -> TRITONSERVER_Error* {
     TRITONBACKEND_Model* model = nullptr;
     GLM_RETURN_IF_ERROR(TRITONBACKEND_ModelInstanceModel(instance, &model));
-    void* vstate = nullptr;
-    GLM_RETURN_IF_ERROR(TRITONBACKEND_ModelState(model, &vstate));
-    auto inst = std::make_unique<DecoderInstance>(static_cast<ModelState*>(vstate), instance);
+    auto inst = std::make_unique<DecoderInstance>(
+        state_of<ModelState>(model, TRITONBACKEND_ModelState), instance);
     GLM_RETURN_IF_ERROR(TRITONBACKEND_ModelInstanceSetState(instance, inst.get()));
     inst.release();
     return nullptr;
@@ -173,19 +176,15 @@ TRITONSERVER_Error* TRITONBACKEND_ModelInstanceInitialize(TRITONBACKEND_ModelIns
 
 TRITONSERVER_Error* TRITONBACKEND_ModelInstanceFinalize(TRITONBACKEND_ModelInstance* instance) {
   return guarded("chatglm instance finalize", [&]() -> TRITONSERVER_Error* {
-    void* vstate = nullptr;
-    GLM_RETURN_IF_ERROR(TRITONBACKEND_ModelInstanceState(instance, &vstate));
-    delete static_cast<DecoderInstance*>(vstate);
+    delete state_of<DecoderInstance>(instance, TRITONBACKEND_ModelInstanceState);
     return nullptr;
   });
 }
 
 TRITONSERVER_Error* TRITONBACKEND_ModelInstanceReady(TRITONBACKEND_ModelInstance* instance) {
   return guarded("chatglm instance ready", [&]() -> TRITONSERVER_Error* {
-    void* vstate = nullptr;
-    GLM_RETURN_IF_ERROR(TRITONBACKEND_ModelInstanceState(instance, &vstate));
-    if (vstate == nullptr) return nullptr;
-    if (static_cast<DecoderInstance*>(vstate)->healthy()) return nullptr;
+    auto* inst = state_of<DecoderInstance>(instance, TRITONBACKEND_ModelInstanceState);
+    if (inst == nullptr || inst->healthy()) return nullptr;
     return make_error(TRITONSERVER_ERROR_UNAVAILABLE, kNotServingMessage);
   });
 }

@@ -12,29 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.adapters_util import TINY_ADAPTERS as ADAPTERS
+from helpers.adapters_util import tiny_with_adapters
 from helpers.engine_util import engine_module
 
-from glmserve.adapter_fixtures import write_ptuning_checkpoint
 from glmserve.adapters import load_prefix
-from glmserve.config import ChatGLMConfig
-from glmserve.convert import main as convert_main
 from glmserve.reference import ChatGLMModel, chunked_logits, generate
-from glmserve.tiny import make_tiny
-
-# P = 8 (a partial KV block: copy-on-write per request) and P = 32 (two full blocks).
-ADAPTERS = {"style": (8, True), "terse": (32, False)}
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("engine_adapters")
-    out = make_tiny(root / "tiny")
-    cfg = ChatGLMConfig.from_json(out)
-    for i, (name, (p, projection)) in enumerate(ADAPTERS.items()):
-        src = write_ptuning_checkpoint(root / name, cfg, p, projection, seed=11 + i)
-        args = ["--ptuning", str(src), "--base", str(out), "--adapter-name", name, "--quiet"]
-        assert convert_main(args) == 0
-    return out
+    return tiny_with_adapters(tmp_path_factory.mktemp("engine_adapters"))
 
 
 @pytest.fixture(scope="module")

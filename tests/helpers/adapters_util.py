@@ -1,4 +1,4 @@
-"""Helpers shared by tests/test_adapters_*.py (no tests here)."""
+"""Helpers shared by the adapter tests (unit, engine and gpu levels; no tests here)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from glmserve.adapter_fixtures import write_ptuning_checkpoint
 from glmserve.config import ChatGLMConfig
 from glmserve.convert import main as convert_main
-from glmserve.tiny import tiny_config, tiny_weights
+from glmserve.tiny import make_tiny, tiny_config, tiny_weights
 
 SPECIAL = {
     "mask_token_id": 60,
@@ -20,6 +21,23 @@ SPECIAL = {
     "eos_token_id": 63,
     "pad_token_id": 0,
 }
+
+
+# Two P-Tuning v2 adapters of the tiny demo model, name -> (pre_seq_len, prefix_projection):
+# P = 8 (a partial KV block: copy-on-write per request) and P = 32 (two full blocks).
+TINY_ADAPTERS = {"style": (8, True), "terse": (32, False)}
+
+
+def tiny_with_adapters(root: Path) -> Path:
+    """The tiny demo model converted under ``root/tiny``, with TINY_ADAPTERS added by the
+    converter from random checkpoints in the official recipe's format."""
+    out = make_tiny(root / "tiny")
+    cfg = ChatGLMConfig.from_json(out)
+    for i, (name, (p, projection)) in enumerate(TINY_ADAPTERS.items()):
+        src = write_ptuning_checkpoint(root / name, cfg, p, projection, seed=11 + i)
+        args = ["--ptuning", str(src), "--base", str(out), "--adapter-name", name, "--quiet"]
+        assert convert_main(args) == 0
+    return out
 
 
 def small_config(**sizes: int) -> ChatGLMConfig:

@@ -49,7 +49,7 @@ def test_one_run_compares_grpc_and_the_openai_api(servers, tmp_path):
     env = dict(os.environ)
     env.setdefault("VENV", str(Path(sys.executable).parent.parent))
     env.update(
-        USERS="4", SPAWN_RATE="4", DURATION="12s", HOST=host, GRPC_PORT=grpc_port,
+        USERS="4", SPAWN_RATE="4", DURATION="8s", HOST=host, GRPC_PORT=grpc_port,
         OPENAI_PORT=str(openai_server.port), GLM_OPENAI_API_KEY=API_KEY, PROMPTS="seed",
         LOCUST_CLASSES="ChatGLMUser OpenAIUser", RESULTS=str(results),
     )  # fmt: skip

@@ -104,18 +104,25 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def test_cli_help_and_bad_arguments(tmp_path):
+def test_cli_help_and_bad_arguments(tmp_path, capsys):
     out = _cli("--help")
     assert out.returncode == 0 and "--api-key" in out.stdout and "GLM_OPENAI_API_KEY" in out.stdout
     assert "127.0.0.1" in out.stdout
+    # The bad arguments in-process (the same main() the module runs; no server starts).
+    from glmserve.openai_api.__main__ import main
+
     for args, message in (
         (["--checkpoint", "models/chatglm-tiny", "--workers", "0"], "--workers"),
         (["--checkpoint", "models/chatglm-tiny", "--port", "70000"], "--port"),
         (["--checkpoint", str(tmp_path)], "ice_text.model is missing"),
         ([], "--checkpoint"),
     ):
-        out = _cli(*args)
-        assert out.returncode != 0 and message in out.stderr, out.stderr
+        try:
+            code = main(args)
+        except SystemExit as e:  # argparse's errors
+            code = e.code
+        err = capsys.readouterr().err
+        assert code not in (0, None) and message in err, err
 
 
 def test_parent_pid(tmp_path):
