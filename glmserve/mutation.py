@@ -187,7 +187,8 @@ def overlay_venv(src_venv: Path, root: Path) -> Path:
     torch, tritonclient, pytriton, ...) on its path after ``root`` itself, so that
     ``glmserve``, ``client`` and everything the server's Python models import come from the
     scratch copy (an editable install in the source venv would point at the source tree).
-    Console scripts the tests call are small wrappers."""
+    Console scripts the tests call are small wrappers (ours) or links (the source venv's,
+    e.g. ``locust``, which the load tests start from ``$VENV/bin``)."""
     dst = root / ".venv"
     py = dst / "bin" / "python"
     src_site = Path(
@@ -220,6 +221,10 @@ def overlay_venv(src_venv: Path, root: Path) -> Path:
         f = dst / "bin" / name
         f.write_text(f"#!{py}\nimport sys\n{imp}\nsys.exit(main())\n", encoding="utf-8")
         f.chmod(0o755)
+    for name in ("locust", "ruff"):
+        link = dst / "bin" / name
+        if not link.exists() and (src_venv / "bin" / name).exists():
+            link.symlink_to(src_venv / "bin" / name)
     return dst
 
 

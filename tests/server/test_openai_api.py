@@ -254,7 +254,7 @@ def test_streamed_logprobs_and_completions_format(openai_client):
     assert all(0 <= o <= len(r.choices[0].text) for o in lp.text_offset)
 
 
-def test_usage_counts_every_choice(openai_client):
+def test_usage_counts_every_choice(openai_client, tokenizer):
     r = _chat(
         openai_client,
         PROMPTS[1],
@@ -266,6 +266,8 @@ def test_usage_counts_every_choice(openai_client):
     )
     assert [c.finish_reason for c in r.choices] == ["length", "length"]
     assert r.usage.completion_tokens == 14
+    assert r.usage.prompt_tokens == len(tokenizer.encode(PROMPTS[1]))  # the prompt once
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 14
 
 
 def test_penalties_and_user_reach_the_decoder(openai_client, ensemble):
