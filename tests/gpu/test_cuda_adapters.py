@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.adapters_util import TINY_ADAPTERS, tiny_with_adapters
+from helpers.engine_util import cuda_engine_module
 
 pytestmark = pytest.mark.gpu
 
@@ -23,17 +24,7 @@ JOBS = [(0, "style"), (1, "terse"), (0, ""), (1, "style"), (0, "terse"), (1, "")
 
 @pytest.fixture(scope="module")
 def eng_mod():
-    try:
-        import torch
-    except ImportError:
-        pytest.skip("torch is not installed")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    try:
-        from glmserve import _engine
-    except ImportError as e:
-        pytest.skip(f"glmserve._engine is not built ({e}); run make build")
-    return _engine
+    return cuda_engine_module()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers.controls import Run, first_stop
-from helpers.engine_util import tiny_dir
+from helpers.engine_util import cuda_engine_module, tiny_dir
 
 from glmserve.tokenizer import ChatGLMTokenizer
 
@@ -23,17 +23,9 @@ PROMPT = "介绍一下北京"
 
 @pytest.fixture(scope="module")
 def eng():
-    try:
-        import torch
-    except ImportError:
-        pytest.skip("torch is not installed")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    try:
-        from glmserve import _engine
-    except ImportError as e:
-        pytest.skip(f"glmserve._engine is not built ({e}); run make build")
-    return _engine.Engine(str(tiny_dir()), device="cuda", dtype="fp16", num_kv_blocks=512)
+    return cuda_engine_module().Engine(
+        str(tiny_dir()), device="cuda", dtype="fp16", num_kv_blocks=512
+    )
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.engine_util import cuda_engine_module
 
 pytestmark = pytest.mark.gpu
 
@@ -23,23 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 from glmserve.config import REAL_CONFIG  # noqa: E402
 
 
-def _engine_module():
-    try:
-        import torch
-    except ImportError:
-        pytest.skip("torch is not installed")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    try:
-        from glmserve import _engine
-    except ImportError as e:
-        pytest.skip(f"glmserve._engine is not built ({e}); run make build")
-    return _engine
-
-
 @pytest.fixture(scope="module")
 def eng_mod():
-    return _engine_module()
+    return cuda_engine_module()
 
 
 def reference_on_cuda():
@@ -92,7 +79,7 @@ def test_kernels_against_cpu_reference():
     cands = [c for c in cands if c.is_file()]
     if not cands:
         pytest.skip("glm_cuda_kernel_test is not built (set GLM_CUDA_KERNEL_TEST)")
-    _engine_module()
+    cuda_engine_module()
     r = subprocess.run([str(cands[0]), "7"], capture_output=True, text=True, timeout=600)
     print(r.stdout)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.engine_util import cuda_engine_module
 
 pytestmark = pytest.mark.gpu
 
@@ -22,17 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def eng_mod():
-    try:
-        import torch
-    except ImportError:
-        pytest.skip("torch is not installed")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    try:
-        from glmserve import _engine
-    except ImportError as e:
-        pytest.skip(f"glmserve._engine is not built ({e})")
-    return _engine
+    return cuda_engine_module()
 
 
 @pytest.fixture(scope="module")

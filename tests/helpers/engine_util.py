@@ -29,6 +29,18 @@ def engine_module():
     return _engine
 
 
+def cuda_engine_module():
+    """glmserve._engine for the GPU tests, or skip saying why (no torch, no CUDA device, not
+    built). torch is imported first: importing it after the engine module segfaulted."""
+    try:
+        import torch
+    except ImportError:
+        pytest.skip("torch is not installed")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return engine_module()
+
+
 def tiny_dir() -> Path:
     if not (TINY / "model.safetensors").exists():
         pytest.skip(f"{TINY} is missing (run: make demo-model)")
