@@ -17,14 +17,12 @@ from __future__ import annotations
 import re
 
 import pytest
-from helpers.tritonserver import TritonServer, server_prerequisites
+from helpers.tritonserver import TritonServer, skip_without_server
 
 
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory):
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
+    skip_without_server()
     server = TritonServer(log_dir=tmp_path_factory.mktemp("triton_server"))
     server.start()
     try:

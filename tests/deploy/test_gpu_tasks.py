@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers.tritonserver import build_dir, free_port, server_prerequisites, venv_dir
+from helpers.tritonserver import build_dir, free_port, skip_without_server, venv_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_SH = ROOT / "scripts" / "gpu.sh"
@@ -103,9 +103,7 @@ def test_no_references_to_removed_scripts_or_the_lab():
 
 
 def _dry_run_env(tmp_path: Path) -> dict[str, str]:
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
+    skip_without_server()
     return {
         "DEVICE": "cpu",
         "VENV": str(venv_dir()),

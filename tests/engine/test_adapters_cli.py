@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers.adapters_util import one_thread
+from helpers.torch_threads import one_thread
 
 from glmserve.adapter_fixtures import write_ptuning_checkpoint
 from glmserve.adapters import load_prefix

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from helpers.torch_threads import one_thread
 
 from glmserve.cli import main
 from glmserve.convert import convert
@@ -18,11 +18,7 @@ from glmserve.tiny import make_tiny
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from glmserve.adapter_fixtures import write_ptuning_checkpoint
@@ -28,13 +27,13 @@ SPECIAL = {
 TINY_ADAPTERS = {"style": (8, True), "terse": (32, False)}
 
 
-def tiny_with_adapters(root: Path) -> Path:
+def tiny_with_adapters(root: Path, seed: int = 11) -> Path:
     """The tiny demo model converted under ``root/tiny``, with TINY_ADAPTERS added by the
-    converter from random checkpoints in the official recipe's format."""
+    converter from random checkpoints in the official recipe's format (seeds seed, seed + 1)."""
     out = make_tiny(root / "tiny")
     cfg = ChatGLMConfig.from_json(out)
     for i, (name, (p, projection)) in enumerate(TINY_ADAPTERS.items()):
-        src = write_ptuning_checkpoint(root / name, cfg, p, projection, seed=11 + i)
+        src = write_ptuning_checkpoint(root / name, cfg, p, projection, seed=seed + i)
         args = ["--ptuning", str(src), "--base", str(out), "--adapter-name", name, "--quiet"]
         assert convert_main(args) == 0
     return out
@@ -64,11 +63,3 @@ def run_convert(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, st
     except SystemExit as e:  # argparse errors
         code = int(e.code or 0)
     return code, capsys.readouterr().err
-
-
-def one_thread() -> object:
-    """Body of the tests' autouse fixture: tiny models run faster single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -23,7 +23,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from glmserve import contract
-from helpers.tritonserver import DEFAULT_CHECKPOINT, server_prerequisites
+from helpers.tritonserver import DEFAULT_CHECKPOINT, skip_without_server  # noqa: F401 (re-exported)
 
 # Tiny model facts, read from its config (the context is the real model's 2048).
 _CFG = (
@@ -54,12 +54,6 @@ NP_TO_TRITON = {
 
 # Every client-side wait is bounded by this (a hang turns into a failure).
 CLIENT_TIMEOUT = 60.0
-
-
-def skip_without_server() -> None:
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
 
 
 def tensor(name: str, value, dtype=None) -> tuple[str, str, np.ndarray]:

@@ -389,3 +389,12 @@ def server_prerequisites() -> str | None:
     if not (DEFAULT_CHECKPOINT / "ice_text.model").exists():
         return f"{DEFAULT_CHECKPOINT}/ice_text.model is missing (run: make demo-model)"
     return None
+
+
+def skip_without_server() -> None:
+    """Skips the calling test, saying why, when no tritonserver can start here."""
+    import pytest
+
+    why = server_prerequisites()
+    if why:
+        pytest.skip(f"cannot start tritonserver: {why}")

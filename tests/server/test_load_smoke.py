@@ -31,19 +31,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     ends a cancelled `chatglm` (ensemble) inference (R5 item 1 in
     docs/reliability_requests.md), so that server's shutdown would wait for
     --exit-timeout-secs. Bounded here instead (5 s)."""
-    from helpers.tritonserver import TritonServer, server_prerequisites
+    from helpers.tritonserver import TritonServer, skip_without_server
 
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
-    srv = TritonServer(
-        log_dir=tmp_path_factory.mktemp("load_smoke"), extra_args=["--exit-timeout-secs=5"]
-    )
-    srv.start()
-    try:
+    skip_without_server()
+    log_dir = tmp_path_factory.mktemp("load_smoke")
+    with TritonServer(log_dir=log_dir, extra_args=["--exit-timeout-secs=5"]) as srv:
         yield srv
-    finally:
-        srv.stop(check=False)
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -31,14 +31,9 @@ GAUGES = ("glm_running_sequences", "glm_waiting_sequences", "glm_kv_blocks_used"
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     skip_without_server()
-    server = TritonServer(
-        log_dir=tmp_path_factory.mktemp("metrics_exact"), backend_config={"max_running_seqs": 2}
-    )
-    server.start()
-    try:
+    log_dir = tmp_path_factory.mktemp("metrics_exact")
+    with TritonServer(log_dir=log_dir, backend_config={"max_running_seqs": 2}) as server:
         yield server
-    finally:
-        server.stop(check=False)
 
 
 def state(srv) -> dict[str, float]:

@@ -26,20 +26,13 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tritonserver 2.51 never ends (R5 item 1 in docs/reliability_requests.md), so the
     shared server's clean-shutdown check would fail. Shutdown bounded here (5 s)."""
     from helpers.openai_server import OpenAIServer
-    from helpers.tritonserver import TritonServer, server_prerequisites
+    from helpers.tritonserver import TritonServer, skip_without_server
 
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
-    triton = TritonServer(
-        log_dir=tmp_path_factory.mktemp("openai_load"), extra_args=["--exit-timeout-secs=5"]
-    )
-    triton.start()
-    try:
+    skip_without_server()
+    log_dir = tmp_path_factory.mktemp("openai_load")
+    with TritonServer(log_dir=log_dir, extra_args=["--exit-timeout-secs=5"]) as triton:
         with OpenAIServer(triton.http_url, log_dir=tmp_path_factory.mktemp("openai")) as openai:
             yield triton, openai
-    finally:
-        triton.stop(check=False)
 
 
 def test_one_run_compares_grpc_and_the_openai_api(servers, tmp_path):

@@ -44,15 +44,11 @@ KV_BLOCKS = 12
 def small_kv(tmp_path_factory):
     """The whole repository on a KV cache of 12 blocks (192 tokens) and an unbounded queue."""
     skip_without_server()
-    srv = TritonServer(
+    with TritonServer(
         log_dir=tmp_path_factory.mktemp("small_kv"),
         backend_config={"num_kv_blocks": KV_BLOCKS, "max_running_seqs": 16},
-    )
-    srv.start()
-    try:
+    ) as srv:
         yield srv
-    finally:
-        srv.stop(check=False)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +57,9 @@ def timeouts_server(tmp_path_factory):
     leave the ensemble with an in-flight inference (R5), which must not slow down the shared
     session server's shutdown. A short exit timeout bounds this server's."""
     skip_without_server()
-    srv = TritonServer(
-        log_dir=tmp_path_factory.mktemp("timeouts"), extra_args=["--exit-timeout-secs=3"]
-    )
-    srv.start()
-    try:
+    log_dir = tmp_path_factory.mktemp("timeouts")
+    with TritonServer(log_dir=log_dir, extra_args=["--exit-timeout-secs=3"]) as srv:
         yield srv
-    finally:
-        srv.stop(check=False)
 
 
 def test_beyond_kv_capacity_requests_wait_and_complete(small_kv):

@@ -152,6 +152,19 @@ CONTROL_CASES = [
     ),
     ("stop_id_negative", {}, [tensor("stop_token_ids", [[-1]], np.int32)], ["stop_token_ids"]),
     ("stop_ids_65", {}, [tensor("stop_token_ids", [list(range(65))], np.int32)], ["at most 64"]),
+    (
+        "include_stop_as_int32",
+        {},
+        [tensor("include_stop_str_in_output", [[1]], np.int32)],
+        ["include_stop_str_in_output", "BOOL"],
+    ),
+    ("adapter_65_bytes", {}, [tensor("adapter", [[b"a" * 65]], np.object_)], ["adapter", "64"]),
+    (
+        "adapter_unknown",
+        {},
+        [tensor("adapter", [[b"nope"]], np.object_)],
+        ["adapter", 'unknown adapter "nope"', "loaded none"],
+    ),
 ]
 ENSEMBLE_CASES += [
     (f"control_{name}", text_tensors("hi", **params) + extra, words)

@@ -10,47 +10,32 @@ import threading
 import numpy as np
 import pytest
 import torch
+from helpers.adapters_util import TINY_ADAPTERS as ADAPTERS
+from helpers.adapters_util import tiny_with_adapters
 from helpers.reliability import id_tensors, run_stream, tensor
-from helpers.tritonserver import TritonServer, server_prerequisites
+from helpers.tritonserver import TritonServer, skip_without_server
 
 from client import ChatGLMClient, ClientError
-from glmserve.adapter_fixtures import write_ptuning_checkpoint
 from glmserve.adapters import load_prefix
-from glmserve.config import ChatGLMConfig
-from glmserve.convert import main as convert_main
 from glmserve.reference import ChatGLMModel, generate
-from glmserve.tiny import make_tiny
 from glmserve.tokenizer import ChatGLMTokenizer
 
 pytestmark = pytest.mark.server
 
-ADAPTERS = {"style": (8, True), "terse": (32, False)}
 PROMPT = "介绍一下北京"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    root = tmp_path_factory.mktemp("triton_adapters")
-    out = make_tiny(root / "tiny")
-    cfg = ChatGLMConfig.from_json(out)
-    for i, (name, (p, projection)) in enumerate(ADAPTERS.items()):
-        src = write_ptuning_checkpoint(root / name, cfg, p, projection, seed=21 + i)
-        args = ["--ptuning", str(src), "--base", str(out), "--adapter-name", name, "--quiet"]
-        assert convert_main(args) == 0
-    return out
+    return tiny_with_adapters(tmp_path_factory.mktemp("triton_adapters"), seed=21)
 
 
 @pytest.fixture(scope="module")
 def server(ckpt, tmp_path_factory):
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
-    srv = TritonServer(checkpoint_dir=ckpt, log_dir=tmp_path_factory.mktemp("triton_adapters_log"))
-    srv.start()
-    try:
+    skip_without_server()
+    log_dir = tmp_path_factory.mktemp("triton_adapters_log")
+    with TritonServer(checkpoint_dir=ckpt, log_dir=log_dir) as srv:
         yield srv
-    finally:
-        srv.stop(check=False)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.tritonserver import TritonServer
-from test_triton import LONG_IDS, decoder_error, skip_without_server
+from helpers.tritonserver import TritonServer, skip_without_server
+from test_triton import LONG_IDS, decoder_error
 
 from client import ChatGLMClient, ClientError, ServerUnavailable
 from client._grpc import map_grpc_error

@@ -11,15 +11,13 @@ import time
 
 import pytest
 import requests
-from helpers.tritonserver import DEFAULT_CHECKPOINT, ROOT, free_port, server_prerequisites
+from helpers.tritonserver import DEFAULT_CHECKPOINT, ROOT, free_port, skip_without_server
 
 pytestmark = pytest.mark.server
 
 
 def start_serve(tmp_path, **env_extra):
-    why = server_prerequisites()
-    if why:
-        pytest.skip(f"cannot start tritonserver: {why}")
+    skip_without_server()
     ports = {"HTTP_PORT": free_port(), "GRPC_PORT": free_port(), "METRICS_PORT": free_port()}
     env = dict(os.environ, DEVICE="cpu", **{k: str(v) for k, v in ports.items()}, **env_extra)
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed by stop()

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers.adapters_util import one_thread, run_convert, small_config, write_small_hub
+from helpers.adapters_util import run_convert, small_config, write_small_hub
+from helpers.torch_threads import one_thread
 from safetensors.torch import load_file, save_file
 
 from glmserve.adapter_fixtures import (

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.adapters_util import one_thread
+from helpers.torch_threads import one_thread
 
 from glmserve.adapter_fixtures import random_prefix_encoder, write_ptuning_checkpoint
 from glmserve.adapters import PrefixKV, load_prefix

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.torch_threads import one_thread
 
 from glmserve.hub import HubError, main, sha256_of, verify_tokenizer
 from glmserve.reference import ChatGLMModel, chunked_logits
@@ -16,11 +17,7 @@ from glmserve.tiny import write_hub
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

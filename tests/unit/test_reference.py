@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.torch_threads import one_thread
 
 from glmserve import golden
 from glmserve.reference import (
@@ -20,11 +21,7 @@ from glmserve.reference import (
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 needs_golden = pytest.mark.skipif(

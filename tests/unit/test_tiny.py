@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.torch_threads import one_thread
 
 from glmserve.config import ChatGLMConfig
 from glmserve.convert import convert
@@ -17,11 +18,7 @@ from glmserve.tokenizer import ChatGLMTokenizer
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run ~10x faster single-threaded on a busy machine (ops too small to split)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from one_thread()
 
 
 STEPS = 64
