@@ -212,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variant-batches", default="", help="batches for --variant (default: first and last)"
     )
+    p.add_argument(
+        "--overlap-ab",
+        action="store_true",
+        help="after each batch, the same batch with overlap_steps=false (synchronous steps, "
+        "the engine before overlapped scheduling): an A/B in the same run",
+    )
     p.add_argument("--profile", action="store_true", help="kernel-time table over 20 decode steps")
     p.add_argument("--profile-batches", default="1,256")
     p.add_argument(
@@ -270,6 +276,17 @@ def main(argv: list[str] | None = None) -> int:
             if "profile" in r:
                 print(
                     f"--- kernel profile, batch {b}, 20 decode steps ---\n{r['profile']}",
+                    flush=True,
+                )
+            if args.overlap_ab and not args.no_overlap:
+                r = common.run_engine(
+                    _engine, d, b, args, torch, base_used, options={"overlap_steps": False}
+                )
+                r["variant"] = "overlap_steps=false"
+                rows.append(r)
+                print(
+                    f"batch {b} [overlap_steps=false]: {r['tokens_per_s']:,.0f} tok/s, "
+                    f"{r['ms_per_step']:.2f} ms/step",
                     flush=True,
                 )
         for name, value in args.variant:

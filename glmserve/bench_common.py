@@ -111,8 +111,11 @@ def run_engine(
         num_kv_blocks=blocks,
         max_running_seqs=batch,
         max_batched_tokens=max(4096, batch * (args.prompt_len + 2)),
-        use_cuda_graphs=not args.no_graphs,
-        **(options or {}),
+        **{
+            "use_cuda_graphs": not args.no_graphs,
+            "overlap_steps": not args.no_overlap,
+            **(options or {}),
+        },
         **engine_kwargs(args, **(tuning or {})),
     )
     sampling = sampling or {}
@@ -204,6 +207,7 @@ def gap_summary(prof) -> str:
     big = [g for g in gaps if g > 20]
     return (
         f"GPU timeline: span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, idle {(span - busy) / 1e3:.2f} ms "
+        f"= {100 * (span - busy) / span:.1f}% of the span "
         f"({len(big)} gaps > 20 us totalling {sum(big) / 1e3:.2f} ms; {len(gaps) - len(big)} smaller gaps "
         f"totalling {(sum(gaps) - sum(big)) / 1e3:.2f} ms)"
     )
@@ -366,4 +370,10 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-len", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-graphs", action="store_true")
+    p.add_argument(
+        "--no-overlap",
+        action="store_true",
+        help="synchronous steps: the host waits for each step's ids before preparing the next "
+        "(the engine before overlapped scheduling)",
+    )
     cuda_tuning.add_flags(p)

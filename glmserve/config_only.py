@@ -7,6 +7,8 @@ download::
 
     python -m glmserve.config_only build/soak-6b                 # glmserve.config.REAL_CONFIG
     python -m glmserve.config_only out/ --config models/chatglm-tiny/config.json
+    # ChatGLM-6B's shapes, served with the demo tokenizer: its special ids in the config
+    python -m glmserve.config_only out/ --special-ids-from models/chatglm-tiny/config.json
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from glmserve.config import REAL_CONFIG
 
 # safetensors: an 8-byte little-endian header length, then the JSON header ("{}": no tensors)
 EMPTY_SAFETENSORS = struct.pack("<Q", 2) + b"{}"
+# The ids a tokenizer decides; the rest of the config gives the shapes.
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "mask_token_id", "gmask_token_id", "pad_token_id")
 
 
 def write(out: Path, config: dict | None = None) -> Path:
@@ -34,8 +38,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, help="checkpoint directory to write")
     p.add_argument("--config", type=Path, help="config.json to use instead of ChatGLM-6B's")
+    p.add_argument(
+        "--special-ids-from",
+        type=Path,
+        metavar="CONFIG",
+        help="take the special token ids (bos, eos, mask, gmask, pad) from this config.json, "
+        "e.g. the demo model's, to serve these shapes with its tokenizer",
+    )
     args = p.parse_args(argv)
-    write(args.out, json.loads(args.config.read_text()) if args.config else None)
+    config = dict(json.loads(args.config.read_text()) if args.config else REAL_CONFIG)
+    if args.special_ids_from:
+        ids = json.loads(args.special_ids_from.read_text())
+        missing = [k for k in SPECIAL_IDS if k not in ids]
+        if missing:
+            p.error(f"--special-ids-from {args.special_ids_from}: no {', '.join(missing)}")
+        config.update({k: ids[k] for k in SPECIAL_IDS})
+    write(args.out, config)
     return 0
 
 

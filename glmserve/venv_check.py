@@ -5,7 +5,8 @@
 Needs: ``server`` (the repository's glmserve package), ``ensemble`` (the Triton Python
 models preprocessing / postprocessing: numpy < 2, which the r24.10 Python-backend stub
 requires, sentencepiece, glmserve.tokenizer), ``clients`` (Locust and the load-test
-modules: locust, gevent, grpcio, tritonclient, numpy, psutil). Prints the versions found,
+modules: locust, gevent, grpcio, tritonclient, numpy, psutil), ``openai`` (the
+OpenAI-compatible API: starlette, uvicorn, uvloop, httptools, orjson, aiohttp). Prints the versions found,
 or the modules that do not import, and exits 1 when one is missing.
 """
 
@@ -29,6 +30,16 @@ NEEDS: dict[str, list[str]] = {
         "load_tests.streaming",
         "glmserve.bench",
     ],
+    "openai": [
+        "starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "orjson",
+        "aiohttp",
+        "glmserve.openai_api.app",
+        "load_tests.openai_stream",
+    ],
 }
 # (module, how it shows in the versions line)
 VERSIONS = [
@@ -37,6 +48,8 @@ VERSIONS = [
     ("grpc", "grpcio"),
     ("numpy", "numpy"),
     ("sentencepiece", "sentencepiece"),
+    ("starlette", "starlette"),
+    ("uvicorn", "uvicorn"),
 ]
 
 

@@ -26,6 +26,8 @@
 #                  and one plain text request (their texts must agree)
 #   fullsize       ChatGLM-6B's shapes, random fp16 weights: chatglm_decoder alone (tokens/s of
 #                  concurrent requests), then the whole ensemble with the demo tokenizer
+#   openai         the OpenAI-compatible API vs direct Triton gRPC, Locust at 256 streams each
+#                  (ChatGLM-6B's shapes, random weights, the demo tokenizer)
 #   serving        the serving benchmark: sweep, in-flight vs static batching, a soak and
 #                  unload/load cycles on one server, within BUDGET_S seconds
 #   serve-int8     make serve INT8=1 on ChatGLM-6B's shapes: the log says int8, generate ids =
@@ -76,7 +78,7 @@ targets_of() {
     bench | diag | int8-bench) echo _engine ;;
     int8-kernels | int8-kbench) echo glm_cuda_int8_test ;;
     int8-tests) echo _engine glm_cuda_int8_test ;;
-    setup | triton-e2e | fullsize | serving | serve-int8 | multi | reload | soak | soak-start) echo triton_chatglm ;;
+    setup | triton-e2e | fullsize | openai | serving | serve-int8 | multi | reload | soak | soak-start) echo triton_chatglm ;;
     *) echo "" ;;
   esac
 }
@@ -274,6 +276,50 @@ task_fullsize() {
   glm_metrics $((port + 2)) '^glm_(max_batch|kv_blocks_used|requests_total)' | tee -a "$log"
   glm_stop "$spid" INT 60
   glm_log "ensemble server exit code $?" | tee -a "$log"
+}
+
+# The OpenAI-compatible API against direct Triton gRPC (docs/benchmarks.md, "OpenAI-compatible
+# API"): make serve's script on ChatGLM-6B's shapes with random fp16 weights and the demo
+# tokenizer (its special ids written into the config), OPENAI_WORKERS (8) uvicorn workers;
+# then Locust (seed workload: 150 tokens, greedy, ignore_eos) with OPENAI_USERS (256) gRPC
+# users and as many OpenAI users in one run, then each path alone at OPENAI_USERS streams,
+# each for DURATION (90s); LOCUST_PROCESSES (8). PORT 18400 (HTTP; gRPC +1, metrics +2),
+# the OpenAI API on PORT+3. Results: $OUT/openai/{both,grpc,openai}/summary.md. Runs in
+# OPENAI_RUNS ("both grpc openai"). CPU dry run: DEVICE=cpu VENV=.venv BUILD=build
+# CK_CONFIG=models/chatglm-tiny/config.json OPENAI_USERS=4 DURATION=10s LOCUST_PROCESSES=1.
+task_openai() {
+  local users=${OPENAI_USERS:-256} duration=${DURATION:-90s} port=${PORT:-18400} run rc=0
+  local py="$VENV/bin/python" ck="$WORK/chatglm-6b-random-tinytok"
+  need_venv server ensemble clients openai
+  glm_demo_model || exit 1
+  "$py" -m glmserve.config_only "$ck" ${CK_CONFIG:+--config "$CK_CONFIG"} \
+    --special-ids-from models/chatglm-tiny/config.json || exit 1
+  cp models/chatglm-tiny/ice_text.model "$ck/"
+  HTTP_PORT=$port GRPC_PORT=$((port + 1)) METRICS_PORT=$((port + 2)) OPENAI_PORT=$((port + 3)) \
+    OPENAI_WORKERS=${OPENAI_WORKERS:-8} MODEL="$ck" DEVICE="$DEVICE" BUILD="$BUILD" VENV="$VENV" \
+    TRITON_ARGS="--backend-config=chatglm,random_weights=true" \
+    bash scripts/serve.sh >"$O/serve.log" 2>&1 &
+  SPID=$! # serve.sh execs tritonserver; the OpenAI API exits with it
+  trap 'glm_stop "$SPID" TERM 60' EXIT
+  if ! glm_wait_http "127.0.0.1:$((port + 3))/health" "$SPID" 1200 0.5; then
+    tail -30 "$O/serve.log"
+    glm_die "server or OpenAI API not ready"
+  fi
+  grep -E "chatglm_decoder instance|OpenAI-compatible API" "$O/serve.log" | tee "$O/openai.log"
+  for run in ${OPENAI_RUNS:-both grpc openai}; do
+    local classes=ChatGLMUser n=$users
+    case "$run" in
+      both) classes="ChatGLMUser OpenAIUser" n=$((2 * users)) ;;
+      openai) classes=OpenAIUser ;;
+    esac
+    glm_log "$run: $n users ($classes) for $duration" | tee -a "$O/openai.log"
+    USERS=$n SPAWN_RATE=${SPAWN_RATE:-64} DURATION=$duration LOCUST_PROCESSES=${LOCUST_PROCESSES:-8} \
+      LOCUST_CLASSES="$classes" GRPC_PORT=$((port + 1)) OPENAI_PORT=$((port + 3)) MODEL="$ck" \
+      RESULTS="$O/$run" VENV="$VENV" bash scripts/load_test.sh >"$O/$run.log" 2>&1 || rc=$?
+    cat "$O/$run/summary.md" 2>/dev/null | tee -a "$O/openai.log" || tail -20 "$O/$run.log"
+  done
+  glm_metrics $((port + 2)) '^glm_(max_batch|kv_blocks_used|requests_total)' | tee -a "$O/openai.log"
+  return "$rc"
 }
 
 # The serving benchmark through Triton: chatglm_decoder alone, ChatGLM-6B's config with

@@ -125,6 +125,8 @@ glm_build() {  # log dir, target...
 #   *.whl                wheels for the venv's Python version, unzipped into its
 #                        site-packages: numpy 1.26.4, sentencepiece (for the ensemble's
 #                        Python models), locust, tritonclient, gevent, ... (for the clients)
+#   site-*.tar.xz        the same wheels unzipped and packed with xz (about 40% smaller
+#                        than the wheels, for a carry limit): untarred into site-packages
 # a venv of $BASE_PYTHON (default /usr/bin/python3) with a .pth that adds the repository
 # and, unless MACHINE_SITE=0, the site-packages of $MACHINE_PYTHON (default $PYTHON) after
 # its own (grpcio, protobuf, psutil, ... of the machine; the venv's own numpy comes first).
@@ -164,6 +166,12 @@ glm_venv() {
     { glm_log "error: $tar has no pytriton/tritonserver/bin/tritonserver"; return 1; }
   mapfile -t wheels < <(compgen -G "$OFFLINE_DIR/*.whl")
   glm_unzip_wheels "$VENV/bin/python" "$site" "${wheels[@]}" || return 1
+  local st
+  for st in "$OFFLINE_DIR"/site-*.tar.xz; do
+    [ -f "$st" ] || continue
+    tar xf "$st" -C "$site" || { glm_log "error: untar $st failed"; return 1; }
+    wheels+=("$st")
+  done
   # addsitedir (not a bare path) so that the machine's own .pth files are processed too
   if [ "${MACHINE_SITE:-1}" = 1 ]; then
     "$mpy" -c 'import sysconfig; p = sysconfig.get_paths(); print(p["purelib"]); print(p["platlib"])' |
@@ -173,7 +181,7 @@ glm_venv() {
   printf '#!%s\nimport sys\nfrom locust.main import main\nsys.exit(main())\n' "$VENV/bin/python" >"$VENV/bin/locust"
   chmod +x "$VENV/bin/locust"
   echo complete >"$marker"
-  glm_log "venv: tritonserver untarred, ${#wheels[@]} wheels unzipped, .pth: $(tr '\n' ' ' <"$site/zz_glm.pth")"
+  glm_log "venv: tritonserver untarred, ${#wheels[@]} wheels / site archives unpacked, .pth: $(tr '\n' ' ' <"$site/zz_glm.pth")"
 }
 
 # Checks that $VENV has what a task needs (glmserve.venv_check: server, ensemble, clients).

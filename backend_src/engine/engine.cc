@@ -242,9 +242,11 @@ class EngineImpl final : public Engine {
     }
     cv_.notify_all();
     if (loop_.joinable()) loop_.join();
-    // Every pending request ends, cancelled.
+    // The launched step's ids are reported; then every pending request ends, cancelled.
     Events events;
     {
+      std::lock_guard<std::mutex> step_lk(step_mu_);
+      finish_inflight(&events);
       std::lock_guard<std::mutex> lk(mu_);
       end_all(FinishReason::kCancelled, "", &events);
     }
@@ -277,6 +279,11 @@ class EngineImpl final : public Engine {
   std::vector<float> debug_forward(const std::vector<std::vector<int32_t>>& chunks,
                                    const std::string& adapter) override {
     std::lock_guard<std::mutex> step_lk(step_mu_);
+    {
+      Events events;  // a launched step (of requests that have ended since) goes first
+      finish_inflight(&events);
+      deliver(events);
+    }
     const Prefix* prefix = nullptr;
     if (!adapter.empty()) {
       auto it = prefixes_.find(adapter);
@@ -467,107 +474,205 @@ class EngineImpl final : public Engine {
     }
   }
 
+  // A launched step: which sequence each row feeds, and where its results go.
+  struct Launched {
+    struct Row {
+      uint64_t seq_id = 0;
+      size_t token_index = 0;  // where its id goes in the sequence's tokens (a placeholder until collected)
+      int gen_index = 0;       // how many ids the sequence had drawn before this one
+      bool is_prefill = false;
+    };
+    std::vector<Row> rows;
+    std::vector<TokenLogprob> logprobs;  // the runner writes here (SeqBatchEntry::logprob_out)
+  };
+
+  // A sequence whose next draw needs every previous id on the host (the penalties).
+  static bool needs_history(const Sequence& s) {
+    const SamplingParams& p = s.params;
+    return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
+  }
+
+  // Plans the next step and builds its batch (mu_ held). Returns nullptr when
+  // nothing is scheduled. `batch` points into `storage` and the sequences.
+  std::unique_ptr<Launched> plan_step(StepBatch* batch, std::vector<std::vector<int32_t>>* storage) {
+    if (!healthy_) return nullptr;
+    SchedulerOutput plan = scheduler_->schedule();
+    for (const auto& [src, dst] : plan.kv_copies) runner_->copy_kv_block(src, dst);
+    const size_t S = plan.batch.size();
+    if (S == 0) return nullptr;
+    auto l = std::make_unique<Launched>();
+    l->rows.resize(S);
+    l->logprobs.resize(S);
+    storage->assign(3 * S, {});
+    for (size_t i = 0; i < S; ++i) {
+      const ScheduledSeq& ss = plan.batch[i];
+      Sequence* s = ss.seq;
+      std::vector<int32_t>& pos = (*storage)[3 * i];
+      std::vector<int32_t>& bpos = (*storage)[3 * i + 1];
+      std::vector<int32_t>& table = (*storage)[3 * i + 2];
+      for (int j = 0; j < ss.num_new; ++j) {
+        const int t = ss.num_cached + j;
+        pos.push_back(position_id(t, s->context_length, s->mask_position));
+        bpos.push_back(block_position_id(t, s->context_length));
+      }
+      table = blocks_->block_table(s->id);
+      SeqBatchEntry e;
+      e.tokens = s->tokens.data() + ss.num_cached;
+      e.num_tokens = ss.num_new;
+      e.num_cached = ss.num_cached;
+      e.position_ids = pos.data();
+      e.block_position_ids = bpos.data();
+      e.context_length = s->context_length;
+      e.block_table = table.data();
+      e.num_blocks = static_cast<int>(table.size());
+      e.params = &s->params;
+      e.rng_offset = static_cast<uint64_t>(s->num_sampled);
+      e.history = s->tokens.data();
+      e.history_len = static_cast<int>(s->tokens.size());
+      e.prompt_len = s->prompt_len;
+      e.prefix_len = s->prefix_len;
+      e.logprob_out = &l->logprobs[i];
+      // Only a decode of one id can wait on the device for it (the scheduler
+      // feeds a pending sequence exactly its placeholder).
+      e.prev_row = s->pending_row;
+      if (e.prev_row >= 0 && (ss.num_new != 1 || s->tokens[ss.num_cached] != kPendingToken))
+        throw std::logic_error("engine: a pending id outside a one-token decode");
+      batch->seqs.push_back(e);
+      l->rows[i] = {s->id, s->tokens.size(), s->num_sampled, ss.is_prefill};
+    }
+    return l;
+  }
+
+  // After a launch (mu_ held): each row's id is a placeholder until collected.
+  void mark_launched(const Launched& l, const StepBatch& batch) {
+    ++steps_;
+    max_batch_seen_ = std::max(max_batch_seen_, static_cast<int>(l.rows.size()));
+    for (size_t i = 0; i < l.rows.size(); ++i) {
+      Sequence* s = scheduler_->find(l.rows[i].seq_id);
+      if (s == nullptr) continue;
+      s->num_cached = batch.seqs[i].num_cached + batch.seqs[i].num_tokens;
+      s->tokens.push_back(kPendingToken);
+      ++s->num_sampled;
+      s->pending_row = static_cast<int>(i);
+      s->final_pending = s->num_sampled >= s->params.max_tokens ||
+                         static_cast<int>(s->tokens.size()) >= cfg_.max_sequence_length;
+    }
+  }
+
+  // A collected step's ids (mu_ held). A row whose sequence has ended since
+  // (finished, stopped or cancelled while the step ran) is dropped: its id is
+  // never reported.
+  void apply(const Launched& l, const std::vector<int32_t>& next, Events* events) {
+    for (size_t i = 0; i < l.rows.size(); ++i) {
+      const Launched::Row& row = l.rows[i];
+      Sequence* s = scheduler_->find(row.seq_id);
+      if (s == nullptr) continue;
+      if (row.token_index + 1 == s->tokens.size()) {  // else the step launched since holds its next id
+        s->pending_row = -1;
+        s->final_pending = false;
+      }
+      if (row.is_prefill && s->num_choices > 1) fork_choices(s);
+      const int32_t tok = next[i];
+      s->tokens[row.token_index] = tok;
+      ++s->num_generated;
+      ++tokens_generated_;
+      s->unreleased.push_back(tok);
+      if (s->params.logprobs >= 0) s->unreleased_logprobs.push_back(l.logprobs[i]);
+      const StopFilter::Result r = s->filter->push(tok);
+      FinishReason reason = FinishReason::kNone;
+      if (r.stopped) reason = FinishReason::kStop;
+      else if (tok == cfg_.eos_token_id && !s->params.ignore_eos) reason = FinishReason::kEos;
+      else if (row.gen_index + 1 >= s->params.max_tokens) reason = FinishReason::kLength;
+      else if (static_cast<int>(row.token_index) + 1 >= cfg_.max_sequence_length) reason = FinishReason::kContextLimit;
+      else if (s->group->cancel_requested) reason = FinishReason::kCancelled;
+      emit(s, r.release, reason, "", r.stopped ? r.trim_bytes : 0, events);
+    }
+  }
+
+  // A back-end fault (mu_ held): unrecoverable; every request fails, new ones are refused.
+  void fail_all(const std::string& error, Events* events) {
+    healthy_ = false;
+    fault_message_ = error;
+    inflight_.reset();
+    has_inflight_ = false;
+    end_all(FinishReason::kError, error, events);
+  }
+
+  // Waits for the launched step and applies its ids.
+  void finish_inflight(Events* events) {
+    std::unique_ptr<Launched> l = std::move(inflight_);
+    has_inflight_ = false;
+    if (!l) return;
+    std::vector<int32_t> next(l->rows.size(), -1);
+    std::string error;
+    try {
+      runner_->collect(next.data());
+    } catch (const std::exception& e) {
+      error = std::string("back-end fault: ") + e.what();
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    if (!error.empty()) fail_all(error, events);
+    else apply(*l, next, events);
+  }
+
+  // One step. Overlapped (opts_.overlap_steps): plan and launch step n+1, then
+  // collect and apply step n, so that the back-end never waits for the host.
+  // A step whose batch may hold a sequence that needs every previous id (the
+  // penalties) first collects step n. Synchronous: launch, then collect at once.
   bool step_locked() {
     Events events;
-    SchedulerOutput plan;
-    StepBatch batch;
-    std::vector<std::vector<int32_t>> pos, bpos, tables;
-    std::vector<TokenLogprob> logprobs;
+    bool drain_first = false, did = has_inflight_;
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (cancels_pending_) {
         cancels_pending_ = false;
         end_all(FinishReason::kCancelled, "", &events, /*only_cancelled=*/true);
       }
-      if (healthy_) plan = scheduler_->schedule();
-      for (const auto& [src, dst] : plan.kv_copies) runner_->copy_kv_block(src, dst);
-      const size_t S = plan.batch.size();
-      pos.resize(S);
-      bpos.resize(S);
-      tables.resize(S);
-      logprobs.resize(S);
-      for (size_t i = 0; i < S; ++i) {
-        const ScheduledSeq& ss = plan.batch[i];
-        Sequence* s = ss.seq;
-        for (int j = 0; j < ss.num_new; ++j) {
-          const int t = ss.num_cached + j;
-          pos[i].push_back(position_id(t, s->context_length, s->mask_position));
-          bpos[i].push_back(block_position_id(t, s->context_length));
-        }
-        tables[i] = blocks_->block_table(s->id);
-        SeqBatchEntry e;
-        e.tokens = s->tokens.data() + ss.num_cached;
-        e.num_tokens = ss.num_new;
-        e.num_cached = ss.num_cached;
-        e.position_ids = pos[i].data();
-        e.block_position_ids = bpos[i].data();
-        e.context_length = s->context_length;
-        e.block_table = tables[i].data();
-        e.num_blocks = static_cast<int>(tables[i].size());
-        e.params = &s->params;
-        e.rng_offset = static_cast<uint64_t>(s->num_generated);
-        e.history = s->tokens.data();
-        e.history_len = static_cast<int>(s->tokens.size());
-        e.prompt_len = s->prompt_len;
-        e.prefix_len = s->prefix_len;
-        e.logprob_out = &logprobs[i];
-        batch.seqs.push_back(e);
-      }
+      if (inflight_)
+        for (const Sequence* s : scheduler_->running())
+          if (s->pending_row >= 0 && needs_history(*s)) drain_first = true;
     }
-    if (batch.seqs.empty()) {
-      deliver(events);
-      return !events.empty();
-    }
+    if (drain_first) finish_inflight(&events);
 
-    std::vector<int32_t> next(batch.seqs.size(), -1);
-    std::string error;
-    try {
-      if (fault_injected_.exchange(false)) throw EngineError("injected fault (Engine::inject_fault)");
-      runner_->forward(batch, next.data(), nullptr);
-    } catch (const std::exception& e) {
-      error = std::string("back-end fault: ") + e.what();
-    }
-
+    StepBatch batch;
+    std::vector<std::vector<int32_t>> storage;
+    std::unique_ptr<Launched> next;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      ++steps_;
-      max_batch_seen_ = std::max(max_batch_seen_, static_cast<int>(plan.batch.size()));
+      next = plan_step(&batch, &storage);
+    }
+    if (next) {
+      did = true;
+      std::string error;
+      try {
+        if (fault_injected_.exchange(false)) throw EngineError("injected fault (Engine::inject_fault)");
+        runner_->launch(batch);
+      } catch (const std::exception& e) {
+        error = std::string("back-end fault: ") + e.what();
+      }
+      std::lock_guard<std::mutex> lk(mu_);
       if (!error.empty()) {
-        // Unrecoverable: every request fails, new ones are refused.
-        healthy_ = false;
-        fault_message_ = error;
-        end_all(FinishReason::kError, error, &events);
+        fail_all(error, &events);
+        next.reset();
       } else {
-        for (size_t i = 0; i < plan.batch.size(); ++i) {
-          Sequence* s = plan.batch[i].seq;
-          s->num_cached = plan.batch[i].num_cached + plan.batch[i].num_new;
-          if (plan.batch[i].is_prefill && s->num_choices > 1) fork_choices(s);
-          const int32_t tok = next[i];
-          s->tokens.push_back(tok);
-          ++s->num_generated;
-          ++tokens_generated_;
-          s->unreleased.push_back(tok);
-          if (s->params.logprobs >= 0) s->unreleased_logprobs.push_back(std::move(logprobs[i]));
-          const StopFilter::Result r = s->filter->push(tok);
-          FinishReason reason = FinishReason::kNone;
-          if (r.stopped) reason = FinishReason::kStop;
-          else if (tok == cfg_.eos_token_id && !s->params.ignore_eos) reason = FinishReason::kEos;
-          else if (s->num_generated >= s->params.max_tokens) reason = FinishReason::kLength;
-          else if (static_cast<int>(s->tokens.size()) >= cfg_.max_sequence_length) reason = FinishReason::kContextLimit;
-          else if (s->group->cancel_requested) reason = FinishReason::kCancelled;
-          emit(s, r.release, reason, "", r.stopped ? r.trim_bytes : 0, &events);
-        }
+        mark_launched(*next, batch);
       }
     }
+    if (inflight_) finish_inflight(&events);  // step n, behind the one just launched
+    if (next) {
+      inflight_ = std::move(next);
+      has_inflight_ = true;
+      if (!opts_.overlap_steps) finish_inflight(&events);
+    }
     deliver(events);
-    return true;
+    return did || !events.empty();
   }
 
   void loop() {
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stopping_ || !scheduler_->idle() || cancels_pending_; });
+        cv_.wait(lk, [&] { return stopping_ || !scheduler_->idle() || cancels_pending_ || has_inflight_; });
         if (stopping_) return;
       }
       try {
@@ -595,6 +700,9 @@ class EngineImpl final : public Engine {
   bool healthy_ = true;
   std::string fault_message_;
   std::atomic<bool> fault_injected_{false};
+  // The launched step not yet collected (step thread only; has_inflight_ for the loop's wait).
+  std::unique_ptr<Launched> inflight_;
+  std::atomic<bool> has_inflight_{false};
   int64_t tokens_generated_ = 0, requests_finished_ = 0, steps_ = 0;
   int max_batch_seen_ = 0;
   std::unique_ptr<TokenTexts> texts_;  // null: the checkpoint has no token_bytes.bin

@@ -106,6 +106,11 @@ struct EngineOptions {
   int max_queue = 0;               // waiting requests beyond this are refused (0 = unbounded)
   int num_threads = 0;             // cpu compute threads (0 = hardware concurrency)
   bool use_cuda_graphs = true;     // cuda decode steps
+  // The host prepares step n+1 while the back-end runs step n: sampled ids stay on
+  // the device and feed the next step there; the engine learns them one step later
+  // (a choice that ended is dropped at the next step, its extra token discarded).
+  // Steps of requests with penalties (which need every previous id) run synchronously.
+  bool overlap_steps = true;
   CudaTuning cuda;                 // cuda back-end kernels and debugging aids (above)
   std::string adapters_dir;        // prefix adapters (adapters.h); "" = <checkpoint_dir>/adapters
 };

@@ -36,6 +36,10 @@ struct SeqBatchEntry {
   // When params->logprobs >= 0: where the runner writes the sampled token's
   // log-probabilities (raw logits, before penalties and temperature).
   TokenLogprob* logprob_out = nullptr;
+  // Overlapped stepping (launch): >= 0 when this decode entry's one token is the
+  // id sampled at this row of the step launched just before, which the host has
+  // not seen yet; the runner takes it from there (tokens[0] is not read).
+  int prev_row = -1;
 };
 
 struct StepBatch {
@@ -66,6 +70,18 @@ class ModelRunner {
   // Throws EngineError on a back-end fault.
   virtual void forward(const StepBatch& batch, int32_t* next_tokens,
                        std::vector<float>* all_logits) = 0;
+  // Overlapped stepping (EngineOptions::overlap_steps). launch() starts a step
+  // that samples (never want_all_logits) and returns without waiting for it:
+  // everything it reads from `batch` is copied before it returns, except the
+  // entries' logprob_out, which must stay valid until the step is collected.
+  // collect() waits for the oldest launched step not collected yet and writes
+  // its ids into next_tokens [its seqs.size()] and the log-probabilities its
+  // entries asked for. At most two steps are launched and not collected; a
+  // launch right after another may feed ids of that one (prev_row). forward()
+  // must not run while a launched step is not collected. Both throw
+  // EngineError on a back-end fault.
+  virtual void launch(const StepBatch& batch) = 0;
+  virtual void collect(int32_t* next_tokens) = 0;
   // One line for logs: what the back-end runs (e.g. which int8 kernels), "" if nothing to add.
   virtual std::string describe() const { return ""; }
 };

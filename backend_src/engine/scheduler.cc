@@ -62,6 +62,10 @@ SchedulerOutput Scheduler::schedule() {
   // 1. Decodes: room for the tokens each running sequence feeds this step.
   for (size_t i = 0; i < running_.size();) {
     Sequence* s = running_[i];
+    if (s->final_pending) {
+      ++i;
+      continue;
+    }
     const int total = static_cast<int>(s->tokens.size());
     bool self_preempted = false;
     while (!blocks_->append(s->id, s->prefix_len + total)) {

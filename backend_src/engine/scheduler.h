@@ -1,7 +1,8 @@
 // Continuous (in-flight) batching. Requests wait in a FIFO queue; each step
 // the scheduler
 //   1. gives every running sequence room in the KV cache for the token it feeds
-//      this step (decode). When the cache is full, it preempts the most recently
+//      this step (decode), except one whose last id is being sampled now
+//      (final_pending: overlapped stepping). When the cache is full, it preempts the most recently
 //      admitted running sequence: its blocks are freed and it goes back to the
 //      front of the queue, to be recomputed (prompt + tokens generated so far)
 //      when it is admitted again. Nothing fails, and the oldest sequence always
@@ -34,14 +35,22 @@ namespace glm {
 
 struct RequestGroup;  // the engine's: one submitted request and its choices
 
+// The placeholder of an id that a launched step samples and the host has not seen.
+constexpr int32_t kPendingToken = -1;
+
 struct Sequence {
   uint64_t id = 0;              // the engine's own id of this choice (not the request id)
   std::vector<int32_t> tokens;  // prompt + generated ids
   int prompt_len = 0;
   int context_length = 0;       // c (positions.h)
   int mask_position = 0;        // g
-  int num_cached = 0;           // tokens whose K/V are in the cache
-  int num_generated = 0;        // = rng_offset of the next draw
+  int num_cached = 0;           // tokens whose K/V are in the cache (or being written by a launched step)
+  int num_generated = 0;        // ids generated and known to the host
+  // Overlapped stepping: a launched step's id is a placeholder (kPendingToken) at
+  // the end of `tokens` until the step is collected.
+  int num_sampled = 0;          // ids drawn or being drawn (= rng_offset of the next draw)
+  int pending_row = -1;         // the row of this sequence in the launched, uncollected step
+  bool final_pending = false;   // that step's id is its last (max_tokens or the context): not scheduled again
   // An adapter's prefix: prefix_len KV slots before token 0, taken from the
   // blocks of the BlockManager sequence prefix_owner (shared; the partial last
   // prefix block is copied). Token t lives in KV slot prefix_len + t.

@@ -226,6 +226,7 @@ glm::EngineOptions options_from(const std::string& checkpoint_dir, const py::kwa
     else if (key == "max_queue") set(o.max_queue);
     else if (key == "num_threads") set(o.num_threads);
     else if (key == "use_cuda_graphs") set(o.use_cuda_graphs);
+    else if (key == "overlap_steps") set(o.overlap_steps);
     else if (key == "adapters_dir") set(o.adapters_dir);
     else set_cuda_tuning(o.cuda, key, v);
   }
@@ -294,7 +295,8 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("checkpoint_dir"),
            "Engine(checkpoint_dir, **options): keywords named like EngineOptions' fields (device, dtype,\n"
            "int8, random_weights, weights_seed, block_size, num_kv_blocks, kv_cache_fraction, kv_cache_bytes,\n"
-           "max_running_seqs, max_batched_tokens, max_queue, num_threads, use_cuda_graphs, device_id,\n"
+           "max_running_seqs, max_batched_tokens, max_queue, num_threads, use_cuda_graphs, overlap_steps,\n"
+           "device_id, "
            "adapters_dir), left out: the engine's defaults; cuda_<field>=value sets EngineOptions.cuda\n"
            "(see cuda_tuning_fields()), a value being a bool, an int or its text.")
       .def(

@@ -20,7 +20,8 @@ std::vector<std::string> all_keys() {
       "int8",           "random_weights",  "weights_seed",      "block_size",
       "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
       "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
-      "default_max_tokens", "enable_fault_injection", "max_request_seconds", "adapters_dir"};
+      "default_max_tokens", "enable_fault_injection", "max_request_seconds", "adapters_dir",
+      "overlap_steps"};
   for (const glm::CudaTuningField& f : glm::cuda_tuning_fields()) keys.push_back(kCudaPrefix + std::string(f.name));
   return keys;
 }
@@ -173,6 +174,7 @@ DecoderConfig parse_decoder_config(const std::string& model_config_json,
   if (const auto* v = get("num_threads"))
     e.num_threads = static_cast<int>(to_int("num_threads", *v, 0, 4096));
   if (const auto* v = get("use_cuda_graphs")) e.use_cuda_graphs = to_bool("use_cuda_graphs", *v);
+  if (const auto* v = get("overlap_steps")) e.overlap_steps = to_bool("overlap_steps", *v);
   if (const auto* v = get("adapters_dir")) {  // "" = <checkpoint_dir>/adapters (the engine's default)
     e.adapters_dir = *v;
     if (!v->empty() && (*v)[0] != '/') e.adapters_dir = model_dir + "/" + *v;

@@ -162,6 +162,31 @@ def test_continuous_batching_matches_one_at_a_time(eng_mod, tiny):
     assert nog.generate(prompts, max_tokens=24, ignore_eos=True) == alone
 
 
+def test_overlapped_steps_match_synchronous(eng_mod, tiny):
+    """Overlapped stepping (ids fed on the device, learnt one step later) gives the ids of
+    synchronous stepping: greedy, seeded sampling, the penalties (which step
+    synchronously), staggered joins, different lengths (leaves at many steps)."""
+    d, cfg, hi = tiny
+    rng = np.random.default_rng(8)
+    lens = [7, 30, 12, 64, 5, 19, 41, 8, 25, 3]
+    prompts = [make_prompt(rng, n, hi, cfg["gmask_token_id"], cfg["bos_token_id"]) for n in lens]
+    arrivals = [0, 0, 1, 2, 3, 5, 6, 9, 10, 11]
+    engines = {
+        flag: eng_mod.Engine(
+            str(d), device="cuda", dtype="fp16", max_running_seqs=16, overlap_steps=flag
+        )
+        for flag in (True, False)
+    }
+    for kw in (
+        dict(max_tokens=17, ignore_eos=True),
+        dict(max_tokens=13, temperature=0.8, top_k=40, top_p=0.9, seed=7, ignore_eos=True),
+        dict(max_tokens=9, repetition_penalty=1.3, presence_penalty=0.4, ignore_eos=True),
+    ):
+        got = {f: e.generate(prompts, arrival_steps=arrivals, **kw) for f, e in engines.items()}
+        assert got[True] == got[False], kw
+        assert all(len(ids) == kw["max_tokens"] for ids in got[True])
+
+
 def test_gpu_sampling_is_per_request(eng_mod, tiny):
     """Same seed -> same ids, alone or batched; the ids follow the distribution's support."""
     d, cfg, hi = tiny

@@ -38,3 +38,27 @@ def test_config_option_copies_the_given_config(tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "ck" / "config.json").read_text()) == json.loads(src.read_text())
+
+
+def test_special_ids_from_takes_the_tokenizers_ids_and_keeps_the_shapes(tmp_path):
+    ids = {"bos_token_id": 4, "eos_token_id": 5, "mask_token_id": 6, "gmask_token_id": 7}
+    src = tmp_path / "tok.json"
+    src.write_text(json.dumps({**ids, "pad_token_id": 3, "hidden_size": 64}))
+    assert main([str(tmp_path / "ck"), "--special-ids-from", str(src)]) == 0
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg == {**REAL_CONFIG, **ids, "pad_token_id": 3}
+    assert cfg["hidden_size"] == 4096 and REAL_CONFIG["eos_token_id"] != 5
+
+
+def test_special_ids_from_a_config_without_them_is_refused(tmp_path, capsys):
+    src = tmp_path / "tok.json"
+    src.write_text(json.dumps({"bos_token_id": 4}))
+    try:
+        main([str(tmp_path / "ck"), "--special-ids-from", str(src)])
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("no error for a config without special ids")
+    err = capsys.readouterr().err
+    assert "--special-ids-from" in err and "eos_token_id" in err and "pad_token_id" in err
+    assert not (tmp_path / "ck").exists()

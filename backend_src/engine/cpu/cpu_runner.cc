@@ -10,6 +10,7 @@
 // (head h at columns h*head_dim ..); token slot p of a sequence lives in block
 // block_table[p / block_size] at offset p % block_size.
 #include <algorithm>
+#include <deque>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -261,6 +262,10 @@ class CpuRunner final : public ModelRunner {
   }
 
   void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
+  // Overlapped stepping, synchronously: launch() runs the step at once and keeps
+  // its ids for collect() (and for the prev_row of the next launch).
+  void launch(const StepBatch& batch) override;
+  void collect(int32_t* next_tokens) override;
 
  private:
   // Y[t, n] = X[t, :] . W[n, :] + b[n]   (X [T, K] row-major, Y [T, N])
@@ -343,7 +348,37 @@ class CpuRunner final : public ModelRunner {
   std::vector<float> lnf_w_, lnf_b_, inv_freq_;
   int block_size_ = 0, num_blocks_ = 0;
   std::vector<std::unique_ptr<float[]>> k_cache_, v_cache_;  // per layer
+  std::deque<std::vector<int32_t>> launched_;  // ids of launched steps not collected, oldest first
+  std::vector<int32_t> last_ids_;              // ids of the step launched last
 };
+
+void CpuRunner::launch(const StepBatch& batch) {
+  if (batch.want_all_logits) throw EngineError("cpu runner: launch of a step that does not sample");
+  if (launched_.size() >= 2) throw EngineError("cpu runner: a third step launched before one was collected");
+  StepBatch b = batch;
+  std::vector<int32_t> fed(b.seqs.size(), 0);
+  for (size_t i = 0; i < b.seqs.size(); ++i) {
+    SeqBatchEntry& e = b.seqs[i];
+    if (e.prev_row < 0) continue;
+    if (e.num_tokens != 1 || e.prev_row >= static_cast<int>(last_ids_.size()))
+      throw EngineError("cpu runner: prev_row " + std::to_string(e.prev_row) + " of a " +
+                        std::to_string(e.num_tokens) + "-token entry, the previous step had " +
+                        std::to_string(last_ids_.size()) + " rows");
+    fed[i] = last_ids_[static_cast<size_t>(e.prev_row)];
+    e.tokens = &fed[i];
+    e.prev_row = -1;
+  }
+  std::vector<int32_t> ids(b.seqs.size(), -1);
+  forward(b, ids.data(), nullptr);
+  last_ids_ = ids;
+  launched_.push_back(std::move(ids));
+}
+
+void CpuRunner::collect(int32_t* next_tokens) {
+  if (launched_.empty()) throw EngineError("cpu runner: collect with no launched step");
+  std::copy(launched_.front().begin(), launched_.front().end(), next_tokens);
+  launched_.pop_front();
+}
 
 void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) {
   if (k_cache_.empty()) throw EngineError("cpu runner: forward before allocate_kv_cache");
@@ -356,6 +391,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
   for (size_t i = 0; i < S; ++i) {
     const SeqBatchEntry& e = batch.seqs[i];
     if (e.num_tokens < 1) throw EngineError("cpu runner: a sequence with no tokens in the batch");
+    if (e.prev_row >= 0) throw EngineError("cpu runner: forward of an entry whose token is on the device (prev_row)");
     const int total = e.prefix_len + e.num_cached + e.num_tokens;
     if (static_cast<int64_t>(e.num_blocks) * block_size_ < total)
       throw EngineError("cpu runner: block table too short for the sequence");

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -86,6 +87,8 @@ class CudaRunner final : public ModelRunner {
   void write_prefix(const std::vector<int32_t>& blocks, int prefix_len, const float* key,
                     const float* value) override;
   void forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) override;
+  void launch(const StepBatch& batch) override;
+  void collect(int32_t* next_tokens) override;
   std::string describe() const override {
     if (!int8_) return "";
     return std::string("int8 block linears ") +
@@ -98,7 +101,7 @@ class CudaRunner final : public ModelRunner {
   // offsets given the padded sizes, so that a graph captured for a bucket
   // reads the same addresses every step.
   struct Meta {
-    int32_t *tokens, *pos, *bpos, *slot, *tok_seq, *n_keys, *sel_rows, *tables;
+    int32_t *tokens, *pos, *bpos, *slot, *tok_seq, *n_keys, *sel_rows, *prev, *tables;
   };
   Meta meta_at(int32_t* base, int T, int /*S*/) const {
     Meta m;
@@ -109,10 +112,11 @@ class CudaRunner final : public ModelRunner {
     m.tok_seq = base + 4 * T;
     m.n_keys = base + 5 * T;
     m.sel_rows = base + 6 * T;  // [R <= T]
-    m.tables = base + 7 * T;    // [S, mbps_]
+    m.prev = base + 7 * T;      // [S <= T]: SeqBatchEntry::prev_row
+    m.tables = base + 8 * T;    // [S, mbps_]
     return m;
   }
-  size_t meta_ints(int T, int S) const { return 7 * (size_t)T + (size_t)S * mbps_; }
+  size_t meta_ints(int T, int S) const { return 8 * (size_t)T + (size_t)S * mbps_; }
 
   void load_weights_from(const ModelWeights& w);
   void init_random_weights(uint64_t seed);
@@ -135,7 +139,14 @@ class CudaRunner final : public ModelRunner {
   }
   void clear_graphs();
   void release();
-  void ensure_host(size_t ints);
+  void ensure_host(int buf, size_t ints);
+  // Validates the batch, uploads its metadata (staging buffer `buf`) and runs the
+  // model on stream_: a decode graph where it can. Logits in logits_ (sampling
+  // rows) or dbg_logits_ (want_all_logits). Returns whether any entry has prev_row.
+  void enqueue_model(const StepBatch& batch, int buf);
+  // Copies the results of the launched, uncollected steps out of their pinned
+  // buffers (after a stream synchronization) so that those may be reallocated.
+  void settle_pending();
 
   ModelConfig cfg_;
   EngineOptions opts_;
@@ -172,23 +183,36 @@ class CudaRunner final : public ModelRunner {
   float* logits_ = nullptr;       // [max_seqs, V]
   float* dbg_logits_ = nullptr;   // [dbg_rows, V], debug_forward only
   int dbg_rows_ = 0;
+  // Pinned host staging comes in pairs: a launched step uses one while the host
+  // prepares the next step in the other (overlapped stepping).
   int32_t* meta_dev_ = nullptr;   // meta_ints(max_tokens_, max_seqs_)
-  int32_t* meta_host_ = nullptr;  // pinned
-  size_t meta_host_ints_ = 0;
-  int32_t* out_dev_ = nullptr;    // [max_seqs]
+  int32_t* meta_host_[2] = {nullptr, nullptr};  // pinned
+  size_t meta_host_ints_[2] = {0, 0};
+  int32_t* out_dev_ = nullptr;    // [max_seqs]: the last sampling step's ids (prev_row feeds from here)
   unsigned long long* argmax_scratch_ = nullptr;  // [max_seqs]
-  int32_t* out_host_ = nullptr;   // pinned [max_seqs]
+  int32_t* out_host_[2] = {nullptr, nullptr};  // pinned [max_seqs]
   // sampling staging
   void* samp_ws_ = nullptr;
   size_t samp_ws_bytes_ = 0;
   char* samp_dev_ = nullptr;
-  char* samp_host_ = nullptr;
+  char* samp_host_[2] = {nullptr, nullptr};
+  // Launched steps not collected yet, oldest first (at most two).
+  struct Pending {
+    int buf = 0, S = 0, lp_top = 0, lp_cap = 0;
+    std::vector<std::pair<TokenLogprob*, int>> lp_outs;  // per log-probability row: where, how many alternatives
+    bool settled = false;  // results already copied out of the pinned buffers (into ids, lp_words)
+    std::vector<int32_t> ids;
+    std::vector<float> lp_words;
+  };
+  std::deque<Pending> pending_;
+  cudaEvent_t done_[2] = {nullptr, nullptr};  // recorded after a step's copies to the host
+  int next_buf_ = 0;
   // Log-probabilities (allocated on first use, grown to the rows a step needs):
   // copies of the raw logits rows [lp_cap_rows_, V_]; results lp [cap] + top ids
   // [cap, kMaxLogprobs] + top values [cap, kMaxLogprobs], on the device and pinned.
   float* lp_rows_dev_ = nullptr;
   float* lp_out_dev_ = nullptr;
-  float* lp_out_host_ = nullptr;
+  float* lp_out_host_[2] = {nullptr, nullptr};
   int lp_cap_rows_ = 0;
   void ensure_logprob_buffers(int rows, int top);
   void free_logprob_buffers();
@@ -307,7 +331,10 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     allocations_.push_back(out_dev_);
     argmax_scratch_ = dev_alloc<unsigned long long>(max_seqs_);
     allocations_.push_back(argmax_scratch_);
-    GLM_CUDA_CHECK(cudaMallocHost(&out_host_, sizeof(int32_t) * max_seqs_));
+    for (int b = 0; b < 2; ++b) {
+      GLM_CUDA_CHECK(cudaMallocHost(&out_host_[b], sizeof(int32_t) * max_seqs_));
+      GLM_CUDA_CHECK(cudaEventCreateWithFlags(&done_[b], cudaEventDisableTiming));
+    }
     samp_ws_bytes_ = cuda::sample_workspace_bytes(max_seqs_, V_);
     GLM_CUDA_CHECK(cudaMalloc(&samp_ws_, samp_ws_bytes_));
     buckets_ = make_buckets(max_seqs_);
@@ -324,7 +351,8 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
 CudaRunner::~CudaRunner() {
   if (timing_ && t_steps_ > 0)
     std::fprintf(stderr,
-                 "cuda runner timing: %lld steps; per step (us): host prep %.1f, enqueue %.1f, wait for GPU %.1f, "
+                 "cuda runner timing: %lld steps; per step (us): host prep + model enqueue %.1f, sampling enqueue %.1f, "
+                 "wait for GPU %.1f, "
                  "outside forward (engine) %.1f\n",
                  (long long)t_steps_, t_prep_ / t_steps_ * 1e6, t_enqueue_ / t_steps_ * 1e6, t_wait_ / t_steps_ * 1e6,
                  t_outside_ / std::max<int64_t>(1, t_steps_ - 1) * 1e6);
@@ -345,17 +373,22 @@ void CudaRunner::release() {
   kv_ = nullptr;
   if (dbg_logits_) cudaFree(dbg_logits_);
   dbg_logits_ = nullptr;
-  if (meta_host_) cudaFreeHost(meta_host_);
-  meta_host_ = nullptr;
-  meta_host_ints_ = 0;
-  if (out_host_) cudaFreeHost(out_host_);
-  out_host_ = nullptr;
+  pending_.clear();
+  for (int b = 0; b < 2; ++b) {
+    if (meta_host_[b]) cudaFreeHost(meta_host_[b]);
+    meta_host_[b] = nullptr;
+    meta_host_ints_[b] = 0;
+    if (out_host_[b]) cudaFreeHost(out_host_[b]);
+    out_host_[b] = nullptr;
+    if (samp_host_[b]) cudaFreeHost(samp_host_[b]);
+    samp_host_[b] = nullptr;
+    if (done_[b]) cudaEventDestroy(done_[b]);
+    done_[b] = nullptr;
+  }
   if (samp_ws_) cudaFree(samp_ws_);
   samp_ws_ = nullptr;
   if (samp_dev_) cudaFree(samp_dev_);
   samp_dev_ = nullptr;
-  if (samp_host_) cudaFreeHost(samp_host_);
-  samp_host_ = nullptr;
   free_logprob_buffers();
   samp_cap_ = 0;
   gemm_.reset();
@@ -377,7 +410,7 @@ void CudaRunner::alloc_activations(int max_tokens) {
   f_ = dev_alloc<__half>(T * I_);
   hfinal_ = dev_alloc<__half>(T * H_);
   meta_dev_ = dev_alloc<int32_t>(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
-  ensure_host(meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
+  for (int b = 0; b < 2; ++b) ensure_host(b, meta_ints(max_tokens_, std::max(max_seqs_, max_tokens_)));
   if (opts_.cuda.poison & 2) {  // debugging aid: NaN everywhere a kernel must write before anything reads
     for (auto pr : {std::make_pair((void*)a_, T * H_), std::make_pair((void*)m_, T * H_),
                     std::make_pair((void*)qkv_, T * 3 * H_), std::make_pair((void*)q_, T * H_),
@@ -396,12 +429,27 @@ void CudaRunner::free_activations() {
   meta_dev_ = nullptr;
 }
 
-void CudaRunner::ensure_host(size_t ints) {
-  if (ints <= meta_host_ints_) return;
-  if (meta_host_) cudaFreeHost(meta_host_);
-  meta_host_ = nullptr;
-  GLM_CUDA_CHECK(cudaMallocHost(&meta_host_, ints * sizeof(int32_t)));
-  meta_host_ints_ = ints;
+void CudaRunner::ensure_host(int buf, size_t ints) {
+  if (ints <= meta_host_ints_[buf]) return;
+  settle_pending();
+  if (meta_host_[buf]) cudaFreeHost(meta_host_[buf]);
+  meta_host_[buf] = nullptr;
+  GLM_CUDA_CHECK(cudaMallocHost(&meta_host_[buf], ints * sizeof(int32_t)));
+  meta_host_ints_[buf] = ints;
+}
+
+void CudaRunner::settle_pending() {
+  if (!stream_) return;
+  GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  for (Pending& p : pending_) {
+    if (p.settled) continue;
+    p.ids.assign(out_host_[p.buf], out_host_[p.buf] + p.S);
+    if (p.lp_top > 0) {
+      const size_t words = (size_t)p.lp_cap * (1 + 2 * cuda::kMaxLogprobs);
+      p.lp_words.assign(lp_out_host_[p.buf], lp_out_host_[p.buf] + words);
+    }
+    p.settled = true;
+  }
 }
 
 void CudaRunner::clear_graphs() {
@@ -590,21 +638,24 @@ void CudaRunner::init_random_weights(uint64_t seed) {
 void CudaRunner::free_logprob_buffers() {
   if (lp_rows_dev_) cudaFree(lp_rows_dev_);
   if (lp_out_dev_) cudaFree(lp_out_dev_);
-  if (lp_out_host_) cudaFreeHost(lp_out_host_);
-  lp_rows_dev_ = lp_out_dev_ = lp_out_host_ = nullptr;
+  for (float*& h : lp_out_host_) {
+    if (h) cudaFreeHost(h);
+    h = nullptr;
+  }
+  lp_rows_dev_ = lp_out_dev_ = nullptr;
   lp_cap_rows_ = 0;
 }
 
 void CudaRunner::ensure_logprob_buffers(int rows, int top) {
   if (top > cuda::kMaxLogprobs) throw EngineError("cuda runner: logprobs above " + std::to_string(cuda::kMaxLogprobs));
   if (rows <= lp_cap_rows_) return;
-  GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  settle_pending();
   free_logprob_buffers();
   const int cap = std::min(max_seqs_, std::max(rows, 2 * lp_cap_rows_));
   const size_t words = (size_t)cap * (1 + 2 * cuda::kMaxLogprobs);
   GLM_CUDA_CHECK(cudaMalloc(&lp_rows_dev_, (size_t)cap * V_ * sizeof(float)));
   GLM_CUDA_CHECK(cudaMalloc(&lp_out_dev_, words * sizeof(float)));
-  GLM_CUDA_CHECK(cudaMallocHost(&lp_out_host_, words * sizeof(float)));
+  for (float*& h : lp_out_host_) GLM_CUDA_CHECK(cudaMallocHost(&h, words * sizeof(float)));
   lp_cap_rows_ = cap;
 }
 
@@ -731,17 +782,35 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
 }
 
 void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) {
+  if (!batch.want_all_logits) {
+    if (!pending_.empty()) throw EngineError("cuda runner: forward while a launched step is not collected");
+    launch(batch);
+    collect(next_tokens);
+    return;
+  }
+  if (!pending_.empty()) throw EngineError("cuda runner: forward while a launched step is not collected");
+  try {
+    enqueue_model(batch, 0);
+    int R = 0;
+    for (const SeqBatchEntry& e : batch.seqs) R += e.num_tokens;
+    all_logits->resize((size_t)R * V_);
+    GLM_CUDA_CHECK(cudaMemcpyAsync(all_logits->data(), dbg_logits_, (size_t)R * V_ * sizeof(float),
+                                   cudaMemcpyDeviceToHost, stream_));
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  } catch (const EngineError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw EngineError(std::string("cuda runner: ") + e.what());
+  }
+}
+
+void CudaRunner::enqueue_model(const StepBatch& batch, int buf) {
   if (!kv_) throw EngineError("cuda runner: forward before allocate_kv_cache");
-  using clk = std::chrono::steady_clock;
-  const auto t_enter = clk::now();
-  auto secs = [](clk::time_point a, clk::time_point b) { return std::chrono::duration<double>(b - a).count(); };
-  if (timing_ && t_steps_ > 0) t_outside_ += secs(t_last_end_, t_enter);
-  clk::time_point t_prepped = t_enter, t_enqueued = t_enter;
   const int S = static_cast<int>(batch.seqs.size());
-  if (S == 0) return;
+  if (S == 0) throw EngineError("cuda runner: a step with no sequences");
   if (S > max_seqs_) throw EngineError("cuda runner: more sequences in a step than max_running_seqs");
   int T = 0;
-  bool decode_only = !batch.want_all_logits;
+  bool decode_only = !batch.want_all_logits, feeds = false;
   for (const SeqBatchEntry& e : batch.seqs) {
     if (e.num_tokens < 1) throw EngineError("cuda runner: a sequence with no tokens in the batch");
     const int total = e.num_cached + e.num_tokens;
@@ -750,94 +819,106 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
       throw EngineError("cuda runner: block table too short for the sequence");
     for (int b = 0; b < e.num_blocks; ++b)
       if (e.block_table[b] < 0 || e.block_table[b] >= num_blocks_) throw EngineError("cuda runner: bad KV block id");
-    for (int j = 0; j < e.num_tokens; ++j)
-      if (e.tokens[j] < 0 || e.tokens[j] >= V_) throw EngineError("cuda runner: token id out of range");
+    if (e.prev_row >= 0) {
+      if (batch.want_all_logits || e.num_tokens != 1 || pending_.empty() || e.prev_row >= pending_.back().S)
+        throw EngineError("cuda runner: prev_row " + std::to_string(e.prev_row) +
+                          " does not name a row of the step launched before");
+      feeds = true;
+    } else {
+      for (int j = 0; j < e.num_tokens; ++j)
+        if (e.tokens[j] < 0 || e.tokens[j] >= V_) throw EngineError("cuda runner: token id out of range");
+    }
     T += e.num_tokens;
     if (e.num_tokens != 1) decode_only = false;
   }
+  if (T > max_tokens_) {
+    settle_pending();
+    clear_graphs();
+    alloc_activations(T + max_seqs_);
+  }
+  const int R = batch.want_all_logits ? T : S;
+  // Padding to a graph bucket (decode steps only).
+  int Tp = T, Sp = S;
+  const bool use_graph = decode_only && opts_.use_cuda_graphs;
+  if (use_graph) {
+    Sp = *std::lower_bound(buckets_.begin(), buckets_.end(), S);
+    Tp = Sp;
+  }
+  const size_t nints = meta_ints(Tp, Sp);
+  ensure_host(buf, nints);
+  int32_t* host = meta_host_[buf];
+  Meta h = meta_at(host, Tp, Sp);
+  std::fill(host, host + nints, 0);
+  int row = 0;
+  for (int i = 0; i < S; ++i) {
+    const SeqBatchEntry& e = batch.seqs[i];
+    const int total = e.num_cached + e.num_tokens, P = e.prefix_len;
+    std::memcpy(h.tables + (size_t)i * mbps_, e.block_table, sizeof(int32_t) * e.num_blocks);
+    for (int j = 0; j < e.num_tokens; ++j, ++row) {
+      const int t = e.num_cached + j, kv = P + t;  // an adapter's prefix takes KV slots [0, P)
+      h.tokens[row] = e.prev_row >= 0 ? 0 : e.tokens[j];
+      h.pos[row] = e.position_ids[j];
+      h.bpos[row] = e.block_position_ids[j];
+      h.slot[row] = e.block_table[kv / block_size_] * block_size_ + kv % block_size_;
+      h.tok_seq[row] = i;
+      h.n_keys[row] = P + std::min(total, std::max(e.context_length, t + 1));
+      if (batch.want_all_logits) h.sel_rows[row] = row;
+    }
+    if (!batch.want_all_logits) h.sel_rows[i] = row - 1;
+    h.prev[i] = e.prev_row;
+  }
+  for (int r = T; r < Tp; ++r) {
+    h.slot[r] = -1;  // padding: no KV write, no attention (n_keys 0)
+    h.sel_rows[r] = r;
+  }
+  GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, host, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  const Meta dm = meta_at(meta_dev_, Tp, Sp);
+  // Decode ids the host has not seen: from the previous step's sampled ids, on the device.
+  if (feeds) cuda::feed_prev_tokens(dm.tokens, dm.sel_rows, dm.prev, S, out_dev_, stream_);
+
+  if (batch.want_all_logits && R > dbg_rows_) {
+    if (dbg_logits_) cudaFree(dbg_logits_);
+    dbg_logits_ = nullptr;
+    dbg_logits_ = dev_alloc<float>((size_t)R * V_);
+    dbg_rows_ = R;
+  }
+  if (use_graph) {
+    auto it = graphs_.find(Sp);
+    if (it == graphs_.end()) {
+      settle_pending();  // capture on an idle stream (once per bucket)
+      cudaGraph_t g = nullptr;
+      GLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        run_model(dm, Tp, Sp, logits_);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      GLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+      cudaGraphExec_t ge = nullptr;
+      GLM_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
+      cudaGraphDestroy(g);
+      it = graphs_.emplace(Sp, ge).first;
+    }
+    GLM_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+  } else {
+    run_model(dm, Tp, R, batch.want_all_logits ? dbg_logits_ : logits_);
+  }
+}
+
+void CudaRunner::launch(const StepBatch& batch) {
+  using clk = std::chrono::steady_clock;
+  const auto t_enter = clk::now();
+  auto secs = [](clk::time_point a, clk::time_point b) { return std::chrono::duration<double>(b - a).count(); };
+  if (timing_ && t_steps_ > 0) t_outside_ += secs(t_last_end_, t_enter);
+  if (batch.want_all_logits) throw EngineError("cuda runner: launch of a step that does not sample");
+  if (pending_.size() >= 2) throw EngineError("cuda runner: a third step launched before one was collected");
+  const int S = static_cast<int>(batch.seqs.size());
+  const int buf = next_buf_;
   try {
-    if (T > max_tokens_) {
-      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      clear_graphs();
-      alloc_activations(T + max_seqs_);
-    }
-    const int R = batch.want_all_logits ? T : S;
-    // Padding to a graph bucket (decode steps only).
-    int Tp = T, Sp = S;
-    const bool use_graph = decode_only && opts_.use_cuda_graphs;
-    if (use_graph) {
-      Sp = *std::lower_bound(buckets_.begin(), buckets_.end(), S);
-      Tp = Sp;
-    }
-    const size_t nints = meta_ints(Tp, Sp);
-    ensure_host(nints);
-    Meta h = meta_at(meta_host_, Tp, Sp);
-    std::fill(meta_host_, meta_host_ + nints, 0);
-    int row = 0;
-    for (int i = 0; i < S; ++i) {
-      const SeqBatchEntry& e = batch.seqs[i];
-      const int total = e.num_cached + e.num_tokens, P = e.prefix_len;
-      std::memcpy(h.tables + (size_t)i * mbps_, e.block_table, sizeof(int32_t) * e.num_blocks);
-      for (int j = 0; j < e.num_tokens; ++j, ++row) {
-        const int t = e.num_cached + j, kv = P + t;  // an adapter's prefix takes KV slots [0, P)
-        h.tokens[row] = e.tokens[j];
-        h.pos[row] = e.position_ids[j];
-        h.bpos[row] = e.block_position_ids[j];
-        h.slot[row] = e.block_table[kv / block_size_] * block_size_ + kv % block_size_;
-        h.tok_seq[row] = i;
-        h.n_keys[row] = P + std::min(total, std::max(e.context_length, t + 1));
-        if (batch.want_all_logits) h.sel_rows[row] = row;
-      }
-      if (!batch.want_all_logits) h.sel_rows[i] = row - 1;
-    }
-    for (int r = T; r < Tp; ++r) {
-      h.slot[r] = -1;  // padding: no KV write, no attention (n_keys 0)
-      h.sel_rows[r] = r;
-    }
-    if (timing_) t_prepped = clk::now();
-    GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, meta_host_, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    const Meta dm = meta_at(meta_dev_, Tp, Sp);
-
-    float* logits = logits_;
-    if (batch.want_all_logits) {
-      if (R > dbg_rows_) {
-        if (dbg_logits_) cudaFree(dbg_logits_);
-        dbg_logits_ = nullptr;
-        dbg_logits_ = dev_alloc<float>((size_t)R * V_);
-        dbg_rows_ = R;
-      }
-      logits = dbg_logits_;
-    }
-    if (use_graph) {
-      auto it = graphs_.find(Sp);
-      if (it == graphs_.end()) {
-        cudaGraph_t g = nullptr;
-        GLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-        try {
-          run_model(dm, Tp, Sp, logits_);
-        } catch (...) {
-          cudaStreamEndCapture(stream_, &g);
-          if (g) cudaGraphDestroy(g);
-          throw;
-        }
-        GLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
-        cudaGraphExec_t ge = nullptr;
-        GLM_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-        cudaGraphDestroy(g);
-        it = graphs_.emplace(Sp, ge).first;
-      }
-      GLM_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
-    } else {
-      run_model(dm, Tp, R, logits);
-    }
-
-    if (batch.want_all_logits) {
-      all_logits->resize((size_t)R * V_);
-      GLM_CUDA_CHECK(cudaMemcpyAsync(all_logits->data(), logits, (size_t)R * V_ * sizeof(float),
-                                     cudaMemcpyDeviceToHost, stream_));
-      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      return;
-    }
+    enqueue_model(batch, buf);
+    const auto t_model = clk::now();
 
     // Sampling inputs: repetition-penalty rows (+ history), presence/frequency rows
     // (+ the generated ids with their counts), sampled rows (+ params), rows that
@@ -846,18 +927,25 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
         lp_rows;
     std::vector<float> pen, pf_presence, pf_frequency;
     std::vector<cuda::SampleRowParams> sp;
-    int lp_top = 0;
+    Pending p;
+    p.buf = buf;
+    p.S = S;
     for (int i = 0; i < S; ++i) {
       const SeqBatchEntry& e = batch.seqs[i];
-      const SamplingParams& p = *e.params;
-      if (p.repetition_penalty != 1.0f && e.history_len > 0) {
+      const SamplingParams& sprm = *e.params;
+      const bool penalties = (sprm.repetition_penalty != 1.0f && e.history_len > 0) ||
+                             ((sprm.presence_penalty != 0.0f || sprm.frequency_penalty != 0.0f) &&
+                              e.history_len > std::max(0, std::min(e.prompt_len, e.history_len)));
+      if (penalties && e.prev_row >= 0)
+        throw EngineError("cuda runner: penalties need every previous id on the host (prev_row given)");
+      if (sprm.repetition_penalty != 1.0f && e.history_len > 0) {
         pen_rows.push_back(i);
-        pen.push_back(p.repetition_penalty);
+        pen.push_back(sprm.repetition_penalty);
         hist.insert(hist.end(), e.history, e.history + e.history_len);
         hist_off.push_back(static_cast<int32_t>(hist.size()));
       }
       const int from = std::max(0, std::min(e.prompt_len, e.history_len));
-      if ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && e.history_len > from) {
+      if ((sprm.presence_penalty != 0.0f || sprm.frequency_penalty != 0.0f) && e.history_len > from) {
         std::vector<int32_t> gen(e.history + from, e.history + e.history_len);
         std::sort(gen.begin(), gen.end());
         for (size_t a = 0; a < gen.size();) {
@@ -868,20 +956,24 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
           a = b;
         }
         pf_rows.push_back(i);
-        pf_presence.push_back(p.presence_penalty);
-        pf_frequency.push_back(p.frequency_penalty);
+        pf_presence.push_back(sprm.presence_penalty);
+        pf_frequency.push_back(sprm.frequency_penalty);
         pf_off.push_back(static_cast<int32_t>(pf_ids.size()));
       }
-      if (p.temperature != 0.0f) {
+      if (sprm.temperature != 0.0f) {
         samp_rows.push_back(i);
-        sp.push_back(cuda::SampleRowParams{p.temperature, p.top_k, p.top_p, p.seed, e.rng_offset});
+        sp.push_back(cuda::SampleRowParams{sprm.temperature, sprm.top_k, sprm.top_p, sprm.seed, e.rng_offset});
       }
-      if (p.logprobs >= 0 && e.logprob_out) {
+      if (sprm.logprobs >= 0 && e.logprob_out) {
         lp_rows.push_back(i);
-        lp_top = std::max(lp_top, std::min(p.logprobs, cuda::kMaxLogprobs));
+        const int n_top = std::min(sprm.logprobs, cuda::kMaxLogprobs);
+        p.lp_outs.emplace_back(e.logprob_out, n_top);
+        p.lp_top = std::max(p.lp_top, n_top);
       }
     }
     const int L = static_cast<int>(lp_rows.size());
+    if (L > 0) ensure_logprob_buffers(L, p.lp_top);  // may settle: before this step's sampling is enqueued
+    p.lp_cap = lp_cap_rows_;
     if (!pen_rows.empty() || !samp_rows.empty() || !pf_rows.empty() || L > 0) {
       auto al = [](size_t x) { return (x + 255) & ~size_t(255); };
       size_t total = 0;
@@ -897,17 +989,20 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
                    o_ff = place(pf_frequency.size() * 4), o_fo = place(pf_off.size() * 4),
                    o_fi = place(pf_ids.size() * 4), o_fc = place(pf_counts.size() * 4), o_lr = place(lp_rows.size() * 4);
       if (total > samp_cap_) {
-        GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        settle_pending();
         if (samp_dev_) cudaFree(samp_dev_);
-        if (samp_host_) cudaFreeHost(samp_host_);
         samp_dev_ = nullptr;
-        samp_host_ = nullptr;
+        for (char*& hbuf : samp_host_) {
+          if (hbuf) cudaFreeHost(hbuf);
+          hbuf = nullptr;
+        }
         samp_cap_ = total * 2;
         GLM_CUDA_CHECK(cudaMalloc(&samp_dev_, samp_cap_));
-        GLM_CUDA_CHECK(cudaMallocHost(&samp_host_, samp_cap_));
+        for (char*& hbuf : samp_host_) GLM_CUDA_CHECK(cudaMallocHost(&hbuf, samp_cap_));
       }
+      char* stage = samp_host_[buf];
       auto put = [&](size_t off, const auto& v) {
-        if (!v.empty()) std::memcpy(samp_host_ + off, v.data(), v.size() * sizeof(v[0]));
+        if (!v.empty()) std::memcpy(stage + off, v.data(), v.size() * sizeof(v[0]));
       };
       put(o_pr, pen_rows);
       put(o_pen, pen);
@@ -922,14 +1017,11 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
       put(o_fi, pf_ids);
       put(o_fc, pf_counts);
       put(o_lr, lp_rows);
-      GLM_CUDA_CHECK(cudaMemcpyAsync(samp_dev_, samp_host_, total, cudaMemcpyHostToDevice, stream_));
+      GLM_CUDA_CHECK(cudaMemcpyAsync(samp_dev_, stage, total, cudaMemcpyHostToDevice, stream_));
       auto dev_i = [&](size_t off) { return reinterpret_cast<int32_t*>(samp_dev_ + off); };
       auto dev_f = [&](size_t off) { return reinterpret_cast<float*>(samp_dev_ + off); };
       // Log-probabilities are of the raw logits: keep those rows before the penalties.
-      if (L > 0) {
-        ensure_logprob_buffers(L, lp_top);
-        cuda::copy_rows(logits_, V_, dev_i(o_lr), L, lp_rows_dev_, stream_);
-      }
+      if (L > 0) cuda::copy_rows(logits_, V_, dev_i(o_lr), L, lp_rows_dev_, stream_);
       if (!pen_rows.empty())
         cuda::repetition_penalty(logits_, V_, dev_i(o_pr), dev_f(o_pen), dev_i(o_hist), dev_i(o_hoff),
                                  (int)pen_rows.size(), stream_);
@@ -941,41 +1033,62 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
         cuda::sample_rows(logits_, V_, dev_i(o_sr), reinterpret_cast<cuda::SampleRowParams*>(samp_dev_ + o_sp),
                           (int)samp_rows.size(), samp_ws_, samp_ws_bytes_, out_dev_, stream_);
       if (L > 0) {
-        cuda::logprob_rows(lp_rows_dev_, V_, dev_i(o_lr), L, out_dev_, lp_top, lp_out_dev_,
+        cuda::logprob_rows(lp_rows_dev_, V_, dev_i(o_lr), L, out_dev_, p.lp_top, lp_out_dev_,
                            reinterpret_cast<int32_t*>(lp_out_dev_ + lp_cap_rows_),
                            lp_out_dev_ + (size_t)lp_cap_rows_ * (1 + cuda::kMaxLogprobs), stream_);
         const size_t words = (size_t)lp_cap_rows_ * (1 + 2 * cuda::kMaxLogprobs);
-        GLM_CUDA_CHECK(cudaMemcpyAsync(lp_out_host_, lp_out_dev_, words * 4, cudaMemcpyDeviceToHost, stream_));
+        GLM_CUDA_CHECK(
+            cudaMemcpyAsync(lp_out_host_[buf], lp_out_dev_, words * 4, cudaMemcpyDeviceToHost, stream_));
       }
     } else {
       cuda::argmax_rows(logits_, V_, S, out_dev_, argmax_scratch_, stream_);
     }
-    GLM_CUDA_CHECK(cudaMemcpyAsync(out_host_, out_dev_, sizeof(int32_t) * S, cudaMemcpyDeviceToHost, stream_));
-    if (timing_) t_enqueued = clk::now();
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    std::memcpy(next_tokens, out_host_, sizeof(int32_t) * S);
-    for (int r = 0; r < L; ++r) {
-      const SeqBatchEntry& e = batch.seqs[lp_rows[r]];
-      const int n_top = std::min(e.params->logprobs, cuda::kMaxLogprobs);
-      const float* lp = lp_out_host_;
-      const int32_t* ids = reinterpret_cast<const int32_t*>(lp_out_host_ + lp_cap_rows_) + (size_t)r * lp_top;
-      const float* top = lp_out_host_ + (size_t)lp_cap_rows_ * (1 + cuda::kMaxLogprobs) + (size_t)r * lp_top;
-      e.logprob_out->logprob = lp[r];
-      e.logprob_out->top_ids.assign(ids, ids + n_top);
-      e.logprob_out->top_logprobs.assign(top, top + n_top);
-    }
+    GLM_CUDA_CHECK(cudaMemcpyAsync(out_host_[buf], out_dev_, sizeof(int32_t) * S, cudaMemcpyDeviceToHost, stream_));
+    GLM_CUDA_CHECK(cudaEventRecord(done_[buf], stream_));
+    pending_.push_back(std::move(p));
+    next_buf_ = 1 - buf;
     if (timing_) {
       const auto t_end = clk::now();
-      t_prep_ += secs(t_enter, t_prepped);
-      t_enqueue_ += secs(t_prepped, t_enqueued);
-      t_wait_ += secs(t_enqueued, t_end);
-      t_last_end_ = t_end;
-      ++t_steps_;
+      t_prep_ += secs(t_enter, t_model);
+      t_enqueue_ += secs(t_model, t_end);
     }
   } catch (const EngineError&) {
     throw;
   } catch (const std::exception& e) {
     throw EngineError(std::string("cuda runner: ") + e.what());
+  }
+}
+
+void CudaRunner::collect(int32_t* next_tokens) {
+  using clk = std::chrono::steady_clock;
+  if (pending_.empty()) throw EngineError("cuda runner: collect with no launched step");
+  const auto t0 = clk::now();
+  try {
+    Pending& p = pending_.front();
+    const int32_t* ids = p.settled ? p.ids.data() : out_host_[p.buf];
+    const float* lp_words = p.settled ? p.lp_words.data() : lp_out_host_[p.buf];
+    if (!p.settled) GLM_CUDA_CHECK(cudaEventSynchronize(done_[p.buf]));
+    std::memcpy(next_tokens, ids, sizeof(int32_t) * p.S);
+    for (size_t r = 0; r < p.lp_outs.size(); ++r) {
+      TokenLogprob* out = p.lp_outs[r].first;
+      const int n_top = p.lp_outs[r].second;
+      const int32_t* top_ids = reinterpret_cast<const int32_t*>(lp_words + p.lp_cap) + r * p.lp_top;
+      const float* top = lp_words + (size_t)p.lp_cap * (1 + cuda::kMaxLogprobs) + r * p.lp_top;
+      out->logprob = lp_words[r];
+      out->top_ids.assign(top_ids, top_ids + n_top);
+      out->top_logprobs.assign(top, top + n_top);
+    }
+    pending_.pop_front();
+  } catch (const EngineError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw EngineError(std::string("cuda runner: ") + e.what());
+  }
+  if (timing_) {
+    const auto t_end = clk::now();
+    t_wait_ += std::chrono::duration<double>(t_end - t0).count();
+    t_last_end_ = t_end;
+    ++t_steps_;
   }
 }
 

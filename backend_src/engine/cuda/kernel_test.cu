@@ -446,6 +446,28 @@ void test_sampling(int vocab, int rows) {
   }
 }
 
+// Overlapped stepping's device-side feed of the previous step's ids.
+void test_feed_prev(int n, int prev_rows) {
+  std::vector<int32_t> tokens(2 * n + 3), rows(n), prev(n), ids(prev_rows);
+  for (auto& t : tokens) t = (int32_t)(g_rng() % 1000);
+  for (int i = 0; i < n; ++i) {
+    rows[i] = 2 * i + 1;
+    prev[i] = (i % 3 == 1) ? -1 : (int32_t)(g_rng() % prev_rows);
+  }
+  for (auto& x : ids) x = 5000 + (int32_t)(g_rng() % 100000);
+  std::vector<int32_t> want = tokens;
+  for (int i = 0; i < n; ++i)
+    if (prev[i] >= 0) want[rows[i]] = ids[prev[i]];
+  Dev<int32_t> dt(tokens), dr(rows), dp(prev), di(ids);
+  feed_prev_tokens(dt.p, dr.p, dp.p, n, di.p, 0);
+  GLM_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto got = dt.down();
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i];
+  report("feed_prev_tokens n=" + std::to_string(n) + " prev_rows=" + std::to_string(prev_rows), bad == 0,
+         std::to_string(bad) + " tokens differ");
+}
+
 void test_fill() {
   const int64_t n = 100003;
   Dev<__half> dh(n);
@@ -508,6 +530,9 @@ int main(int argc, char** argv) {
       test_attention(32, 128, 16, lens, 1);
       test_attention(32, 64, 16, {150, 9}, 80);
     }
+    test_feed_prev(1, 1);
+    test_feed_prev(257, 131);
+    test_feed_prev(37, 300);
     test_sampling(1001, 5);
     test_sampling(130528, 3);
   } catch (const std::exception& e) {

@@ -103,6 +103,11 @@ void copy_rows(const float* logits, int vocab, const int32_t* rows, int n, float
 void logprob_rows(const float* rows_data, int vocab, const int32_t* rows, int n, const int32_t* chosen,
                   int top_n, float* out_lp, int32_t* out_ids, float* out_top, cudaStream_t stream);
 
+// Overlapped stepping: tokens[rows[i]] = prev_ids[prev[i]] for each i < n with
+// prev[i] >= 0 (a decode's id, sampled by the step before, fed without the host).
+void feed_prev_tokens(int32_t* tokens, const int32_t* rows, const int32_t* prev, int n, const int32_t* prev_ids,
+                      cudaStream_t stream);
+
 // out[r] = argmax of logits row r (lowest id on ties; NaN never wins).
 // scratch: [rows] 64-bit words of device memory.
 void argmax_rows(const float* logits, int vocab, int rows, int32_t* out, unsigned long long* scratch,

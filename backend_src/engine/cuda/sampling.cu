@@ -214,7 +214,23 @@ size_t cub_temp_bytes(int rows, int vocab) {
 
 size_t align256(size_t x) { return (x + 255) & ~size_t(255); }
 
+__global__ void feed_prev_kernel(int32_t* __restrict__ tokens, const int32_t* __restrict__ rows,
+                                 const int32_t* __restrict__ prev, int n, const int32_t* __restrict__ prev_ids) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n && prev[i] >= 0) tokens[rows[i]] = prev_ids[prev[i]];
+}
+
 }  // namespace
+
+void feed_prev_tokens(int32_t* tokens, const int32_t* rows, const int32_t* prev, int n, const int32_t* prev_ids,
+                      cudaStream_t stream) {
+  const char* k = "feed_prev_tokens";
+  check_arg(tokens && rows && prev && prev_ids, k, "null tensor");
+  check_arg(n >= 0, k, "n < 0");
+  if (n == 0) return;
+  feed_prev_kernel<<<(n + 255) / 256, 256, 0, stream>>>(tokens, rows, prev, n, prev_ids);
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
 
 void repetition_penalty(float* logits, int vocab, const int32_t* rows_idx, const float* penalty,
                         const int32_t* hist, const int32_t* hist_off, int n, cudaStream_t stream) {
