@@ -316,7 +316,7 @@ task_openai() {
     USERS=$n SPAWN_RATE=${SPAWN_RATE:-64} DURATION=$duration LOCUST_PROCESSES=${LOCUST_PROCESSES:-8} \
       LOCUST_CLASSES="$classes" GRPC_PORT=$((port + 1)) OPENAI_PORT=$((port + 3)) MODEL="$ck" \
       RESULTS="$O/$run" VENV="$VENV" bash scripts/load_test.sh >"$O/$run.log" 2>&1 || rc=$?
-    cat "$O/$run/summary.md" 2>/dev/null | tee -a "$O/openai.log" || tail -20 "$O/$run.log"
+    tee -a "$O/openai.log" <"$O/$run/summary.md" 2>/dev/null || tail -20 "$O/$run.log"
   done
   glm_metrics $((port + 2)) '^glm_(max_batch|kv_blocks_used|requests_total)' | tee -a "$O/openai.log"
   return "$rc"

@@ -120,10 +120,13 @@ def test_serve_int8_dry_run_on_cpu(tmp_path):
     env = _dry_run_env(tmp_path) | {"CK_CONFIG": str(ROOT / "models/chatglm-tiny/config.json")}
     proc = _gpu_sh("serve-int8", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (
-        "serve-int8: generate returned 32 ids; generate_stream 32 events, 32 ids; same ids: True"
-        in proc.stdout
+    # A response may carry several ids when the sender is behind (overlapped stepping
+    # delivers the last two ids back to back): every id arrives, in at most 32 events.
+    m = re.search(
+        r"serve-int8: generate returned 32 ids; generate_stream (\d+) events, 32 ids; same ids: True",
+        proc.stdout,
     )
+    assert m and 1 <= int(m.group(1)) <= 32, proc.stdout
     out = tmp_path / "out" / "serve-int8"
     assert {"generate.json", "generate_stream.txt", "server_lines.txt", "metrics.txt"} <= {
         p.name for p in out.iterdir()

@@ -144,6 +144,9 @@ class CudaRunner final : public ModelRunner {
   // model on stream_: a decode graph where it can. Logits in logits_ (sampling
   // rows) or dbg_logits_ (want_all_logits). Returns whether any entry has prev_row.
   void enqueue_model(const StepBatch& batch, int buf);
+  // Captures the decode graph of padded batch size Sp (allocate_kv_cache captures every
+  // bucket's, so that no request pays a capture; a later activation regrowth recaptures lazily).
+  std::map<int, cudaGraphExec_t>::iterator capture_graph(int Sp);
   // Copies the results of the launched, uncollected steps out of their pinned
   // buffers (after a stream synchronization) so that those may be reallocated.
   void settle_pending();
@@ -737,6 +740,8 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
     k_layer_[l] = kv_ + (size_t)(2 * l) * per;
     v_layer_[l] = kv_ + (size_t)(2 * l + 1) * per;
   }
+  if (opts_.use_cuda_graphs)
+    for (int b : buckets_) capture_graph(b);
 }
 
 void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
@@ -884,27 +889,31 @@ void CudaRunner::enqueue_model(const StepBatch& batch, int buf) {
   }
   if (use_graph) {
     auto it = graphs_.find(Sp);
-    if (it == graphs_.end()) {
-      settle_pending();  // capture on an idle stream (once per bucket)
-      cudaGraph_t g = nullptr;
-      GLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
-      try {
-        run_model(dm, Tp, Sp, logits_);
-      } catch (...) {
-        cudaStreamEndCapture(stream_, &g);
-        if (g) cudaGraphDestroy(g);
-        throw;
-      }
-      GLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
-      cudaGraphExec_t ge = nullptr;
-      GLM_CUDA_CHECK(cudaGraphInstantiate(&ge, g, 0));
-      cudaGraphDestroy(g);
-      it = graphs_.emplace(Sp, ge).first;
-    }
+    if (it == graphs_.end()) it = capture_graph(Sp);
     GLM_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
   } else {
     run_model(dm, Tp, R, batch.want_all_logits ? dbg_logits_ : logits_);
   }
+}
+
+std::map<int, cudaGraphExec_t>::iterator CudaRunner::capture_graph(int Sp) {
+  settle_pending();  // capture on an idle stream
+  const Meta dm = meta_at(meta_dev_, Sp, Sp);
+  cudaGraph_t g = nullptr;
+  GLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  try {
+    run_model(dm, Sp, Sp, logits_);
+  } catch (...) {
+    cudaStreamEndCapture(stream_, &g);
+    if (g) cudaGraphDestroy(g);
+    throw;
+  }
+  GLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+  cudaGraphExec_t ge = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&ge, g, 0);
+  cudaGraphDestroy(g);
+  GLM_CUDA_CHECK(e);
+  return graphs_.emplace(Sp, ge).first;
 }
 
 void CudaRunner::launch(const StepBatch& batch) {
