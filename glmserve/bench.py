@@ -13,6 +13,8 @@ card's measured copy bandwidth and the batch-1 bandwidth bound.
 
 ``--cuda-<option>`` sets an engine CUDA tuning option (EngineOptions.cuda) for every row;
 ``--variant`` adds A/B rows with one option changed (e.g. ``--variant cuda_pdl=false``).
+``--compiled-batches`` adds the compiled PyTorch decode (glmserve.compiled_decode: static
+KV cache, torch.compile with CUDA graphs) and the engine's ratio to it.
 ``--logprobs N`` and ``--prefix P`` add, at ``--controls-batches``, rows with every request
 asking for N log-probabilities, or running with an adapter prefix of P tokens (random K/V),
 beside a plain row of the same batch in the same run: their cost per decode step.
@@ -54,8 +56,8 @@ def copy_bandwidth(torch) -> float:
     return 2 * n * 2 / statistics.median(times)
 
 
-def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
-    """glmserve.reference in eager fp16 (HF-style loop: full forward per step, KV concat)."""
+def baseline_model(args, torch):
+    """glmserve.reference's ChatGLMModel of ChatGLM-6B's shapes, random fp16 weights on the GPU."""
     import glmserve.reference as ref
     from glmserve.config import ChatGLMConfig
 
@@ -63,8 +65,6 @@ def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
     orig = getattr(ref, "_glm_orig_rotary_inv_freq", ref.rotary_inv_freq)
     ref._glm_orig_rotary_inv_freq = orig
     ref.rotary_inv_freq = lambda d: orig(d).to("cuda")
-    ChatGLMModel, generate = ref.ChatGLMModel, ref.generate
-
     cfg = ChatGLMConfig.from_dict(REAL_CONFIG)
     from glmserve._checkpoint import expected_shapes
 
@@ -83,7 +83,14 @@ def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
             )
             t.uniform_(-amp, amp, generator=gen)
         sd[name] = t
-    model = ChatGLMModel(cfg, sd, torch.float16, "cuda")
+    return ref.ChatGLMModel(cfg, sd, torch.float16, "cuda")
+
+
+def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
+    """glmserve.reference in eager fp16 (HF-style loop: full forward per step, KV concat)."""
+    from glmserve.reference import generate
+
+    model = baseline_model(args, torch)
     out = {}
     for b in batches:
         prompts = common.make_prompts(b, args.prompt_len, args.seed + b)
@@ -101,10 +108,60 @@ def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
         }
         print(f"baseline batch {b}: {out[b]['tokens_per_s']:.1f} tok/s", flush=True)
-    del model, sd
+    del model
     gc.collect()
     torch.cuda.empty_cache()
     return out
+
+
+def run_compiled(batches: list[int], args, torch) -> dict[int, dict]:
+    """glmserve.compiled_decode: static KV cache, torch.compile(mode="reduce-overhead")
+    (CUDA graphs), greedy; one compile per batch size (warm-up run, not timed)."""
+    from glmserve.compiled_decode import StaticDecoder
+
+    model = baseline_model(args, torch)
+    out = {}
+    for b in batches:
+        prompts = common.make_prompts(b, args.prompt_len, args.seed + b)
+        dec = StaticDecoder(model, batch=b, max_len=len(prompts[0]) + args.tokens)
+        t0 = time.perf_counter()
+        dec.generate(prompts, max_tokens=args.tokens)  # compiles and captures
+        compile_s = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        ids = dec.generate(prompts, max_tokens=args.tokens)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        assert all(len(x) == args.tokens for x in ids)
+        out[b] = {"tokens_per_s": b * args.tokens / dt, "wall_s": dt, "compile_s": compile_s}
+        print(
+            f"compiled PyTorch batch {b}: {out[b]['tokens_per_s']:,.1f} tok/s "
+            f"(first run, compiling: {compile_s:.0f} s)",
+            flush=True,
+        )
+        del dec
+        torch.cuda.empty_cache()
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
+def compiled_table(rows: list[dict], compiled: dict[int, dict]) -> str:
+    """The engine against the compiled PyTorch decode, batch by batch (whole-run tokens/s)."""
+    lines = [
+        "| batch | this engine tokens/s | compiled PyTorch tokens/s | engine / compiled |",
+        "|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        c = compiled.get(r["batch"])
+        if "variant" in r or c is None:
+            continue
+        lines.append(
+            f"| {r['batch']} | {r['tokens_per_s']:,.0f} | {c['tokens_per_s']:,.0f} "
+            f"| {r['tokens_per_s'] / c['tokens_per_s']:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 def table(rows: list[dict], base: dict[int, dict], info: dict) -> str:
@@ -200,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     common.add_common_args(p)
     p.add_argument("--baseline-batches", default="1,8,64", help="'' to skip the PyTorch baseline")
+    p.add_argument(
+        "--compiled-batches",
+        default="",
+        help="batches of the compiled PyTorch decode (glmserve.compiled_decode: static KV "
+        "cache, torch.compile with CUDA graphs), e.g. 1,8,64,128,256; each compiles first",
+    )
     p.add_argument(
         "--variant",
         action="append",
@@ -302,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         controls = run_controls(_engine, d, args, torch, base_used)
     bbs = [int(x) for x in args.baseline_batches.split(",") if x]
     base = run_baseline(bbs, args, torch) if bbs else {}
+    cbs = [int(x) for x in args.compiled_batches.split(",") if x]
+    compiled = run_compiled(cbs, args, torch) if cbs else {}
     wbytes = common.weight_bytes_per_step(REAL_CONFIG)
     bound = bw / wbytes
     b1 = next((r for r in rows if r["batch"] == 1 and "variant" not in r), None)
@@ -317,9 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         md += "\n\n" + int8_md
     if controls:
         md += "\n\n" + controls_table(controls)
+    if compiled:
+        md += "\n\n" + compiled_table(rows, compiled)
     print("\n" + header + md)
     if args.out:
         data = {"device": dev, "date": when, "rows": rows, "baseline": base, **info}
+        if compiled:
+            data["compiled"] = compiled
         if int8_rows:
             data["int8"] = int8_rows
         if controls:

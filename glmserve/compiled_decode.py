@@ -1,0 +1,156 @@
+"""A compiled PyTorch decode of ChatGLM-6B: the baseline that a PyTorch user writes in an
+afternoon, which the engine must beat (``glmserve.bench --compiled-batches``).
+
+The math is glmserve.reference's (the same functions); what differs is what makes PyTorch
+fast: a static KV cache (one tensor, written in place at the step's index), a decode step
+whose shapes never change (the token index is a device tensor, keys past it are masked),
+and ``torch.compile(mode="reduce-overhead")``, which fuses the elementwise work and replays
+the step as a CUDA graph. Greedy, for a batch whose prompts have one length (the seed
+workload); the prefill runs eagerly through glmserve.reference.
+
+    dec = StaticDecoder(model, batch=8, max_len=prompt_len + max_tokens)
+    ids = dec.generate(prompts, max_tokens=150)      # compile=True by default on CUDA
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from glmserve.reference import (
+    MASKED_SCORE,
+    ChatGLMModel,
+    alpha_residual,
+    context_and_mask_position,
+    gelu_tanh,
+    layer_norm,
+    position_ids_2d,
+    rotary_2d,
+)
+
+
+class DecodeStep(torch.nn.Module):
+    """One decode step of a fixed batch. The weights and the KV cache are buffers, so that
+    torch.compile treats them as static (a CUDA graph reads them in place; the cache is
+    written in place)."""
+
+    def __init__(self, model: ChatGLMModel, batch: int, max_len: int):
+        super().__init__()
+        cfg = model.cfg
+        self.cfg = cfg
+        for name, t in model.w.items():
+            self.register_buffer(name.replace(".", "__"), t, persistent=False)
+        shape = (cfg.num_layers, batch, cfg.num_attention_heads, max_len, cfg.head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=model.dtype, device=model.device))
+        self.register_buffer("v_cache", torch.zeros_like(self.k_cache))
+        self.register_buffer("key_idx", torch.arange(max_len, device=model.device))
+
+    def w(self, name: str) -> torch.Tensor:
+        return getattr(self, name.replace(".", "__"))
+
+    def forward(
+        self, tok: torch.Tensor, t: torch.Tensor, pos: torch.Tensor, block: torch.Tensor
+    ) -> torch.Tensor:
+        """Ids tok [B] at token index t (0-dim, long) with 2D positions pos / block (0-dim):
+        writes their K/V at t and returns the next ids [B]."""
+        cfg, w = self.cfg, self.w
+        heads, hd, eps = cfg.num_attention_heads, cfg.head_dim, cfg.layernorm_epsilon
+        bsz = tok.shape[0]
+        x = F.embedding(tok[:, None], w("transformer.word_embeddings.weight"))  # [B, 1, H]
+        p2 = pos.expand(bsz, 1)
+        b2 = block.expand(bsz, 1)
+        allowed = (self.key_idx <= t)[None, None, None, :]  # [1, 1, 1, max_len]
+        for i in range(cfg.num_layers):
+            p = f"transformer.layers.{i}."
+            a = layer_norm(x, w(p + "input_layernorm.weight"), w(p + "input_layernorm.bias"), eps)
+            qkv = F.linear(
+                a,
+                w(p + "attention.query_key_value.weight"),
+                w(p + "attention.query_key_value.bias"),
+            )
+            q, k, v = qkv.view(bsz, 1, heads, 3 * hd).transpose(1, 2).split(hd, dim=-1)
+            q = rotary_2d(q, p2, b2)
+            k = rotary_2d(k, p2, b2)
+            self.k_cache[i].index_copy_(2, t.view(1), k)
+            self.v_cache[i].index_copy_(2, t.view(1), v)
+            coeff = float(i + 1)
+            scores = torch.matmul(q / (math.sqrt(hd) * coeff), self.k_cache[i].transpose(-1, -2))
+            scores = scores.masked_fill(~allowed, MASKED_SCORE)
+            probs = torch.softmax(scores.float() * coeff, dim=-1).to(v.dtype)
+            ctx = torch.matmul(probs, self.v_cache[i]).transpose(1, 2).reshape(bsz, 1, heads * hd)
+            att = F.linear(ctx, w(p + "attention.dense.weight"), w(p + "attention.dense.bias"))
+            h = alpha_residual(a, att, cfg.alpha)
+            mm = layer_norm(
+                h,
+                w(p + "post_attention_layernorm.weight"),
+                w(p + "post_attention_layernorm.bias"),
+                eps,
+            )
+            inner = gelu_tanh(
+                F.linear(mm, w(p + "mlp.dense_h_to_4h.weight"), w(p + "mlp.dense_h_to_4h.bias"))
+            )
+            mlp = F.linear(
+                inner, w(p + "mlp.dense_4h_to_h.weight"), w(p + "mlp.dense_4h_to_h.bias")
+            )
+            x = alpha_residual(mm, mlp, cfg.alpha)
+        x = layer_norm(
+            x,
+            w("transformer.final_layernorm.weight"),
+            w("transformer.final_layernorm.bias"),
+            eps,
+        )
+        return F.linear(x[:, 0], w("lm_head.weight")).float().argmax(-1)
+
+
+class StaticDecoder:
+    """Greedy decoding of ``batch`` same-length prompts with a static KV cache."""
+
+    def __init__(self, model: ChatGLMModel, batch: int, max_len: int, compile: bool = True):
+        if max_len > model.cfg.max_sequence_length:
+            raise ValueError(f"max_len {max_len} exceeds max_sequence_length")
+        self.model, self.batch, self.max_len = model, batch, max_len
+        self.module = DecodeStep(model, batch, max_len)
+        self.step = (
+            torch.compile(self.module, mode="reduce-overhead", fullgraph=True)
+            if compile
+            else self.module
+        )
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Greedy ids (eos ignored) of ``batch`` prompts of one length."""
+        m, cfg = self.model, self.model.cfg
+        n = len(prompts[0])
+        if len(prompts) != self.batch or any(len(p) != n for p in prompts):
+            raise ValueError(f"want {self.batch} prompts of one length")
+        if n + max_tokens - 1 > self.max_len:  # the last id is never fed
+            raise ValueError(f"{n} + {max_tokens} tokens exceed max_len {self.max_len}")
+        ctx = {context_and_mask_position(p, cfg) for p in prompts}
+        if len(ctx) != 1:
+            raise ValueError("the prompts must share [gMASK]'s position")
+        c, g = ctx.pop()
+        dev = m.device
+        t = torch.arange(n)
+        pos, block = position_ids_2d(t, c, g)
+        allowed = (t[None, :] < c) | (t[None, :] <= t[:, None])
+        ids = torch.tensor(prompts, device=dev)
+        logits, cache = m.forward(
+            ids,
+            pos.expand(self.batch, n),
+            block.expand(self.batch, n),
+            allowed.expand(self.batch, n, n),
+            last_only=True,
+        )
+        for i, (k, v) in enumerate(cache.layers):
+            self.module.k_cache[i, :, :, :n] = k
+            self.module.v_cache[i, :, :, :n] = v
+        tok = logits[:, -1].argmax(-1)
+        out = [tok]
+        for j in range(n, n + max_tokens - 1):
+            tj = torch.tensor(j, device=dev)
+            pj, bj = position_ids_2d(tj, c, g)
+            tok = self.step(tok.clone(), tj, pj, bj)
+            out.append(tok)
+        return torch.stack(out, dim=1).tolist()
