@@ -144,8 +144,9 @@ class CudaRunner final : public ModelRunner {
   // model on stream_: a decode graph where it can. Logits in logits_ (sampling
   // rows) or dbg_logits_ (want_all_logits). Returns whether any entry has prev_row.
   void enqueue_model(const StepBatch& batch, int buf);
-  // Captures the decode graph of padded batch size Sp (allocate_kv_cache captures every
-  // bucket's, so that no request pays a capture; a later activation regrowth recaptures lazily).
+  // Captures the decode graph of padded batch size Sp, on its first decode step (after an
+  // eager step has loaded the kernels and cuBLAS's state; capturing every bucket at start
+  // would need an eager warm-up of each first and is not done: issue 18, Deliver 2).
   std::map<int, cudaGraphExec_t>::iterator capture_graph(int Sp);
   // Copies the results of the launched, uncollected steps out of their pinned
   // buffers (after a stream synchronization) so that those may be reallocated.
@@ -740,8 +741,6 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
     k_layer_[l] = kv_ + (size_t)(2 * l) * per;
     v_layer_[l] = kv_ + (size_t)(2 * l + 1) * per;
   }
-  if (opts_.use_cuda_graphs)
-    for (int b : buckets_) capture_graph(b);
 }
 
 void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
