@@ -101,6 +101,9 @@ def run_engine(
     # Room for every sequence (after an adapter prefix of prefix_len tokens, whose own
     # blocks the engine holds once) at once.
     blocks = batch * math.ceil((prefix_len + seq_len) / 16) + math.ceil(prefix_len / 16) + 1
+    if args.profile and batch in args.profile_batches:
+        # the runner's host time per step (prep + enqueue, wait), printed when it goes
+        tuning = {"cuda_timing": True, **(tuning or {})}
     eng = _engine.Engine(
         ckpt,
         device="cuda",
