@@ -347,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 r["variant"] = "overlap_steps=false"
                 rows.append(r)
+                if "profile" in r:
+                    print(
+                        f"--- kernel profile, batch {b} [overlap_steps=false], 20 decode steps "
+                        f"---\n{r['profile']}",
+                        flush=True,
+                    )
                 print(
                     f"batch {b} [overlap_steps=false]: {r['tokens_per_s']:,.0f} tok/s, "
                     f"{r['ms_per_step']:.2f} ms/step",
