@@ -224,6 +224,15 @@ class ChatGLMModel:
         return cls(cfg, weights, dtype, device)
 
     # ------------------------------------------------------------- forward
+    def linear(self, x: torch.Tensor, weight: str, bias: torch.Tensor | None) -> torch.Tensor:
+        """A block's linear layer by weight name (a low-precision model overrides it)."""
+        return F.linear(x, self.w[weight], bias)
+
+    def stored_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new tokens' K (after rotary) and V as the cache keeps them (an FP8 KV cache
+        overrides it); [B, heads, T, head_dim]."""
+        return k, v
+
     def layer(
         self,
         i: int,
@@ -247,14 +256,14 @@ class ChatGLMModel:
         a = layer_norm(
             x, w[p + "input_layernorm.weight"], w[p + "input_layernorm.bias"], cfg.layernorm_epsilon
         )
-        qkv = F.linear(
-            a, w[p + "attention.query_key_value.weight"], w[p + "attention.query_key_value.bias"]
+        qkv = self.linear(
+            a, p + "attention.query_key_value.weight", w[p + "attention.query_key_value.bias"]
         )
         # Per head the 3*hd outputs are [q | k | v].
         qkv = qkv.view(bsz, t, heads, 3 * hd).transpose(1, 2)
         q, k, v = qkv.split(hd, dim=-1)
         q = rotary_2d(q, pos, block_pos)
-        k = rotary_2d(k, pos, block_pos)
+        k, v = self.stored_kv(rotary_2d(k, pos, block_pos), v)
         if past is not None:
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
@@ -265,7 +274,7 @@ class ChatGLMModel:
         else:
             ctx = scaled_masked_attention(q, k, v, allowed, i)
         ctx = ctx.transpose(1, 2).reshape(bsz, t, heads * hd)
-        att = F.linear(ctx, w[p + "attention.dense.weight"], w[p + "attention.dense.bias"])
+        att = self.linear(ctx, p + "attention.dense.weight", w[p + "attention.dense.bias"])
         h = alpha_residual(a, att, cfg.alpha)
 
         m = layer_norm(
@@ -275,9 +284,9 @@ class ChatGLMModel:
             cfg.layernorm_epsilon,
         )
         inner = gelu_tanh(
-            F.linear(m, w[p + "mlp.dense_h_to_4h.weight"], w[p + "mlp.dense_h_to_4h.bias"])
+            self.linear(m, p + "mlp.dense_h_to_4h.weight", w[p + "mlp.dense_h_to_4h.bias"])
         )
-        mlp = F.linear(inner, w[p + "mlp.dense_4h_to_h.weight"], w[p + "mlp.dense_4h_to_h.bias"])
+        mlp = self.linear(inner, p + "mlp.dense_4h_to_h.weight", w[p + "mlp.dense_4h_to_h.bias"])
         return alpha_residual(m, mlp, cfg.alpha), (k, v)
 
     @torch.inference_mode()
