@@ -55,3 +55,14 @@ TEST(DecoderConfigTest, cuda_tuning_parameters) {
       parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"cuda_mma_variant", "4"}}), {}, ".", nullptr),
       "unknown parameter 'cuda_mma_variant'");
 }
+
+TEST(DecoderConfigTest, overlap_steps_parameter) {
+  auto on = parse_decoder_config(model_config({{"checkpoint_dir", "/c"}}), {}, ".", nullptr);
+  EXPECT_TRUE(on.engine.overlap_steps);  // the default
+  auto off = parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"overlap_steps", "false"}}), {}, ".",
+                                  nullptr);
+  EXPECT_FALSE(off.engine.overlap_steps);
+  EXPECT_THROW_MSG(
+      parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"overlap_steps", "maybe"}}), {}, ".", nullptr),
+      "chatglm_decoder parameter 'overlap_steps' = 'maybe': expected a boolean (true/false/1/0)");
+}
