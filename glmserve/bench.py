@@ -324,50 +324,38 @@ def main(argv: list[str] | None = None) -> int:
     controls: list[dict] = []
     int8_rows: dict[str, list[dict]] = {}
     int8_md = ""
+
+    def keep(r: dict, variant: str = "") -> None:
+        """A row of the table (an A/B variant names what it changed); its line and profile."""
+        tag = f" [{variant}]" if variant else ""
+        if variant:
+            r["variant"] = variant
+        rows.append(r)
+        print(
+            f"batch {r['batch']}{tag}: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step, "
+            f"TTFT {r['ttft_ms']:.1f} ms, {r['gpu_mem_gib']:.1f} GiB",
+            flush=True,
+        )
+        if "profile" in r:
+            print(
+                f"--- kernel profile, batch {r['batch']}{tag}, 20 decode steps ---\n{r['profile']}",
+                flush=True,
+            )
+
     with tempfile.TemporaryDirectory() as d:
         common.write_real_config(d)
         if args.int8:
             int8_rows, int8_md = common.run_int8(_engine, d, batches, args, torch, base_used)
         for b in batches:
-            r = common.run_engine(_engine, d, b, args, torch, base_used)
-            rows.append(r)
-            print(
-                f"batch {b}: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step, "
-                f"TTFT {r['ttft_ms']:.1f} ms, {r['gpu_mem_gib']:.1f} GiB",
-                flush=True,
-            )
-            if "profile" in r:
-                print(
-                    f"--- kernel profile, batch {b}, 20 decode steps ---\n{r['profile']}",
-                    flush=True,
-                )
+            keep(common.run_engine(_engine, d, b, args, torch, base_used))
             if args.overlap_ab and not args.no_overlap:
-                r = common.run_engine(
-                    _engine, d, b, args, torch, base_used, options={"overlap_steps": False}
-                )
-                r["variant"] = "overlap_steps=false"
-                rows.append(r)
-                if "profile" in r:
-                    print(
-                        f"--- kernel profile, batch {b} [overlap_steps=false], 20 decode steps "
-                        f"---\n{r['profile']}",
-                        flush=True,
-                    )
-                print(
-                    f"batch {b} [overlap_steps=false]: {r['tokens_per_s']:,.0f} tok/s, "
-                    f"{r['ms_per_step']:.2f} ms/step",
-                    flush=True,
-                )
+                opts = {"overlap_steps": False}
+                r = common.run_engine(_engine, d, b, args, torch, base_used, options=opts)
+                keep(r, "overlap_steps=false")
         for name, value in args.variant:
-            var = f"{name}={value}"
             for b in args.variant_batches or sorted({batches[0], batches[-1]}):
                 r = common.run_engine(_engine, d, b, args, torch, base_used, tuning={name: value})
-                r["variant"] = var
-                rows.append(r)
-                print(
-                    f"batch {b} [{var}]: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step",
-                    flush=True,
-                )
+                keep(r, f"{name}={value}")
         controls = run_controls(_engine, d, args, torch, base_used)
     bbs = [int(x) for x in args.baseline_batches.split(",") if x]
     base = run_baseline(bbs, args, torch) if bbs else {}

@@ -486,12 +486,6 @@ class EngineImpl final : public Engine {
     std::vector<TokenLogprob> logprobs;  // the runner writes here (SeqBatchEntry::logprob_out)
   };
 
-  // A sequence whose next draw needs every previous id on the host (the penalties).
-  static bool needs_history(const Sequence& s) {
-    const SamplingParams& p = s.params;
-    return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
-  }
-
   // Plans the next step and builds its batch (mu_ held). Returns nullptr when
   // nothing is scheduled. `batch` points into `storage` and the sequences.
   std::unique_ptr<Launched> plan_step(StepBatch* batch, std::vector<std::vector<int32_t>>* storage) {
@@ -630,7 +624,7 @@ class EngineImpl final : public Engine {
       }
       if (inflight_)
         for (const Sequence* s : scheduler_->running())
-          if (s->pending_row >= 0 && needs_history(*s)) drain_first = true;
+          if (s->pending_row >= 0 && s->params.has_penalties()) drain_first = true;
     }
     if (drain_first) finish_inflight(&events);
 

@@ -135,6 +135,11 @@ struct SamplingParams {
   std::vector<int32_t> stop_token_ids;  // generation ends at any of these ids
   bool include_stop_str_in_output = false;  // keep the stop string (or stop id's text) in the text
   std::string adapter;             // a loaded prefix adapter's name; "" = the base model
+
+  // Whether a draw reads the previous ids (repetition / presence / frequency penalties).
+  bool has_penalties() const {
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
 };
 
 // Why a choice ended. kStop: a stop string or stop id (kEos: <eop>).

@@ -941,10 +941,7 @@ void CudaRunner::launch(const StepBatch& batch) {
     for (int i = 0; i < S; ++i) {
       const SeqBatchEntry& e = batch.seqs[i];
       const SamplingParams& sprm = *e.params;
-      const bool penalties = (sprm.repetition_penalty != 1.0f && e.history_len > 0) ||
-                             ((sprm.presence_penalty != 0.0f || sprm.frequency_penalty != 0.0f) &&
-                              e.history_len > std::max(0, std::min(e.prompt_len, e.history_len)));
-      if (penalties && e.prev_row >= 0)
+      if (sprm.has_penalties() && e.prev_row >= 0)
         throw EngineError("cuda runner: penalties need every previous id on the host (prev_row given)");
       if (sprm.repetition_penalty != 1.0f && e.history_len > 0) {
         pen_rows.push_back(i);
