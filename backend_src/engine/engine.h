@@ -78,6 +78,10 @@ struct CudaTuning {
   // int8 linears: the tensor-core kernel up to this many tokens, dequantization +
   // cuBLAS above (0 = never).
   int int8_mma_max_tokens = 256;
+  // int8 linears: W8A8 (activations quantized per token, int8 tensor cores) from this
+  // many tokens on (0 = never). Needs the row-major layout: on, the block linears are
+  // not packed (docs/int8.md "W8A8 at large batch").
+  int int8_w8a8_min_tokens = 0;
   // Debugging: NaN written at allocation into the KV cache (1), the activations (2) or both (3).
   int poison = 0;
   // Host-side time per step (preparation, enqueue, wait), printed to stderr when the runner goes.

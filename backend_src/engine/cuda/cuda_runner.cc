@@ -91,8 +91,10 @@ class CudaRunner final : public ModelRunner {
   void collect(int32_t* next_tokens) override;
   std::string describe() const override {
     if (!int8_) return "";
+    const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
     return std::string("int8 block linears ") +
            (int8_packed_ ? "packed (GEMV + warp-specialized wgmma, sm_90a)" : "row-major (GEMV + mma.sync)") +
+           (w8a8 > 0 ? ", W8A8 int8 tensor cores from " + std::to_string(w8a8) + " tokens" : std::string()) +
            ", lm_head " + (lm_head8_.q ? "int8" : "fp16");
   }
 
@@ -261,6 +263,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       int8_gemm_->set_stream(stream_);
       int8_gemm_->set_gemv_max_tokens(opts.cuda.int8_gemv_max_tokens);
       int8_gemm_->set_mma_max_tokens(opts.cuda.int8_mma_max_tokens);
+      int8_gemm_->set_w8a8_min_tokens(opts.cuda.int8_w8a8_min_tokens);
       int8_lm_head = cfg.int8_lm_head || opts.cuda.int8_lm_head;
     }
 
@@ -527,7 +530,8 @@ void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int
 }
 
 void CudaRunner::pack_int8_layers() {
-  if (!opts_.cuda.int8_packed || !cuda::int8_packed_available()) return;
+  // W8A8 runs cuBLAS on the row-major layout.
+  if (!opts_.cuda.int8_packed || opts_.cuda.int8_w8a8_min_tokens > 0 || !cuda::int8_packed_available()) return;
   struct Linear {
     cuda::Int8Weight* w;
     int out, in;

@@ -716,6 +716,11 @@ void Int8Gemm::run(const __half* x, const Int8Weight& w, void* y, bool f32_out, 
     run_packed(x, w, y, f32_out, tokens, in, out, bias, gelu);
     return;
   }
+  if (w8a8_min_ > 0 && tokens >= w8a8_min_ && w8a8_supported(x, w.q, in) &&
+      w8a8_scratch_need(tokens, in) <= scratch_bytes_) {
+    w8a8_linear(handle_, x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, scratch_, scratch_bytes_, stream_);
+    return;
+  }
   if (tokens <= gemv_max_tokens() && int8_gemv_supported(x, w.q, tokens, in)) {
     int8_gemv(x, w.q, w.scale, y, f32_out, bias, gelu, tokens, in, out, stream_);
     return;

@@ -19,6 +19,8 @@
 //                       and the first Hopper wgmma one, 6, were removed: docs/int8.md.)
 //   larger (prefill)    the weight dequantized slice by slice into a fp16
 //                       scratch buffer, then cuBLAS (compute-bound anyway).
+// From w8a8_min tokens on (0 = never; EngineOptions::cuda.int8_w8a8_min_tokens),
+// W8A8 (below) takes over on row-major weights: int8 tensor cores.
 #pragma once
 
 #include <cublas_v2.h>
@@ -88,6 +90,20 @@ void int8_packed_linear(const __half* x, const uint8_t* qp, const __half* scale,
                         int M, int K, int N, int gemv_max, float* partials, size_t partial_floats, int* counters,
                         int counter_count, int num_sms, cudaStream_t stream);
 
+// ---- W8A8 (w8a8.cu): activations quantized per token on the fly, int8 tensor
+// cores through cuBLAS (int32 accumulation), both scales in the epilogue:
+//   sx[m] = max_k |x[m, k]| / 127 (fp32, 1 when not > 0), qx = rint(x / sx) in [-127, 127],
+//   y[m, n] = act((float(sum_k qx[m, k] q[n, k]) * sx[m]) * scale[n] + bias[n]).
+// Row-major weights only; K % 16 == 0 and x, q 16-byte aligned.
+bool w8a8_supported(const void* x, const void* q, int K);
+void int8_quantize_tokens(const __half* x, int M, int K, int8_t* qx, float* sx, cudaStream_t stream);
+// Scratch bytes w8a8_linear needs at the least for M tokens of K inputs (more
+// scratch = fewer cuBLAS calls over the output columns).
+size_t w8a8_scratch_need(int M, int K);
+void w8a8_linear(cublasHandle_t handle, const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out,
+                 const float* bias, bool gelu, int M, int K, int N, void* scratch, size_t scratch_bytes,
+                 cudaStream_t stream);
+
 // ---- the dispatcher: owns the split-K partials, the dequantization scratch
 // and a cuBLAS handle of its own (fixed workspace, so calls can be captured
 // into CUDA graphs).
@@ -110,8 +126,11 @@ class Int8Gemm {
   // packed layout's GEMV takes up to 8 tokens then.
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   void set_mma_max_tokens(int n) { mma_max_ = n; }
+  // W8A8 (w8a8_linear) from this many tokens on, on row-major weights (0 = never).
+  void set_w8a8_min_tokens(int n) { w8a8_min_ = n; }
   int gemv_max_tokens() const;
   int mma_max_tokens() const { return mma_max_; }
+  int w8a8_min_tokens() const { return w8a8_min_; }
   size_t device_bytes() const { return partial_bytes_ + scratch_bytes_ + workspace_bytes_; }
 
  private:
@@ -126,7 +145,7 @@ class Int8Gemm {
   static constexpr int kCounters = 4096;
   // The fastest measured on the H200 (docs/int8.md, kernel timing tables): the
   // GEMV for 1 token (2 without PDL), the pipelined tensor-core kernel (variant 4) above.
-  int gemv_max_ = -1, mma_max_ = 256, num_sms_ = 1;
+  int gemv_max_ = -1, mma_max_ = 256, w8a8_min_ = 0, num_sms_ = 1;
   int* counters_ = nullptr;
   float* partials_ = nullptr;
   size_t partial_bytes_ = 0;
