@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from glmserve import bench_common as common
-from glmserve import cuda_tuning
+from glmserve import bounds, cuda_tuning
 from glmserve.config import REAL_CONFIG
 
 
@@ -167,23 +167,31 @@ def compiled_table(rows: list[dict], compiled: dict[int, dict]) -> str:
 def table(rows: list[dict], base: dict[int, dict], info: dict) -> str:
     lines = [
         "| batch | tokens/s (whole run) | decode tokens/s | ms/step (decode) | TTFT (ms) "
-        "| GPU memory (GiB) | PyTorch eager fp16 tokens/s | speed-up |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| GPU memory (GiB) | PyTorch eager fp16 tokens/s | speed-up | bound tokens/s (limit) "
+        "| decode share of the bound |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    by_batch = info.get("bounds", {})
     for r in rows:
         b = None if "variant" in r else base.get(r["batch"])
         bs = f"{b['tokens_per_s']:,.1f}" if b else "-"
         ratio = f"{r['tokens_per_s'] / b['tokens_per_s']:.1f}x" if b else "-"
+        bd = by_batch.get(r["batch"])
+        bound = f"{bd[0]:,.0f} ({bd[1]})" if bd else "-"
+        share = f"{r['decode_tokens_per_s'] / bd[0] * 100:.0f}%" if bd else "-"
         lines.append(
             f"| {r['batch']}{' (' + r['variant'] + ')' if 'variant' in r else ''} | {r['tokens_per_s']:,.0f} | {r['decode_tokens_per_s']:,.0f} | {r['ms_per_step']:.2f} "
-            f"| {r['ttft_ms']:.1f} | {r['gpu_mem_gib']:.1f} | {bs} | {ratio} |"
+            f"| {r['ttft_ms']:.1f} | {r['gpu_mem_gib']:.1f} | {bs} | {ratio} | {bound} | {share} |"
         )
     lines.append("")
     lines.append(
         f"Copy bandwidth (device-to-device, read + write): {info['bw'] / 1e12:.2f} TB/s. "
         f"Weights read per decode step: {info['wbytes'] / 1e9:.2f} GB, so the batch-1 bound is "
         f"{info['bound']:.0f} tokens/s ({1e3 / info['bound']:.2f} ms/step); batch 1 reached "
-        f"{info['frac'] * 100:.0f}% of it."
+        f"{info['frac'] * 100:.0f}% of it. The bound of a batch B (glmserve.bounds) is B / the "
+        "larger of that memory time and the time cuBLAS takes for the step's GEMMs at M = B "
+        "(fp16, each shape timed alone on this card in this run); the share compares decode "
+        "tokens/s with it."
     )
     return "\n".join(lines)
 
@@ -369,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         "wbytes": wbytes,
         "bound": bound,
         "frac": (b1["decode_tokens_per_s"] / bound) if b1 else 0.0,
+        "bounds": {
+            b: bounds.bound_tokens_per_s(b, wbytes, bw, bounds.gemm_seconds(torch, REAL_CONFIG, b))
+            for b in sorted({r["batch"] for r in rows})
+        },
     }
     md = table(rows, base, info)
     when, header = common.report_header(dev, "glmserve.bench", argv)

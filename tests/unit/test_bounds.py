@@ -1,0 +1,64 @@
+"""glmserve.bounds: the step's GEMM shapes, their timing (on the CPU here) and which limit
+binds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glmserve.bounds import bound_tokens_per_s, gemm_seconds, linear_shapes
+from glmserve.config import REAL_CONFIG
+
+TINY = {"hidden_size": 32, "inner_hidden_size": 128, "vocab_size": 100, "num_layers": 3}
+
+
+def test_shapes_cover_every_weight_of_a_step():
+    shapes = linear_shapes(REAL_CONFIG)
+    params = sum(s.out * s.inp * s.count for s in shapes)
+    h, i, v, n = 4096, 16384, REAL_CONFIG["vocab_size"], 28
+    assert params == n * (3 * h * h + h * h + 2 * h * i) + v * h
+    assert [s.name for s in shapes] == ["qkv", "dense", "h_to_4h", "4h_to_h", "lm_head"]
+
+
+def test_gemm_seconds_grows_with_the_token_count():
+    small = gemm_seconds(torch, TINY, 1, device="cpu", reps=3)
+    assert small > 0
+    big = min(
+        gemm_seconds(
+            torch,
+            {**TINY, "hidden_size": 256, "inner_hidden_size": 1024},
+            512,
+            device="cpu",
+            reps=3,
+        )
+        for _ in range(2)
+    )
+    assert big > small
+
+
+@pytest.mark.parametrize(
+    "gemm_s, want",
+    [(0.001, ("memory", 256 / 0.005)), (0.010, ("GEMM", 256 / 0.010))],
+)
+def test_the_slower_limit_binds(gemm_s, want):
+    tps, which = bound_tokens_per_s(256, weight_bytes=10e9, bandwidth=2e12, gemm_s=gemm_s)
+    assert which == want[0]
+    assert tps == pytest.approx(want[1])
+
+
+def test_bench_table_gives_each_batch_its_share_of_the_bound():
+    from glmserve.bench import table
+
+    row = dict(
+        tokens_per_s=200.0,
+        decode_tokens_per_s=210.0,
+        ms_per_step=4.8,
+        ttft_ms=20.0,
+        gpu_mem_gib=13.0,
+    )
+    rows = [{"batch": 1, **row}, {"batch": 256, **row, "decode_tokens_per_s": 21000.0}]
+    info = {"bw": 3e12, "wbytes": 12.5e9, "bound": 240.0, "frac": 0.875}
+    info["bounds"] = {1: (240.0, "memory"), 256: (30000.0, "GEMM")}
+    lines = table(rows, {}, info).splitlines()
+    assert lines[2].endswith("| 240 (memory) | 88% |")
+    assert lines[3].endswith("| 30,000 (GEMM) | 70% |")
