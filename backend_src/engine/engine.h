@@ -99,6 +99,7 @@ struct EngineOptions {
   int device_id = 0;               // GPU ordinal for "cuda"
   std::string dtype = "fp32";      // "fp32" (cpu) or "fp16" (cuda)
   bool int8 = false;               // INT8 weight-only linear layers
+  bool fp8 = false;                // FP8 E4M3 block linears, weights and activations (device cuda, sm_89+)
   bool random_weights = false;     // real shapes from config.json, weights from `weights_seed`
   uint64_t weights_seed = 0;
   int block_size = 16;             // tokens per KV block

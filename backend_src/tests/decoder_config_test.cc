@@ -66,3 +66,12 @@ TEST(DecoderConfigTest, overlap_steps_parameter) {
       parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"overlap_steps", "maybe"}}), {}, ".", nullptr),
       "chatglm_decoder parameter 'overlap_steps' = 'maybe': expected a boolean (true/false/1/0)");
 }
+
+TEST(DecoderConfigTest, fp8_parameter) {
+  auto off = parse_decoder_config(model_config({{"checkpoint_dir", "/c"}}), {}, ".", nullptr);
+  EXPECT_FALSE(off.engine.fp8);  // the default
+  auto on = parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"fp8", "true"}}), {}, ".", nullptr);
+  EXPECT_TRUE(on.engine.fp8);
+  EXPECT_THROW_MSG(parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"fp8", "e4m3"}}), {}, ".", nullptr),
+                   "chatglm_decoder parameter 'fp8' = 'e4m3': expected a boolean (true/false/1/0)");
+}

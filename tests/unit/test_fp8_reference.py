@@ -78,3 +78,21 @@ def test_the_fp8_model_differs_from_fp32(tiny):
 def test_wrap_needs_a_mode(tiny):
     with pytest.raises(ValueError, match="fp8_linears"):
         Fp8Reference.wrap(tiny[0])
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(fp8=True), r'engine option fp8 needs device "cuda" on a GPU with FP8 tensor cores'),
+        (dict(fp8=True, int8=True), "engine option fp8 and int8 are two modes: choose one"),
+        (dict(fp8=True, device="cuda", int8=True), "engine option fp8 and int8 are two modes"),
+    ],
+)
+def test_the_engine_refuses_fp8_where_it_cannot_run(kw, msg):
+    """FP8 runs on the CUDA back-end only (FP8 tensor cores); the CPU engine says so, naming
+    the option, before it loads anything."""
+    from helpers.engine_util import engine_module
+
+    _engine = engine_module()
+    with pytest.raises(_engine.EngineError, match=msg):
+        _engine.Engine(str(tiny_dir()), **kw)

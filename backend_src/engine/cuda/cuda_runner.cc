@@ -35,6 +35,7 @@
 #include "weights.h"
 #include "cuda/cuda_check.h"
 #include "cuda/gemm.h"
+#include "cuda/fp8_gemm.h"
 #include "cuda/int8_gemm.h"
 #include "cuda/kernels.h"
 
@@ -56,6 +57,8 @@ struct Layer {
   float *ln_in_w = nullptr, *ln_in_b = nullptr, *ln_post_w = nullptr, *ln_post_b = nullptr;
   // INT8 weight-only mode (docs/int8.md): the four linears as int8 + fp16 scales (the __half pointers stay null)
   cuda::Int8Weight qkv8, dense8, w18, w28;
+  // FP8 mode (docs/int8.md "FP8"): E4M3 codes + fp32 scales per output channel (the __half pointers stay null)
+  cuda::Fp8Weight qkvf, densef, w1f, w2f;
 };
 
 // Padded batch sizes that get their own decode graph.
@@ -90,6 +93,7 @@ class CudaRunner final : public ModelRunner {
   void launch(const StepBatch& batch) override;
   void collect(int32_t* next_tokens) override;
   std::string describe() const override {
+    if (fp8_) return "fp8 block linears (E4M3 weights per channel, activations per token, cuBLASLt), lm_head fp16";
     if (!int8_) return "";
     const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
     return std::string("int8 block linears ") +
@@ -132,9 +136,13 @@ class CudaRunner final : public ModelRunner {
   // Hopper (sm_90a build): the block linears rewritten in place into the packed
   // layout of their fastest kernels (int8_gemm.h); tuning int8_packed=false keeps row-major.
   void pack_int8_layers();
-  void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, __half* y, int T, int in, int out,
-           const float* bias = nullptr, bool gelu = false) {
-    if (w8.q)
+  // FP8: a float tensor quantized on the GPU (glmserve.fp8's rule).
+  void upload_linear_fp8(cuda::Fp8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
+  void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, const cuda::Fp8Weight& wf, __half* y, int T,
+           int in, int out, const float* bias = nullptr, bool gelu = false) {
+    if (wf.q)
+      fp8_gemm_->linear(x, wf, y, T, in, out, bias, gelu);
+    else if (w8.q)
       int8_gemm_->linear(x, w8, y, T, in, out, bias, gelu);
     else
       gemm_->linear(x, w, y, T, in, out, bias, gelu);
@@ -166,6 +174,8 @@ class CudaRunner final : public ModelRunner {
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<Gemm> gemm_;
   bool int8_ = false;  // layer linears int8 (EngineOptions.int8 or an int8 checkpoint)
+  bool fp8_ = false;   // layer linears FP8 (EngineOptions.fp8)
+  std::unique_ptr<cuda::Fp8Gemm> fp8_gemm_;
   bool int8_packed_ = false;  // ... rewritten into the packed layout at load (pack_int8_layers)
   std::unique_ptr<cuda::Int8Gemm> int8_gemm_;
   cuda::Int8Weight lm_head8_;  // int8 lm_head (checkpoint quantization.lm_head, or tuning int8_lm_head)
@@ -232,6 +242,8 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
   if (opts.dtype != "fp16" && opts.dtype != "float16")
     throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cuda (use fp16)");
   int8_ = opts.int8 || cfg.int8;
+  fp8_ = opts.fp8;
+  if (fp8_ && cfg.int8) throw EngineError("engine option fp8 needs a float checkpoint (this one is int8)");
   H_ = cfg.hidden_size;
   I_ = cfg.inner_hidden_size;
   V_ = cfg.vocab_size;
@@ -266,6 +278,13 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       int8_gemm_->set_w8a8_min_tokens(opts.cuda.int8_w8a8_min_tokens);
       int8_lm_head = cfg.int8_lm_head || opts.cuda.int8_lm_head;
     }
+    if (fp8_) {
+      if (!cuda::fp8_supported_device())
+        throw EngineError("engine option fp8: this GPU has no FP8 tensor cores (compute capability 8.9 or newer, "
+                          "e.g. H100 / H200)");
+      fp8_gemm_ = std::make_unique<cuda::Fp8Gemm>();
+      fp8_gemm_->set_stream(stream_);
+    }
 
     // weights
     const size_t HH = (size_t)H_ * H_;
@@ -284,6 +303,11 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       allocations_.push_back(w8.q);
       w8.scale = alloc_h(out);
     };
+    auto alloc_f8 = [&](cuda::Fp8Weight& wf, size_t out, size_t in) {
+      wf.q = dev_alloc<uint8_t>(out * in);
+      allocations_.push_back(wf.q);
+      wf.scale = alloc_f(out);
+    };
     emb_ = alloc_h((size_t)V_ * H_);
     if (int8_lm_head)
       alloc_8(lm_head8_, V_, H_);
@@ -293,7 +317,12 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     lnf_b_ = alloc_f(H_);
     layers_.resize(L_);
     for (Layer& l : layers_) {
-      if (int8_) {
+      if (fp8_) {
+        alloc_f8(l.qkvf, 3 * (size_t)H_, H_);
+        alloc_f8(l.densef, H_, H_);
+        alloc_f8(l.w1f, I_, H_);
+        alloc_f8(l.w2f, H_, I_);
+      } else if (int8_) {
         alloc_8(l.qkv8, 3 * (size_t)H_, H_);
         alloc_8(l.dense8, H_, H_);
         alloc_8(l.w18, I_, H_);
@@ -400,6 +429,7 @@ void CudaRunner::release() {
   samp_cap_ = 0;
   gemm_.reset();
   int8_gemm_.reset();
+  fp8_gemm_.reset();
   if (stream_) cudaStreamDestroy(stream_);
   stream_ = nullptr;
 }
@@ -529,6 +559,29 @@ void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int
   }
 }
 
+void CudaRunner::upload_linear_fp8(cuda::Fp8Weight& d, const LinearWeights& s, int64_t rows, int64_t cols,
+                                   const char* name) {
+  const TensorView& t = s.weight;
+  if (t.numel() != rows * cols) throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
+  const size_t n = (size_t)(rows * cols);
+  if (t.dtype == DType::kF16) {
+    __half* tmp = dev_alloc<__half>(n);
+    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 2, cudaMemcpyHostToDevice, stream_));
+    cuda::fp8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(tmp);
+  } else if (t.dtype == DType::kF32) {
+    float* tmp = dev_alloc<float>(n);
+    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 4, cudaMemcpyHostToDevice, stream_));
+    cuda::fp8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cudaFree(tmp);
+  } else {
+    throw EngineError(std::string("device cuda: fp8 mode needs a float tensor ") + name + ", got " +
+                      dtype_name(t.dtype));
+  }
+}
+
 void CudaRunner::pack_int8_layers() {
   // W8A8 runs cuBLAS on the row-major layout.
   if (!opts_.cuda.int8_packed || opts_.cuda.int8_w8a8_min_tokens > 0 || !cuda::int8_packed_available()) return;
@@ -573,7 +626,12 @@ void CudaRunner::load_weights_from(const ModelWeights& w) {
   for (int i = 0; i < L_; ++i) {
     const LayerWeights& s = w.layers[i];
     Layer& d = layers_[i];
-    if (int8_) {
+    if (fp8_) {
+      upload_linear_fp8(d.qkvf, s.query_key_value, 3ll * H_, H_, "query_key_value.weight");
+      upload_linear_fp8(d.densef, s.dense, H_, H_, "dense.weight");
+      upload_linear_fp8(d.w1f, s.dense_h_to_4h, I_, H_, "dense_h_to_4h.weight");
+      upload_linear_fp8(d.w2f, s.dense_4h_to_h, H_, I_, "dense_4h_to_h.weight");
+    } else if (int8_) {
       upload_linear8(d.qkv8, s.query_key_value, 3ll * H_, H_, "query_key_value.weight");
       upload_linear8(d.dense8, s.dense, H_, H_, "dense.weight");
       upload_linear8(d.w18, s.dense_h_to_4h, I_, H_, "dense_h_to_4h.weight");
@@ -605,9 +663,15 @@ void CudaRunner::init_random_weights(uint64_t seed) {
   auto tseed = [&]() { return splitmix64(seed ^ ((++k) * 0x9E3779B97F4A7C15ull)); };
   // INT8 mode: the same fp16 values, quantized on the GPU through a staging buffer.
   __half* stage = nullptr;
-  if (int8_)
+  if (int8_ || fp8_)
     stage = dev_alloc<__half>((size_t)std::max<int64_t>({3ll * H_ * H_, (int64_t)I_ * H_, lm_head8_.q ? (int64_t)V_ * H_ : (int64_t)0}));
-  auto mat = [&](__half* p, int64_t out, int64_t in, float amp, cuda::Int8Weight* w8 = nullptr) {
+  auto mat = [&](__half* p, int64_t out, int64_t in, float amp, cuda::Int8Weight* w8 = nullptr,
+                 cuda::Fp8Weight* wf = nullptr) {
+    if (wf && wf->q) {  // FP8 mode: the same fp16 values, quantized on the GPU
+      cuda::fill_uniform_half(stage, out * in, tseed(), amp, stream_);
+      cuda::fp8_quantize_rows(stage, out, in, wf->q, wf->scale, stream_);
+      return;
+    }
     if (w8 && w8->q) {
       cuda::fill_uniform_half(stage, out * in, tseed(), amp, stream_);
       cuda::int8_quantize_rows(stage, out, in, w8->q, w8->scale, stream_);
@@ -625,15 +689,15 @@ void CudaRunner::init_random_weights(uint64_t seed) {
   for (Layer& l : layers_) {
     norm_w(l.ln_in_w, H_);
     bias(l.ln_in_b, H_);
-    mat(l.wqkv, 3ll * H_, H_, inv_sqrt(H_), &l.qkv8);
+    mat(l.wqkv, 3ll * H_, H_, inv_sqrt(H_), &l.qkv8, &l.qkvf);
     bias(l.bqkv, 3ll * H_);
-    mat(l.wdense, H_, H_, inv_sqrt(H_), &l.dense8);
+    mat(l.wdense, H_, H_, inv_sqrt(H_), &l.dense8, &l.densef);
     bias(l.bdense, H_);
     norm_w(l.ln_post_w, H_);
     bias(l.ln_post_b, H_);
-    mat(l.w1, I_, H_, inv_sqrt(H_), &l.w18);
+    mat(l.w1, I_, H_, inv_sqrt(H_), &l.w18, &l.w1f);
     bias(l.b1, I_);
-    mat(l.w2, H_, I_, inv_sqrt(I_), &l.w28);
+    mat(l.w2, H_, I_, inv_sqrt(I_), &l.w28, &l.w2f);
     bias(l.b2, H_);
   }
   norm_w(lnf_w_, H_);
@@ -769,13 +833,13 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
                       H_, s);
   for (int l = 0; l < L_; ++l) {
     const Layer& w = layers_[l];
-    lin(a_, w.wqkv, w.qkv8, qkv_, T, H_, 3 * H_);
+    lin(a_, w.wqkv, w.qkv8, w.qkvf, qkv_, T, H_, 3 * H_);
     cuda::qkv_rotary_kv_write(qkv_, w.bqkv, m.pos, m.bpos, m.slot, rp, q_, k_layer_[l], v_layer_[l], T, s);
     cuda::paged_attention(q_, k_layer_[l], v_layer_[l], m.tok_seq, m.n_keys, m.tables, ap, att_, T, s);
-    lin(att_, w.wdense, w.dense8, d_, T, H_, H_);
+    lin(att_, w.wdense, w.dense8, w.densef, d_, T, H_, H_);
     cuda::add_layernorm(a_, alpha_, d_, w.bdense, nullptr, w.ln_post_w, w.ln_post_b, eps, m_, T, H_, s);
-    lin(m_, w.w1, w.w18, f_, T, H_, I_, w.b1, /*gelu=*/true);
-    lin(f_, w.w2, w.w28, d_, T, I_, H_);
+    lin(m_, w.w1, w.w18, w.w1f, f_, T, H_, I_, w.b1, /*gelu=*/true);
+    lin(f_, w.w2, w.w28, w.w2f, d_, T, I_, H_);
     if (l + 1 < L_) {
       const Layer& nx = layers_[l + 1];
       cuda::add_layernorm(m_, alpha_, d_, w.b2, nullptr, nx.ln_in_w, nx.ln_in_b, eps, a_, T, H_, s);

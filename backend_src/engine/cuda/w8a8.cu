@@ -14,6 +14,7 @@
 #include "cuda_check.h"
 #include "device_util.h"
 #include "int8_gemm.h"
+#include "quant_epilogue.cuh"
 
 namespace glm {
 namespace cuda {
@@ -48,26 +49,6 @@ __global__ void __launch_bounds__(kQuantThreads)
     qx[row * K + c] = static_cast<int8_t>(v);
   }
 }
-
-// acc [M, ldc] int32 (columns [0, nc) of output columns n0..n0+nc) -> y [M, N].
-__global__ void epilogue_kernel(const int32_t* __restrict__ acc, int ldc, const float* __restrict__ sx,
-                                const __half* __restrict__ scale, const float* __restrict__ bias, bool gelu,
-                                void* __restrict__ y, bool f32_out, int M, int N, int n0, int nc) {
-  const int64_t total = (int64_t)M * nc;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int m = static_cast<int>(i / nc), c = static_cast<int>(i % nc), n = n0 + c;
-    float v = __fmul_rn(__fmul_rn(static_cast<float>(acc[(int64_t)m * ldc + c]), sx[m]), __half2float(scale[n]));
-    if (bias) v = __fadd_rn(v, bias[n]);
-    if (gelu) v = gelu_tanh(v);
-    const int64_t o = (int64_t)m * N + n;
-    if (f32_out)
-      static_cast<float*>(y)[o] = v;
-    else
-      static_cast<__half*>(y)[o] = __float2half_rn(v);
-  }
-}
-
-int grid_for(int64_t total) { return static_cast<int>(std::min<int64_t>((total + 255) / 256, 65535)); }
 
 }  // namespace
 
@@ -121,9 +102,8 @@ void w8a8_linear(cublasHandle_t handle, const __half* x, const int8_t* q, const 
                                            CUBLAS_GEMM_DEFAULT);
     if (st != CUBLAS_STATUS_SUCCESS)
       throw std::runtime_error(std::string("cuBLAS error in cublasGemmEx (W8A8 int8): ") + cublasGetStatusString(st));
-    epilogue_kernel<<<grid_for((int64_t)M * nc), 256, 0, stream>>>(acc, ldc, sx, scale, bias, gelu, y, f32_out, M,
-                                                                    N, static_cast<int>(n0), nc);
-    GLM_CUDA_LAUNCH_CHECK("w8a8 epilogue");
+    quant_epilogue(acc, ldc, sx, scale, bias, gelu, y, f32_out, M, N, static_cast<int>(n0), nc, stream,
+                   "w8a8 epilogue");
   }
 }
 

@@ -1,0 +1,196 @@
+// FP8 (E4M3) linears: see fp8_gemm.h for the contract, docs/int8.md "FP8" for
+// the numbers.
+#include "fp8_gemm.h"
+
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "cuda_check.h"
+#include "quant_epilogue.cuh"
+
+namespace glm {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr float kE4m3Max = 448.f;
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+
+// One block per row: the row's max |x|, then its codes.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    quantize_rows_kernel(const T* __restrict__ x, int64_t cols, uint8_t* __restrict__ q, float* __restrict__ scale) {
+  __shared__ float red[kThreads / 32];
+  __shared__ float s_scale;
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * cols;
+  float amax = 0.f;
+  for (int64_t c = threadIdx.x; c < cols; c += kThreads) amax = fmaxf(amax, fabsf(to_f32(xr[c])));
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float m = red[0];
+    for (int i = 1; i < kThreads / 32; ++i) m = fmaxf(m, red[i]);
+    const float s = m > 0.f ? __fdiv_rn(m, kE4m3Max) : 1.f;
+    scale[row] = s;
+    s_scale = s;
+  }
+  __syncthreads();
+  const float s = s_scale;
+  for (int64_t c = threadIdx.x; c < cols; c += kThreads)
+    q[row * cols + c] = __nv_cvt_float_to_fp8(__fdiv_rn(to_f32(xr[c]), s), __NV_SATFINITE, __NV_E4M3);
+}
+
+__global__ void dequantize_rows_kernel(const uint8_t* __restrict__ q, const float* __restrict__ scale,
+                                       float* __restrict__ out, int64_t rows, int64_t cols) {
+  const int64_t total = rows * cols;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const __half h = __half(__nv_cvt_fp8_to_halfraw(q[i], __NV_E4M3));
+    out[i] = __half2float(h) * scale[i / cols];
+  }
+}
+
+template <typename T>
+void quantize_launch(const T* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream) {
+  const char* k = "fp8_quantize_rows";
+  check_arg(x && q && scale, k, "null tensor");
+  check_arg(rows >= 0 && rows < (1ll << 31) && cols > 0, k, "bad sizes");
+  if (rows == 0) return;
+  quantize_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, cols, q, scale);
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+void check_lt(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLASLt error in ") + what + ": " + cublasGetStatusString(s));
+}
+
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+}  // namespace
+
+struct Fp8Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Fp8Plan() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+bool fp8_supported_device() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) return false;
+  return major * 10 + minor >= 89;
+}
+
+void fp8_quantize_rows(const __half* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream) {
+  quantize_launch(x, rows, cols, q, scale, stream);
+}
+void fp8_quantize_rows(const float* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream) {
+  quantize_launch(x, rows, cols, q, scale, stream);
+}
+
+void fp8_dequantize_rows(const uint8_t* q, const float* scale, float* out, int64_t rows, int64_t cols,
+                         cudaStream_t stream) {
+  check_arg(q && scale && out, "fp8_dequantize_rows", "null tensor");
+  if (rows * cols == 0) return;
+  const int grid = static_cast<int>(std::min<int64_t>((rows * cols + 255) / 256, 65535));
+  dequantize_rows_kernel<<<grid, 256, 0, stream>>>(q, scale, out, rows, cols);
+  GLM_CUDA_LAUNCH_CHECK("fp8_dequantize_rows");
+}
+
+Fp8Gemm::Fp8Gemm() {
+  if (!fp8_supported_device())
+    throw std::invalid_argument("fp8: this GPU has no FP8 tensor cores (compute capability 8.9 or newer needed)");
+  check_lt(cublasLtCreate(&lt_), "cublasLtCreate");
+  workspace_bytes_ = 32u << 20;
+  scratch_bytes_ = 64u << 20;
+  if (cudaMalloc(&workspace_, workspace_bytes_) != cudaSuccess || cudaMalloc(&scratch_, scratch_bytes_) != cudaSuccess) {
+    if (workspace_) cudaFree(workspace_);
+    cublasLtDestroy(lt_);
+    throw std::runtime_error("fp8: out of GPU memory for the cuBLASLt workspace and scratch");
+  }
+}
+
+Fp8Gemm::~Fp8Gemm() {
+  plans_.clear();
+  if (workspace_) cudaFree(workspace_);
+  if (scratch_) cudaFree(scratch_);
+  if (lt_) cublasLtDestroy(lt_);
+}
+
+void Fp8Gemm::linear(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias,
+                     bool gelu) {
+  const char* k = "fp8 linear";
+  check_arg(x && w.q && w.scale && y, k, "null tensor");
+  check_arg(tokens >= 0 && in > 0 && out > 0, k, "bad sizes");
+  check_arg(in % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w.q % 16 == 0, k,
+            "in % 16 != 0 or x / weights not 16-byte aligned");
+  if (tokens == 0) return;
+  char* base = static_cast<char*>(scratch_);
+  const size_t codes = align256((size_t)tokens * in), scales = align256((size_t)tokens * sizeof(float));
+  check_arg(codes + scales + (size_t)tokens * 16 * sizeof(float) <= scratch_bytes_, k,
+            "tokens x in larger than the scratch buffer");
+  uint8_t* qx = reinterpret_cast<uint8_t*>(base);
+  float* sx = reinterpret_cast<float*>(base + codes);
+  float* acc = reinterpret_cast<float*>(base + codes + scales);
+  const size_t acc_floats = (scratch_bytes_ - codes - scales) / sizeof(float);
+  const int64_t cols = std::min<int64_t>((int64_t)(acc_floats / tokens) / 16 * 16, ((int64_t)out + 15) / 16 * 16);
+  fp8_quantize_rows(x, tokens, in, qx, sx, stream_);
+  const float one = 1.f, zero = 0.f;
+  for (int64_t n0 = 0; n0 < out; n0 += cols) {
+    const int nc = static_cast<int>(std::min<int64_t>(cols, out - n0));
+    const int ldc = (nc + 15) / 16 * 16;
+    const auto key = std::make_tuple(tokens, nc, in, ldc);
+    auto it = plans_.find(key);
+    if (it == plans_.end()) {
+      auto p = std::make_unique<Fp8Plan>();
+      check_lt(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+      check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
+      check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
+      // Column-major view ("TN"): acc^T [nc, tokens] = (weight rows)^T' [nc, in] x qx^T [in, tokens].
+      check_lt(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, in, nc, in), "layout A");
+      check_lt(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, in, tokens, in), "layout B");
+      check_lt(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, nc, tokens, ldc), "layout C/D");
+      cublasLtMatmulPreference_t pref = nullptr;
+      check_lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+      const cublasStatus_t ws = cublasLtMatmulPreferenceSetAttribute(
+          pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_, sizeof workspace_bytes_);
+      cublasLtMatmulHeuristicResult_t res{};
+      int found = 0;
+      const cublasStatus_t st = ws != CUBLAS_STATUS_SUCCESS
+                                    ? ws
+                                    : cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->c, p->c, pref, 1,
+                                                                     &res, &found);
+      cublasLtMatmulPreferenceDestroy(pref);
+      if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+        throw std::runtime_error("fp8 linear: cuBLASLt has no FP8 kernel for tokens " + std::to_string(tokens) +
+                                 ", out " + std::to_string(nc) + ", in " + std::to_string(in) + " (" +
+                                 cublasGetStatusString(st) + ")");
+      p->algo = res.algo;
+      it = plans_.emplace(key, std::move(p)).first;
+    }
+    const Fp8Plan& p = *it->second;
+    check_lt(cublasLtMatmul(lt_, p.op, &one, w.q + n0 * in, p.a, qx, p.b, &zero, acc, p.c, acc, p.c, &p.algo,
+                            workspace_, workspace_bytes_, stream_),
+             "cublasLtMatmul (fp8)");
+    quant_epilogue(acc, ldc, sx, w.scale, bias, gelu, y, false, tokens, out, static_cast<int>(n0), nc, stream_,
+                   "fp8 epilogue");
+  }
+}
+
+}  // namespace cuda
+}  // namespace glm

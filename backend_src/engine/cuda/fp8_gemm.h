@@ -1,0 +1,69 @@
+// FP8 (E4M3) block linears of the CUDA back-end (issue 19, docs/int8.md "FP8").
+//
+// Weights: E4M3 codes [out, in] with one fp32 scale per output channel; activations
+// quantized per token on the fly; the codes multiplied on Hopper's FP8 tensor cores
+// by cuBLASLt (fp32 accumulation, fp32 output), both scales, the bias and GeLU in
+// an epilogue (quant_epilogue.cuh). The rule, exactly glmserve.fp8.quantize_rows:
+//   scale[r] = max_k |x[r, k]| / 448 (fp32; 1 for an all-zero row)
+//   code[r, k] = E4M3(x[r, k] / scale[r]), nearest, ties to even, saturating at 448
+//   y[m, n] = act((acc[m, n] * sx[m]) * sw[n] + bias[n]),  acc = sum_k E4M3 values
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+
+namespace glm {
+namespace cuda {
+
+struct Fp8Plan;  // one matmul shape's cuBLASLt descriptors and algorithm (fp8_gemm.cu)
+
+struct Fp8Weight {
+  uint8_t* q = nullptr;   // [out, in] E4M3 codes
+  float* scale = nullptr;  // [out]
+};
+
+// The current device has FP8 tensor cores (compute capability 8.9 or newer).
+bool fp8_supported_device();
+
+// Per-row quantization (the rule above) of fp16 or fp32 rows; launchers check
+// their arguments (std::invalid_argument).
+void fp8_quantize_rows(const __half* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream);
+void fp8_quantize_rows(const float* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream);
+// out[r, k] = value(q[r, k]) * scale[r] (fp32).
+void fp8_dequantize_rows(const uint8_t* q, const float* scale, float* out, int64_t rows, int64_t cols,
+                         cudaStream_t stream);
+
+// The linear: owns a cuBLASLt handle, a fixed workspace (graph capture) and the
+// scratch for the activations' codes and the fp32 products; each matmul shape's
+// descriptors and cuBLASLt's heuristic choice are made once and kept.
+class Fp8Gemm {
+ public:
+  Fp8Gemm();
+  ~Fp8Gemm();
+  Fp8Gemm(const Fp8Gemm&) = delete;
+  Fp8Gemm& operator=(const Fp8Gemm&) = delete;
+  void set_stream(cudaStream_t stream) { stream_ = stream; }
+  // y[T, out] = act(x[T, in] W^T + bias); in % 16 == 0, x 16-byte aligned.
+  void linear(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias = nullptr,
+              bool gelu = false);
+  size_t device_bytes() const { return workspace_bytes_ + scratch_bytes_; }
+
+ private:
+  cublasLtHandle_t lt_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  std::map<std::tuple<int, int, int, int>, std::unique_ptr<Fp8Plan>> plans_;  // (tokens, cols, in, ldc)
+};
+
+}  // namespace cuda
+}  // namespace glm
