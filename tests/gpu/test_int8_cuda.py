@@ -1,6 +1,8 @@
-"""INT8 weight-only on the CUDA back-end (GPU): the kernel test, the tiny model
-against the CPU engine's int8, load-time GPU quantization = the converter's,
-continuous batching, and the full-size random model against fp16.
+"""Low precision on the CUDA back-end (GPU). INT8 weight-only: the kernel test, the tiny
+model against the CPU engine's int8, load-time GPU quantization = the converter's,
+continuous batching, and the full-size random model against fp16. W8A8 and FP8 (issue 19):
+the full-size accuracy gates against fp16, and the tiny model against their CPU references
+(glmserve.w8a8, glmserve.fp8_reference).
 
 Run on a GPU machine: ``pytest -m gpu tests/gpu/test_int8_cuda.py`` (``bash scripts/gpu.sh int8-tests``).
 """
@@ -261,3 +263,64 @@ def test_tiny_w8a8_follows_the_cpu_reference(eng_mod, tiny):
         f"tiny W8A8 cuda: logits rel err {to_w8:.3g} vs the W8A8 reference, {to_fp32:.3g} vs fp32"
     )
     assert to_w8 < 0.5 * to_fp32
+
+
+def fp8_engine_or_skip(eng_mod, d: Path, **kw):
+    """An fp8 engine, or a skip naming why (a GPU without FP8 tensor cores)."""
+    try:
+        return eng_mod.Engine(str(d), fp8=True, **kw)
+    except eng_mod.EngineError as e:
+        if "no FP8 tensor cores" in str(e):
+            pytest.skip(str(e))
+        raise
+
+
+def test_full_size_fp8_vs_fp16(eng_mod, full_size):
+    """Issue 19's accuracy gate for FP8 (E4M3 weights per channel, activations per token):
+    against fp16 the logits relative error is at most 2e-2 and the argmax agrees on >= 99%
+    of the positions."""
+    from glmserve.config import REAL_CONFIG
+
+    d = full_size
+    (p,) = prompts_for(REAL_CONFIG, [300], 8)
+    chunks = [p, [5000], list(range(100, 164))]
+    kw = dict(device="cuda", dtype="fp16", random_weights=True, weights_seed=11, num_kv_blocks=64)
+    fp16 = eng_mod.Engine(str(d), **kw)
+    want = np.asarray(fp16.debug_forward(chunks))
+    del fp16
+    f8 = fp8_engine_or_skip(eng_mod, d, **kw)
+    desc = f8.backend_description()
+    assert desc.startswith("fp8 block linears"), desc
+    got = np.asarray(f8.debug_forward(chunks))
+    del f8
+    err, agree = compare_logits(f"full-size random model: fp8 vs fp16 ({desc})", got, want)
+    assert err <= 2e-2
+    assert agree >= 0.99
+
+
+def test_tiny_fp8_follows_the_cpu_reference(eng_mod, tiny):
+    """The CUDA FP8 path computes glmserve.fp8_reference's math (fp8_linears): on the tiny
+    model its logits are much closer to that reference than to fp32."""
+    import torch
+
+    from glmserve import reference
+    from glmserve.fp8_reference import Fp8Reference
+    from glmserve.reference import attention_allowed, context_and_mask_position, position_ids_2d
+
+    cfg = json.loads((tiny / "config.json").read_text())
+    (p,) = prompts_for(cfg, [23], 2)
+    gpu = fp8_engine_or_skip(eng_mod, tiny, device="cuda", dtype="fp16", num_kv_blocks=32)
+    got = np.asarray(gpu.debug_forward([p]))
+    del gpu
+    model = reference.ChatGLMModel.from_pretrained(tiny, dtype=torch.float32)
+    c, g = context_and_mask_position(p, model.cfg)
+    idx = torch.arange(len(p))
+    pos, block = position_ids_2d(idx, c, g)
+    allowed = attention_allowed(idx, idx, c)[None]
+    t = torch.tensor([p])
+    fp32, _ = model.forward(t, pos[None], block[None], allowed)
+    f8, _ = Fp8Reference.wrap(model, fp8_linears=True).forward(t, pos[None], block[None], allowed)
+    to_f8 = rel_err(got, f8[0].numpy())
+    to_fp32 = rel_err(got, fp32[0].numpy())
+    print(f"tiny fp8 cuda: logits rel err {to_f8:.3g} vs the FP8 reference, {to_fp32:.3g} vs fp32")
+    assert to_f8 < 0.5 * to_fp32

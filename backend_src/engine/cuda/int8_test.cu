@@ -3,7 +3,9 @@
 // (bit-exact), and y = act(x W^T * scale + bias) through each of the three
 // paths (GEMV, tensor-core GEMM with and without split-K, dequantize + cuBLAS),
 // W8A8 (per-token int8 activations, w8a8.cu: codes and scales bit-exact, the
-// linear against exact integer sums), and on sm_90a the packed layout (round trip, its GEMV, its wgmma kernel, prefill).
+// linear against exact integer sums), FP8 E4M3 (fp8_gemm.cu: codes and scales
+// bit-exact, the linear against the codes' values; on GPUs with FP8 tensor
+// cores), and on sm_90a the packed layout (round trip, its GEMV, its wgmma kernel, prefill).
 //   glm_cuda_int8_test [seed]      exit status 0 = all passed
 //   glm_cuda_int8_test bench [--tokens N] [--no-pdl]
 //                                  kernel timings of one ChatGLM-6B block's linears
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "cuda_check.h"
+#include "fp8_gemm.h"
 #include "gemm.h"
 #include "int8_gemm.h"
 #include "kernels.h"
@@ -241,6 +244,146 @@ void test_quantize_tokens(std::mt19937& rng) {
     cudaFree(dq);
     cudaFree(ds);
   }
+}
+
+// ---- FP8 E4M3 (glmserve.fp8's rule)
+float e4m3_value(uint8_t c) {
+  const int e = (c >> 3) & 0xF, m = c & 7;
+  const float v = e == 0 ? m * std::ldexp(1.f, -9) : (1.f + m / 8.f) * std::ldexp(1.f, e - 7);
+  return (c & 0x80) ? -v : v;
+}
+// Nearest value, ties to the even code, saturating at 448 (finite inputs).
+uint8_t e4m3_encode(float x) {
+  static const std::vector<float> pos = [] {
+    std::vector<float> v(0x7F);
+    for (int c = 0; c <= 0x7E; ++c) v[c] = e4m3_value((uint8_t)c);
+    return v;
+  }();
+  const float a = std::min(std::fabs(x), 448.f);
+  int best = 0;
+  for (int c = 1; c <= 0x7E; ++c) {
+    const float d = std::fabs(pos[c] - a), db = std::fabs(pos[best] - a);
+    if (d < db || (d == db && c % 2 == 0)) best = c;
+  }
+  return static_cast<uint8_t>(best | (std::signbit(x) ? 0x80 : 0));
+}
+void ref_fp8_rows(const std::vector<float>& x, int rows, int cols, std::vector<uint8_t>* q, std::vector<float>* s) {
+  q->assign((size_t)rows * cols, 0);
+  s->assign(rows, 1.f);
+  for (int r = 0; r < rows; ++r) {
+    float amax = 0.f;
+    for (int c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[(size_t)r * cols + c]));
+    const float sc = amax > 0.f ? amax / 448.f : 1.f;
+    (*s)[r] = sc;
+    for (int c = 0; c < cols; ++c) (*q)[(size_t)r * cols + c] = e4m3_encode(x[(size_t)r * cols + c] / sc);
+  }
+}
+
+// fp8_quantize_rows (fp16 and fp32 input): codes and scales bit for bit; a zero
+// row's scale is 1; the dequantization gives value(code) * scale.
+void test_fp8_quantize(std::mt19937& rng) {
+  for (const auto& rc : {std::pair<int, int>{1, 1}, {5, 333}, {64, 4096}, {3, 16384}}) {
+    const int R = rc.first, C = rc.second;
+    std::normal_distribution<float> nd(0.f, 3.f);
+    std::vector<float> xf((size_t)R * C);
+    std::vector<__half> xh(xf.size());
+    for (size_t i = 0; i < xf.size(); ++i) {
+      xh[i] = __float2half_rn((R > 1 && i / C == 1) ? 0.f : nd(rng));  // row 1 all zero
+      xf[i] = h2f(xh[i]);
+    }
+    std::vector<uint8_t> rq;
+    std::vector<float> rs;
+    ref_fp8_rows(xf, R, C, &rq, &rs);
+    for (int half = 0; half < 2; ++half) {
+      uint8_t* dq = dev_copy(std::vector<uint8_t>(xf.size()));
+      float* ds = dev_copy(std::vector<float>(R));
+      if (half) {
+        __half* dx = dev_copy(xh);
+        fp8_quantize_rows(dx, R, C, dq, ds, nullptr);
+        cudaFree(dx);
+      } else {
+        float* dx = dev_copy(xf);
+        fp8_quantize_rows(dx, R, C, dq, ds, nullptr);
+        cudaFree(dx);
+      }
+      auto gq = host_copy(dq, xf.size());
+      auto gs = host_copy(ds, R);
+      int bad = 0;
+      for (size_t i = 0; i < xf.size(); ++i) bad += gq[i] != rq[i];
+      for (int r = 0; r < R; ++r) bad += std::memcmp(&gs[r], &rs[r], 4) != 0;
+      float* dd = dev_copy(std::vector<float>(xf.size()));
+      fp8_dequantize_rows(dq, ds, dd, R, C, nullptr);
+      auto gd = host_copy(dd, xf.size());
+      for (size_t i = 0; i < xf.size(); ++i) bad += gd[i] != e4m3_value(rq[i]) * rs[i / C];
+      char what[96];
+      std::snprintf(what, sizeof what, "fp8 quantize/dequantize rows %dx%d (%s), mismatches", R, C,
+                    half ? "fp16" : "fp32");
+      report(bad == 0 && (R < 2 || gs[1] == 1.f), what, bad);
+      cudaFree(dq);
+      cudaFree(ds);
+      cudaFree(dd);
+    }
+  }
+}
+
+// Fp8Gemm::linear against the reference built from the same codes (double sums).
+void test_fp8_linear(std::mt19937& rng, Fp8Gemm& gemm, int M, int K, int N, int act) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<__half> x((size_t)M * K);
+  std::vector<float> xf(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = __float2half_rn(u(rng));
+    xf[i] = h2f(x[i]);
+  }
+  std::vector<float> w((size_t)N * K);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = u(rng) * (1.f + (i / K) % 5);
+  std::vector<uint8_t> wq, xq;
+  std::vector<float> ws, xs;
+  ref_fp8_rows(w, N, K, &wq, &ws);
+  ref_fp8_rows(xf, M, K, &xq, &xs);
+  std::vector<float> bias(N);
+  for (auto& v : bias) v = 0.1f * u(rng);
+  const bool use_bias = act >= 1, use_gelu = act == 2;
+  std::vector<double> ref((size_t)M * N);
+  std::vector<float> xv(xq.size()), wv(wq.size());
+  for (size_t i = 0; i < xq.size(); ++i) xv[i] = e4m3_value(xq[i]);
+  for (size_t i = 0; i < wq.size(); ++i) wv[i] = e4m3_value(wq[i]);
+  double rmax = 0;
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int k = 0; k < K; ++k) acc += (double)xv[(size_t)m * K + k] * wv[(size_t)n * K + k];
+      double v = acc * xs[m] * ws[n] + (use_bias ? bias[n] : 0.0);
+      if (use_gelu) v = gelu(v);
+      ref[(size_t)m * N + n] = v;
+      rmax = std::max(rmax, std::fabs(v));
+    }
+  __half* dx = dev_copy(x);
+  Fp8Weight dw;
+  dw.q = dev_copy(wq);
+  dw.scale = dev_copy(ws);
+  float* db = dev_copy(bias);
+  __half* dy = nullptr;
+  GLM_CUDA_CHECK(cudaMalloc(&dy, (size_t)M * N * 2));
+  GLM_CUDA_CHECK(cudaMemset(dy, 0xFF, (size_t)M * N * 2));  // NaN: every output must be written
+  gemm.linear(dx, dw, dy, M, K, N, use_bias ? db : nullptr, use_gelu);
+  auto got = host_copy(dy, (size_t)M * N);
+  double err = 0;
+  bool finite = true;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(h2f(got[i]))) finite = false;
+    err = std::max(err, std::fabs(h2f(got[i]) - ref[i]));
+  }
+  err /= std::max(rmax, 1e-6);
+  char what[128];
+  std::snprintf(what, sizeof what, "fp8 linear M=%d K=%d N=%d %s", M, K, N,
+                act == 0 ? "plain" : act == 1 ? "bias" : "bias+gelu");
+  report(finite && err <= 2e-3, what, err);
+  cudaFree(dx);
+  cudaFree(dw.q);
+  cudaFree(dw.scale);
+  cudaFree(db);
+  cudaFree(dy);
 }
 
 // act: 0 none, 1 bias, 2 bias + GeLU, 3 fp32 output
@@ -649,6 +792,18 @@ int main(int argc, char** argv) {
     // the split-K capacity limit: a large N leaves no split
     test_linear(rng, gemm, kMma, 9, 64, 70001, 2);
     test_linear(rng, gemm, kMma, 9, 64, 70001, 3);
+    if (fp8_supported_device()) {
+      std::printf("-- fp8 (E4M3, cuBLASLt)\n");
+      test_fp8_quantize(rng);
+      Fp8Gemm f8;
+      const int shapes[][3] = {{1, 16, 1},    {3, 48, 7},     {17, 4096, 77}, {64, 1024, 515},
+                               {129, 512, 1000}, {256, 4096, 300}, {300, 16384, 33}, {31, 640, 4099},
+                               {300, 64, 70001}};
+      int j = 0;
+      for (const auto& sh : shapes) test_fp8_linear(rng, f8, sh[0], sh[1], sh[2], j++ % 3);
+    } else {
+      std::printf("-- fp8: skipped (this GPU has no FP8 tensor cores)\n");
+    }
     // W8A8: output columns over several cuBLAS calls (the scratch's accumulator room)
     test_linear(rng, gemm, kW8a8, 300, 64, 70001, 3);
     {  // a shape it does not take is refused by the launcher (the dispatcher never sends it)
