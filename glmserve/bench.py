@@ -297,9 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         help="add INT8 weight-only rows (random fp16 weights quantized on the GPU), "
         "their ratio to fp16, logits error and memory (as glmserve.bench_int8)",
     )
-    p.add_argument(
-        "--int8-lm-head", action="store_true", help="with --int8: also rows with an int8 lm_head"
-    )
+    common.add_low_precision_args(p)
     p.add_argument(
         "--logprobs", type=int, default=None, help="rows with logprobs=N on every request"
     )

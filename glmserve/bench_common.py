@@ -18,6 +18,7 @@ import math
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from glmserve import cuda_tuning
@@ -67,13 +68,18 @@ def weight_bytes_per_step(cfg: dict, bytes_per_weight: float = 2.0) -> float:
     return (n * per_layer + v * h) * bytes_per_weight
 
 
-def weight_bytes(cfg: dict, int8: bool, lm_head: bool) -> int:
-    """Bytes of the weights on the GPU (matrices; vectors are fp32 and tiny, left out)."""
+def weight_bytes(cfg: dict, weights: str = "fp16") -> int:
+    """Bytes of the weights on the GPU (matrices and their scales; the fp32 vectors are tiny
+    and left out). `weights`: fp16, int8 (block linears int8 + fp16 scales), int8+lm_head
+    (the lm_head too), fp8 (block linears E4M3 + fp32 scales)."""
+    if weights not in ("fp16", "int8", "int8+lm_head", "fp8"):
+        raise ValueError(f"weight format {weights!r}: fp16, int8, int8+lm_head or fp8")
     h, i, v, n = cfg["hidden_size"], cfg["inner_hidden_size"], cfg["vocab_size"], cfg["num_layers"]
     per_layer = 3 * h * h + h * h + 2 * h * i
     rows = 3 * h + h + i + h
-    layers = n * (per_layer + 2 * rows) if int8 else n * per_layer * 2
-    head = (v * h + 2 * v) if lm_head else v * h * 2
+    scale_bytes = {"fp16": 0, "int8": 2, "int8+lm_head": 2, "fp8": 4}[weights]
+    layers = n * per_layer * 2 if weights == "fp16" else n * (per_layer + scale_bytes * rows)
+    head = (v * h + 2 * v) if weights == "int8+lm_head" else v * h * 2
     return layers + v * h * 2 + head
 
 
@@ -87,7 +93,6 @@ def run_engine(
     args,
     torch,
     base_used: int,
-    int8: bool = False,
     tuning: dict | None = None,
     sampling: dict | None = None,
     options: dict | None = None,
@@ -108,7 +113,6 @@ def run_engine(
         ckpt,
         device="cuda",
         dtype="fp16",
-        int8=int8,
         random_weights=True,
         weights_seed=args.seed,
         num_kv_blocks=blocks,
@@ -219,28 +223,57 @@ def gap_summary(prof) -> str:
 # ------------------------------------------------------------------ INT8 rows
 
 
-def int8_modes(args) -> list[tuple[str, bool, bool]]:
-    """(name, int8, lm_head int8)."""
-    m = [("fp16", False, False), ("int8", True, False)]
+@dataclass(frozen=True)
+class Mode:
+    """One low-precision row set: `engine` holds Engine keywords (int8, fp8), `tuning` the
+    ``cuda_<name>`` ones; `weights` names the weight format for the memory accounting."""
+
+    name: str
+    engine: dict = field(default_factory=dict)
+    tuning: dict = field(default_factory=dict)
+    weights: str = "fp16"  # fp16 | int8 | int8+lm_head | fp8
+
+
+def int8_modes(args) -> list[Mode]:
+    """fp16 first (every ratio's baseline), then int8, and the ones the flags ask for:
+    --int8-lm-head, --w8a8 N (int8 with W8A8 from N tokens), --fp8."""
+    m = [
+        Mode("fp16"),
+        Mode("int8", {"int8": True}, {"cuda_int8_lm_head": False}, "int8"),
+    ]
     if getattr(args, "int8_lm_head", False):
-        m.append(("int8+lm_head", True, True))
+        m.append(Mode("int8+lm_head", {"int8": True}, {"cuda_int8_lm_head": True}, "int8+lm_head"))
+    w8a8 = getattr(args, "w8a8", 0) or 0
+    if w8a8:
+        lm = bool(getattr(args, "int8_lm_head", False))
+        m.append(
+            Mode(
+                f"int8 W8A8>={w8a8}{'+lm_head' if lm else ''}",
+                {"int8": True},
+                {"cuda_int8_lm_head": lm, "cuda_int8_w8a8_min_tokens": w8a8},
+                "int8+lm_head" if lm else "int8",
+            )
+        )
+    if getattr(args, "fp8", False):
+        m.append(Mode("fp8", {"fp8": True}, {}, "fp8"))
     return m
 
 
-def int8_logits_error(_engine, ckpt: str, args, lm_head: bool) -> dict:
-    """Logits of the int8 engine against the fp16 one (full-size model, one prompt in chunks)."""
+def int8_logits_error(_engine, ckpt: str, args, mode: Mode) -> dict:
+    """Logits of a mode's engine against the fp16 one (full-size model; a 300-token prompt,
+    one token, then a 64-token chunk: 365 positions)."""
     import numpy as np
 
-    p = make_prompts(1, 20, args.seed + 999)[0]
-    chunks = [p, [5000], [77, 1234]]
+    p = make_prompts(1, 298, args.seed + 999)[0]
+    chunks = [p, [5000], list(range(100, 164))]
     kw = dict(
-        device="cuda", dtype="fp16", random_weights=True, weights_seed=args.seed, num_kv_blocks=32
+        device="cuda", dtype="fp16", random_weights=True, weights_seed=args.seed, num_kv_blocks=64
     )
     eng = _engine.Engine(ckpt, **kw, **engine_kwargs(args))
     want = np.asarray(eng.debug_forward(chunks), dtype=np.float64)
     del eng
     gc.collect()
-    eng = _engine.Engine(ckpt, int8=True, **kw, **engine_kwargs(args, cuda_int8_lm_head=lm_head))
+    eng = _engine.Engine(ckpt, **mode.engine, **kw, **engine_kwargs(args, **mode.tuning))
     got = np.asarray(eng.debug_forward(chunks), dtype=np.float64)
     del eng
     gc.collect()
@@ -252,16 +285,16 @@ def int8_logits_error(_engine, ckpt: str, args, lm_head: bool) -> dict:
     }
 
 
-def int8_memory(_engine, ckpt: str, args, torch, base_used: int, int8: bool, lm_head: bool) -> dict:
+def int8_memory(_engine, ckpt: str, args, torch, base_used: int, mode: Mode) -> dict:
     """GPU memory of an engine with one KV block (weights + activations + workspaces), and the
     KV blocks it gets with the default sizing (90% of the memory left)."""
     kw = dict(
         device="cuda",
         dtype="fp16",
-        int8=int8,
         random_weights=True,
         weights_seed=args.seed,
-        **engine_kwargs(args, cuda_int8_lm_head=lm_head),
+        **mode.engine,
+        **engine_kwargs(args, **mode.tuning),
     )
     eng = _engine.Engine(ckpt, num_kv_blocks=1, max_running_seqs=1, **kw)
     used = used_gpu_bytes(torch) - base_used
@@ -273,7 +306,7 @@ def int8_memory(_engine, ckpt: str, args, torch, base_used: int, int8: bool, lm_
     gc.collect()
     h, n = REAL_CONFIG["hidden_size"], REAL_CONFIG["num_layers"]
     return {
-        "weights_gib": weight_bytes(REAL_CONFIG, int8, lm_head) / 2**30,
+        "weights_gib": weight_bytes(REAL_CONFIG, mode.weights) / 2**30,
         "engine_1block_gib": used / 2**30,
         "kv_blocks": blocks,
         "kv_gib": blocks * 2 * n * 16 * h * 2 / 2**30,
@@ -282,29 +315,23 @@ def int8_memory(_engine, ckpt: str, args, torch, base_used: int, int8: bool, lm_
 
 def run_int8(_engine, ckpt: str, batches: list[int], args, torch, base_used: int):
     """Rows per mode and the markdown (speed, accuracy, memory): for every batch size the
-    fp16 and the int8 engines back to back, in the same process on the same card."""
+    fp16 and the low-precision engines back to back, in the same process on the same card."""
     ms = int8_modes(args)
-    rows: dict[str, list[dict]] = {name: [] for name, _, _ in ms}
+    rows: dict[str, list[dict]] = {m.name: [] for m in ms}
     for b in batches:
-        for name, int8, lm in ms:
+        for m in ms:
             r = run_engine(
-                _engine,
-                ckpt,
-                b,
-                args,
-                torch,
-                base_used,
-                int8=int8,
-                tuning={"cuda_int8_lm_head": lm},
+                _engine, ckpt, b, args, torch, base_used, options=m.engine, tuning=m.tuning
             )
             prof = r.pop("profile", None)
             if prof:
                 print(
-                    f"--- kernel profile, {name} batch {b}, 20 decode steps ---\n{prof}", flush=True
+                    f"--- kernel profile, {m.name} batch {b}, 20 decode steps ---\n{prof}",
+                    flush=True,
                 )
-            rows[name].append(r)
+            rows[m.name].append(r)
             print(
-                f"{name} batch {b}: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step, "
+                f"{m.name} batch {b}: {r['tokens_per_s']:,.0f} tok/s, {r['ms_per_step']:.2f} ms/step, "
                 f"TTFT {r['ttft_ms']:.1f} ms",
                 flush=True,
             )
@@ -312,12 +339,12 @@ def run_int8(_engine, ckpt: str, batches: list[int], args, torch, base_used: int
     mem: dict = {}
     if getattr(args, "speed_only", False):
         return {"rows": rows}, int8_table(rows, acc, mem)
-    for name, _int8, lm in ms[1:]:
-        acc[name] = int8_logits_error(_engine, ckpt, args, lm)
-        print(f"{name} logits vs fp16: {acc[name]}", flush=True)
-    for name, int8, lm in ms:
-        mem[name] = int8_memory(_engine, ckpt, args, torch, base_used, int8, lm)
-        print(f"{name} memory: {mem[name]}", flush=True)
+    for m in ms[1:]:
+        acc[m.name] = int8_logits_error(_engine, ckpt, args, m)
+        print(f"{m.name} logits vs fp16: {acc[m.name]}", flush=True)
+    for m in ms:
+        mem[m.name] = int8_memory(_engine, ckpt, args, torch, base_used, m)
+        print(f"{m.name} memory: {mem[m.name]}", flush=True)
     return {"rows": rows, "accuracy": acc, "memory": mem}, int8_table(rows, acc, mem)
 
 
@@ -364,6 +391,24 @@ def int8_table(rows: dict[str, list[dict]], acc: dict, mem: dict) -> str:
             f"| {m['kv_blocks']:,} | {m['kv_gib']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def add_low_precision_args(p: argparse.ArgumentParser) -> None:
+    """The flags that add low-precision row sets (int8_modes)."""
+    p.add_argument("--int8-lm-head", action="store_true", help="also rows with an int8 lm_head")
+    p.add_argument(
+        "--w8a8",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also int8 rows with W8A8 (per-token int8 activations, int8 tensor cores) from N "
+        "tokens on (the engine's cuda_int8_w8a8_min_tokens); 0: none",
+    )
+    p.add_argument(
+        "--fp8",
+        action="store_true",
+        help="also FP8 rows (E4M3 weights per channel and activations per token; Hopper)",
+    )
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

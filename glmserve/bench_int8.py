@@ -8,7 +8,8 @@ like. Also: the logits relative error of int8 against fp16 (full-size model,
 one prompt fed in chunks), the weight memory of both, and the KV cache blocks
 each gets from the same free memory.
 
-    python -m glmserve.bench_int8 [--batches 1,8,64,128,256] [--int8-lm-head] [--out FILE]
+    python -m glmserve.bench_int8 [--batches 1,8,64,128,256] [--int8-lm-head] [--w8a8 N] [--fp8]
+                                  [--out FILE]
                                   [--cuda-<option> VALUE ...]
 
 The rows, the accuracy and the memory measurements are glmserve.bench_common's
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_common_args(p)
-    p.add_argument("--int8-lm-head", action="store_true")
+    common.add_low_precision_args(p)
     p.add_argument("--profile-batches", default="", help="kernel-time tables for these batches")
     p.add_argument("--speed-only", action="store_true", help="tokens/s rows only")
     p.add_argument("--out")

@@ -3,19 +3,42 @@ glmserve.bench --int8) without a GPU: weight accounting and the table."""
 
 from __future__ import annotations
 
+import pytest
+
 from glmserve.bench_common import int8_table as table
 from glmserve.bench_common import weight_bytes, weight_bytes_per_step
 from glmserve.config import REAL_CONFIG
 
 
 def test_weight_bytes_match_the_fp16_step_and_issue_targets() -> None:
-    fp16 = weight_bytes(REAL_CONFIG, int8=False, lm_head=False)
+    fp16 = weight_bytes(REAL_CONFIG, "fp16")
     emb = REAL_CONFIG["vocab_size"] * REAL_CONFIG["hidden_size"] * 2
     assert fp16 == weight_bytes_per_step(REAL_CONFIG) + emb  # the step reads all but the embedding
-    int8 = weight_bytes(REAL_CONFIG, int8=True, lm_head=False)
-    both = weight_bytes(REAL_CONFIG, int8=True, lm_head=True)
+    int8 = weight_bytes(REAL_CONFIG, "int8")
+    both = weight_bytes(REAL_CONFIG, "int8+lm_head")
+    fp8 = weight_bytes(REAL_CONFIG, "fp8")
     assert 0.57 < int8 / fp16 < 0.59  # fp16 lm_head + embedding keep it above 55%
     assert 0.53 < both / fp16 < 0.55  # with the int8 lm_head: within issue 5's 55%
+    assert int8 < fp8 < int8 * 1.001  # fp32 scales instead of fp16 ones
+    with pytest.raises(ValueError, match="weight format 'int4'"):
+        weight_bytes(REAL_CONFIG, "int4")
+
+
+def test_modes_follow_the_flags() -> None:
+    import argparse
+
+    from glmserve.bench_common import add_common_args, add_low_precision_args, int8_modes
+
+    p = argparse.ArgumentParser()
+    add_common_args(p)
+    add_low_precision_args(p)
+    assert [m.name for m in int8_modes(p.parse_args([]))] == ["fp16", "int8"]
+    ms = int8_modes(p.parse_args(["--int8-lm-head", "--w8a8", "64", "--fp8"]))
+    assert [m.name for m in ms] == ["fp16", "int8", "int8+lm_head", "int8 W8A8>=64+lm_head", "fp8"]
+    w8 = ms[3]
+    assert w8.engine == {"int8": True}
+    assert w8.tuning == {"cuda_int8_lm_head": True, "cuda_int8_w8a8_min_tokens": 64}
+    assert ms[4].engine == {"fp8": True} and ms[4].weights == "fp8"
 
 
 def _row(batch: int, tps: float) -> dict:
