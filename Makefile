@@ -9,6 +9,8 @@ MODEL     ?=
 DEVICE    ?= auto
 DTYPE     ?=
 INT8      ?= 0
+FP8       ?= 0
+W8A8      ?= 0
 HOST      ?= 127.0.0.1
 HTTP_PORT ?= 8000
 GRPC_PORT ?= 8001
@@ -17,7 +19,7 @@ OPENAI_PORT ?= 9000
 OPENAI_WORKERS ?= 1
 GPUS      ?=
 JOBS      ?= $(shell nproc)
-export VENV BUILD MODEL DEVICE DTYPE INT8 HOST HTTP_PORT GRPC_PORT METRICS_PORT OPENAI_PORT \
+export VENV BUILD MODEL DEVICE DTYPE INT8 FP8 W8A8 HOST HTTP_PORT GRPC_PORT METRICS_PORT OPENAI_PORT \
 	OPENAI_WORKERS GPUS JOBS
 
 SETUP_STAMP := $(VENV)/.setup-done
@@ -31,7 +33,8 @@ help:
 	@echo "make test-random  the CPU suite in random order (SEED=N to repeat an order)"
 	@echo "make test-gpu   GPU tests (on a machine with an NVIDIA GPU)"
 	@echo "make mutation-test  apply tests/mutants.toml's bugs one by one; each must fail a test"
-	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows)"
+	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows, W8A8=N int8 rows with"
+	@echo "                W8A8 from N tokens, FP8=1 fp8 rows)"
 	@echo "make gpu        GPU tasks of scripts/gpu.sh (TASKS=\"kernels tests bench\"; docs/gpu_tasks.md)"
 	@echo "make load-test  Locust against a running server (USERS, SPAWN_RATE, DURATION, PROMPTS)"
 	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8)"
@@ -82,7 +85,8 @@ test-gpu: $(SETUP_STAMP) build demo-model
 	$(VENV)/bin/pytest -m gpu tests
 
 bench: $(SETUP_STAMP) build
-	$(PY) -m glmserve.bench $(if $(filter 1,$(INT8)),--int8,)
+	$(PY) -m glmserve.bench $(if $(filter 1,$(INT8) $(FP8)),--int8,) $(if $(filter 1,$(FP8)),--fp8,) \
+		$(if $(filter-out 0,$(W8A8)),--int8 --w8a8 $(W8A8),)
 
 # GPU tasks with make's venv and Python; the build goes to $(BUILD)/gpu (docs/gpu_tasks.md)
 TASKS ?= check

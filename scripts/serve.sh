@@ -9,6 +9,10 @@
 #   DEVICE        cpu | cuda | auto (default auto: cuda when nvidia-smi lists a GPU)
 #   DTYPE         fp32 | fp16 (default: fp32 on cpu, fp16 on cuda)
 #   INT8=1        INT8 weight-only (hub-style MODEL is converted with --int8)
+#   W8A8=N        with INT8=1: W8A8 (per-token int8 activations, int8 tensor cores) from N
+#                 tokens on (the decoder's cuda_int8_w8a8_min_tokens; docs/int8.md)
+#   FP8=1         FP8 E4M3 block linears (a float MODEL, quantized at load; GPUs with FP8
+#                 tensor cores, compute capability 8.9+; docs/int8.md "FP8")
 #   GPUS          GPU ids for CUDA_VISIBLE_DEVICES (one decoder instance per GPU)
 #   HOST          bind address (default 127.0.0.1, loopback only)
 #   HTTP_PORT GRPC_PORT METRICS_PORT   (default 8000 8001 8002)
@@ -29,6 +33,8 @@ ROOT="$PWD"
 DEVICE=${DEVICE:-auto}
 DTYPE=${DTYPE:-}
 INT8=${INT8:-0}
+FP8=${FP8:-0}
+W8A8=${W8A8:-0}
 HOST=${HOST:-127.0.0.1}
 HTTP_PORT=${HTTP_PORT:-8000}
 GRPC_PORT=${GRPC_PORT:-8001}
@@ -46,6 +52,11 @@ PY="$VENV/bin/python"
   die "$TRITON_BACKEND_DIR/chatglm/libtriton_chatglm.so is missing (run: make build)"
 
 is_int8() { [ "$INT8" = "1" ] || [ "$INT8" = "true" ]; }
+is_fp8() { [ "$FP8" = "1" ] || [ "$FP8" = "true" ]; }
+if is_int8 && is_fp8; then
+  echo "serve.sh: INT8=1 and FP8=1 are two modes: choose one" >&2
+  exit 2
+fi
 
 # ---- checkpoint -------------------------------------------------------------
 is_converted() {
@@ -105,6 +116,8 @@ case "$DEVICE" in
 esac
 [ -n "$DTYPE" ] && args+=("--backend-config=chatglm,dtype=$DTYPE")
 is_int8 && args+=("--backend-config=chatglm,int8=true")
+is_fp8 && args+=("--backend-config=chatglm,fp8=true")
+[ "$W8A8" != "0" ] && args+=("--backend-config=chatglm,cuda_int8_w8a8_min_tokens=$W8A8")
 
 # ---- tokenizer: without it, the decoder alone ---------------------------------
 if [ ! -f "$CKPT/ice_text.model" ]; then
@@ -119,7 +132,7 @@ fi
 
 export GLM_CHECKPOINT_DIR="$CKPT"
 if [ -n "${TRITON_ARGS:-}" ]; then read -r -a extra <<<"$TRITON_ARGS"; args+=("${extra[@]}"); fi
-say "checkpoint $CKPT, device $DEVICE${DTYPE:+, dtype $DTYPE}$(is_int8 && echo ', int8' || true)"
+say "checkpoint $CKPT, device $DEVICE${DTYPE:+, dtype $DTYPE}$(is_int8 && echo ', int8' || true)$(is_fp8 && echo ', fp8' || true)"
 say "HTTP $HOST:$HTTP_PORT  gRPC $HOST:$GRPC_PORT  metrics $HOST:$METRICS_PORT"
 
 # ---- the OpenAI-compatible API beside it ----------------------------------------
