@@ -37,7 +37,7 @@ help:
 	@echo "                W8A8 from N tokens, FP8=1 fp8 rows)"
 	@echo "make gpu        GPU tasks of scripts/gpu.sh (TASKS=\"kernels tests bench\"; docs/gpu_tasks.md)"
 	@echo "make load-test  Locust against a running server (USERS, SPAWN_RATE, DURATION, PROMPTS)"
-	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8)"
+	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8, FP8=1 for fp8)"
 	@echo "make demo-model write the tiny demo checkpoint to models/chatglm-tiny"
 	@echo "make docker     build the container image"
 	@echo "make openai     the OpenAI-compatible API alone, in front of a running server"
@@ -55,7 +55,7 @@ $(DEMO_MODEL): $(SETUP_STAMP)
 	$(PY) -m glmserve.tiny --out models/chatglm-tiny
 
 model: $(SETUP_STAMP)
-	$(PY) -m glmserve.hub --out models/chatglm-6b $(if $(filter 1,$(INT8)),--int8,)
+	$(PY) -m glmserve.hub --out models/chatglm-6b $(if $(filter 1,$(INT8)),--int8,) $(if $(filter 1,$(FP8)),--fp8,)
 
 serve: $(SETUP_STAMP) build demo-model
 	bash scripts/serve.sh

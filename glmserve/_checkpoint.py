@@ -36,6 +36,7 @@ SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
     torch.float16: "F16",
     torch.bfloat16: "BF16",
     torch.int8: "I8",
+    torch.float8_e4m3fn: "F8_E4M3",
 }
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

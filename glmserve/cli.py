@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute dtype (default fp32; fp16 for --engine cuda)",
     )
     p.add_argument("--int8", action="store_true", help="INT8 weight-only linear layers")
+    p.add_argument(
+        "--fp8",
+        action="store_true",
+        help="FP8 E4M3 layer linears, weights and activations (--engine cuda on a GPU with FP8 "
+        "tensor cores; the reference engine runs glmserve.fp8_reference)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--input-ids", help='prompt ids, e.g. "1,2,3;4,5,6" (";" separates prompts)')
@@ -118,6 +124,8 @@ def validate_args(args: argparse.Namespace) -> None:
     ckpt = Path(args.checkpoint)
     if not (ckpt / "config.json").is_file():
         raise UsageError(f"--checkpoint {ckpt}: no config.json there")
+    if args.fp8 and args.int8:
+        raise UsageError("--fp8 and --int8 are two modes: choose one")
     if args.random_weights and args.engine == "reference":
         raise UsageError("--random-weights needs --engine cpu or cuda")
     if args.adapter is not None:
@@ -172,6 +180,10 @@ def run_reference(args: argparse.Namespace, prompts: list[list[int]]) -> list[li
         torch.set_num_threads(1)  # small models: ops too small to split, threads only cost
     if args.int8 and not model.cfg.int8:
         fake_quantize_int8(model)
+    if args.fp8 or model.cfg.fp8:
+        from glmserve.fp8_reference import Fp8Reference
+
+        model = Fp8Reference.wrap(model, fp8_linears=True)
     prefix = None
     if args.adapter is not None:
         from glmserve.adapters import load_prefix
@@ -221,6 +233,7 @@ def run_engine(args: argparse.Namespace, prompts: list[list[int]]) -> list[list[
         device=args.engine,
         dtype=dtype,
         int8=args.int8,
+        fp8=args.fp8,
         random_weights=args.random_weights,
         **cuda_tuning.kwargs(args),
     )

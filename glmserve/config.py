@@ -108,6 +108,10 @@ class ChatGLMConfig:
         return bool(self.quantization and self.quantization.get("int8"))
 
     @property
+    def fp8(self) -> bool:
+        return bool(self.quantization and self.quantization.get("fp8"))
+
+    @property
     def int8_lm_head(self) -> bool:
         return bool(self.quantization and self.quantization.get("lm_head"))
 
@@ -165,11 +169,15 @@ class ChatGLMConfig:
         if self.quantization is not None:
             q = self.quantization
             if not isinstance(q, dict) or not all(
-                isinstance(q.get(k, False), bool) for k in ("int8", "lm_head")
+                isinstance(q.get(k, False), bool) for k in ("int8", "lm_head", "fp8")
             ):
                 raise ConfigError(
                     "config field 'quantization' must be an object like "
-                    f'{{"int8": true, "lm_head": false}}, got {q!r}'
+                    f'{{"int8": true, "lm_head": false}} or {{"fp8": true}}, got {q!r}'
+                )
+            if q.get("int8") and q.get("fp8"):
+                raise ConfigError(
+                    "config field 'quantization': int8 and fp8 are two formats, not both"
                 )
 
     # ------------------------------------------------------------------- I/O

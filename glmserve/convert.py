@@ -1,7 +1,7 @@
 """Converts a hub-style ChatGLM-6B directory into the engine's checkpoint format.
 
     python -m glmserve.convert --src HUBDIR --out DIR [--lora PEFT_DIR] [--dtype fp16|fp32]
-                               [--int8] [--int8-lm-head]
+                               [--int8] [--int8-lm-head] [--fp8]
     python -m glmserve.convert --ptuning PTUNING_DIR --base DIR --adapter-name NAME [--force]
 
 The first form converts a base model or a full fine-tune (both are hub-style
@@ -25,6 +25,12 @@ from config.json first, then each tensor is written at its offset as its shard i
 layer (``w ~= q * scale``, ``scale = max|w_row| / 127`` rounded to fp16, ``q =
 round(w / scale)`` clamped to [-127, 127], computed in fp32: deterministic), stored as
 I8 ``X.weight`` plus F16 ``X.weight_scale`` [out]. ``--int8-lm-head`` adds lm_head.
+
+``--fp8``: the same four linears as FP8 E4M3 with one fp32 scale per output channel
+(glmserve.fp8.quantize_rows: ``scale = max|w_row| / 448``, codes nearest, ties to even),
+stored as F8_E4M3 ``X.weight`` plus F32 ``X.weight_scale`` [out]; config.json gets
+``"quantization": {"fp8": true}``. The lm_head stays float. Such a checkpoint runs on the
+CUDA engine's fp8 mode (GPUs with FP8 tensor cores; docs/int8.md "FP8").
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import NoReturn
 import torch
 from tqdm import tqdm
 
+from glmserve import fp8
 from glmserve._checkpoint import (
     CheckpointError,
     StreamingSafetensorsWriter,
@@ -71,6 +78,13 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(w32 / scale.float()[:, None]).clamp_(-127, 127).to(torch.int8)
     return q, scale
+
+
+def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row E4M3 (glmserve.fp8.quantize_rows, the engine's rule): returns (codes as
+    float8_e4m3fn [out, in], scale float32 [out]) with w ~= value(codes) * scale."""
+    codes, scale = fp8.quantize_rows(w.float().numpy())
+    return torch.from_numpy(codes).view(torch.float8_e4m3fn), torch.from_numpy(scale)
 
 
 def default_dtype(cfg: ChatGLMConfig) -> str:
@@ -136,6 +150,7 @@ def convert(
     int8_lm_head: bool = False,
     progress: bool = True,
     lora: str | os.PathLike | None = None,
+    fp8: bool = False,
 ) -> Path:
     """Converts hub-style ``src`` into ``out``; returns ``out``. Raises CheckpointError/ConfigError.
 
@@ -148,6 +163,8 @@ def convert(
         raise CheckpointError(f"--out {out_dir} must differ from --src")
     if int8_lm_head and not int8:
         raise ValueError("--int8-lm-head needs --int8")
+    if fp8 and int8:
+        raise ValueError("--fp8 and --int8 are two formats: choose one")
     cfg = ChatGLMConfig.from_json(src_dir / "config.json")
     dtype = dtype or default_dtype(cfg)
     if dtype not in DTYPES:
@@ -156,6 +173,7 @@ def convert(
 
     shapes = expected_shapes(cfg)
     quantized = set(quantized_names(cfg, int8_lm_head)) if int8 else set()
+    fp8_names = set(quantized_names(cfg, False)) if fp8 else set()  # the lm_head stays float
     source = find_source(src_dir)
     shards = _known_names(source.shards)
     _precheck_names(shards, shapes)
@@ -166,6 +184,9 @@ def convert(
         if name in quantized:
             specs.append((name, torch.int8, shape))
             specs.append((name + "_scale", torch.float16, shape[:1]))
+        elif name in fp8_names:
+            specs.append((name, torch.float8_e4m3fn, shape))
+            specs.append((name + "_scale", torch.float32, shape[:1]))
         else:
             specs.append((name, out_dtype, shape))
 
@@ -190,6 +211,10 @@ def convert(
                     q, scale = quantize_int8(t)
                     writer.write(name, q)
                     writer.write(name + "_scale", scale)
+                elif name in fp8_names:
+                    q8, scale8 = quantize_fp8(t)
+                    writer.write(name, q8)
+                    writer.write(name + "_scale", scale8)
                 else:
                     writer.write(name, t.to(out_dtype))
                 del t
@@ -206,6 +231,8 @@ def convert(
     out_cfg.pop("quantization", None)
     if int8:
         out_cfg["quantization"] = {"int8": True, "lm_head": bool(int8_lm_head)}
+    if fp8:
+        out_cfg["quantization"] = {"fp8": True}
     tok = src_dir / TOKENIZER_FILE
     if tok.is_file():
         shutil.copyfile(tok, out_dir / TOKENIZER_FILE)
@@ -253,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--int8-lm-head", action="store_true", help="also quantize lm_head (needs --int8)"
     )
+    conv.add_argument(
+        "--fp8",
+        action="store_true",
+        help="FP8 E4M3 layer linears with per-channel fp32 scales (the CUDA engine's fp8 mode)",
+    )
     pt = p.add_argument_group("adding a P-Tuning v2 prefix (--ptuning)")
     pt.add_argument("--base", metavar="OUT", help="the converted checkpoint to add the adapter to")
     pt.add_argument("--adapter-name", metavar="NAME", help="adapter name, [A-Za-z0-9_.-]{1,64}")
@@ -269,6 +301,8 @@ def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
         other = {"--base": args.base, "--adapter-name": args.adapter_name, "--force": args.force}
         if args.int8_lm_head and not args.int8:
             parser.error("--int8-lm-head needs --int8")
+        if args.fp8 and args.int8:
+            parser.error("--fp8 and --int8 are two formats: choose one")
     else:
         if args.base is None or args.adapter_name is None:
             parser.error("--ptuning needs --base OUT and --adapter-name NAME")
@@ -278,6 +312,7 @@ def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             "--dtype": args.dtype,
             "--int8": args.int8,
             "--int8-lm-head": args.int8_lm_head,
+            "--fp8": args.fp8,
         }
     wrong = [flag for flag, value in other.items() if value not in (None, False)]
     if wrong:
@@ -305,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.int8_lm_head,
                 progress=not args.quiet,
                 lora=args.lora,
+                fp8=args.fp8,
             )
     except (CheckpointError, ConfigError, ValueError) as e:
         print(f"convert: error: {str(e).splitlines()[0]}", file=sys.stderr)

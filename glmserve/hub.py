@@ -1,6 +1,6 @@
 """Downloads THUDM/chatglm-6b (revision 8b7d335), verifies its tokenizer, converts it.
 
-    python -m glmserve.hub --out models/chatglm-6b [--int8 [--int8-lm-head]] [--dtype fp16|fp32]
+    python -m glmserve.hub --out models/chatglm-6b [--int8 [--int8-lm-head] | --fp8] [--dtype fp16|fp32]
     python -m glmserve.hub --out DIR --source LOCAL_HUB_DIR     # no download
 
 The hub files go to ``OUT/hub/`` (huggingface_hub's ``snapshot_download`` with its
@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp16", "fp32"], default=None, help="output dtype")
     p.add_argument("--int8", action="store_true", help="int8 weight-only layer linears")
     p.add_argument("--int8-lm-head", action="store_true", help="also quantize lm_head")
+    p.add_argument(
+        "--fp8", action="store_true", help="FP8 E4M3 layer linears (the CUDA engine's fp8 mode)"
+    )
     return p
 
 
@@ -144,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.int8_lm_head and not args.int8:
         parser.error("--int8-lm-head needs --int8")
+    if args.fp8 and args.int8:
+        parser.error("--fp8 and --int8 are two formats: choose one")
     from glmserve.convert import convert
 
     out = Path(args.out)
@@ -157,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             hub_dir = download(out / "hub", revision=args.revision)
             verify_tokenizer(hub_dir)
-        convert(hub_dir, out, dtype=args.dtype, int8=args.int8, int8_lm_head=args.int8_lm_head)
+        convert(
+            hub_dir,
+            out,
+            dtype=args.dtype,
+            int8=args.int8,
+            int8_lm_head=args.int8_lm_head,
+            fp8=args.fp8,
+        )
     except (HubError, CheckpointError, ConfigError, ValueError) as e:
         print(f"hub: error: {e}", file=sys.stderr)
         return 1

@@ -371,7 +371,8 @@ class ChatGLMModel:
 
 # ----------------------------------------------------------- converted files
 def load_converted_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a converted model.safetensors; INT8 weights come back dequantized (fp32)."""
+    """Tensors of a converted model.safetensors; INT8 and FP8 weights come back dequantized
+    (fp32: value * scale per output channel)."""
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -382,17 +383,17 @@ def load_converted_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
     for name, t in raw.items():
         if name.endswith(".weight_scale"):
             continue
-        if t.dtype == torch.int8:
+        if t.dtype in (torch.int8, torch.float8_e4m3fn):
             scale_name = name + "_scale"
             if scale_name not in raw:
-                raise CheckpointError(f"{p}: int8 tensor {name!r} has no {scale_name!r}")
+                raise CheckpointError(f"{p}: quantized tensor {name!r} has no {scale_name!r}")
             t = dequantize_int8(t, raw[scale_name])
         out[name] = t
     return out
 
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """w = q * scale per output channel (row), in fp32."""
+    """w = q * scale per output channel (row), in fp32 (q int8, or float8_e4m3fn codes)."""
     return q.float() * scale.float()[:, None]
 
 

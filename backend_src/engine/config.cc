@@ -105,6 +105,11 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
         if (!i8->is_boolean()) r.fail("quantization.int8", "must be true or false, got " + i8->dump());
         c.int8 = i8->get<bool>();
       }
+      if (const Json* f8 = json_find(*q, "fp8")) {
+        if (!f8->is_boolean()) r.fail("quantization.fp8", "must be true or false, got " + f8->dump());
+        c.fp8 = f8->get<bool>();
+        if (c.fp8 && c.int8) r.fail("quantization", "int8 and fp8 are two formats, not both");
+      }
       if (const Json* lm = json_find(*q, "lm_head")) {
         if (!lm->is_boolean()) r.fail("quantization.lm_head", "must be true or false, got " + lm->dump());
         c.int8_lm_head = c.int8 && lm->get<bool>();

@@ -24,6 +24,7 @@ struct ModelConfig {
   std::string torch_dtype;         // informational ("float16", "float32")
   bool int8 = false;               // "quantization": {"int8": true}: linear layers are I8 + F16 scale
   bool int8_lm_head = false;       // "quantization": {"lm_head": true}: lm_head is I8 too
+  bool fp8 = false;                // "quantization": {"fp8": true}: linear layers are F8_E4M3 + F32 scale
   int max_prefix_len = 0;          // not in config.json: the longest loaded adapter prefix (engine)
 
   float residual_alpha() const;    // sqrt(2 * 28) for every model size (THUDM default; see config.cc)

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -23,6 +24,7 @@ const char* dtype_name(DType d) {
     case DType::kF32: return "F32";
     case DType::kF16: return "F16";
     case DType::kI8: return "I8";
+    case DType::kF8E4M3: return "F8_E4M3";
   }
   return "?";
 }
@@ -32,6 +34,7 @@ size_t dtype_size(DType d) {
     case DType::kF32: return 4;
     case DType::kF16: return 2;
     case DType::kI8: return 1;
+    case DType::kF8E4M3: return 1;
   }
   return 0;
 }
@@ -122,7 +125,8 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     if (d == "F32") t.dtype = DType::kF32;
     else if (d == "F16") t.dtype = DType::kF16;
     else if (d == "I8") t.dtype = DType::kI8;
-    else throw bad("unsupported dtype " + d + " (F32, F16 or I8)");
+    else if (d == "F8_E4M3") t.dtype = DType::kF8E4M3;
+    else throw bad("unsupported dtype " + d + " (F32, F16, I8 or F8_E4M3)");
     int64_t numel = 1;
     for (const Json& dim : *sh) {
       int64_t n;
@@ -160,7 +164,7 @@ namespace {
 struct Expect {
   std::string name;
   std::vector<int64_t> shape;
-  bool quantized;  // I8 weight + F16 weight_scale
+  bool quantized;  // I8 weight + F16 weight_scale, or (fp8 checkpoints) F8_E4M3 + F32
 };
 
 // Every tensor the model needs, in a fixed order, with where it goes.
@@ -205,7 +209,7 @@ std::map<std::string, TensorView> ModelWeights::by_name() const {
   c.num_layers = static_cast<int>(layers.size());
   ModelWeights tmp = *this;  // views are copied; model_slots points into tmp
   std::map<std::string, TensorView> out;
-  for (const Slot& s : model_slots(c, tmp, int8, int8_lm_head)) {
+  for (const Slot& s : model_slots(c, tmp, int8 || fp8, int8_lm_head)) {
     out[s.e.name] = *s.view;
     if (s.e.quantized) out[s.e.name + "_scale"] = *s.scale;
   }
@@ -218,8 +222,12 @@ ModelWeights load_weights(const std::string& checkpoint_dir, const ModelConfig& 
   ModelWeights w;
   w.int8 = cfg.int8;
   w.int8_lm_head = cfg.int8_lm_head;
+  w.fp8 = cfg.fp8;
   w.storage = file;
-  auto slots = model_slots(cfg, w, cfg.int8, cfg.int8_lm_head);
+  auto slots = model_slots(cfg, w, cfg.int8 || cfg.fp8, cfg.int8_lm_head);
+  // The quantized format: int8 (I8 + F16 scale) or fp8 (F8_E4M3 + F32 scale).
+  const DType qtype = cfg.fp8 ? DType::kF8E4M3 : DType::kI8, stype = cfg.fp8 ? DType::kF32 : DType::kF16;
+  const std::string qwhat = cfg.fp8 ? "quantization.fp8" : "quantization.int8";
   bool have_float_dtype = false;
   size_t used = 0;
   for (const Slot& s : slots) {
@@ -232,21 +240,22 @@ ModelWeights load_weights(const std::string& checkpoint_dir, const ModelConfig& 
                         shape_to_string(s.e.shape) + " from config.json (" + cfg.summary() + ")");
     ++used;
     if (s.e.quantized) {
-      if (t->dtype != DType::kI8)
-        throw EngineError(path + ": tensor \"" + s.e.name + "\" has dtype " + dtype_name(t->dtype) +
-                          ", expected I8 (config.json says quantization.int8)");
+      if (t->dtype != qtype)
+        throw EngineError(path + ": tensor \"" + s.e.name + "\" has dtype " + dtype_name(t->dtype) + ", expected " +
+                          dtype_name(qtype) + " (config.json says " + qwhat + ")");
       const std::string sname = s.e.name + "_scale";
+      const std::string swant = std::string(dtype_name(stype)) + " [" + std::to_string(s.e.shape[0]) + "]";
       const TensorView* sc = file->find(sname);
-      if (!sc) throw EngineError(path + ": missing tensor \"" + sname + "\" (F16 [" + std::to_string(s.e.shape[0]) + "]) for int8 weight");
-      if (sc->dtype != DType::kF16 || sc->shape != std::vector<int64_t>{s.e.shape[0]})
+      if (!sc) throw EngineError(path + ": missing tensor \"" + sname + "\" (" + swant + ") for " + qwhat);
+      if (sc->dtype != stype || sc->shape != std::vector<int64_t>{s.e.shape[0]})
         throw EngineError(path + ": tensor \"" + sname + "\" is " + dtype_name(sc->dtype) + " " + sc->shape_str() +
-                          ", expected F16 [" + std::to_string(s.e.shape[0]) + "]");
+                          ", expected " + swant);
       *s.scale = *sc;
       ++used;
     } else {
-      if (t->dtype == DType::kI8)
-        throw EngineError(path + ": tensor \"" + s.e.name + "\" is I8 but config.json has no quantization " +
-                          "for it (expected F32 or F16)");
+      if (t->dtype == DType::kI8 || t->dtype == DType::kF8E4M3)
+        throw EngineError(path + ": tensor \"" + s.e.name + "\" is " + dtype_name(t->dtype) +
+                          " but config.json has no quantization for it (expected F32 or F16)");
       if (!have_float_dtype) {
         w.float_dtype = t->dtype;
         have_float_dtype = true;
@@ -439,7 +448,19 @@ void to_float(const TensorView& t, float* out) {
       for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(p[i]);
       break;
     }
+    case DType::kF8E4M3: {
+      const uint8_t* p = static_cast<const uint8_t*>(t.data);
+      for (int64_t i = 0; i < n; ++i) out[i] = e4m3_to_f32(p[i]);
+      break;
+    }
   }
+}
+
+float e4m3_to_f32(uint8_t c) {
+  const int e = (c >> 3) & 0xF, m = c & 7;
+  if (e == 0xF && m == 7) return std::numeric_limits<float>::quiet_NaN();
+  const float v = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(1.0f + m / 8.0f, e - 7);
+  return (c & 0x80) ? -v : v;
 }
 
 std::vector<float> to_float(const TensorView& t) {
@@ -450,8 +471,8 @@ std::vector<float> to_float(const TensorView& t) {
 
 std::vector<float> dequantize(const LinearWeights& w) {
   std::vector<float> v = to_float(w.weight);
-  if (w.weight.dtype == DType::kI8) {
-    if (w.scale.empty()) throw EngineError("dequantize: I8 weight without a scale");
+  if (w.weight.dtype == DType::kI8 || w.weight.dtype == DType::kF8E4M3) {
+    if (w.scale.empty()) throw EngineError(std::string("dequantize: ") + dtype_name(w.weight.dtype) + " weight without a scale");
     const std::vector<float> s = to_float(w.scale);
     const int64_t rows = w.weight.shape[0], cols = w.weight.shape[1];
     for (int64_t r = 0; r < rows; ++r)

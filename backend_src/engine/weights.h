@@ -22,8 +22,8 @@
 
 namespace glm {
 
-enum class DType { kF32, kF16, kI8 };
-const char* dtype_name(DType d);  // "F32", "F16", "I8" (the safetensors spelling)
+enum class DType { kF32, kF16, kI8, kF8E4M3 };
+const char* dtype_name(DType d);  // "F32", "F16", "I8", "F8_E4M3" (the safetensors spelling)
 size_t dtype_size(DType d);
 
 // A view into memory owned elsewhere (the mmap or a random-weights buffer).
@@ -62,8 +62,8 @@ class SafetensorsFile {
 
 // One linear layer y = x @ weight^T + bias.
 struct LinearWeights {
-  TensorView weight;  // [out, in]   F32/F16, or I8 in int8 checkpoints
-  TensorView scale;   // [out]       F16, int8 only (empty otherwise): w = q * scale
+  TensorView weight;  // [out, in]   F32/F16, or I8 in int8 / F8_E4M3 in fp8 checkpoints
+  TensorView scale;   // [out]       F16 (int8) or F32 (fp8); empty otherwise: w = q * scale
   TensorView bias;    // [out]       (empty for lm_head)
 };
 
@@ -82,6 +82,7 @@ struct ModelWeights {
   DType float_dtype = DType::kF32;  // dtype of every non-quantized tensor
   bool int8 = false;                // layer linears are I8 + scale
   bool int8_lm_head = false;        // lm_head is I8 + scale
+  bool fp8 = false;                 // layer linears are F8_E4M3 + F32 scale
   TensorView word_embeddings;       // [vocab, hidden]
   std::vector<LayerWeights> layers; // [num_layers]
   TensorView final_layernorm_weight;  // [hidden]
@@ -111,10 +112,12 @@ ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed, DType float_d
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);  // round to nearest even
 float round_to_f16(float f);   // f32 -> f16 -> f32
-// Copies a F32/F16 tensor into float (I8 is converted without a scale).
+// E4M3 ("fn": no infinities, 0x7F / 0xFF NaN) code -> its value.
+float e4m3_to_f32(uint8_t code);
+// Copies a F32/F16 tensor into float (I8 and F8_E4M3 are converted without a scale).
 void to_float(const TensorView& t, float* out);
 std::vector<float> to_float(const TensorView& t);
-// The [out, in] weight as float; for I8 weights multiplies row r by scale[r].
+// The [out, in] weight as float; for I8 / F8_E4M3 weights multiplies row r by scale[r].
 std::vector<float> dequantize(const LinearWeights& w);
 
 // Symmetric per-row INT8, exactly glmserve.convert.quantize_int8:

@@ -16,10 +16,12 @@
 #include <string>
 #include <vector>
 
+#include "config.h"
 #include "cuda_tuning.h"
 #include "engine.h"
 #include "request_fields.gen.h"
 #include "token_texts.h"
+#include "weights.h"
 
 namespace py = pybind11;
 
@@ -285,6 +287,23 @@ PYBIND11_MODULE(_engine, m) {
       },
       py::arg("checkpoint_dir"), py::arg("ids"),
       "The generated text of `ids` as the engine sees it (token_bytes.bin), for tests.");
+  m.def(
+      "checkpoint_weights",
+      [](const std::string& checkpoint_dir) {
+        const glm::ModelConfig cfg = glm::load_model_config(checkpoint_dir);
+        const glm::ModelWeights w = glm::load_weights(checkpoint_dir, cfg);
+        py::dict out;
+        for (const auto& kv : w.by_name()) {
+          const glm::TensorView& t = kv.second;
+          py::array_t<float> values(std::vector<py::ssize_t>(t.shape.begin(), t.shape.end()));
+          glm::to_float(t, values.mutable_data());
+          out[py::str(kv.first)] = py::make_tuple(glm::dtype_name(t.dtype), values);
+        }
+        return out;
+      },
+      py::arg("checkpoint_dir"),
+      "The checkpoint as the engine's loader reads and checks it: {name: (safetensors dtype, values as "
+      "float32)}, quantized weights as their codes' values (scales beside them), for tests.");
   m.def("cuda_tuning_fields", &cuda_tuning_fields,
         "The CUDA tuning options (EngineOptions.cuda; Engine(cuda_<name>=...), the Triton parameter "
         "cuda_<name>): a list of dicts with name, type ('bool' or 'int'), default, min, max, help.");

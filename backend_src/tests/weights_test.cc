@@ -77,3 +77,27 @@ TEST(WeightsTest, missing_files_are_named) {
   EXPECT_THROW_MSG(load_weights("/nonexistent-dir", small_config()), "/nonexistent-dir/model.safetensors: cannot open");
   EXPECT_THROW_MSG(load_model_config("/nonexistent-dir"), "/nonexistent-dir/config.json: cannot open");
 }
+
+TEST(WeightsTest, fp8_quantization_in_the_config) {
+  const std::string base = R"({"vocab_size": 40, "hidden_size": 16, "num_attention_heads": 2, "num_layers": 3,
+    "inner_hidden_size": 24, "layernorm_epsilon": 1e-5, "max_sequence_length": 64, "position_encoding_2d": true,
+    "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3, "gmask_token_id": 4, "pad_token_id": 0, )";
+  ModelConfig c = parse_model_config(base + R"("quantization": {"fp8": true}})", "test");
+  EXPECT_TRUE(c.fp8);
+  EXPECT_FALSE(c.int8);
+  EXPECT_THROW_MSG(parse_model_config(base + R"("quantization": {"fp8": 1}})", "cfg.json"),
+                   "quantization.fp8");
+  EXPECT_THROW_MSG(parse_model_config(base + R"("quantization": {"fp8": true, "int8": true}})", "cfg.json"),
+                   "int8 and fp8 are two formats");
+}
+
+TEST(WeightsTest, e4m3_values) {
+  EXPECT_EQ(e4m3_to_f32(0x00), 0.0f);
+  EXPECT_EQ(e4m3_to_f32(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(e4m3_to_f32(0x08), std::ldexp(1.0f, -6));  // smallest normal
+  EXPECT_EQ(e4m3_to_f32(0x38), 1.0f);
+  EXPECT_EQ(e4m3_to_f32(0xB8), -1.0f);
+  EXPECT_EQ(e4m3_to_f32(0x7E), 448.0f);  // largest finite
+  EXPECT_TRUE(std::isnan(e4m3_to_f32(0x7F)));
+  EXPECT_TRUE(std::isnan(e4m3_to_f32(0xFF)));
+}

@@ -132,6 +132,7 @@ def test_ids_only_checkpoint(ids_only: Path, capsys) -> None:
         (["--checkpoint", "NOPE", "--text", "a"], "config.json"),
         (["--checkpoint", "TINY", "--input-ids", "1,2,3"], "<sop>"),
         (["--checkpoint", "TINY", "--input-ids", "5,99999,GMASK,BOS"], "vocabulary"),
+        (["--checkpoint", "TINY", "--text", "a", "--int8", "--fp8"], "--fp8 and --int8"),
     ],
 )
 def test_argument_errors_exit_2(tiny: Path, capsys, argv: list[str], needle: str) -> None:
@@ -179,6 +180,37 @@ def test_engine_cpu_matches_reference(tiny: Path, capsys) -> None:
         assert code == 0, err
         outs.append(json.loads(out)["output_ids"])
     assert outs[0] == outs[1]
+
+
+def test_fp8_on_the_reference_runs_the_fp8_reference(tiny: Path, capsys) -> None:
+    """--fp8 with the reference engine decodes through glmserve.fp8_reference (FP8 block
+    linears): the same ids as that model directly; the CPU engine refuses it by name."""
+    import torch
+
+    from glmserve import reference
+    from glmserve.fp8_reference import Fp8Reference
+
+    (ids,) = prompt_ids(tiny, "Hello")
+    spec = ",".join(map(str, ids))
+    code, out, err = run(
+        capsys, "--checkpoint", str(tiny), "--fp8", "--input-ids", spec, "--max-tokens", "8",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    model = Fp8Reference.wrap(
+        reference.ChatGLMModel.from_pretrained(tiny, dtype=torch.float32), fp8_linears=True
+    )
+    want = reference.generate(model, [ids], max_tokens=8)
+    assert json.loads(out)["output_ids"] == want
+    pytest.importorskip(
+        "glmserve._engine",
+        reason="the C++ engine module is not built (make build)",
+        exc_type=ImportError,
+    )
+    code, _, err = run(
+        capsys, "--checkpoint", str(tiny), "--engine", "cpu", "--fp8", "--input-ids", spec
+    )
+    assert code != 0 and "fp8" in err and err.count("\n") == 1, err
 
 
 def test_module_help_runs() -> None:

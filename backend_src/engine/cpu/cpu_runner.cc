@@ -92,6 +92,8 @@ struct Matrix {
         for (int64_t c = 0; c < cols; ++c) buf[c] = static_cast<float>(p[c]) * s;
         return buf;
       }
+      case DType::kF8E4M3:  // fp8 checkpoints are refused at construction (CUDA only)
+        break;
     }
     return nullptr;
   }
@@ -167,6 +169,9 @@ class CpuRunner final : public ModelRunner {
                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()))) {
     if (opts.dtype != "fp32" && opts.dtype != "float32")
       throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cpu (use fp32)");
+    if (cfg.fp8)
+      throw EngineError("this checkpoint is fp8 (config.json quantization.fp8): it runs on device \"cuda\" on a GPU "
+                        "with FP8 tensor cores (the CPU reference is glmserve.fp8_reference)");
     weights_ = opts.random_weights
                    // F16 storage halves the memory of a 6B-shaped random model; rows are widened on use.
                    ? random_weights(cfg, opts.weights_seed, DType::kF16, opts.int8 || cfg.int8, cfg.int8_lm_head)

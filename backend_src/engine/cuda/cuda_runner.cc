@@ -242,7 +242,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
   if (opts.dtype != "fp16" && opts.dtype != "float16")
     throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cuda (use fp16)");
   int8_ = opts.int8 || cfg.int8;
-  fp8_ = opts.fp8;
+  fp8_ = opts.fp8 || cfg.fp8;
   if (fp8_ && cfg.int8) throw EngineError("engine option fp8 needs a float checkpoint (this one is int8)");
   H_ = cfg.hidden_size;
   I_ = cfg.inner_hidden_size;
@@ -564,6 +564,14 @@ void CudaRunner::upload_linear_fp8(cuda::Fp8Weight& d, const LinearWeights& s, i
   const TensorView& t = s.weight;
   if (t.numel() != rows * cols) throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
   const size_t n = (size_t)(rows * cols);
+  if (t.dtype == DType::kF8E4M3) {  // an fp8 checkpoint: the codes and scales as they are
+    if (s.scale.dtype != DType::kF32 || s.scale.numel() != rows)
+      throw EngineError(std::string("device cuda: tensor ") + name + "_scale must be F32 [" + std::to_string(rows) + "]");
+    GLM_CUDA_CHECK(cudaMemcpyAsync(d.q, t.data, n, cudaMemcpyHostToDevice, stream_));
+    GLM_CUDA_CHECK(cudaMemcpyAsync(d.scale, s.scale.data, (size_t)rows * 4, cudaMemcpyHostToDevice, stream_));
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
   if (t.dtype == DType::kF16) {
     __half* tmp = dev_alloc<__half>(n);
     GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 2, cudaMemcpyHostToDevice, stream_));
