@@ -80,6 +80,8 @@ void validate_options(const EngineOptions& o) {
   if (o.num_threads < 0) bad("num_threads", "must be >= 0 (0 = all cores), got " + std::to_string(o.num_threads));
   if (o.device_id < 0) bad("device_id", "must be >= 0, got " + std::to_string(o.device_id));
   if (o.fp8 && o.int8) bad("fp8", "and int8 are two modes: choose one");
+  if (o.kv_cache_dtype != "auto" && o.kv_cache_dtype != "fp8")
+    bad("kv_cache_dtype", "must be \"auto\" or \"fp8\", got \"" + o.kv_cache_dtype + "\"");
   if (o.fp8 && o.device != "cuda")
     bad("fp8", "needs device \"cuda\" on a GPU with FP8 tensor cores (the CPU reference is glmserve.fp8_reference)");
   validate_cuda_tuning(o.cuda);

@@ -100,6 +100,9 @@ struct EngineOptions {
   std::string dtype = "fp32";      // "fp32" (cpu) or "fp16" (cuda)
   bool int8 = false;               // INT8 weight-only linear layers
   bool fp8 = false;                // FP8 E4M3 block linears, weights and activations (device cuda, sm_89+)
+  // "auto": the compute dtype (fp32 on cpu, fp16 on cuda); "fp8": E4M3 with one scale per
+  // (token, head), quantized at write, dequantized inside attention (about 2x the blocks).
+  std::string kv_cache_dtype = "auto";
   bool random_weights = false;     // real shapes from config.json, weights from `weights_seed`
   uint64_t weights_seed = 0;
   int block_size = 16;             // tokens per KV block

@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "e4m3.h"
 #include "engine.h"
 #include "json_util.h"
 #include "rng.h"
@@ -456,12 +457,6 @@ void to_float(const TensorView& t, float* out) {
   }
 }
 
-float e4m3_to_f32(uint8_t c) {
-  const int e = (c >> 3) & 0xF, m = c & 7;
-  if (e == 0xF && m == 7) return std::numeric_limits<float>::quiet_NaN();
-  const float v = e == 0 ? std::ldexp(static_cast<float>(m), -9) : std::ldexp(1.0f + m / 8.0f, e - 7);
-  return (c & 0x80) ? -v : v;
-}
 
 std::vector<float> to_float(const TensorView& t) {
   std::vector<float> v(static_cast<size_t>(t.numel()));

@@ -112,8 +112,6 @@ ModelWeights random_weights(const ModelConfig& cfg, uint64_t seed, DType float_d
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);  // round to nearest even
 float round_to_f16(float f);   // f32 -> f16 -> f32
-// E4M3 ("fn": no infinities, 0x7F / 0xFF NaN) code -> its value.
-float e4m3_to_f32(uint8_t code);
 // Copies a F32/F16 tensor into float (I8 and F8_E4M3 are converted without a scale).
 void to_float(const TensorView& t, float* out);
 std::vector<float> to_float(const TensorView& t);

@@ -218,6 +218,7 @@ glm::EngineOptions options_from(const std::string& checkpoint_dir, const py::kwa
     else if (key == "dtype") set(o.dtype);
     else if (key == "int8") set(o.int8);
     else if (key == "fp8") set(o.fp8);
+    else if (key == "kv_cache_dtype") set(o.kv_cache_dtype);
     else if (key == "random_weights") set(o.random_weights);
     else if (key == "weights_seed") set(o.weights_seed);
     else if (key == "block_size") set(o.block_size);
@@ -314,7 +315,7 @@ PYBIND11_MODULE(_engine, m) {
            }),
            py::arg("checkpoint_dir"),
            "Engine(checkpoint_dir, **options): keywords named like EngineOptions' fields (device, dtype,\n"
-           "int8, fp8, random_weights, weights_seed, block_size, num_kv_blocks, kv_cache_fraction, kv_cache_bytes,\n"
+           "int8, fp8, kv_cache_dtype, random_weights, weights_seed, block_size, num_kv_blocks, kv_cache_fraction, kv_cache_bytes,\n"
            "max_running_seqs, max_batched_tokens, max_queue, num_threads, use_cuda_graphs, overlap_steps,\n"
            "device_id, "
            "adapters_dir), left out: the engine's defaults; cuda_<field>=value sets EngineOptions.cuda\n"

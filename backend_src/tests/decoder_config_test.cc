@@ -75,3 +75,13 @@ TEST(DecoderConfigTest, fp8_parameter) {
   EXPECT_THROW_MSG(parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"fp8", "e4m3"}}), {}, ".", nullptr),
                    "chatglm_decoder parameter 'fp8' = 'e4m3': expected a boolean (true/false/1/0)");
 }
+
+TEST(DecoderConfigTest, kv_cache_dtype_parameter) {
+  auto def = parse_decoder_config(model_config({{"checkpoint_dir", "/c"}}), {}, ".", nullptr);
+  EXPECT_EQ(def.engine.kv_cache_dtype, "auto");
+  auto f8 = parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"kv_cache_dtype", "fp8"}}), {}, ".", nullptr);
+  EXPECT_EQ(f8.engine.kv_cache_dtype, "fp8");
+  EXPECT_THROW_MSG(
+      parse_decoder_config(model_config({{"checkpoint_dir", "/c"}, {"kv_cache_dtype", "int4"}}), {}, ".", nullptr),
+      "chatglm_decoder parameter 'kv_cache_dtype' = 'int4': expected auto or fp8");
+}

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "config.h"
+#include "e4m3.h"
 #include "engine.h"
 #include "expect_throw.h"
 
@@ -100,4 +101,29 @@ TEST(WeightsTest, e4m3_values) {
   EXPECT_EQ(e4m3_to_f32(0x7E), 448.0f);  // largest finite
   EXPECT_TRUE(std::isnan(e4m3_to_f32(0x7F)));
   EXPECT_TRUE(std::isnan(e4m3_to_f32(0xFF)));
+}
+
+TEST(WeightsTest, e4m3_encoding_rounds_to_nearest_even_and_saturates) {
+  EXPECT_EQ(f32_to_e4m3(1.0f), 0x38);
+  EXPECT_EQ(f32_to_e4m3(-1.0f), 0xB8);
+  EXPECT_EQ(f32_to_e4m3(448.0f), 0x7E);
+  EXPECT_EQ(f32_to_e4m3(1000.0f), 0x7E);   // saturates
+  EXPECT_EQ(f32_to_e4m3(-1e30f), 0xFE);
+  EXPECT_EQ(f32_to_e4m3(1.0625f), 0x38);   // halfway 1 .. 1.125: the even code
+  EXPECT_EQ(f32_to_e4m3(1.1875f), 0x3A);   // halfway 1.125 .. 1.25: the even code
+  EXPECT_EQ(f32_to_e4m3(1.07f), 0x39);
+  EXPECT_EQ(f32_to_e4m3(std::ldexp(1.0f, -10)), 0x00);  // halfway 0 .. smallest subnormal
+  EXPECT_EQ(f32_to_e4m3(std::nanf("")), 0x7F);
+  for (int c = 0; c < 256; ++c) {  // every finite code encodes to itself
+    if ((c & 0x7F) == 0x7F) continue;
+    const float v = e4m3_to_f32(static_cast<uint8_t>(c));
+    if (v == 0.0f) continue;  // -0 and +0
+    EXPECT_EQ(f32_to_e4m3(v), c) << c;
+  }
+  const float zeros[3] = {0, 0, 0}, row[3] = {2.0f, -0.5f, 0.0f};
+  uint8_t codes[3];
+  EXPECT_EQ(quantize_e4m3_row(zeros, 3, codes), 1.0f);
+  EXPECT_EQ(codes[0], 0);
+  EXPECT_EQ(quantize_e4m3_row(row, 3, codes), 2.0f / 448.0f);
+  EXPECT_EQ(codes[0], 0x7E);
 }

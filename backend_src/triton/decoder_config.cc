@@ -17,7 +17,7 @@ const char kCudaPrefix[] = "cuda_";
 std::vector<std::string> all_keys() {
   std::vector<std::string> keys = {
       "checkpoint_dir", "device",          "device_id",         "dtype",
-      "int8",           "fp8",             "random_weights",  "weights_seed",      "block_size",
+      "int8",           "fp8",             "kv_cache_dtype",    "random_weights",  "weights_seed",      "block_size",
       "num_kv_blocks",  "kv_cache_fraction", "kv_cache_bytes",  "max_running_seqs",
       "max_batched_tokens", "max_queue",   "num_threads",       "use_cuda_graphs",
       "default_max_tokens", "enable_fault_injection", "max_request_seconds", "adapters_dir",
@@ -157,6 +157,10 @@ DecoderConfig parse_decoder_config(const std::string& model_config_json,
   }
   if (const auto* v = get("int8")) e.int8 = to_bool("int8", *v);
   if (const auto* v = get("fp8")) e.fp8 = to_bool("fp8", *v);
+  if (const auto* v = get("kv_cache_dtype")) {
+    if (*v != "auto" && *v != "fp8") bad("kv_cache_dtype", *v, "auto or fp8");
+    e.kv_cache_dtype = *v;
+  }
   if (const auto* v = get("random_weights")) e.random_weights = to_bool("random_weights", *v);
   if (const auto* v = get("weights_seed")) e.weights_seed = to_uint64("weights_seed", *v);
   if (const auto* v = get("block_size")) e.block_size = static_cast<int>(to_int("block_size", *v, 1, 1024));

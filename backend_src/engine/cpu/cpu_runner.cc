@@ -6,9 +6,9 @@
 // exactly those of a load-time conversion while the 6B model needs only its
 // file size in memory. Every product and sum runs in float32.
 //
-// KV cache: per layer, K and V arrays of [num_blocks][block_size][hidden]
-// (head h at columns h*head_dim ..); token slot p of a sequence lives in block
-// block_table[p / block_size] at offset p % block_size.
+// KV cache (kv_cache.h): per layer, K and V of [num_blocks][block_size][heads][head_dim],
+// float or (kv_cache_dtype=fp8) E4M3 codes with a scale per (slot, head); token slot p
+// of a sequence lives in block block_table[p / block_size] at offset p % block_size.
 #include <algorithm>
 #include <deque>
 #include <cmath>
@@ -23,6 +23,7 @@
 #include "../positions.h"
 #include "../sampling.h"
 #include "../weights.h"
+#include "kv_cache.h"
 #include "thread_pool.h"
 
 namespace glm {
@@ -169,6 +170,7 @@ class CpuRunner final : public ModelRunner {
                                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()))) {
     if (opts.dtype != "fp32" && opts.dtype != "float32")
       throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cpu (use fp32)");
+    kv_fp8_ = opts.kv_cache_dtype == "fp8";
     if (cfg.fp8)
       throw EngineError("this checkpoint is fp8 (config.json quantization.fp8): it runs on device \"cuda\" on a GPU "
                         "with FP8 tensor cores (the CPU reference is glmserve.fp8_reference)");
@@ -211,9 +213,16 @@ class CpuRunner final : public ModelRunner {
       inv_freq_.push_back(round_to_f16(static_cast<float>(1.0 / std::pow(10000.0, (2.0 * j) / half))));
   }
 
-  int64_t kv_block_bytes(int block_size) const override {
-    return 2ll * cfg_.num_layers * block_size * cfg_.hidden_size * static_cast<int64_t>(sizeof(float));
+  CpuKvCache::Shape kv_shape(int block_size) const {
+    CpuKvCache::Shape s;
+    s.layers = cfg_.num_layers;
+    s.heads = cfg_.num_attention_heads;
+    s.head_dim = cfg_.head_dim;
+    s.block_size = block_size;
+    s.fp8 = kv_fp8_;
+    return s;
   }
+  int64_t kv_block_bytes(int block_size) const override { return CpuKvCache::block_bytes(kv_shape(block_size)); }
 
   int plan_kv_blocks(const EngineOptions& opts) const override {
     if (opts.num_kv_blocks > 0) return opts.num_kv_blocks;
@@ -234,35 +243,26 @@ class CpuRunner final : public ModelRunner {
   void allocate_kv_cache(int num_blocks, int block_size) override {
     block_size_ = block_size;
     num_blocks_ = num_blocks;
-    const size_t per_layer = static_cast<size_t>(num_blocks) * block_size * cfg_.hidden_size;
     // Left uninitialized: a slot is always written before it is read, and
     // untouched pages cost no memory.
-    k_cache_.clear();
-    v_cache_.clear();
-    for (size_t l = 0; l < layers_.size(); ++l) {
-      k_cache_.emplace_back(new float[per_layer]);
-      v_cache_.emplace_back(new float[per_layer]);
-    }
+    kv_.allocate(kv_shape(block_size), num_blocks);
   }
 
   void copy_kv_block(int src, int dst) override {
-    const size_t block = static_cast<size_t>(block_size_) * cfg_.hidden_size;
-    for (size_t l = 0; l < k_cache_.size(); ++l) {
-      std::copy_n(k_cache_[l].get() + src * block, block, k_cache_[l].get() + dst * block);
-      std::copy_n(v_cache_[l].get() + src * block, block, v_cache_[l].get() + dst * block);
-    }
+    kv_.copy_block(src, dst);
   }
 
   void write_prefix(const std::vector<int32_t>& blocks, int prefix_len, const float* key,
                     const float* value) override {
     const int64_t H = cfg_.hidden_size;
-    for (size_t l = 0; l < k_cache_.size(); ++l)
+    const int hd = cfg_.head_dim;
+    for (int l = 0; l < cfg_.num_layers; ++l)
       for (int t = 0; t < prefix_len; ++t) {
-        const int64_t at = (static_cast<int64_t>(blocks.at(static_cast<size_t>(t / block_size_))) * block_size_ +
-                            t % block_size_) * H;
+        const int64_t slot =
+            static_cast<int64_t>(blocks.at(static_cast<size_t>(t / block_size_))) * block_size_ + t % block_size_;
         const int64_t from = (static_cast<int64_t>(l) * prefix_len + t) * H;
-        std::copy_n(key + from, H, k_cache_[l].get() + at);
-        std::copy_n(value + from, H, v_cache_[l].get() + at);
+        for (int h = 0; h < cfg_.num_attention_heads; ++h)
+          kv_.write(l, slot, h, key + from + h * hd, value + from + h * hd);
       }
   }
 
@@ -352,7 +352,8 @@ class CpuRunner final : public ModelRunner {
   std::vector<Layer> layers_;
   std::vector<float> lnf_w_, lnf_b_, inv_freq_;
   int block_size_ = 0, num_blocks_ = 0;
-  std::vector<std::unique_ptr<float[]>> k_cache_, v_cache_;  // per layer
+  bool kv_fp8_ = false;  // EngineOptions.kv_cache_dtype "fp8"
+  CpuKvCache kv_;
   std::deque<std::vector<int32_t>> launched_;  // ids of launched steps not collected, oldest first
   std::vector<int32_t> last_ids_;              // ids of the step launched last
 };
@@ -386,7 +387,7 @@ void CpuRunner::collect(int32_t* next_tokens) {
 }
 
 void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vector<float>* all_logits) {
-  if (k_cache_.empty()) throw EngineError("cpu runner: forward before allocate_kv_cache");
+  if (kv_.empty()) throw EngineError("cpu runner: forward before allocate_kv_cache");
   const int64_t H = cfg_.hidden_size, I = cfg_.inner_hidden_size, V = cfg_.vocab_size;
   const int hd = cfg_.head_dim, heads = cfg_.num_attention_heads;
   const size_t S = batch.seqs.size();
@@ -436,16 +437,17 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
     linear(a.data(), T, L.qkv, L.qkv_b.data(), qkv.data());
 
     // Rotary on q and k, then K/V into the cache.
-    float* kc = k_cache_[l].get();
-    float* vc = v_cache_[l].get();
+    const int li = static_cast<int>(l);
+    auto slot_of = [&](const SeqBatchEntry& e, int s) {
+      return static_cast<int64_t>(e.block_table[s / block_size_]) * block_size_ + s % block_size_;
+    };
     for (size_t i = 0; i < S; ++i) {
       const SeqBatchEntry& e = batch.seqs[i];
       for (int j = 0; j < e.num_tokens; ++j) {
         float* row = &qkv[static_cast<size_t>((row0[i] + j) * 3 * H)];
         const int slot = e.prefix_len + e.num_cached + j;
         const float* r = &rot[static_cast<size_t>((row0[i] + j) * 4 * rq)];
-        float* kdst = kc + (static_cast<int64_t>(e.block_table[slot / block_size_]) * block_size_ + slot % block_size_) * H;
-        float* vdst = vc + (kdst - kc);
+        const int64_t at = slot_of(e, slot);
         for (int h = 0; h < heads; ++h) {
           float* q = row + h * 3 * hd;
           float* k = q + hd;
@@ -454,8 +456,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
           rotary(q + hd / 2, r + 2 * rq, r + 3 * rq);
           rotary(k, r, r + rq);
           rotary(k + hd / 2, r + 2 * rq, r + 3 * rq);
-          std::memcpy(kdst + h * hd, k, static_cast<size_t>(hd) * sizeof(float));
-          std::memcpy(vdst + h * hd, v, static_cast<size_t>(hd) * sizeof(float));
+          kv_.write(li, at, h, k, v);
         }
       }
     }
@@ -464,7 +465,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
     const float coeff = static_cast<float>(l + 1);
     const float q_div = static_cast<float>(std::sqrt(static_cast<double>(hd)) * static_cast<double>(l + 1));
     pool_.parallel_for(static_cast<int64_t>(S) * heads, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<float> scores, qs(static_cast<size_t>(hd));
+      std::vector<float> scores, qs(static_cast<size_t>(hd)), kv_buf(static_cast<size_t>(hd));
       for (int64_t p = p0; p < p1; ++p) {
         const size_t i = static_cast<size_t>(p / heads);
         const int h = static_cast<int>(p % heads);
@@ -482,7 +483,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
               scores[static_cast<size_t>(s)] = -INFINITY;  // exp() = 0, as -10000 * coeff gives
               continue;
             }
-            const float* k = kc + (static_cast<int64_t>(e.block_table[s / block_size_]) * block_size_ + s % block_size_) * H + h * hd;
+            const float* k = kv_.key(li, slot_of(e, s), h, kv_buf.data());
             const float sc = dot(qs.data(), k, hd) * coeff;
             scores[static_cast<size_t>(s)] = sc;
             mx = std::max(mx, sc);
@@ -499,7 +500,7 @@ void CpuRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vecto
           for (int s = 0; s < total; ++s) {
             const float pr = scores[static_cast<size_t>(s)] * inv;
             if (pr == 0.0f) continue;
-            const float* v = vc + (static_cast<int64_t>(e.block_table[s / block_size_]) * block_size_ + s % block_size_) * H + h * hd;
+            const float* v = kv_.value(li, slot_of(e, s), h, kv_buf.data());
             for (int d = 0; d < hd; ++d) out[d] += pr * v[d];
           }
         }
