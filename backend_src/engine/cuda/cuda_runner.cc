@@ -243,6 +243,9 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cuda (use fp16)");
   int8_ = opts.int8 || cfg.int8;
   fp8_ = opts.fp8 || cfg.fp8;
+  if (opts.kv_cache_dtype == "fp8")
+    throw EngineError("engine option kv_cache_dtype \"fp8\" is not implemented on device cuda yet (the CPU back-end "
+                      "has it)");
   if (fp8_ && cfg.int8) throw EngineError("engine option fp8 needs a float checkpoint (this one is int8)");
   H_ = cfg.hidden_size;
   I_ = cfg.inner_hidden_size;
