@@ -1,5 +1,7 @@
 // Paged attention (decode, prefill and mixed batches): one block per
 // (head, query token); keys and values read from the paged cache.
+#include <cuda_fp8.h>
+
 #include <cfloat>
 
 #include "cuda_check.h"
@@ -38,6 +40,42 @@ __device__ __forceinline__ void load_vec(const __half* p, float (&out)[VEC]) {
   }
 }
 
+// VEC E4M3 codes (VEC bytes, aligned) -> floats, times the row's scale.
+template <int VEC>
+__device__ __forceinline__ void load_vec_fp8(const uint8_t* p, float scale, float (&out)[VEC]) {
+  uint8_t raw[VEC];
+  if constexpr (VEC == 8)
+    *reinterpret_cast<uint2*>(raw) = *reinterpret_cast<const uint2*>(p);
+  else
+    *reinterpret_cast<uint32_t*>(raw) = *reinterpret_cast<const uint32_t*>(p);
+#pragma unroll
+  for (int k = 0; k < VEC / 2; ++k) {
+    const __nv_fp8x2_storage_t two = static_cast<__nv_fp8x2_storage_t>(raw[2 * k] | (raw[2 * k + 1] << 8));
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(two, __NV_E4M3);
+    const float2 f = __half22float2(__half2(h));
+    out[2 * k] = f.x * scale;
+    out[2 * k + 1] = f.y * scale;
+  }
+}
+
+// The KV cache as the kernel reads it: fp16, or E4M3 codes with a float scale per
+// (block, head, offset) row (k_scale / v_scale non-null).
+struct KvRead {
+  const void* k;
+  const void* v;
+  const float* k_scale;
+  const float* v_scale;
+};
+
+template <int VEC, bool FP8>
+__device__ __forceinline__ void load_kv(const void* base, const float* scales, int64_t elem, int64_t row,
+                                        float (&out)[VEC]) {
+  if constexpr (FP8)
+    load_vec_fp8<VEC>(static_cast<const uint8_t*>(base) + elem, scales[row], out);
+  else
+    load_vec<VEC>(static_cast<const __half*>(base) + elem, out);
+}
+
 __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -53,10 +91,9 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
   return r;
 }
 
-template <int HD>
+template <int HD, bool FP8>
 __global__ void __launch_bounds__(kAttnThreads)
-    paged_attention_kernel(const __half* __restrict__ q, const __half* __restrict__ kc,
-                           const __half* __restrict__ vc, const int32_t* __restrict__ tok_seq,
+    paged_attention_kernel(const __half* __restrict__ q, KvRead kv, const int32_t* __restrict__ tok_seq,
                            const int32_t* __restrict__ n_keys,
                            const int32_t* __restrict__ block_tables, AttentionParams p,
                            __half* __restrict__ out) {
@@ -89,30 +126,30 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
   for (int k = 0; k < VEC; ++k) qv[k] *= p.scale;
 
-  auto kv_offset = [&](int s) -> int64_t {
+  auto kv_row = [&](int s) -> int64_t {  // (block, head, offset): the scale's index
     const int64_t blk = table[s / p.block_size];
-    const int off = s % p.block_size;
-    return ((blk * p.heads + h) * p.block_size + off) * HD + li * VEC;
+    return (blk * p.heads + h) * p.block_size + s % p.block_size;
   };
 
   // 1. scores
   for (int base = warp * TPW; base < n; base += STRIDE * kUnroll) {
-    float kv[kUnroll][VEC];
+    float kvals[kUnroll][VEC];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int s = base + u * STRIDE + g;
       if (lane_active && s < n) {
-        load_vec<VEC>(kc + kv_offset(s), kv[u]);
+        const int64_t r = kv_row(s);
+        load_kv<VEC, FP8>(kv.k, kv.k_scale, r * HD + li * VEC, r, kvals[u]);
       } else {
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) kv[u][k] = 0.f;
+        for (int k = 0; k < VEC; ++k) kvals[u][k] = 0.f;
       }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       float d = 0.f;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) d += qv[k] * kv[u][k];
+      for (int k = 0; k < VEC; ++k) d += qv[k] * kvals[u][k];
 #pragma unroll
       for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
       const int s = base + u * STRIDE + g;
@@ -145,7 +182,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     for (int u = 0; u < kUnroll; ++u) {
       const int s = base + u * STRIDE + g;
       if (lane_active && s < n) {
-        load_vec<VEC>(vc + kv_offset(s), vv[u]);
+        const int64_t r = kv_row(s);
+        load_kv<VEC, FP8>(kv.v, kv.v_scale, r * HD + li * VEC, r, vv[u]);
         pr[u] = scores[s];
       } else {
         pr[u] = 0.f;
@@ -282,18 +320,40 @@ __global__ void __launch_bounds__(kWarpAttnWarps * 32)
   for (int k = 0; k < DPL; ++k) orow[k] = __float2half_rn(acc[k] * inv);
 }
 
-template <int HD>
-void launch(const __half* q, const __half* kc, const __half* vc, const int32_t* tok_seq,
-            const int32_t* n_keys, const int32_t* bt, const AttentionParams& p, __half* out,
-            int tokens, cudaStream_t stream) {
+template <int HD, bool FP8>
+void launch(const __half* q, const KvRead& kv, const int32_t* tok_seq, const int32_t* n_keys, const int32_t* bt,
+            const AttentionParams& p, __half* out, int tokens, cudaStream_t stream) {
   const size_t smem = (size_t)(p.max_keys + kAttnWarps * HD + 32) * sizeof(float);
   if (smem > 48 * 1024) {
-    GLM_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<HD>,
+    GLM_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<HD, FP8>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   }
   dim3 grid(p.heads, tokens);
-  launch_k("paged_attention", paged_attention_kernel<HD>, grid, dim3(kAttnThreads), smem, stream, q, kc, vc, tok_seq,
-           n_keys, bt, p, out);
+  launch_k("paged_attention", paged_attention_kernel<HD, FP8>, grid, dim3(kAttnThreads), smem, stream, q, kv,
+           tok_seq, n_keys, bt, p, out);
+}
+
+template <bool FP8>
+void launch_block_kernel(const char* k, const __half* q, const KvRead& kv, const int32_t* tok_seq,
+                         const int32_t* n_keys, const int32_t* bt, const AttentionParams& p, __half* out, int tokens,
+                         cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 4: launch<4, FP8>(q, kv, tok_seq, n_keys, bt, p, out, tokens, stream); break;
+    case 8: launch<8, FP8>(q, kv, tok_seq, n_keys, bt, p, out, tokens, stream); break;
+    case 16: launch<16, FP8>(q, kv, tok_seq, n_keys, bt, p, out, tokens, stream); break;
+    case 32: launch<32, FP8>(q, kv, tok_seq, n_keys, bt, p, out, tokens, stream); break;
+    case 64: launch<64, FP8>(q, kv, tok_seq, n_keys, bt, p, out, tokens, stream); break;
+    case 128: launch<128, FP8>(q, kv, tok_seq, n_keys, bt, p, out, tokens, stream); break;
+    default: check_arg(false, k, "head_dim must be 4, 8, 16, 32, 64 or 128");
+  }
+  GLM_CUDA_LAUNCH_CHECK(k);
+}
+
+void check_attention_args(const char* k, const AttentionParams& p, int tokens) {
+  check_arg(p.heads > 0 && p.heads <= 65535, k, "heads must be in [1, 65535]");
+  check_arg(p.block_size > 0 && p.max_blocks_per_seq > 0, k, "block_size/max_blocks_per_seq <= 0");
+  check_arg(p.max_keys > 0 && p.max_keys <= 32768, k, "max_keys must be in [1, 32768]");
+  check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
 }
 
 }  // namespace
@@ -303,10 +363,7 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
                      const AttentionParams& p, __half* out, int tokens, cudaStream_t stream) {
   const char* k = "paged_attention";
   check_arg(q && k_cache && v_cache && tok_seq && n_keys && block_tables && out, k, "null tensor");
-  check_arg(p.heads > 0 && p.heads <= 65535, k, "heads must be in [1, 65535]");
-  check_arg(p.block_size > 0 && p.max_blocks_per_seq > 0, k, "block_size/max_blocks_per_seq <= 0");
-  check_arg(p.max_keys > 0 && p.max_keys <= 32768, k, "max_keys must be in [1, 32768]");
-  check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
+  check_attention_args(k, p, tokens);
   if (tokens == 0) return;
   // Many (token, head) pairs: the warp-per-pair kernel (head_dim 64 or 128), when
   // p.warp_per_pair (tuning attention_warp). Off by default: v5 measured it no faster
@@ -324,16 +381,22 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
     GLM_CUDA_LAUNCH_CHECK(k);
     return;
   }
-  switch (p.head_dim) {
-    case 4: launch<4>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
-    case 8: launch<8>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
-    case 16: launch<16>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
-    case 32: launch<32>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
-    case 64: launch<64>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
-    case 128: launch<128>(q, k_cache, v_cache, tok_seq, n_keys, block_tables, p, out, tokens, stream); break;
-    default: check_arg(false, k, "head_dim must be 4, 8, 16, 32, 64 or 128");
-  }
-  GLM_CUDA_LAUNCH_CHECK(k);
+  launch_block_kernel<false>(k, q, KvRead{k_cache, v_cache, nullptr, nullptr}, tok_seq, n_keys, block_tables, p,
+                             out, tokens, stream);
+}
+
+void paged_attention_fp8(const __half* q, const uint8_t* k_cache, const uint8_t* v_cache, const float* k_scale,
+                         const float* v_scale, const int32_t* tok_seq, const int32_t* n_keys,
+                         const int32_t* block_tables, const AttentionParams& p, __half* out, int tokens,
+                         cudaStream_t stream) {
+  const char* k = "paged_attention_fp8";
+  check_arg(q && k_cache && v_cache && k_scale && v_scale && tok_seq && n_keys && block_tables && out, k,
+            "null tensor");
+  check_attention_args(k, p, tokens);
+  if (tokens == 0) return;
+  // The block kernel only (the warp-per-pair one reads fp16).
+  launch_block_kernel<true>(k, q, KvRead{k_cache, v_cache, k_scale, v_scale}, tok_seq, n_keys, block_tables, p, out,
+                            tokens, stream);
 }
 
 }  // namespace cuda

@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "config.h"
+#include "e4m3.h"
 #include "engine.h"
 #include "model_runner.h"
 #include "rng.h"
@@ -82,7 +83,10 @@ class CudaRunner final : public ModelRunner {
   ~CudaRunner() override;
 
   int64_t kv_block_bytes(int block_size) const override {
-    return 2ll * cfg_.num_layers * block_size * cfg_.hidden_size * static_cast<int64_t>(sizeof(__half));
+    // fp16: 2 bytes a value; fp8: 1 byte a value + a float scale per (token, head)
+    const int64_t per_token = kv_fp8_ ? cfg_.hidden_size + 4ll * cfg_.num_attention_heads
+                                      : cfg_.hidden_size * static_cast<int64_t>(sizeof(__half));
+    return 2ll * cfg_.num_layers * block_size * per_token;
   }
   int plan_kv_blocks(const EngineOptions& opts) const override;
   void allocate_kv_cache(int num_blocks, int block_size) override;
@@ -93,6 +97,11 @@ class CudaRunner final : public ModelRunner {
   void launch(const StepBatch& batch) override;
   void collect(int32_t* next_tokens) override;
   std::string describe() const override {
+    const std::string kv = kv_fp8_ ? "KV cache fp8 (E4M3, a scale per token and head)" : "";
+    const std::string lin = linears_description();
+    return lin.empty() ? kv : kv.empty() ? lin : lin + "; " + kv;
+  }
+  std::string linears_description() const {
     if (fp8_) return "fp8 block linears (E4M3 weights per channel, activations per token, cuBLASLt), lm_head fp16";
     if (!int8_) return "";
     const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
@@ -187,10 +196,16 @@ class CudaRunner final : public ModelRunner {
   std::vector<Layer> layers_;
   std::vector<void*> allocations_;
 
-  // KV cache
+  // KV cache: fp16 [2 * L_][num_blocks, heads, block_size, head_dim] in kv_, or
+  // (kv_cache_dtype=fp8) E4M3 codes of that layout then float scales
+  // [2 * L_][num_blocks, heads, block_size] in kv8_ (kv_fp8.cu)
+  bool kv_fp8_ = false;
   __half* kv_ = nullptr;
+  uint8_t* kv8_ = nullptr;
   int num_blocks_ = 0, block_size_ = 0, mbps_ = 0;
   std::vector<__half*> k_layer_, v_layer_;
+  std::vector<uint8_t*> k8_layer_, v8_layer_;
+  std::vector<float*> ks_layer_, vs_layer_;
 
   // activations
   int max_tokens_ = 0, max_seqs_ = 0;
@@ -243,9 +258,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     throw EngineError("dtype \"" + opts.dtype + "\" is not supported on device cuda (use fp16)");
   int8_ = opts.int8 || cfg.int8;
   fp8_ = opts.fp8 || cfg.fp8;
-  if (opts.kv_cache_dtype == "fp8")
-    throw EngineError("engine option kv_cache_dtype \"fp8\" is not implemented on device cuda yet (the CPU back-end "
-                      "has it)");
+  kv_fp8_ = opts.kv_cache_dtype == "fp8";
   if (fp8_ && cfg.int8) throw EngineError("engine option fp8 needs a float checkpoint (this one is int8)");
   H_ = cfg.hidden_size;
   I_ = cfg.inner_hidden_size;
@@ -410,6 +423,8 @@ void CudaRunner::release() {
   allocations_.clear();
   if (kv_) cudaFree(kv_);
   kv_ = nullptr;
+  if (kv8_) cudaFree(kv8_);
+  kv8_ = nullptr;
   if (dbg_logits_) cudaFree(dbg_logits_);
   dbg_logits_ = nullptr;
   pending_.clear();
@@ -749,6 +764,33 @@ void CudaRunner::write_prefix(const std::vector<int32_t>& blocks, int prefix_len
   // image per (layer, K or V, block), then one copy.
   const int heads = cfg_.num_attention_heads, hd = cfg_.head_dim;
   const size_t block = (size_t)block_size_ * H_;
+  if (kv_fp8_) {  // codes and scales quantized here by the rule of kv_fp8_write
+    std::vector<uint8_t> codes(block);
+    std::vector<float> scales((size_t)heads * block_size_), row(hd);
+    for (int l = 0; l < L_; ++l)
+      for (int kv = 0; kv < 2; ++kv) {
+        const float* src = (kv == 0 ? key : value) + (size_t)l * prefix_len * H_;
+        for (size_t b = 0; b * block_size_ < (size_t)prefix_len; ++b) {
+          std::fill(codes.begin(), codes.end(), uint8_t(0));
+          std::fill(scales.begin(), scales.end(), 1.0f);
+          for (int o = 0; o < block_size_ && (int)(b * block_size_) + o < prefix_len; ++o)
+            for (int h = 0; h < heads; ++h) {
+              for (int d = 0; d < hd; ++d)  // the fp16 cache's values, as the GPU path quantizes them
+                row[d] = round_to_f16(src[(b * block_size_ + o) * H_ + h * hd + d]);
+              scales[(size_t)h * block_size_ + o] =
+                  quantize_e4m3_row(row.data(), hd, &codes[((size_t)h * block_size_ + o) * hd]);
+            }
+          const size_t blk = (size_t)blocks.at(b);
+          GLM_CUDA_CHECK(cudaMemcpyAsync((kv == 0 ? k8_layer_[l] : v8_layer_[l]) + blk * block, codes.data(), block,
+                                         cudaMemcpyHostToDevice, stream_));
+          GLM_CUDA_CHECK(cudaMemcpyAsync((kv == 0 ? ks_layer_[l] : vs_layer_[l]) + blk * heads * block_size_,
+                                         scales.data(), scales.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                         stream_));
+          GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // codes and scales are reused
+        }
+      }
+    return;
+  }
   std::vector<__half> img(block);
   for (int l = 0; l < L_; ++l)
     for (int kv = 0; kv < 2; ++kv) {
@@ -772,6 +814,16 @@ void CudaRunner::copy_kv_block(int src, int dst) {
   // one strided 2D copy moves block src of each into block dst.
   const size_t per = (size_t)num_blocks_ * block_size_ * H_;
   const size_t block = (size_t)block_size_ * H_;
+  if (kv_fp8_) {  // the codes, then the scales: the same strided copy over each
+    GLM_CUDA_CHECK(cudaMemcpy2DAsync(kv8_ + (size_t)dst * block, per, kv8_ + (size_t)src * block, per, block,
+                                     (size_t)2 * L_, cudaMemcpyDeviceToDevice, stream_));
+    const size_t per_s = (size_t)num_blocks_ * block_size_ * heads_, block_s = (size_t)block_size_ * heads_;
+    float* scales = reinterpret_cast<float*>(kv8_ + per * 2 * L_);
+    GLM_CUDA_CHECK(cudaMemcpy2DAsync(scales + dst * block_s, per_s * sizeof(float), scales + src * block_s,
+                                     per_s * sizeof(float), block_s * sizeof(float), (size_t)2 * L_,
+                                     cudaMemcpyDeviceToDevice, stream_));
+    return;
+  }
   GLM_CUDA_CHECK(cudaMemcpy2DAsync(kv_ + (size_t)dst * block, per * sizeof(__half), kv_ + (size_t)src * block,
                                    per * sizeof(__half), block * sizeof(__half), (size_t)2 * L_,
                                    cudaMemcpyDeviceToDevice, stream_));
@@ -800,10 +852,38 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
     throw EngineError("device cuda: allocate_kv_cache block_size differs from the engine option");
   if (kv_) cudaFree(kv_);
   kv_ = nullptr;
+  if (kv8_) cudaFree(kv8_);
+  kv8_ = nullptr;
   clear_graphs();
   num_blocks_ = num_blocks;
   block_size_ = block_size;
   const size_t per = (size_t)num_blocks * block_size * H_;  // one layer's K (or V)
+  if (kv_fp8_) {
+    const size_t per_s = (size_t)num_blocks * block_size * heads_;  // one layer's K (or V) scales
+    const size_t bytes = 2 * L_ * (per + per_s * sizeof(float));
+    const cudaError_t e8 = cudaMalloc(&kv8_, bytes);
+    if (e8 != cudaSuccess) {
+      cudaGetLastError();
+      throw EngineError("device cuda: cannot allocate the fp8 KV cache (" + std::to_string(num_blocks) + " blocks, " +
+                        std::to_string(bytes >> 20) + " MiB): " + cudaGetErrorString(e8));
+    }
+    if (opts_.cuda.poison & 1) {  // codes 0x7F are NaN, scales 0xFFFFFFFF too
+      GLM_CUDA_CHECK(cudaMemset(kv8_, 0xFF, bytes));
+      GLM_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    float* scales = reinterpret_cast<float*>(kv8_ + per * 2 * L_);
+    k8_layer_.resize(L_);
+    v8_layer_.resize(L_);
+    ks_layer_.resize(L_);
+    vs_layer_.resize(L_);
+    for (int l = 0; l < L_; ++l) {
+      k8_layer_[l] = kv8_ + (size_t)(2 * l) * per;
+      v8_layer_[l] = kv8_ + (size_t)(2 * l + 1) * per;
+      ks_layer_[l] = scales + (size_t)(2 * l) * per_s;
+      vs_layer_[l] = scales + (size_t)(2 * l + 1) * per_s;
+    }
+    return;
+  }
   cudaError_t e = cudaMalloc(&kv_, per * 2 * L_ * sizeof(__half));
   if (e != cudaSuccess) {
     cudaGetLastError();
@@ -831,6 +911,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
   rp.block_size = block_size_;
   rp.inv_freq = inv_freq_;
   rp.fp16_angles = opts_.cuda.rotary_fp16;
+  rp.stage_rows = kv_fp8_;
   cuda::AttentionParams ap;
   ap.heads = heads_;
   ap.head_dim = hd_;
@@ -845,8 +926,17 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
   for (int l = 0; l < L_; ++l) {
     const Layer& w = layers_[l];
     lin(a_, w.wqkv, w.qkv8, w.qkvf, qkv_, T, H_, 3 * H_);
-    cuda::qkv_rotary_kv_write(qkv_, w.bqkv, m.pos, m.bpos, m.slot, rp, q_, k_layer_[l], v_layer_[l], T, s);
-    cuda::paged_attention(q_, k_layer_[l], v_layer_[l], m.tok_seq, m.n_keys, m.tables, ap, att_, T, s);
+    if (kv_fp8_) {
+      // K and V rows staged in d_ and f_ (both free until the dense layer), then quantized into the cache.
+      cuda::qkv_rotary_kv_write(qkv_, w.bqkv, m.pos, m.bpos, m.slot, rp, q_, d_, f_, T, s);
+      cuda::kv_fp8_write(d_, f_, m.slot, heads_, hd_, block_size_, k8_layer_[l], ks_layer_[l], v8_layer_[l],
+                         vs_layer_[l], T, s);
+      cuda::paged_attention_fp8(q_, k8_layer_[l], v8_layer_[l], ks_layer_[l], vs_layer_[l], m.tok_seq, m.n_keys,
+                                m.tables, ap, att_, T, s);
+    } else {
+      cuda::qkv_rotary_kv_write(qkv_, w.bqkv, m.pos, m.bpos, m.slot, rp, q_, k_layer_[l], v_layer_[l], T, s);
+      cuda::paged_attention(q_, k_layer_[l], v_layer_[l], m.tok_seq, m.n_keys, m.tables, ap, att_, T, s);
+    }
     lin(att_, w.wdense, w.dense8, w.densef, d_, T, H_, H_);
     cuda::add_layernorm(a_, alpha_, d_, w.bdense, nullptr, w.ln_post_w, w.ln_post_b, eps, m_, T, H_, s);
     lin(m_, w.w1, w.w18, w.w1f, f_, T, H_, I_, w.b1, /*gelu=*/true);
@@ -888,7 +978,7 @@ void CudaRunner::forward(const StepBatch& batch, int32_t* next_tokens, std::vect
 }
 
 void CudaRunner::enqueue_model(const StepBatch& batch, int buf) {
-  if (!kv_) throw EngineError("cuda runner: forward before allocate_kv_cache");
+  if (!kv_ && !kv8_) throw EngineError("cuda runner: forward before allocate_kv_cache");
   const int S = static_cast<int>(batch.seqs.size());
   if (S == 0) throw EngineError("cuda runner: a step with no sequences");
   if (S > max_seqs_) throw EngineError("cuda runner: more sequences in a step than max_running_seqs");

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../e4m3.h"
 #include "../rng.h"
 #include "../sampling.h"
 #include "cuda_check.h"
@@ -296,8 +297,10 @@ void test_rotary(int tokens, int heads, int head_dim, int block_size, bool fp16_
 }
 
 // -------------------------------------------------------------- attention
+// fp8: the cache as E4M3 codes + a scale per row (quantize_e4m3_row), read by
+// paged_attention_fp8; the reference uses the codes' values times the scales.
 void test_attention(int heads, int head_dim, int block_size, const std::vector<int>& seq_lens,
-                    int queries_last) {
+                    int queries_last, bool fp8 = false) {
   // Each sequence: keys 0..len-1 in the cache; the last `queries_last` tokens
   // (at most len) are queries, with the ChatGLM rule for context c = len/2.
   const int nseq = (int)seq_lens.size();
@@ -313,6 +316,24 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
     for (int b = 0; b < (seq_lens[s] + block_size - 1) / block_size; ++b) table[(size_t)s * mbps + b] = perm[k++];
   const size_t cache_n = (size_t)num_blocks * heads * block_size * head_dim;
   auto kc = to_half(randn(cache_n)), vc = to_half(randn(cache_n));
+  const size_t rows = cache_n / head_dim;
+  std::vector<uint8_t> k8(cache_n), v8(cache_n);
+  std::vector<float> ks(rows), vs(rows);
+  if (fp8) {  // quantize every row, then keep its dequantized values as the reference's cache
+    std::vector<float> row(head_dim);
+    for (int kv = 0; kv < 2; ++kv) {
+      auto& c = kv ? vc : kc;
+      auto& codes = kv ? v8 : k8;
+      auto& sc = kv ? vs : ks;
+      for (size_t r = 0; r < rows; ++r) {
+        for (int e = 0; e < head_dim; ++e) row[e] = h2f(c[r * head_dim + e]);
+        sc[r] = glm::quantize_e4m3_row(row.data(), head_dim, &codes[r * head_dim]);
+      }
+    }
+  }
+  // The values the kernel sees (fp16, or the fp8 codes' values times the scales).
+  auto kval = [&](size_t i) { return fp8 ? glm::e4m3_to_f32(k8[i]) * ks[i / head_dim] : h2f(kc[i]); };
+  auto vval = [&](size_t i) { return fp8 ? glm::e4m3_to_f32(v8[i]) * vs[i / head_dim] : h2f(vc[i]); };
   std::vector<int32_t> tok_seq, n_keys, qpos;
   for (int s = 0; s < nseq; ++s) {
     const int len = seq_lens[s], c = len / 2;
@@ -339,7 +360,14 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
   // The warp-per-(token, head) kernel is opt-in in the runner; on here, so that
   // the cases with >= 2048 (token, head) pairs test it (the others take the block kernel).
   p.warp_per_pair = true;
-  paged_attention(dq.p, dk.p, dv.p, dts.p, dnk.p, dbt.p, p, dout.p, T, 0);
+  if (fp8) {
+    Dev<uint8_t> dk8(k8), dv8(v8);
+    Dev<float> dks(ks), dvs(vs);
+    paged_attention_fp8(dq.p, dk8.p, dv8.p, dks.p, dvs.p, dts.p, dnk.p, dbt.p, p, dout.p, T, 0);
+    GLM_CUDA_CHECK(cudaDeviceSynchronize());
+  } else {
+    paged_attention(dq.p, dk.p, dv.p, dts.p, dnk.p, dbt.p, p, dout.p, T, 0);
+  }
   GLM_CUDA_CHECK(cudaDeviceSynchronize());
   auto got = from_half(dout.down());
   std::vector<float> ref(got.size(), 0.f);
@@ -356,7 +384,7 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
       for (int s = 0; s < n; ++s) {
         double d = 0;
         for (int e = 0; e < head_dim; ++e)
-          d += (double)h2f(q[((size_t)t * heads + h) * head_dim + e]) * h2f(kc[at(s) + e]);
+          d += (double)h2f(q[((size_t)t * heads + h) * head_dim + e]) * kval(at(s) + e);
         sc[s] = d * p.scale;
         mx = std::max(mx, sc[s]);
       }
@@ -364,7 +392,7 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
       for (double& x : sc) sum += (x = std::exp(x - mx));
       for (int e = 0; e < head_dim; ++e) {
         double o = 0;
-        for (int s = 0; s < n; ++s) o += sc[s] * h2f(vc[at(s) + e]);
+        for (int s = 0; s < n; ++s) o += sc[s] * vval(at(s) + e);
         ref[((size_t)t * heads + h) * head_dim + e] = (float)(o / sum);
       }
     }
@@ -374,9 +402,63 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
   const double e = rel_err(got, ref);
   std::string lens;
   for (int l : seq_lens) lens += std::to_string(l) + ",";
-  report("paged_attention hd=" + std::to_string(head_dim) + " heads=" + std::to_string(heads) +
+  report(std::string(fp8 ? "paged_attention_fp8" : "paged_attention") + " hd=" + std::to_string(head_dim) + " heads=" + std::to_string(heads) +
              " bs=" + std::to_string(block_size) + " lens=" + lens + " q/seq=" + std::to_string(queries_last),
          e < 2e-3 && pad_zero, fmt(e) + (pad_zero ? "" : " padding row not zero"));
+}
+
+// -------------------------------------------------------------- fp8 KV write
+// kv_fp8_write: codes and scales bit for bit against glm::quantize_e4m3_row of the
+// same fp16 rows, at each token's slot; skipped slots (-1) and other rows untouched.
+void test_kv_fp8_write(int tokens, int heads, int head_dim, int block_size) {
+  const int num_blocks = (tokens + block_size - 1) / block_size + 3;
+  const int slots = num_blocks * block_size;
+  std::vector<int32_t> perm(slots);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), g_rng);
+  std::vector<int32_t> slot(perm.begin(), perm.begin() + tokens);
+  slot[tokens / 2] = -1;
+  const size_t n = (size_t)tokens * heads * head_dim;
+  auto k = to_half(randn(n, 3.f)), v = to_half(randn(n, 0.5f));
+  for (int e = 0; e < head_dim; ++e) k[e] = __float2half(0.f);  // token 0, head 0: an all-zero row
+  Dev<__half> dk(k), dv(v);
+  Dev<int32_t> ds(slot);
+  const size_t cn = (size_t)slots * heads * head_dim, rn = (size_t)slots * heads;
+  Dev<uint8_t> kc(cn), vc(cn);
+  Dev<float> ksc(rn), vsc(rn);
+  kc.poison();
+  vc.poison();
+  ksc.poison();
+  vsc.poison();
+  kv_fp8_write(dk.p, dv.p, ds.p, heads, head_dim, block_size, kc.p, ksc.p, vc.p, vsc.p, tokens, 0);
+  GLM_CUDA_CHECK(cudaDeviceSynchronize());
+  auto gk = kc.down(), gv = vc.down();
+  auto gks = ksc.down(), gvs = vsc.down();
+  std::vector<bool> written(rn, false);
+  int bad = 0;
+  std::vector<float> row(head_dim);
+  std::vector<uint8_t> codes(head_dim);
+  for (int t = 0; t < tokens; ++t) {
+    if (slot[t] < 0) continue;
+    for (int h = 0; h < heads; ++h) {
+      const size_t r = ((size_t)(slot[t] / block_size) * heads + h) * block_size + slot[t] % block_size;
+      written[r] = true;
+      for (int kvi = 0; kvi < 2; ++kvi) {
+        const auto& src = kvi ? v : k;
+        for (int e = 0; e < head_dim; ++e) row[e] = h2f(src[((size_t)t * heads + h) * head_dim + e]);
+        const float sc = glm::quantize_e4m3_row(row.data(), head_dim, codes.data());
+        const float got_sc = kvi ? gvs[r] : gks[r];
+        bad += std::memcmp(&sc, &got_sc, 4) != 0;
+        for (int e = 0; e < head_dim; ++e) bad += (kvi ? gv : gk)[r * head_dim + e] != codes[e];
+      }
+    }
+  }
+  for (size_t r = 0; r < rn; ++r)  // every other row keeps its poison
+    if (!written[r]) bad += gk[r * head_dim] != 0xFF || gv[r * head_dim] != 0xFF;
+  const bool zero_scale_one = slot[0] < 0 || gks[(size_t)(slot[0] / block_size) * heads * block_size + slot[0] % block_size] == 1.f;
+  report("kv_fp8_write T=" + std::to_string(tokens) + " heads=" + std::to_string(heads) + " hd=" +
+             std::to_string(head_dim) + " bs=" + std::to_string(block_size),
+         bad == 0 && zero_scale_one, "mismatches " + std::to_string(bad));
 }
 
 // --------------------------------------------------------------- sampling
@@ -530,6 +612,16 @@ int main(int argc, char** argv) {
       test_attention(32, 128, 16, lens, 1);
       test_attention(32, 64, 16, {150, 9}, 80);
     }
+    test_kv_fp8_write(1, 1, 4, 1);
+    test_kv_fp8_write(37, 32, 128, 16);
+    test_kv_fp8_write(9, 5, 64, 7);
+    test_kv_fp8_write(300, 2, 8, 16);
+    test_attention(32, 128, 16, {1, 17, 333, 40}, 1, true);
+    test_attention(32, 128, 16, {19, 45}, 19, true);
+    test_attention(8, 4, 5, {3, 11, 2}, 3, true);
+    test_attention(4, 16, 7, {29, 1}, 29, true);
+    test_attention(6, 64, 16, {2047}, 2, true);
+    test_attention(4, 32, 16, {23, 40, 7}, 5, true);
     test_feed_prev(1, 1);
     test_feed_prev(257, 131);
     test_feed_prev(37, 300);

@@ -49,6 +49,9 @@ struct RotaryParams {
   int block_size = 0;        // KV block size in tokens
   const float* inv_freq = nullptr;  // [head_dim / 4] (already rounded as the model wants)
   bool fp16_angles = false;  // THUDM fp16 quirk: angle and cos/sin rounded to fp16
+  // k/v written as rows [T, heads, head_dim] (k_cache / v_cache are those rows; slot[t] < 0
+  // still skips), for kv_fp8_write to quantize into an FP8 cache.
+  bool stage_rows = false;
 };
 // qkv [T, heads * 3 * head_dim] (per head: q | k | v) + bias (fp32, may be null):
 // 2D rotary on q and k (first half of head_dim with pos, second half with
@@ -78,6 +81,21 @@ struct AttentionParams {
 void paged_attention(const __half* q, const __half* k_cache, const __half* v_cache,
                      const int32_t* tok_seq, const int32_t* n_keys, const int32_t* block_tables,
                      const AttentionParams& p, __half* out, int tokens, cudaStream_t stream);
+// The same over an FP8 cache (kv_fp8.cu's layout): E4M3 codes [blocks, heads,
+// block_size, head_dim] and float scales [blocks, heads, block_size], dequantized as
+// read (the block kernel; warp_per_pair is ignored).
+void paged_attention_fp8(const __half* q, const uint8_t* k_cache, const uint8_t* v_cache, const float* k_scale,
+                         const float* v_scale, const int32_t* tok_seq, const int32_t* n_keys,
+                         const int32_t* block_tables, const AttentionParams& p, __half* out, int tokens,
+                         cudaStream_t stream);
+
+// ---- kv_fp8.cu ----------------------------------------------------------
+// K and V rows [T, heads, head_dim] (fp16) quantized per (token, head) into the FP8
+// cache at slot[t] (slot < 0: skipped): scale = max|row| / 448 (1 for a zero row),
+// code = E4M3(x / scale), nearest, ties to even (glm::quantize_e4m3_row).
+void kv_fp8_write(const __half* k_rows, const __half* v_rows, const int32_t* slot, int heads, int head_dim,
+                  int block_size, uint8_t* k_codes, float* k_scale, uint8_t* v_codes, float* v_scale, int tokens,
+                  cudaStream_t stream);
 
 // ---- sampling.cu --------------------------------------------------------
 // Repetition penalty (HF) on rows of fp32 logits [rows, vocab]: for row r =

@@ -72,7 +72,8 @@ __global__ void qkv_rotary_kernel(const __half* __restrict__ qkv, const float* _
   const int s = slot[t];
   if (s >= 0) {
     const int64_t blk = s / p.block_size, off = s % p.block_size;
-    const int64_t base = ((blk * p.heads + h) * p.block_size + off) * p.head_dim;
+    const int64_t base = p.stage_rows ? ((int64_t)t * p.heads + h) * p.head_dim
+                                      : ((blk * p.heads + h) * p.block_size + off) * p.head_dim;
     k_cache[base + a] = ka_o;
     k_cache[base + b] = kb_o;
     v_cache[base + a] = __float2half_rn(ld(voff + a));
