@@ -236,7 +236,8 @@ class Mode:
 
 def int8_modes(args) -> list[Mode]:
     """fp16 first (every ratio's baseline), then int8, and the ones the flags ask for:
-    --int8-lm-head, --w8a8 N (int8 with W8A8 from N tokens), --fp8."""
+    --int8-lm-head, --w8a8 N (int8 with W8A8 from N tokens), --fp8, --kv-fp8 (the FP8 KV
+    cache under fp16 linears, and under fp8 ones with --fp8)."""
     m = [
         Mode("fp16"),
         Mode("int8", {"int8": True}, {"cuda_int8_lm_head": False}, "int8"),
@@ -256,6 +257,10 @@ def int8_modes(args) -> list[Mode]:
         )
     if getattr(args, "fp8", False):
         m.append(Mode("fp8", {"fp8": True}, {}, "fp8"))
+    if getattr(args, "kv_fp8", False):
+        m.append(Mode("fp16+fp8 KV", {"kv_cache_dtype": "fp8"}))
+        if getattr(args, "fp8", False):
+            m.append(Mode("fp8+fp8 KV", {"fp8": True, "kv_cache_dtype": "fp8"}, {}, "fp8"))
     return m
 
 
@@ -408,6 +413,11 @@ def add_low_precision_args(p: argparse.ArgumentParser) -> None:
         "--fp8",
         action="store_true",
         help="also FP8 rows (E4M3 weights per channel and activations per token; Hopper)",
+    )
+    p.add_argument(
+        "--kv-fp8",
+        action="store_true",
+        help="also rows with kv_cache_dtype=fp8 (E4M3 K/V, a scale per token and head)",
     )
 
 
