@@ -310,11 +310,14 @@ def int8_memory(_engine, ckpt: str, args, torch, base_used: int, mode: Mode) -> 
     del eng
     gc.collect()
     h, n = REAL_CONFIG["hidden_size"], REAL_CONFIG["num_layers"]
+    heads = REAL_CONFIG["num_attention_heads"]
+    # bytes of one token's K or V in one layer: fp16, or E4M3 codes + a float scale per head
+    per_token = h + 4 * heads if mode.engine.get("kv_cache_dtype") == "fp8" else 2 * h
     return {
         "weights_gib": weight_bytes(REAL_CONFIG, mode.weights) / 2**30,
         "engine_1block_gib": used / 2**30,
         "kv_blocks": blocks,
-        "kv_gib": blocks * 2 * n * 16 * h * 2 / 2**30,
+        "kv_gib": blocks * 2 * n * 16 * per_token / 2**30,
     }
 
 
