@@ -136,9 +136,19 @@ void Fp8Gemm::linear(const __half* x, const Fp8Weight& w, __half* y, int tokens,
   const char* k = "fp8 linear";
   check_arg(x && w.q && w.scale && y, k, "null tensor");
   check_arg(tokens >= 0 && in > 0 && out > 0, k, "bad sizes");
-  check_arg(in % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w.q % 16 == 0, k,
-            "in % 16 != 0 or x / weights not 16-byte aligned");
-  if (tokens == 0) return;
+  check_arg(in % 16 == 0 && out % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w.q % 16 == 0, k,
+            "in % 16 != 0, out % 16 != 0 (cuBLASLt's FP8 kernels) or x / weights not 16-byte aligned");
+  // Tokens in chunks whose codes take at most half the scratch (prefill of long batches).
+  const int chunk = static_cast<int>(std::max<size_t>(1, scratch_bytes_ / 2 / in / 256 * 256));
+  for (int m0 = 0; m0 < tokens; m0 += chunk) {
+    const int mt = std::min(chunk, tokens - m0);
+    linear_rows(x + (size_t)m0 * in, w, y + (size_t)m0 * out, mt, in, out, bias, gelu);
+  }
+}
+
+void Fp8Gemm::linear_rows(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out,
+                          const float* bias, bool gelu) {
+  const char* k = "fp8 linear";
   char* base = static_cast<char*>(scratch_);
   const size_t codes = align256((size_t)tokens * in), scales = align256((size_t)tokens * sizeof(float));
   check_arg(codes + scales + (size_t)tokens * 16 * sizeof(float) <= scratch_bytes_, k,

@@ -50,12 +50,15 @@ class Fp8Gemm {
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
   void set_stream(cudaStream_t stream) { stream_ = stream; }
-  // y[T, out] = act(x[T, in] W^T + bias); in % 16 == 0, x 16-byte aligned.
+  // y[T, out] = act(x[T, in] W^T + bias); in % 16 == 0 and out % 16 == 0 (cuBLASLt's FP8
+  // kernels have no other shapes), x 16-byte aligned; any token count (chunked).
   void linear(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias = nullptr,
               bool gelu = false);
   size_t device_bytes() const { return workspace_bytes_ + scratch_bytes_; }
 
  private:
+  void linear_rows(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias,
+                   bool gelu);  // tokens whose codes fit the scratch
   cublasLtHandle_t lt_ = nullptr;
   cudaStream_t stream_ = nullptr;
   void* workspace_ = nullptr;

@@ -796,11 +796,19 @@ int main(int argc, char** argv) {
       std::printf("-- fp8 (E4M3, cuBLASLt)\n");
       test_fp8_quantize(rng);
       Fp8Gemm f8;
-      const int shapes[][3] = {{1, 16, 1},    {3, 48, 7},     {17, 4096, 77}, {64, 1024, 515},
-                               {129, 512, 1000}, {256, 4096, 300}, {300, 16384, 33}, {31, 640, 4099},
-                               {300, 64, 70001}};
+      // out % 16 == 0 (cuBLASLt's FP8 kernels); 5000 x 16384 tokens take three scratch chunks
+      const int shapes[][3] = {{1, 16, 16},      {3, 48, 32},      {17, 4096, 80},  {64, 1024, 528},
+                               {129, 512, 1008}, {256, 4096, 304}, {300, 16384, 48}, {31, 640, 4112},
+                               {300, 64, 70000}, {5000, 16384, 16}};
       int j = 0;
       for (const auto& sh : shapes) test_fp8_linear(rng, f8, sh[0], sh[1], sh[2], j++ % 3);
+      bool refused = false;
+      try {
+        test_fp8_linear(rng, f8, 2, 64, 7, 0);
+      } catch (const std::invalid_argument&) {
+        refused = true;
+      }
+      report(refused, "fp8 linear refuses out % 16 != 0", 0);
     } else {
       std::printf("-- fp8: skipped (this GPU has no FP8 tensor cores)\n");
     }
