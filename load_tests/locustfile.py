@@ -89,6 +89,13 @@ def _add_arguments(parser: Any) -> None:
         help="OpenAIUser: the model id (default: the first of GET /v1/models)",
     )
     parser.add_argument(
+        "--openai-logprobs",
+        choices=["on", "off"],
+        default=os.environ.get("OPENAI_LOGPROBS", "off"),
+        help="OpenAIUser: ask for logprobs, so that every token streams a chunk (TTFT of a "
+        "random model whose ids decode to no text; env OPENAI_LOGPROBS)",
+    )
+    parser.add_argument(
         "--openai-api-key",
         default=os.environ.get("GLM_OPENAI_API_KEY", ""),
         help="OpenAIUser: the API key (default: env GLM_OPENAI_API_KEY)",
@@ -313,6 +320,7 @@ class OpenAIUser(_StreamingUser):
             model=opts.openai_model or None,
             api_key=opts.openai_api_key or None,
             timeout=opts.request_timeout,
+            logprobs=opts.openai_logprobs == "on",
         )
 
 

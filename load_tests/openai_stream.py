@@ -52,8 +52,12 @@ def messages(req: Request) -> list[dict[str, str]]:
     return [*out, {"role": "user", "content": req.prompt}]
 
 
-def chat_body(req: Request, model: str) -> dict[str, Any]:
-    return {
+def chat_body(req: Request, model: str, logprobs: bool = False) -> dict[str, Any]:
+    """The streamed chat request of `req`. `logprobs`: ask for each token's log-probability,
+    so that every token gets its chunk even when its text is empty or held back (a random
+    model's ids mostly decode to nothing: without them the stream's first chunk, and so its
+    TTFT, comes at the end)."""
+    body = {
         "model": model,
         "messages": messages(req),
         "max_tokens": req.max_tokens,
@@ -62,6 +66,9 @@ def chat_body(req: Request, model: str) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
     }
+    if logprobs:
+        body["logprobs"] = True
+    return body
 
 
 def _error_text(raw: bytes, status: int) -> str:
@@ -81,8 +88,10 @@ class OpenAIStream:
         model: str | None = None,
         api_key: str | None = None,
         timeout: float = 600.0,
+        logprobs: bool = False,
     ) -> None:
         self.host, self.port = split_host_port(url, DEFAULT_PORT)
+        self.logprobs = logprobs
         self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         self.timeout = timeout
         self._conn: http.client.HTTPConnection | None = None
@@ -116,7 +125,9 @@ class OpenAIStream:
 
     def _chunks(self, req: Request) -> Iterator[tuple[float, dict[str, Any]]]:
         resp = self._request(
-            "POST", "/v1/chat/completions", json.dumps(chat_body(req, self.model)).encode()
+            "POST",
+            "/v1/chat/completions",
+            json.dumps(chat_body(req, self.model, self.logprobs)).encode(),
         )
         if resp.status != 200:
             raw = resp.read()

@@ -84,3 +84,20 @@ def test_the_openai_check_fails_with_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("no OpenAI-compatible server at 127.0.0.1:")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_logprobs_give_every_token_its_own_chunk(servers):
+    """OpenAIStream(logprobs=True), the load test's --openai-logprobs on: every token
+    arrives in a chunk of its own (a log-probability each), so TTFT and ITL are measured
+    per token even where a token decodes to no text (a random model's ids)."""
+    from load_tests.openai_stream import OpenAIStream
+    from load_tests.workload import Request
+
+    _, openai_server = servers
+    url = f"127.0.0.1:{openai_server.port}"
+    req = Request(prompt="你好", max_tokens=12, ignore_eos=True)
+    rec = OpenAIStream(url, api_key=API_KEY, logprobs=True).send(req)
+    assert rec.error is None, rec.error
+    assert len(rec.token_times) == 12
+    assert len(set(rec.token_times)) == 12  # twelve chunks, not one at the end
+    assert rec.token_times[0] < rec.end
