@@ -172,6 +172,11 @@ glm_venv() {
     tar xf "$st" -C "$site" || { glm_log "error: untar $st failed"; return 1; }
     wheels+=("$st")
   done
+  # a wheel's *.data/purelib and platlib (tritonclient's package lives there) belong in site
+  local dd
+  for dd in "$site"/*.data/purelib "$site"/*.data/platlib; do
+    if [ -d "$dd" ]; then cp -r "$dd"/. "$site"/; fi
+  done
   # addsitedir (not a bare path) so that the machine's own .pth files are processed too
   if [ "${MACHINE_SITE:-1}" = 1 ]; then
     "$mpy" -c 'import sysconfig; p = sysconfig.get_paths(); print(p["purelib"]); print(p["platlib"])' |
