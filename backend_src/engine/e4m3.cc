@@ -53,7 +53,8 @@ uint8_t f32_to_e4m3(float x) {
 float quantize_e4m3_row(const float* x, int n, uint8_t* codes) {
   float amax = 0.0f;
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  const float scale = amax > 0.0f ? amax / kE4m3Max : 1.0f;
+  float scale = amax / kE4m3Max;
+  if (!(scale > 0.0f)) scale = 1.0f;  // an all-zero row (or one whose scale underflows)
   for (int i = 0; i < n; ++i) codes[i] = f32_to_e4m3(x[i] / scale);
   return scale;
 }

@@ -14,7 +14,7 @@ float e4m3_to_f32(uint8_t code);
 const float* e4m3_values();
 // Nearest value, ties to the even code, saturating at +-448; NaN -> 0x7F (with x's sign).
 uint8_t f32_to_e4m3(float x);
-// One row quantized with its own scale: scale = max|x| / 448 (1 for an all-zero row),
+// One row quantized with its own scale: scale = max|x| / 448 (1 when that is not > 0),
 // codes[i] = f32_to_e4m3(x[i] / scale). Returns the scale.
 float quantize_e4m3_row(const float* x, int n, uint8_t* codes);
 

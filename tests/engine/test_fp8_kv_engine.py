@@ -14,11 +14,11 @@ import torch
 from helpers.adapters_util import tiny_with_adapters
 from helpers.controls import Run, run
 from helpers.engine_util import engine_module, tiny_dir
+from helpers.lowprec import prefill_logits, rel_err
 from helpers.torch_threads import one_thread
 
 from glmserve import reference
 from glmserve.fp8_reference import Fp8Reference
-from glmserve.reference import attention_allowed, context_and_mask_position, position_ids_2d
 from glmserve.tokenizer import ChatGLMTokenizer
 
 
@@ -38,11 +38,6 @@ def ids() -> list[int]:
     return tok.encode(tok.build_prompt("写一首关于春天的诗", []))
 
 
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 def test_the_engine_computes_the_reference_fp8_kv(_engine, ids):
     """Logits of a prompt fed in chunks: the engine's fp8 KV cache against the Python
     reference's (much closer than either is to fp32: the rule, not just some noise)."""
@@ -50,14 +45,9 @@ def test_the_engine_computes_the_reference_fp8_kv(_engine, ids):
     eng = _engine.Engine(str(d), kv_cache_dtype="fp8", num_threads=1, num_kv_blocks=32)
     got = np.asarray(eng.debug_forward([ids]))
     model = reference.ChatGLMModel.from_pretrained(d, dtype=torch.float32)
-    c, g = context_and_mask_position(ids, model.cfg)
-    idx = torch.arange(len(ids))
-    pos, block = position_ids_2d(idx, c, g)
-    allowed = attention_allowed(idx, idx, c)[None]
-    t = torch.tensor([ids])
-    fp32, _ = model.forward(t, pos[None], block[None], allowed)
-    f8, _ = Fp8Reference.wrap(model, fp8_kv=True).forward(t, pos[None], block[None], allowed)
-    to_ref, to_fp32 = rel(got, f8[0].numpy()), rel(got, fp32[0].numpy())
+    fp32 = prefill_logits(model, ids)
+    f8 = prefill_logits(Fp8Reference.wrap(model, fp8_kv=True), ids)
+    to_ref, to_fp32 = rel_err(got, f8.numpy()), rel_err(got, fp32.numpy())
     print(
         f"cpu engine fp8 KV: logits rel err {to_ref:.2e} vs the FP8 reference, {to_fp32:.2e} vs fp32"
     )
@@ -106,7 +96,7 @@ def test_an_adapter_prefix_is_stored_in_fp8_too(_engine, ids, tmp_path):
     b = _engine.Engine(str(d), kv_cache_dtype="fp8", num_threads=1, num_kv_blocks=64)
     want = np.asarray(a.debug_forward([ids], adapter=name))
     got = np.asarray(b.debug_forward([ids], adapter=name))
-    err = rel(got, want)
+    err = rel_err(got, want)
     assert 1e-4 < err < 0.1, err
     assert len(run(b, ids, max_tokens=4, ignore_eos=True, adapter=name).ids()) == 4
 

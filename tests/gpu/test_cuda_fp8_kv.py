@@ -17,6 +17,7 @@ import pytest
 from helpers.adapters_util import tiny_with_adapters
 from helpers.controls import Run, run
 from helpers.engine_util import cuda_engine_module
+from helpers.lowprec import prompts_for, rel_err
 
 from glmserve.config import REAL_CONFIG
 
@@ -40,21 +41,6 @@ def tiny(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "chatglm-tiny"
     assert tiny_mod.main(["--out", str(out)]) == 0
     return out
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert np.isfinite(a).all(), "non-finite values"
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def prompts_for(cfg: dict, lens: list[int], seed: int) -> list[list[int]]:
-    rng = np.random.default_rng(seed)
-    hi = min(cfg["vocab_size"], cfg["mask_token_id"], cfg["gmask_token_id"], cfg["bos_token_id"])
-    return [
-        [int(v) for v in rng.integers(5, hi, n - 2)] + [cfg["gmask_token_id"], cfg["bos_token_id"]]
-        for n in lens
-    ]
 
 
 def test_tiny_fp8_kv_follows_the_cpu_engine(eng_mod, tiny):

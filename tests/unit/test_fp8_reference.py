@@ -5,16 +5,12 @@ at least 16 tokens on average."""
 from __future__ import annotations
 
 import pytest
-import torch
 from helpers.engine_util import tiny_dir
+from helpers.lowprec import GATE_TOKENS as TOKENS
+from helpers.lowprec import greedy, prefill_logits, tiny_gate_baseline
 from helpers.torch_threads import one_thread
 
-from glmserve import reference
 from glmserve.fp8_reference import Fp8Reference, agreement
-from glmserve.tokenizer import ChatGLMTokenizer
-
-PROMPTS = ["介绍一下北京", "你好", "写一首关于春天的诗", "What is the capital of France?"]
-TOKENS = 32
 
 
 @pytest.fixture(autouse=True)
@@ -24,12 +20,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny():
-    d = tiny_dir()
-    model = reference.ChatGLMModel.from_pretrained(d, dtype=torch.float32)
-    tok = ChatGLMTokenizer(str(d / "ice_text.model"))
-    ids = [tok.encode(tok.build_prompt(p, [])) for p in PROMPTS]
-    want = [reference.generate(model, [p], max_tokens=TOKENS, ignore_eos=True)[0] for p in ids]
-    return model, ids, want
+    return tiny_gate_baseline()
 
 
 # Measured 2026-12-07 on the demo tiny model: 11.8 (linears), 11.2 (KV), 15.2 (both) of 32,
@@ -52,7 +43,7 @@ MISSES_THE_GATE = pytest.mark.xfail(
 def test_greedy_agreement_with_fp32_is_at_least_16_tokens(tiny, mode):
     model, ids, want = tiny
     m = Fp8Reference.wrap(model, **mode)
-    got = [reference.generate(m, [p], max_tokens=TOKENS, ignore_eos=True)[0] for p in ids]
+    got = greedy(m, ids)
     mean = agreement(got, want)
     print(f"fp8 {mode}: greedy agreement {mean:.1f} of {TOKENS} tokens on average")
     assert mean >= 16, (mode, got, want)
@@ -62,15 +53,7 @@ def test_the_fp8_model_differs_from_fp32(tiny):
     """The gate is not vacuous: FP8 moves the logits."""
     model, ids, _ = tiny
     m = Fp8Reference.wrap(model, fp8_linears=True, fp8_kv=True)
-    t = torch.tensor([ids[0]])
-    from glmserve.reference import attention_allowed, context_and_mask_position, position_ids_2d
-
-    c, g = context_and_mask_position(ids[0], model.cfg)
-    idx = torch.arange(len(ids[0]))
-    pos, block = position_ids_2d(idx, c, g)
-    allowed = attention_allowed(idx, idx, c)[None]
-    a, _ = model.forward(t, pos[None], block[None], allowed)
-    b, _ = m.forward(t, pos[None], block[None], allowed)
+    a, b = prefill_logits(model, ids[0]), prefill_logits(m, ids[0])
     rel = float((a - b).norm() / a.norm())
     assert 1e-4 < rel < 0.1, rel
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers.engine_util import tiny_dir
+from helpers.lowprec import GATE_TOKENS as TOKENS
+from helpers.lowprec import greedy, prefill_logits, tiny_gate_baseline
 from helpers.torch_threads import one_thread
 
-from glmserve import reference
 from glmserve.convert import quantize_int8
 from glmserve.fp8_reference import agreement
-from glmserve.tokenizer import ChatGLMTokenizer
 from glmserve.w8a8 import W8A8Reference, quantize_tokens, w8a8_linear
 
 
@@ -70,24 +69,15 @@ def test_w8a8_linear_is_the_exact_integer_sum_scaled():
     assert np.linalg.norm(y - ref) / np.linalg.norm(ref) < 2e-2
 
 
-PROMPTS = ["介绍一下北京", "你好", "写一首关于春天的诗", "What is the capital of France?"]
-TOKENS = 32
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    d = tiny_dir()
-    model = reference.ChatGLMModel.from_pretrained(d, dtype=torch.float32)
-    tok = ChatGLMTokenizer(str(d / "ice_text.model"))
-    ids = [tok.encode(tok.build_prompt(p, [])) for p in PROMPTS]
-    want = [reference.generate(model, [p], max_tokens=TOKENS, ignore_eos=True)[0] for p in ids]
-    return model, ids, want
+    return tiny_gate_baseline()
 
 
 def test_tiny_greedy_agreement_with_fp32_is_at_least_16_tokens(tiny):
     model, ids, want = tiny
     m = W8A8Reference.wrap(model)
-    got = [reference.generate(m, [p], max_tokens=TOKENS, ignore_eos=True)[0] for p in ids]
+    got = greedy(m, ids)
     mean = agreement(got, want)
     print(f"W8A8: greedy agreement {mean:.1f} of {TOKENS} tokens on average")
     assert mean >= 16, (got, want)
@@ -100,15 +90,7 @@ def test_w8a8_moves_the_logits_and_only_the_block_linears(tiny):
     m = W8A8Reference.wrap(model)
     assert m.q8 and all(n.startswith("transformer.layers.") for n in m.q8)
     assert "lm_head.weight" not in m.q8
-    from glmserve.reference import attention_allowed, context_and_mask_position, position_ids_2d
-
-    t = torch.tensor([ids[0]])
-    c, g = context_and_mask_position(ids[0], model.cfg)
-    idx = torch.arange(len(ids[0]))
-    pos, block = position_ids_2d(idx, c, g)
-    allowed = attention_allowed(idx, idx, c)[None]
-    a, _ = model.forward(t, pos[None], block[None], allowed)
-    b, _ = m.forward(t, pos[None], block[None], allowed)
+    a, b = prefill_logits(model, ids[0]), prefill_logits(m, ids[0])
     rel = float((a - b).norm() / a.norm())
     print(f"tiny model, W8A8 vs fp32 logits rel err {rel:.4f}")
     assert 1e-4 < rel < 0.1, rel

@@ -26,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "config.h"
@@ -142,10 +143,14 @@ class CudaRunner final : public ModelRunner {
   void upload_float(float* dst, const TensorView& t, const char* name);
   // INT8: I8 + scale copied; a float tensor quantized on the GPU (the converter's scheme).
   void upload_linear8(cuda::Int8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
+  void upload_quantized(void* q, void* scale, const LinearWeights& s, int64_t rows, int64_t cols, DType scale_dtype,
+                        const char* name);
+  template <typename Quantize>
+  void quantize_float_tensor(const TensorView& t, const char* name, const char* mode, Quantize quantize);
   // Hopper (sm_90a build): the block linears rewritten in place into the packed
   // layout of their fastest kernels (int8_gemm.h); tuning int8_packed=false keeps row-major.
   void pack_int8_layers();
-  // FP8: a float tensor quantized on the GPU (glmserve.fp8's rule).
+  // FP8: F8_E4M3 + F32 scale copied; a float tensor quantized on the GPU (glmserve.fp8's rule).
   void upload_linear_fp8(cuda::Fp8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
   void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, const cuda::Fp8Weight& wf, __half* y, int T,
            int in, int out, const float* bias = nullptr, bool gelu = false) {
@@ -546,66 +551,60 @@ void CudaRunner::upload_float(float* dst, const TensorView& t, const char* name)
   GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));  // h dies here
 }
 
+// A float checkpoint's matrix (F16 or F32) staged on the GPU and handed to `quantize`
+// (called with a const __half* or a const float*); the staging freed after.
+template <typename Quantize>
+void CudaRunner::quantize_float_tensor(const TensorView& t, const char* name, const char* mode, Quantize quantize) {
+  const size_t n = static_cast<size_t>(t.numel());
+  auto staged = [&](auto* tmp, size_t elem) {
+    try {
+      GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * elem, cudaMemcpyHostToDevice, stream_));
+      quantize(static_cast<const std::remove_pointer_t<decltype(tmp)>*>(tmp));
+      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    } catch (...) {
+      cudaFree(tmp);
+      throw;
+    }
+    cudaFree(tmp);
+  };
+  if (t.dtype == DType::kF16)
+    staged(dev_alloc<__half>(n), 2);
+  else if (t.dtype == DType::kF32)
+    staged(dev_alloc<float>(n), 4);
+  else
+    throw EngineError(std::string("device cuda: ") + mode + " mode needs a float tensor " + name + ", got " +
+                      dtype_name(t.dtype));
+}
+
+// Quantized weights and their scales copied as they are (an int8 or fp8 checkpoint).
+void CudaRunner::upload_quantized(void* q, void* scale, const LinearWeights& s, int64_t rows, int64_t cols,
+                                  DType scale_dtype, const char* name) {
+  if (s.scale.dtype != scale_dtype || s.scale.numel() != rows)
+    throw EngineError(std::string("device cuda: tensor ") + name + "_scale must be " + dtype_name(scale_dtype) + " [" +
+                      std::to_string(rows) + "]");
+  GLM_CUDA_CHECK(cudaMemcpyAsync(q, s.weight.data, (size_t)(rows * cols), cudaMemcpyHostToDevice, stream_));
+  GLM_CUDA_CHECK(cudaMemcpyAsync(scale, s.scale.data, (size_t)rows * dtype_size(scale_dtype), cudaMemcpyHostToDevice,
+                                 stream_));
+  GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
 void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int64_t rows, int64_t cols,
                                 const char* name) {
-  const TensorView& t = s.weight;
-  if (t.numel() != rows * cols) throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
-  if (t.dtype == DType::kI8) {
-    if (s.scale.dtype != DType::kF16 || s.scale.numel() != rows)
-      throw EngineError(std::string("device cuda: tensor ") + name + "_scale must be F16 [" + std::to_string(rows) + "]");
-    GLM_CUDA_CHECK(cudaMemcpyAsync(d.q, t.data, (size_t)(rows * cols), cudaMemcpyHostToDevice, stream_));
-    GLM_CUDA_CHECK(cudaMemcpyAsync(d.scale, s.scale.data, (size_t)rows * 2, cudaMemcpyHostToDevice, stream_));
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return;
-  }
+  if (s.weight.numel() != rows * cols)
+    throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
+  if (s.weight.dtype == DType::kI8) return upload_quantized(d.q, d.scale, s, rows, cols, DType::kF16, name);
   // A float checkpoint in int8 mode: quantize its own values (fp32 or fp16) on the GPU.
-  const size_t n = (size_t)(rows * cols);
-  if (t.dtype == DType::kF16) {
-    __half* tmp = dev_alloc<__half>(n);
-    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 2, cudaMemcpyHostToDevice, stream_));
-    cuda::int8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(tmp);
-  } else if (t.dtype == DType::kF32) {
-    float* tmp = dev_alloc<float>(n);
-    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 4, cudaMemcpyHostToDevice, stream_));
-    cuda::int8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(tmp);
-  } else {
-    throw EngineError(std::string("device cuda: tensor ") + name + " has dtype " + dtype_name(t.dtype));
-  }
+  quantize_float_tensor(s.weight, name, "int8",
+                        [&](const auto* w) { cuda::int8_quantize_rows(w, rows, cols, d.q, d.scale, stream_); });
 }
 
 void CudaRunner::upload_linear_fp8(cuda::Fp8Weight& d, const LinearWeights& s, int64_t rows, int64_t cols,
                                    const char* name) {
-  const TensorView& t = s.weight;
-  if (t.numel() != rows * cols) throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
-  const size_t n = (size_t)(rows * cols);
-  if (t.dtype == DType::kF8E4M3) {  // an fp8 checkpoint: the codes and scales as they are
-    if (s.scale.dtype != DType::kF32 || s.scale.numel() != rows)
-      throw EngineError(std::string("device cuda: tensor ") + name + "_scale must be F32 [" + std::to_string(rows) + "]");
-    GLM_CUDA_CHECK(cudaMemcpyAsync(d.q, t.data, n, cudaMemcpyHostToDevice, stream_));
-    GLM_CUDA_CHECK(cudaMemcpyAsync(d.scale, s.scale.data, (size_t)rows * 4, cudaMemcpyHostToDevice, stream_));
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return;
-  }
-  if (t.dtype == DType::kF16) {
-    __half* tmp = dev_alloc<__half>(n);
-    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 2, cudaMemcpyHostToDevice, stream_));
-    cuda::fp8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(tmp);
-  } else if (t.dtype == DType::kF32) {
-    float* tmp = dev_alloc<float>(n);
-    GLM_CUDA_CHECK(cudaMemcpyAsync(tmp, t.data, n * 4, cudaMemcpyHostToDevice, stream_));
-    cuda::fp8_quantize_rows(tmp, rows, cols, d.q, d.scale, stream_);
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    cudaFree(tmp);
-  } else {
-    throw EngineError(std::string("device cuda: fp8 mode needs a float tensor ") + name + ", got " +
-                      dtype_name(t.dtype));
-  }
+  if (s.weight.numel() != rows * cols)
+    throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
+  if (s.weight.dtype == DType::kF8E4M3) return upload_quantized(d.q, d.scale, s, rows, cols, DType::kF32, name);
+  quantize_float_tensor(s.weight, name, "fp8",
+                        [&](const auto* w) { cuda::fp8_quantize_rows(w, rows, cols, d.q, d.scale, stream_); });
 }
 
 void CudaRunner::pack_int8_layers() {

@@ -8,44 +8,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "act_quant.cuh"
 #include "cuda_check.h"
-#include "quant_epilogue.cuh"
 
 namespace glm {
 namespace cuda {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr float kE4m3Max = 448.f;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-
-// One block per row: the row's max |x|, then its codes.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    quantize_rows_kernel(const T* __restrict__ x, int64_t cols, uint8_t* __restrict__ q, float* __restrict__ scale) {
-  __shared__ float red[kThreads / 32];
-  __shared__ float s_scale;
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * cols;
-  float amax = 0.f;
-  for (int64_t c = threadIdx.x; c < cols; c += kThreads) amax = fmaxf(amax, fabsf(to_f32(xr[c])));
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float m = red[0];
-    for (int i = 1; i < kThreads / 32; ++i) m = fmaxf(m, red[i]);
-    const float s = m > 0.f ? __fdiv_rn(m, kE4m3Max) : 1.f;
-    scale[row] = s;
-    s_scale = s;
-  }
-  __syncthreads();
-  const float s = s_scale;
-  for (int64_t c = threadIdx.x; c < cols; c += kThreads)
-    q[row * cols + c] = __nv_cvt_float_to_fp8(__fdiv_rn(to_f32(xr[c]), s), __NV_SATFINITE, __NV_E4M3);
-}
 
 __global__ void dequantize_rows_kernel(const uint8_t* __restrict__ q, const float* __restrict__ scale,
                                        float* __restrict__ out, int64_t rows, int64_t cols) {
@@ -54,16 +22,6 @@ __global__ void dequantize_rows_kernel(const uint8_t* __restrict__ q, const floa
     const __half h = __half(__nv_cvt_fp8_to_halfraw(q[i], __NV_E4M3));
     out[i] = __half2float(h) * scale[i / cols];
   }
-}
-
-template <typename T>
-void quantize_launch(const T* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream) {
-  const char* k = "fp8_quantize_rows";
-  check_arg(x && q && scale, k, "null tensor");
-  check_arg(rows >= 0 && rows < (1ll << 31) && cols > 0, k, "bad sizes");
-  if (rows == 0) return;
-  quantize_rows_kernel<T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(x, cols, q, scale);
-  GLM_CUDA_LAUNCH_CHECK(k);
 }
 
 void check_lt(cublasStatus_t s, const char* what) {
@@ -96,10 +54,10 @@ bool fp8_supported_device() {
 }
 
 void fp8_quantize_rows(const __half* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream) {
-  quantize_launch(x, rows, cols, q, scale, stream);
+  quantize_rows<__half, E4m3Code>(x, rows, cols, q, scale, stream, "fp8_quantize_rows");
 }
 void fp8_quantize_rows(const float* x, int64_t rows, int64_t cols, uint8_t* q, float* scale, cudaStream_t stream) {
-  quantize_launch(x, rows, cols, q, scale, stream);
+  quantize_rows<float, E4m3Code>(x, rows, cols, q, scale, stream, "fp8_quantize_rows");
 }
 
 void fp8_dequantize_rows(const uint8_t* q, const float* scale, float* out, int64_t rows, int64_t cols,

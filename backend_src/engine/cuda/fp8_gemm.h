@@ -3,7 +3,7 @@
 // Weights: E4M3 codes [out, in] with one fp32 scale per output channel; activations
 // quantized per token on the fly; the codes multiplied on Hopper's FP8 tensor cores
 // by cuBLASLt (fp32 accumulation, fp32 output), both scales, the bias and GeLU in
-// an epilogue (quant_epilogue.cuh). The rule, exactly glmserve.fp8.quantize_rows:
+// an epilogue (act_quant.cuh). The rule, exactly glmserve.fp8.quantize_rows:
 //   scale[r] = max_k |x[r, k]| / 448 (fp32; 1 for an all-zero row)
 //   code[r, k] = E4M3(x[r, k] / scale[r]), nearest, ties to even, saturating at 448
 //   y[m, n] = act((acc[m, n] * sx[m]) * sw[n] + bias[n]),  acc = sum_k E4M3 values

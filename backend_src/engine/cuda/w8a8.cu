@@ -14,55 +14,17 @@
 #include "cuda_check.h"
 #include "device_util.h"
 #include "int8_gemm.h"
-#include "quant_epilogue.cuh"
+#include "act_quant.cuh"
 
 namespace glm {
 namespace cuda {
-namespace {
-
-constexpr int kQuantThreads = 256;
-
-// One block per token: the row's max |x|, then its codes.
-__global__ void __launch_bounds__(kQuantThreads)
-    quantize_tokens_kernel(const __half* __restrict__ x, int K, int8_t* __restrict__ qx, float* __restrict__ sx) {
-  __shared__ float red[kQuantThreads / 32];
-  __shared__ float s_scale;
-  const int64_t row = blockIdx.x;
-  const __half* xr = x + row * K;
-  float amax = 0.f;
-  for (int c = threadIdx.x; c < K; c += kQuantThreads) amax = fmaxf(amax, fabsf(__half2float(xr[c])));
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = amax;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float m = red[0];
-    for (int i = 1; i < kQuantThreads / 32; ++i) m = fmaxf(m, red[i]);
-    float s = __fdiv_rn(m, 127.f);
-    if (!(s > 0.f)) s = 1.f;
-    sx[row] = s;
-    s_scale = s;
-  }
-  __syncthreads();
-  const float s = s_scale;
-  for (int c = threadIdx.x; c < K; c += kQuantThreads) {
-    const float v = fminf(127.f, fmaxf(-127.f, rintf(__fdiv_rn(__half2float(xr[c]), s))));
-    qx[row * K + c] = static_cast<int8_t>(v);
-  }
-}
-
-}  // namespace
 
 bool w8a8_supported(const void* x, const void* q, int K) {
   return K > 0 && K % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)q % 16 == 0;
 }
 
 void int8_quantize_tokens(const __half* x, int M, int K, int8_t* qx, float* sx, cudaStream_t stream) {
-  const char* k = "int8_quantize_tokens";
-  check_arg(x && qx && sx, k, "null tensor");
-  check_arg(M >= 0 && K > 0, k, "bad sizes");
-  if (M == 0) return;
-  quantize_tokens_kernel<<<M, kQuantThreads, 0, stream>>>(x, K, qx, sx);
-  GLM_CUDA_LAUNCH_CHECK(k);
+  quantize_rows<__half, Int8Code>(x, M, K, qx, sx, stream, "int8_quantize_tokens");
 }
 
 size_t w8a8_scratch_need(int M, int K) {
