@@ -16,14 +16,12 @@ import numpy as np
 import pytest
 from helpers.adapters_util import tiny_with_adapters
 from helpers.controls import Run, run
-from helpers.engine_util import cuda_engine_module
+from helpers.engine_util import cuda_engine_module, tiny_dir_or_make
 from helpers.lowprec import prompts_for, rel_err
 
 from glmserve.config import REAL_CONFIG
 
 pytestmark = pytest.mark.gpu
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +31,7 @@ def eng_mod():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    d = ROOT / "models" / "chatglm-tiny"
-    if (d / "model.safetensors").exists():
-        return d
-    from glmserve import tiny as tiny_mod
-
-    out = tmp_path_factory.mktemp("tiny") / "chatglm-tiny"
-    assert tiny_mod.main(["--out", str(out)]) == 0
-    return out
+    return tiny_dir_or_make(tmp_path_factory)
 
 
 def test_tiny_fp8_kv_follows_the_cpu_engine(eng_mod, tiny):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers.engine_util import cuda_engine_module
+from helpers.engine_util import cuda_engine_module, tiny_dir_or_make
 from helpers.lowprec import prefill_logits, prompts_for, rel_err
 
 pytestmark = pytest.mark.gpu
@@ -30,15 +30,8 @@ def eng_mod():
 
 
 @pytest.fixture(scope="module")
-def tiny(eng_mod, tmp_path_factory) -> Path:
-    d = ROOT / "models" / "chatglm-tiny"
-    if (d / "hub" / "model.safetensors").exists():
-        return d
-    from glmserve import tiny as tiny_mod
-
-    out = tmp_path_factory.mktemp("tiny") / "chatglm-tiny"
-    assert tiny_mod.main(["--out", str(out)]) == 0
-    return out
+def tiny(tmp_path_factory) -> Path:
+    return tiny_dir_or_make(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,18 @@ def tiny_dir() -> Path:
     return TINY
 
 
+def tiny_dir_or_make(tmp_path_factory) -> Path:
+    """The demo tiny model (with its hub copy), or one made under pytest's temp dir (GPU
+    machines without `make demo-model`)."""
+    if (TINY / "model.safetensors").exists() and (TINY / "hub" / "model.safetensors").exists():
+        return TINY
+    from glmserve import tiny as tiny_mod
+
+    out = tmp_path_factory.mktemp("tiny") / "chatglm-tiny"
+    assert tiny_mod.main(["--out", str(out)]) == 0
+    return out
+
+
 def build_dir() -> Path:
     return REPO / os.environ.get("BUILD", "build") / "cmake"
 
