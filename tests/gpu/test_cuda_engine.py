@@ -187,6 +187,47 @@ def test_overlapped_steps_match_synchronous(eng_mod, tiny):
         assert all(len(ids) == kw["max_tokens"] for ids in got[True])
 
 
+@pytest.mark.parametrize("top", [0, 1, 5])
+def test_logprobs_of_a_growing_batch(eng_mod, tiny, top):
+    """logprobs=N on every request while the batch grows from 1 to 8 (the runner's logprob
+    buffers grow, which settles the step in flight). logprobs=0 (the chosen token's only,
+    what the OpenAI API's `logprobs: true` asks for) crashed the process here on an H100
+    (2026-12-07: settle_pending copied the rows only when alternatives were asked for).
+    Each request's logprobs equal those of the request alone."""
+    d, cfg, hi = tiny
+    rng = np.random.default_rng(9)
+    prompts = [
+        make_prompt(rng, n, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
+        for n in (5, 9, 14, 6, 22, 7, 11, 8)
+    ]
+    gpu = eng_mod.Engine(str(d), device="cuda", dtype="fp16", max_running_seqs=8)
+
+    def run(ps, arrivals):
+        events: dict[int, list] = {i: [] for i in range(len(ps))}
+        pending = list(enumerate(ps))
+        step = 0
+        while True:
+            while pending and arrivals[pending[0][0]] <= step:
+                i, p = pending.pop(0)
+                gpu.submit(i, p, events[i].append, max_tokens=6, ignore_eos=True, logprobs=top)
+            busy = gpu.step()
+            step += 1
+            if not busy and not pending:
+                return {
+                    i: [(lp["logprob"], tuple(lp["top_ids"])) for e in evs for lp in e["logprobs"]]
+                    for i, evs in events.items()
+                }
+
+    alone = {i: run([p], [0])[0] for i, p in enumerate(prompts)}
+    together = run(prompts, [0, 1, 1, 2, 2, 2, 3, 3])
+    for i in range(len(prompts)):
+        assert len(together[i]) == 6 and all(len(t) == top for _, t in together[i])
+        assert [t for _, t in together[i]] == [t for _, t in alone[i]], i
+        np.testing.assert_allclose(
+            [lp for lp, _ in together[i]], [lp for lp, _ in alone[i]], atol=2e-3
+        )
+
+
 def test_gpu_sampling_is_per_request(eng_mod, tiny):
     """Same seed -> same ids, alone or batched; the ids follow the distribution's support."""
     d, cfg, hi = tiny

@@ -504,7 +504,7 @@ void CudaRunner::settle_pending() {
   for (Pending& p : pending_) {
     if (p.settled) continue;
     p.ids.assign(out_host_[p.buf], out_host_[p.buf] + p.S);
-    if (p.lp_top > 0) {
+    if (!p.lp_outs.empty()) {  // rows with log-probabilities, even with no alternatives (logprobs=0)
       const size_t words = (size_t)p.lp_cap * (1 + 2 * cuda::kMaxLogprobs);
       p.lp_words.assign(lp_out_host_[p.buf], lp_out_host_[p.buf] + words);
     }
