@@ -11,6 +11,8 @@
 #   INT8=1        INT8 weight-only (hub-style MODEL is converted with --int8)
 #   W8A8=N        with INT8=1: W8A8 (per-token int8 activations, int8 tensor cores) from N
 #                 tokens on (the decoder's cuda_int8_w8a8_min_tokens; docs/int8.md)
+#   KV_CACHE_DTYPE  fp8: the KV cache as E4M3 with a scale per token and head (about 2x the
+#                 blocks); auto (default): the compute dtype
 #   FP8=1         FP8 E4M3 block linears (a float MODEL, quantized at load; GPUs with FP8
 #                 tensor cores, compute capability 8.9+; docs/int8.md "FP8")
 #   GPUS          GPU ids for CUDA_VISIBLE_DEVICES (one decoder instance per GPU)
@@ -35,6 +37,11 @@ DTYPE=${DTYPE:-}
 INT8=${INT8:-0}
 FP8=${FP8:-0}
 W8A8=${W8A8:-0}
+KV_CACHE_DTYPE=${KV_CACHE_DTYPE:-}
+case "$KV_CACHE_DTYPE" in
+  "" | auto | fp8) ;;
+  *) echo "serve.sh: KV_CACHE_DTYPE must be auto or fp8, got '$KV_CACHE_DTYPE'" >&2; exit 2 ;;
+esac
 HOST=${HOST:-127.0.0.1}
 HTTP_PORT=${HTTP_PORT:-8000}
 GRPC_PORT=${GRPC_PORT:-8001}
@@ -117,6 +124,7 @@ esac
 [ -n "$DTYPE" ] && args+=("--backend-config=chatglm,dtype=$DTYPE")
 is_int8 && args+=("--backend-config=chatglm,int8=true")
 is_fp8 && args+=("--backend-config=chatglm,fp8=true")
+[ -n "$KV_CACHE_DTYPE" ] && args+=("--backend-config=chatglm,kv_cache_dtype=$KV_CACHE_DTYPE")
 [ "$W8A8" != "0" ] && args+=("--backend-config=chatglm,cuda_int8_w8a8_min_tokens=$W8A8")
 
 # ---- tokenizer: without it, the decoder alone ---------------------------------
