@@ -223,6 +223,9 @@ class CpuRunner final : public ModelRunner {
     return s;
   }
   int64_t kv_block_bytes(int block_size) const override { return CpuKvCache::block_bytes(kv_shape(block_size)); }
+  std::string describe() const override {
+    return kv_fp8_ ? "KV cache fp8 (E4M3, a scale per token and head)" : "";
+  }
 
   int plan_kv_blocks(const EngineOptions& opts) const override {
     if (opts.num_kv_blocks > 0) return opts.num_kv_blocks;
