@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="FP8 E4M3 layer linears, weights and activations (--engine cuda on a GPU with FP8 "
         "tensor cores; the reference engine runs glmserve.fp8_reference)",
     )
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8"],
+        default="auto",
+        help="fp8: the KV cache as E4M3 with a scale per token and head (--engine cpu or cuda; "
+        "the reference engine runs glmserve.fp8_reference's fp8_kv)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", help="a prompt (repeat for a batch)")
     src.add_argument("--input-ids", help='prompt ids, e.g. "1,2,3;4,5,6" (";" separates prompts)')
@@ -180,10 +187,11 @@ def run_reference(args: argparse.Namespace, prompts: list[list[int]]) -> list[li
         torch.set_num_threads(1)  # small models: ops too small to split, threads only cost
     if args.int8 and not model.cfg.int8:
         fake_quantize_int8(model)
-    if args.fp8 or model.cfg.fp8:
+    fp8_kv = args.kv_cache_dtype == "fp8"
+    if args.fp8 or model.cfg.fp8 or fp8_kv:
         from glmserve.fp8_reference import Fp8Reference
 
-        model = Fp8Reference.wrap(model, fp8_linears=True)
+        model = Fp8Reference.wrap(model, fp8_linears=args.fp8 or model.cfg.fp8, fp8_kv=fp8_kv)
     prefix = None
     if args.adapter is not None:
         from glmserve.adapters import load_prefix
@@ -234,6 +242,7 @@ def run_engine(args: argparse.Namespace, prompts: list[list[int]]) -> list[list[
         dtype=dtype,
         int8=args.int8,
         fp8=args.fp8,
+        kv_cache_dtype=args.kv_cache_dtype,
         random_weights=args.random_weights,
         **cuda_tuning.kwargs(args),
     )

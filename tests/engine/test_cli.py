@@ -213,6 +213,27 @@ def test_fp8_on_the_reference_runs_the_fp8_reference(tiny: Path, capsys) -> None
     assert code != 0 and "fp8" in err and err.count("\n") == 1, err
 
 
+def test_kv_cache_dtype_fp8_on_the_cpu_engine_and_the_reference(tiny: Path, capsys) -> None:
+    """--kv-cache-dtype fp8: the CPU engine's FP8 cache and the reference's (fp8_kv) decode
+    the same ids."""
+    pytest.importorskip(
+        "glmserve._engine",
+        reason="the C++ engine module is not built (make build)",
+        exc_type=ImportError,
+    )
+    (ids,) = prompt_ids(tiny, "What is ChatGLM?")
+    spec = ",".join(map(str, ids))
+    outs = []
+    for engine in ("reference", "cpu"):
+        code, out, err = run(
+            capsys, "--checkpoint", str(tiny), "--engine", engine, "--kv-cache-dtype", "fp8",
+            "--input-ids", spec, "--max-tokens", "12", "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        outs.append(json.loads(out)["output_ids"])
+    assert outs[0] == outs[1]
+
+
 def test_module_help_runs() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run(
