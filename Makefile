@@ -35,7 +35,7 @@ help:
 	@echo "make test-gpu   GPU tests (on a machine with an NVIDIA GPU)"
 	@echo "make mutation-test  apply tests/mutants.toml's bugs one by one; each must fail a test"
 	@echo "make bench      engine benchmark on the GPU (INT8=1 adds int8 rows, W8A8=N int8 rows with"
-	@echo "                W8A8 from N tokens, FP8=1 fp8 rows)"
+	@echo "                W8A8 from N tokens, FP8=1 fp8 rows, KV_CACHE_DTYPE=fp8 fp8-KV rows)"
 	@echo "make gpu        GPU tasks of scripts/gpu.sh (TASKS=\"kernels tests bench\"; docs/gpu_tasks.md)"
 	@echo "make load-test  Locust against a running server (USERS, SPAWN_RATE, DURATION, PROMPTS)"
 	@echo "make model      download THUDM/chatglm-6b and convert it (INT8=1 for int8, FP8=1 for fp8)"
@@ -87,7 +87,7 @@ test-gpu: $(SETUP_STAMP) build demo-model
 
 bench: $(SETUP_STAMP) build
 	$(PY) -m glmserve.bench $(if $(filter 1,$(INT8) $(FP8)),--int8,) $(if $(filter 1,$(FP8)),--fp8,) \
-		$(if $(filter-out 0,$(W8A8)),--int8 --w8a8 $(W8A8),)
+		$(if $(filter-out 0,$(W8A8)),--int8 --w8a8 $(W8A8),) $(if $(filter fp8,$(KV_CACHE_DTYPE)),--int8 --kv-fp8,)
 
 # GPU tasks with make's venv and Python; the build goes to $(BUILD)/gpu (docs/gpu_tasks.md)
 TASKS ?= check
