@@ -300,6 +300,9 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       int8_lm_head = cfg.int8_lm_head || opts.cuda.int8_lm_head;
     }
     if (fp8_) {
+      if (H_ % 16 || I_ % 16)  // cuBLASLt's FP8 kernels: every GEMM dimension of the block linears
+        throw EngineError("engine option fp8 needs hidden_size and inner_hidden_size multiples of 16 (this model: " +
+                          std::to_string(H_) + ", " + std::to_string(I_) + ")");
       if (!cuda::fp8_supported_device())
         throw EngineError("engine option fp8: this GPU has no FP8 tensor cores (compute capability 8.9 or newer, "
                           "e.g. H100 / H200)");
