@@ -11,10 +11,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "cuda_check.h"
-#include "device_util.h"
-#include "int8_gemm.h"
 #include "act_quant.cuh"
+#include "cuda_check.h"
+#include "int8_gemm.h"
 
 namespace glm {
 namespace cuda {
