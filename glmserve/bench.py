@@ -376,8 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         "bound": bound,
         "frac": (b1["decode_tokens_per_s"] / bound) if b1 else 0.0,
         "bounds": {
-            b: bounds.bound_tokens_per_s(b, wbytes, bw, bounds.gemm_seconds(torch, REAL_CONFIG, b))
-            for b in sorted({r["batch"] for r in rows})
+            b: bounds.bound_tokens_per_s(b, wbytes, bw, s)
+            for b, s in bounds.gemm_seconds_each(
+                torch, REAL_CONFIG, sorted({r["batch"] for r in rows})
+            ).items()
         },
     }
     md = table(rows, base, info)

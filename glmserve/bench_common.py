@@ -225,13 +225,21 @@ def gap_summary(prof) -> str:
 
 @dataclass(frozen=True)
 class Mode:
-    """One low-precision row set: `engine` holds Engine keywords (int8, fp8), `tuning` the
-    ``cuda_<name>`` ones; `weights` names the weight format for the memory accounting."""
+    """One low-precision row set: `engine` holds Engine keywords (int8, fp8, kv_cache_dtype),
+    `tuning` the ``cuda_<name>`` ones."""
 
     name: str
     engine: dict = field(default_factory=dict)
     tuning: dict = field(default_factory=dict)
-    weights: str = "fp16"  # fp16 | int8 | int8+lm_head | fp8
+
+    @property
+    def weights(self) -> str:
+        """The weight format for the memory accounting: fp16, int8, int8+lm_head or fp8."""
+        if self.engine.get("fp8"):
+            return "fp8"
+        if self.engine.get("int8"):
+            return "int8+lm_head" if self.tuning.get("cuda_int8_lm_head") else "int8"
+        return "fp16"
 
 
 def int8_modes(args) -> list[Mode]:
@@ -240,10 +248,10 @@ def int8_modes(args) -> list[Mode]:
     cache under fp16 linears, and under fp8 ones with --fp8)."""
     m = [
         Mode("fp16"),
-        Mode("int8", {"int8": True}, {"cuda_int8_lm_head": False}, "int8"),
+        Mode("int8", {"int8": True}, {"cuda_int8_lm_head": False}),
     ]
     if getattr(args, "int8_lm_head", False):
-        m.append(Mode("int8+lm_head", {"int8": True}, {"cuda_int8_lm_head": True}, "int8+lm_head"))
+        m.append(Mode("int8+lm_head", {"int8": True}, {"cuda_int8_lm_head": True}))
     w8a8 = getattr(args, "w8a8", 0) or 0
     if w8a8:
         lm = bool(getattr(args, "int8_lm_head", False))
@@ -252,15 +260,14 @@ def int8_modes(args) -> list[Mode]:
                 f"int8 W8A8>={w8a8}{'+lm_head' if lm else ''}",
                 {"int8": True},
                 {"cuda_int8_lm_head": lm, "cuda_int8_w8a8_min_tokens": w8a8},
-                "int8+lm_head" if lm else "int8",
             )
         )
     if getattr(args, "fp8", False):
-        m.append(Mode("fp8", {"fp8": True}, {}, "fp8"))
+        m.append(Mode("fp8", {"fp8": True}))
     if getattr(args, "kv_fp8", False):
         m.append(Mode("fp16+fp8 KV", {"kv_cache_dtype": "fp8"}))
         if getattr(args, "fp8", False):
-            m.append(Mode("fp8+fp8 KV", {"fp8": True, "kv_cache_dtype": "fp8"}, {}, "fp8"))
+            m.append(Mode("fp8+fp8 KV", {"fp8": True, "kv_cache_dtype": "fp8"}))
     return m
 
 

@@ -38,20 +38,30 @@ def linear_shapes(cfg: dict) -> list[LinearShape]:
 
 
 def gemm_seconds(torch, cfg: dict, tokens: int, device: str = "cuda", reps: int = 10) -> float:
-    """Seconds of the step's GEMMs at M = tokens, fp16 on CUDA (fp32 elsewhere): each
-    distinct shape timed alone (warm, `reps` runs averaged), times its count."""
+    """Seconds of the step's GEMMs at M = tokens (gemm_seconds_each for one count)."""
+    return gemm_seconds_each(torch, cfg, [tokens], device, reps)[tokens]
+
+
+def gemm_seconds_each(
+    torch, cfg: dict, token_counts: list[int], device: str = "cuda", reps: int = 10
+) -> dict[int, float]:
+    """Seconds of the step's GEMMs at each M in `token_counts`, fp16 on CUDA (fp32
+    elsewhere): each distinct shape's weight made once, timed alone at every M (warm,
+    `reps` runs averaged), times its count."""
     dtype = torch.float16 if device == "cuda" else torch.float32
     gen = torch.Generator(device=device).manual_seed(0)
-    total = 0.0
+    total = dict.fromkeys(token_counts, 0.0)
     for s in linear_shapes(cfg):
         w = torch.randn(s.out, s.inp, device=device, dtype=dtype, generator=gen) * 0.02
-        x = torch.randn(tokens, s.inp, device=device, dtype=dtype, generator=gen)
-        for _ in range(2):
-            torch.nn.functional.linear(x, w)
-        total += s.count * _time(
-            torch, device, lambda x=x, w=w: torch.nn.functional.linear(x, w), reps
-        )
-        del w, x
+        for m in token_counts:
+            x = torch.randn(m, s.inp, device=device, dtype=dtype, generator=gen)
+            for _ in range(2):
+                torch.nn.functional.linear(x, w)
+            total[m] += s.count * _time(
+                torch, device, lambda x=x, w=w: torch.nn.functional.linear(x, w), reps
+            )
+            del x
+        del w
     return total
 
 

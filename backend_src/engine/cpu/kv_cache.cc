@@ -16,6 +16,7 @@ int64_t CpuKvCache::block_bytes(const Shape& s) {
 void CpuKvCache::allocate(const Shape& s, int num_blocks) {
   s_ = s;
   num_blocks_ = num_blocks;
+  e4m3_ = s.fp8 ? e4m3_values() : nullptr;
   const size_t slots = static_cast<size_t>(num_blocks) * s.block_size;
   const size_t elems = slots * s.heads * s.head_dim;
   k_.clear();
@@ -52,8 +53,7 @@ const float* CpuKvCache::read(const std::vector<std::unique_ptr<uint8_t[]>>& dat
   if (!s_.fp8) return reinterpret_cast<const float*>(data[l].get()) + row * s_.head_dim;
   const uint8_t* c = data[l].get() + row * s_.head_dim;
   const float sc = scales[l][row];
-  const float* table = e4m3_values();
-  for (int d = 0; d < s_.head_dim; ++d) buf[d] = table[c[d]] * sc;
+  for (int d = 0; d < s_.head_dim; ++d) buf[d] = e4m3_[c[d]] * sc;
   return buf;
 }
 

@@ -38,6 +38,7 @@ class CpuKvCache {
                     float* buf) const;
   Shape s_;
   int num_blocks_ = 0;
+  const float* e4m3_ = nullptr;  // fp8: the codes' values (e4m3_values())
   // per layer: float [slots, heads, head_dim] (as bytes), or E4M3 codes [slots, heads, head_dim]
   std::vector<std::unique_ptr<uint8_t[]>> k_, v_;
   std::vector<std::unique_ptr<float[]>> ks_, vs_;  // fp8: per layer [slots, heads]

@@ -147,6 +147,9 @@ class CudaRunner final : public ModelRunner {
                         const char* name);
   template <typename Quantize>
   void quantize_float_tensor(const TensorView& t, const char* name, const char* mode, Quantize quantize);
+  template <typename Quantize>
+  void upload_quantized_linear(void* q, void* scale, const LinearWeights& s, int64_t rows, int64_t cols, DType qtype,
+                               DType stype, const char* mode, const char* name, Quantize quantize);
   // Hopper (sm_90a build): the block linears rewritten in place into the packed
   // layout of their fastest kernels (int8_gemm.h); tuning int8_packed=false keeps row-major.
   void pack_int8_layers();
@@ -591,23 +594,29 @@ void CudaRunner::upload_quantized(void* q, void* scale, const LinearWeights& s, 
   GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
 }
 
-void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int64_t rows, int64_t cols,
-                                const char* name) {
+// One quantized linear: a checkpoint already in the mode's format (qtype + stype
+// scales) is copied as it is; a float one is quantized on the GPU by `quantize`.
+template <typename Quantize>
+void CudaRunner::upload_quantized_linear(void* q, void* scale, const LinearWeights& s, int64_t rows, int64_t cols,
+                                         DType qtype, DType stype, const char* mode, const char* name,
+                                         Quantize quantize) {
   if (s.weight.numel() != rows * cols)
     throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
-  if (s.weight.dtype == DType::kI8) return upload_quantized(d.q, d.scale, s, rows, cols, DType::kF16, name);
-  // A float checkpoint in int8 mode: quantize its own values (fp32 or fp16) on the GPU.
-  quantize_float_tensor(s.weight, name, "int8",
-                        [&](const auto* w) { cuda::int8_quantize_rows(w, rows, cols, d.q, d.scale, stream_); });
+  if (s.weight.dtype == qtype) return upload_quantized(q, scale, s, rows, cols, stype, name);
+  quantize_float_tensor(s.weight, name, mode, quantize);
+}
+
+void CudaRunner::upload_linear8(cuda::Int8Weight& d, const LinearWeights& s, int64_t rows, int64_t cols,
+                                const char* name) {
+  upload_quantized_linear(d.q, d.scale, s, rows, cols, DType::kI8, DType::kF16, "int8", name, [&](const auto* w) {
+    cuda::int8_quantize_rows(w, rows, cols, d.q, d.scale, stream_);
+  });
 }
 
 void CudaRunner::upload_linear_fp8(cuda::Fp8Weight& d, const LinearWeights& s, int64_t rows, int64_t cols,
                                    const char* name) {
-  if (s.weight.numel() != rows * cols)
-    throw EngineError(std::string("device cuda: tensor ") + name + " has the wrong size");
-  if (s.weight.dtype == DType::kF8E4M3) return upload_quantized(d.q, d.scale, s, rows, cols, DType::kF32, name);
-  quantize_float_tensor(s.weight, name, "fp8",
-                        [&](const auto* w) { cuda::fp8_quantize_rows(w, rows, cols, d.q, d.scale, stream_); });
+  upload_quantized_linear(d.q, d.scale, s, rows, cols, DType::kF8E4M3, DType::kF32, "fp8", name,
+                          [&](const auto* w) { cuda::fp8_quantize_rows(w, rows, cols, d.q, d.scale, stream_); });
 }
 
 void CudaRunner::pack_int8_layers() {
