@@ -32,6 +32,7 @@
 #                  unload/load cycles on one server, within BUDGET_S seconds
 #   serve-int8     make serve INT8=1 on ChatGLM-6B's shapes: the log says int8, generate ids =
 #                  generate_stream ids (32 each)
+#   serve-fp8      the same with FP8=1 KV_CACHE_DTYPE=fp8: the log names both
 #   multi          one decoder instance per GPU: the sweep with GPUS=0, then GPUS=0,1
 #   reload         unload/load cycles of chatglm_decoder; fails when RSS / GPU memory grow
 #   soak           Locust for DURATION at USERS users against make serve, the server sampled
@@ -78,7 +79,7 @@ targets_of() {
     bench | diag | int8-bench) echo _engine ;;
     int8-kernels | int8-kbench) echo glm_cuda_int8_test ;;
     int8-tests) echo _engine glm_cuda_int8_test ;;
-    setup | triton-e2e | fullsize | openai | serving | serve-int8 | multi | reload | soak | soak-start) echo triton_chatglm ;;
+    setup | triton-e2e | fullsize | openai | serving | serve-int8 | serve-fp8 | multi | reload | soak | soak-start) echo triton_chatglm ;;
     *) echo "" ;;
   esac
 }
@@ -434,17 +435,26 @@ task_serving() {
   ls -la "$O"
 }
 
-# make serve MODEL=... INT8=1 on ChatGLM-6B's config (random weights, quantized at load),
-# checked with one plain and one streamed generate on chatglm_decoder: the server log must
-# say int8 and both answers must carry the same 32 ids. Knobs: PORT (18320), CK_CONFIG (a
-# config.json instead of ChatGLM-6B's). CPU dry run:
+# make serve MODEL=... INT8=1 (serve-int8) or FP8=1 KV_CACHE_DTYPE=fp8 (serve-fp8) on
+# ChatGLM-6B's config (random weights, quantized at load), checked with one plain and one
+# streamed generate on chatglm_decoder: the server's ready line must name the mode's
+# kernels ("int8"; "fp8 block linears" and, with KV_CACHE_DTYPE=fp8, "KV cache fp8") and
+# both answers must carry the same 32 ids. Knobs: PORT (18320), CK_CONFIG (a config.json
+# instead of ChatGLM-6B's), KV_CACHE_DTYPE (serve-int8: auto; serve-fp8: fp8). CPU dry run
+# of serve-int8 (the CPU has no fp8 linears):
 #   DEVICE=cpu VENV=.venv BUILD=build CK_CONFIG=models/chatglm-tiny/config.json bash scripts/gpu.sh serve-int8
-task_serve_int8() {
-  local port=${PORT:-18320} ck="$WORK/ck" url="127.0.0.1:${PORT:-18320}"
+task_serve_int8() { serve_quantized INT8 "${KV_CACHE_DTYPE:-auto}" int8; }
+task_serve_fp8() { serve_quantized FP8 "${KV_CACHE_DTYPE:-fp8}" "fp8 block linears"; }
+
+# serve_quantized FLAG KV_DTYPE WORDS: make serve with FLAG=1 and KV_CACHE_DTYPE, the ready
+# line must contain WORDS (and "KV cache fp8" when KV_DTYPE is fp8).
+serve_quantized() {
+  local flag=$1 kv=$2 words=$3 port=${PORT:-18320} ck="$WORK/ck" url="127.0.0.1:${PORT:-18320}"
   need_venv server
   "$VENV/bin/python" -m glmserve.config_only "$ck" ${CK_CONFIG:+--config "$CK_CONFIG"} || exit 1
-  DEVICE=$DEVICE INT8=1 MODEL="$ck" VENV="$VENV" BUILD="$BUILD" HTTP_PORT=$port GRPC_PORT=$((port + 1)) \
-    METRICS_PORT=$((port + 2)) TRITON_ARGS="--backend-config=chatglm,random_weights=true" \
+  env "$flag=1" KV_CACHE_DTYPE="$kv" DEVICE="$DEVICE" MODEL="$ck" VENV="$VENV" BUILD="$BUILD" \
+    HTTP_PORT=$port GRPC_PORT=$((port + 1)) METRICS_PORT=$((port + 2)) \
+    TRITON_ARGS="--backend-config=chatglm,random_weights=true" \
     bash scripts/serve.sh >"$WORK/server.log" 2>&1 &
   SPID=$!
   trap 'glm_stop "$SPID" TERM 30' EXIT
@@ -453,14 +463,18 @@ task_serve_int8() {
   curl -sf "$url/v2/models/chatglm_decoder/ready" >/dev/null ||
     { glm_log "server not ready"; tail -30 "$WORK/server.log"; exit 1; }
   local status=0 ids
-  grep -q "int8" "$O/server_lines.txt" || { glm_log "the server log does not say int8"; status=1; }
+  grep -qF "$words" "$O/server_lines.txt" || { glm_log "the server log does not say '$words'"; status=1; }
+  if [ "$kv" = fp8 ] && ! grep -qF "KV cache fp8" "$O/server_lines.txt"; then
+    glm_log "the server log does not say 'KV cache fp8'"
+    status=1
+  fi
   ids=$(glm_prompt_ids "$ck/config.json")
   curl -s -X POST "$url/v2/models/chatglm_decoder/generate" \
     -d "{\"input_ids\": $ids, \"max_tokens\": 32, \"ignore_eos\": true}" >"$O/generate.json"
   curl -sN -X POST "$url/v2/models/chatglm_decoder/generate_stream" \
     -d "{\"input_ids\": $ids, \"max_tokens\": 32, \"ignore_eos\": true, \"stream\": true}" >"$O/generate_stream.txt"
   "$VENV/bin/python" -m glmserve.http_checks same-ids "$O/generate.json" "$O/generate_stream.txt" \
-    --expect 32 --label serve-int8 || status=1
+    --expect 32 --label "serve $flag=1 KV_CACHE_DTYPE=$kv" || status=1
   glm_metrics $((port + 2)) '^glm_(generated_tokens_total|requests_total|kv_blocks_total)' | tee "$O/metrics.txt"
   glm_log "exit $status"
   return "$status"
