@@ -151,6 +151,9 @@ class StaticDecoder:
         for j in range(n, n + max_tokens - 1):
             tj = torch.tensor(j, device=dev)
             pj, bj = position_ids_2d(tj, c, g)
-            tok = self.step(tok.clone(), tj, pj, bj)
+            # A CUDA-graph output lives in the graph's pool and is overwritten by the next
+            # replay: mark the step boundary and keep a copy of each step's ids.
+            torch.compiler.cudagraph_mark_step_begin()
+            tok = self.step(tok, tj, pj, bj).clone()
             out.append(tok)
         return torch.stack(out, dim=1).tolist()

@@ -416,7 +416,9 @@ FIELDS: tuple[Field, ...] = (
         "n",
         DType.INT32,
         "How many choices to generate for the prompt (one prefill; the prompt's KV blocks "
-        "are shared). Choice i draws from random_seed + i. Needs temperature > 0.",
+        "are shared). Choice i draws from random_seed + i: the ids of a single request with that "
+        "seed on the CPU, on the GPU up to fp16 rounding (choices after the first feed <sop> "
+        "in a decode step, and a near-tied draw can fall the other way). Needs temperature > 0.",
         _BOTH,
         default=1,
         minimum=1,

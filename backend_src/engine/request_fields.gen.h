@@ -110,7 +110,7 @@ inline constexpr RequestField kIgnoreEos{
     /*max_bytes=*/0, /*requirement=*/"true or false",
     /*member=*/"ignore_eos"};
 
-// How many choices to generate for the prompt (one prefill; the prompt's KV blocks are shared). Choice i draws from random_seed + i. Needs temperature > 0.
+// How many choices to generate for the prompt (one prefill; the prompt's KV blocks are shared). Choice i draws from random_seed + i: the ids of a single request with that seed on the CPU, on the GPU up to fp16 rounding (choices after the first feed <sop> in a decode step, and a near-tied draw can fall the other way). Needs temperature > 0.
 inline constexpr RequestField kN{
     "n", FieldType::kInt32, /*is_list=*/false, /*max_items=*/0,
     /*required=*/false, /*has_min=*/true, /*min=*/1.0, /*min_exclusive=*/false,

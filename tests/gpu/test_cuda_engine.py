@@ -193,7 +193,9 @@ def test_logprobs_of_a_growing_batch(eng_mod, tiny, top):
     buffers grow, which settles the step in flight). logprobs=0 (the chosen token's only,
     what the OpenAI API's `logprobs: true` asks for) crashed the process here on an H100
     (2026-12-07: settle_pending copied the rows only when alternatives were asked for).
-    Each request's logprobs equal those of the request alone."""
+    Each request's ids and alternatives equal those of the request alone, and its
+    log-probabilities up to the batch's fp16 rounding (up to 4.2e-3 apart on an H100,
+    2026-12-07, on the tiny model: the GEMMs round differently at other batch sizes)."""
     d, cfg, hi = tiny
     rng = np.random.default_rng(9)
     prompts = [
@@ -224,7 +226,7 @@ def test_logprobs_of_a_growing_batch(eng_mod, tiny, top):
         assert len(together[i]) == 6 and all(len(t) == top for _, t in together[i])
         assert [t for _, t in together[i]] == [t for _, t in alone[i]], i
         np.testing.assert_allclose(
-            [lp for lp, _ in together[i]], [lp for lp, _ in alone[i]], atol=2e-3
+            [lp for lp, _ in together[i]], [lp for lp, _ in alone[i]], atol=1e-2
         )
 
 
