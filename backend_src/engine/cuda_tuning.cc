@@ -28,6 +28,8 @@ const std::vector<CudaTuningField>& cuda_tuning_fields() {
        "int8 linears: tensor-core kernel up to this many tokens, dequantize + cuBLAS above"},
       {"int8_w8a8_min_tokens", nullptr, &T::int8_w8a8_min_tokens, 0, 1 << 30,
        "int8 linears: W8A8 (per-token int8 activations, int8 tensor cores) from this many tokens (0 = never)"},
+      {"fp8_gemv_max_tokens", nullptr, &T::fp8_gemv_max_tokens, 0, 8,
+       "fp8 linears: weight-only GEMV (fp16 activations) up to this many tokens, cuBLASLt FP8 above (0 = never)"},
       {"poison", nullptr, &T::poison, 0, 3, "debugging: NaN-fill the KV cache (1), activations (2), both (3)"},
       {"timing", &T::timing, nullptr, 0, 1, "host-side time per step, printed when the engine is destroyed"},
   };

@@ -82,6 +82,10 @@ struct CudaTuning {
   // many tokens on (0 = never). Needs the row-major layout: on, the block linears are
   // not packed (docs/int8.md "W8A8 at large batch").
   int int8_w8a8_min_tokens = 0;
+  // fp8 linears: the weight-only GEMV (E4M3 weights, fp16 activations not quantized) up
+  // to this many tokens, cuBLASLt's FP8 GEMM above (0 = never; at most 8). Off until
+  // measured (docs/int8.md "FP8 GEMV for small batches").
+  int fp8_gemv_max_tokens = 0;
   // Debugging: NaN written at allocation into the KV cache (1), the activations (2) or both (3).
   int poison = 0;
   // Host-side time per step (preparation, enqueue, wait), printed to stderr when the runner goes.

@@ -103,7 +103,12 @@ class CudaRunner final : public ModelRunner {
     return lin.empty() ? kv : kv.empty() ? lin : lin + "; " + kv;
   }
   std::string linears_description() const {
-    if (fp8_) return "fp8 block linears (E4M3 weights per channel, activations per token, cuBLASLt), lm_head fp16";
+    if (fp8_) {
+      const int gemv = opts_.cuda.fp8_gemv_max_tokens;
+      return std::string("fp8 block linears (E4M3 weights per channel, activations per token, cuBLASLt") +
+             (gemv > 0 ? "; weight-only GEMV up to " + std::to_string(gemv) + " tokens" : std::string()) +
+             "), lm_head fp16";
+    }
     if (!int8_) return "";
     const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
     return std::string("int8 block linears ") +
@@ -311,6 +316,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
                           "e.g. H100 / H200)");
       fp8_gemm_ = std::make_unique<cuda::Fp8Gemm>();
       fp8_gemm_->set_stream(stream_);
+      fp8_gemm_->set_gemv_max_tokens(opts.cuda.fp8_gemv_max_tokens);
     }
 
     // weights

@@ -10,6 +10,7 @@
 
 #include "act_quant.cuh"
 #include "cuda_check.h"
+#include "quant_gemv.cuh"
 
 namespace glm {
 namespace cuda {
@@ -69,6 +70,13 @@ void fp8_dequantize_rows(const uint8_t* q, const float* scale, float* out, int64
   GLM_CUDA_LAUNCH_CHECK("fp8_dequantize_rows");
 }
 
+bool fp8_gemv_supported(const void* x, const void* q, int M, int K) { return quant_gemv::supported(x, q, M, K); }
+
+void fp8_gemv(const __half* x, const uint8_t* q, const float* scale, __half* y, const float* bias, bool gelu, int M,
+              int K, int N, cudaStream_t stream) {
+  quant_gemv::gemv<quant_gemv::E4m3Codes>("fp8_gemv", x, q, scale, y, false, bias, gelu, M, K, N, stream);
+}
+
 Fp8Gemm::Fp8Gemm() {
   if (!fp8_supported_device())
     throw std::invalid_argument("fp8: this GPU has no FP8 tensor cores (compute capability 8.9 or newer needed)");
@@ -96,6 +104,10 @@ void Fp8Gemm::linear(const __half* x, const Fp8Weight& w, __half* y, int tokens,
   check_arg(tokens >= 0 && in > 0 && out > 0, k, "bad sizes");
   check_arg(in % 16 == 0 && out % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w.q % 16 == 0, k,
             "in % 16 != 0, out % 16 != 0 (cuBLASLt's FP8 kernels) or x / weights not 16-byte aligned");
+  if (tokens <= gemv_max_ && fp8_gemv_supported(x, w.q, tokens, in)) {
+    fp8_gemv(x, w.q, w.scale, y, bias, gelu, tokens, in, out, stream_);
+    return;
+  }
   // Tokens in chunks whose codes take at most half the scratch (prefill of long batches).
   const int chunk = static_cast<int>(std::max<size_t>(1, scratch_bytes_ / 2 / in / 256 * 256));
   for (int m0 = 0; m0 < tokens; m0 += chunk) {

@@ -40,6 +40,14 @@ void fp8_quantize_rows(const float* x, int64_t rows, int64_t cols, uint8_t* q, f
 void fp8_dequantize_rows(const uint8_t* q, const float* scale, float* out, int64_t rows, int64_t cols,
                          cudaStream_t stream);
 
+// Weight-only GEMV for 1-8 tokens (quant_gemv.cuh, the int8 GEMV's kernel over E4M3
+// codes): y[m, n] = act(scale[n] * sum_k x[m, k] * value(q[n, k]) + bias[n]) with x
+// fp16 as it is (not quantized), fp32 sums. Needs 1 <= M <= 8, K % 16 == 0, x and q
+// 16-byte aligned; any N. The launcher checks its arguments (std::invalid_argument).
+bool fp8_gemv_supported(const void* x, const void* q, int M, int K);
+void fp8_gemv(const __half* x, const uint8_t* q, const float* scale, __half* y, const float* bias, bool gelu, int M,
+              int K, int N, cudaStream_t stream);
+
 // The linear: owns a cuBLASLt handle, a fixed workspace (graph capture) and the
 // scratch for the activations' codes and the fp32 products; each matmul shape's
 // descriptors and cuBLASLt's heuristic choice are made once and kept.
@@ -50,6 +58,10 @@ class Fp8Gemm {
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
   void set_stream(cudaStream_t stream) { stream_ = stream; }
+  // Up to n tokens (0 = never; EngineOptions::cuda.fp8_gemv_max_tokens, at most 8) the
+  // linear is fp8_gemv: the weights' bytes streamed once, the activations left fp16.
+  void set_gemv_max_tokens(int n) { gemv_max_ = n; }
+  int gemv_max_tokens() const { return gemv_max_; }
   // y[T, out] = act(x[T, in] W^T + bias); in % 16 == 0 and out % 16 == 0 (cuBLASLt's FP8
   // kernels have no other shapes), x 16-byte aligned; any token count (chunked).
   void linear(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias = nullptr,
@@ -65,6 +77,7 @@ class Fp8Gemm {
   size_t workspace_bytes_ = 0;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  int gemv_max_ = 0;
   std::map<std::tuple<int, int, int, int>, std::unique_ptr<Fp8Plan>> plans_;  // (tokens, cols, in, ldc)
 };
 

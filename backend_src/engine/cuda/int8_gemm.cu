@@ -10,179 +10,13 @@
 #include "cuda_check.h"
 #include "device_util.h"
 #include "pdl.h"
+#include "quant_gemv.cuh"
 
 namespace glm {
 namespace cuda {
 namespace {
 
-__device__ __forceinline__ uint4 ld_cached(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
-
-// Four int8 (one 32-bit word, byte j = element j) -> fp32, exactly: with the
-// sign bit flipped each byte is q + 128; placed under the exponent of 2^23 it
-// reads 8388608 + q + 128, and one subtraction leaves q.
-__device__ __forceinline__ void i8x4_to_f32(uint32_t w, float* f) {
-  const uint32_t u = w ^ 0x80808080u;
-  f[0] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540)) - 8388736.f;
-  f[1] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7541)) - 8388736.f;
-  f[2] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7542)) - 8388736.f;
-  f[3] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7543)) - 8388736.f;
-}
-
-__device__ __forceinline__ void store_out(void* y, bool f32_out, int64_t i, float v) {
-  if (f32_out)
-    static_cast<float*>(y)[i] = v;
-  else
-    static_cast<__half*>(y)[i] = __float2half_rn(v);
-}
-
-// ------------------------------------------------------------- GEMV (M <= 8)
-// Block = 8 warps; a warp streams two weight rows, 16 int8 per lane per load
-// (512 per warp), 4 loads per row in flight; KS warps split one row pair's K.
-constexpr int kGemvWarps = 8;
-
-template <int M, bool F32OUT, bool GELU, int KS>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-    int8_gemv_kernel(const __half* __restrict__ x, const int8_t* __restrict__ q, const __half* __restrict__ scale,
-                     void* __restrict__ y, const float* __restrict__ bias, int N, int K) {
-  constexpr int kPairs = kGemvWarps / KS;
-  __shared__ float part[kGemvWarps][2][M];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int pair = warp / KS, ks = warp % KS;
-  const int n0 = (blockIdx.x * kPairs + pair) * 2;
-  const bool valid = n0 < N;
-  const bool two = n0 + 1 < N;
-  const int kper = (K + KS * 16 - 1) / (KS * 16) * 16;
-  const int kbeg = ks * kper, kend = min(K, kbeg + kper);
-  const int8_t* q0 = q + (int64_t)(valid ? n0 : 0) * K;
-  const int8_t* q1 = q + (int64_t)(two ? n0 + 1 : (valid ? n0 : 0)) * K;
-  float acc[2][M];
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-#pragma unroll
-    for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
-  auto body = [&](const uint4& a, const uint4& b, int kk) {
-    float wa[16], wb[16];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      i8x4_to_f32(word_of(a, i), wa + 4 * i);
-      i8x4_to_f32(word_of(b, i), wb + 4 * i);
-    }
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      const __half* xr = x + (int64_t)m * K + kk;
-#pragma unroll
-      for (int hlf = 0; hlf < 2; ++hlf) {
-        const uint4 xv = ld_cached(xr + 8 * hlf);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint32_t xw = word_of(xv, i);
-          const float2 fx = __half22float2(*reinterpret_cast<const __half2*>(&xw));
-          const int e = 8 * hlf + 2 * i;
-          acc[0][m] = fmaf(wa[e], fx.x, acc[0][m]);
-          acc[0][m] = fmaf(wa[e + 1], fx.y, acc[0][m]);
-          acc[1][m] = fmaf(wb[e], fx.x, acc[1][m]);
-          acc[1][m] = fmaf(wb[e + 1], fx.y, acc[1][m]);
-        }
-      }
-    }
-  };
-  constexpr int U = 4;
-  int k = kbeg + lane * 16;
-  // The weights do not depend on the previous kernel: the first loads go out
-  // before waiting for it (programmatic dependent launch, pdl.h).
-  uint4 a[U], b[U];
-  bool full = valid && k + (U - 1) * 512 < kend;
-  if (full) {
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      a[u] = ld_stream(q0 + k + u * 512);
-      b[u] = ld_stream(q1 + k + u * 512);
-    }
-  }
-  pdl_wait();
-  pdl_launch_dependents();
-  if (valid) {
-    while (full) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) body(a[u], b[u], k + u * 512);
-      k += U * 512;
-      full = k + (U - 1) * 512 < kend;
-      if (full) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          a[u] = ld_stream(q0 + k + u * 512);
-          b[u] = ld_stream(q1 + k + u * 512);
-        }
-      }
-    }
-    for (; k < kend; k += 512) body(ld_stream(q0 + k), ld_stream(q1 + k), k);
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
-  if (KS > 1) {
-    if (lane == 0)
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) part[warp][r][m] = acc[r][m];
-    __syncthreads();
-    if (lane == 0 && ks == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          float s = 0.f;
-#pragma unroll
-          for (int j = 0; j < KS; ++j) s += part[warp + j][r][m];
-          acc[r][m] = s;
-        }
-    }
-  }
-  if (lane == 0 && ks == 0 && valid) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      if (r == 1 && !two) break;
-      const int n = n0 + r;
-      const float sc = __half2float(scale[n]);
-      const float b = bias ? bias[n] : 0.f;
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float v = acc[r][m] * sc + b;
-        if (GELU) v = gelu_tanh(v);
-        store_out(y, F32OUT, (int64_t)m * N + n, v);
-      }
-    }
-  }
-}
-
-template <int M, int KS>
-void gemv_launch_mk(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
-                    bool gelu, int N, int K, cudaStream_t stream) {
-  const int pairs = (N + 1) / 2;
-  const int per_block = kGemvWarps / KS;
-  const int blocks = (pairs + per_block - 1) / per_block;
-  const char* k = "int8_gemv";
-  if (f32_out)
-    launch_k(k, int8_gemv_kernel<M, true, false, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N, K);
-  else if (gelu)
-    launch_k(k, int8_gemv_kernel<M, false, true, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N, K);
-  else
-    launch_k(k, int8_gemv_kernel<M, false, false, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N,
-             K);
-}
-
-template <int M>
-void gemv_launch_m(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
-                   bool gelu, int N, int K, cudaStream_t stream) {
-  if (N <= 8192 && K % (4 * 512) == 0)
-    gemv_launch_mk<M, 4>(x, q, scale, y, f32_out, bias, gelu, N, K, stream);
-  else
-    gemv_launch_mk<M, 1>(x, q, scale, y, f32_out, bias, gelu, N, K, stream);
-}
+using quant_gemv::store_out;
 
 // ------------------------------------------------------------- tensor cores: shared pieces
 // mma.m16n8k16: A = weight rows (row-major), B = tokens (x rows, "col"),
@@ -551,28 +385,11 @@ void check_blas(cublasStatus_t s, const char* what) {
 }  // namespace
 
 // ------------------------------------------------------------- launchers
-bool int8_gemv_supported(const void* x, const void* q, int M, int K) {
-  return M >= 1 && M <= 8 && K > 0 && K % 16 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)q % 16 == 0;
-}
+bool int8_gemv_supported(const void* x, const void* q, int M, int K) { return quant_gemv::supported(x, q, M, K); }
 
 void int8_gemv(const __half* x, const int8_t* q, const __half* scale, void* y, bool f32_out, const float* bias,
                bool gelu, int M, int K, int N, cudaStream_t stream) {
-  const char* k = "int8_gemv";
-  check_arg(x && q && scale && y, k, "null tensor");
-  check_arg(N > 0, k, "bad sizes");
-  check_arg(int8_gemv_supported(x, q, M, K), k, "needs 1 <= M <= 8, K % 16 == 0, 16-byte aligned x and q");
-  check_arg(!(f32_out && gelu), k, "GeLU only with fp16 output");
-  switch (M) {
-    case 1: gemv_launch_m<1>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-    case 2: gemv_launch_m<2>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-    case 3: gemv_launch_m<3>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-    case 4: gemv_launch_m<4>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-    case 5: gemv_launch_m<5>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-    case 6: gemv_launch_m<6>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-    case 7: gemv_launch_m<7>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-    default: gemv_launch_m<8>(x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
-  }
-  GLM_CUDA_LAUNCH_CHECK(k);
+  quant_gemv::gemv<quant_gemv::Int8Codes>("int8_gemv", x, q, scale, y, f32_out, bias, gelu, M, K, N, stream);
 }
 
 bool int8_mma_supported(const void* x, const void* q, int K) {

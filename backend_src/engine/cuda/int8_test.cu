@@ -326,8 +326,22 @@ void test_fp8_quantize(std::mt19937& rng) {
   }
 }
 
-// Fp8Gemm::linear against the reference built from the same codes (double sums).
-void test_fp8_linear(std::mt19937& rng, Fp8Gemm& gemm, int M, int K, int N, int act) {
+// fp16 outputs against double references: the largest error over max |ref|; infinity
+// when an output is not finite (never written: the buffers start as NaN).
+double rel_err_fp16(const std::vector<__half>& got, const std::vector<double>& ref, double rmax) {
+  double err = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float g = h2f(got[i]);
+    if (!std::isfinite(g)) return INFINITY;
+    err = std::max(err, std::fabs(g - ref[i]));
+  }
+  return err / std::max(rmax, 1e-6);
+}
+
+// Fp8Gemm::linear against the reference built from the same codes (double sums). With
+// M <= gemv_max the linear is the weight-only GEMV: the reference keeps x's fp16 values.
+void test_fp8_linear(std::mt19937& rng, Fp8Gemm& gemm, int M, int K, int N, int act, int gemv_max = 0) {
+  const bool gemv = M <= gemv_max;
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   std::vector<__half> x((size_t)M * K);
   std::vector<float> xf(x.size());
@@ -346,7 +360,8 @@ void test_fp8_linear(std::mt19937& rng, Fp8Gemm& gemm, int M, int K, int N, int 
   const bool use_bias = act >= 1, use_gelu = act == 2;
   std::vector<double> ref((size_t)M * N);
   std::vector<float> xv(xq.size()), wv(wq.size());
-  for (size_t i = 0; i < xq.size(); ++i) xv[i] = e4m3_value(xq[i]);
+  for (size_t i = 0; i < xq.size(); ++i) xv[i] = gemv ? xf[i] : e4m3_value(xq[i]);
+  if (gemv) xs.assign(M, 1.f);
   for (size_t i = 0; i < wq.size(); ++i) wv[i] = e4m3_value(wq[i]);
   double rmax = 0;
   for (int m = 0; m < M; ++m)
@@ -366,22 +381,64 @@ void test_fp8_linear(std::mt19937& rng, Fp8Gemm& gemm, int M, int K, int N, int 
   __half* dy = nullptr;
   GLM_CUDA_CHECK(cudaMalloc(&dy, (size_t)M * N * 2));
   GLM_CUDA_CHECK(cudaMemset(dy, 0xFF, (size_t)M * N * 2));  // NaN: every output must be written
+  gemm.set_gemv_max_tokens(gemv_max);
   gemm.linear(dx, dw, dy, M, K, N, use_bias ? db : nullptr, use_gelu);
+  gemm.set_gemv_max_tokens(0);
   auto got = host_copy(dy, (size_t)M * N);
-  double err = 0;
-  bool finite = true;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!std::isfinite(h2f(got[i]))) finite = false;
-    err = std::max(err, std::fabs(h2f(got[i]) - ref[i]));
-  }
-  err /= std::max(rmax, 1e-6);
+  const double err = rel_err_fp16(got, ref, rmax);
   char what[128];
-  std::snprintf(what, sizeof what, "fp8 linear M=%d K=%d N=%d %s", M, K, N,
+  std::snprintf(what, sizeof what, "fp8 linear%s M=%d K=%d N=%d %s", gemv ? " (GEMV)" : "", M, K, N,
                 act == 0 ? "plain" : act == 1 ? "bias" : "bias+gelu");
-  report(finite && err <= 2e-3, what, err);
+  report(err <= 2e-3, what, err);
   cudaFree(dx);
   cudaFree(dw.q);
   cudaFree(dw.scale);
+  cudaFree(db);
+  cudaFree(dy);
+}
+
+// fp8_gemv (the launcher) on odd sizes: x fp16 as it is, E4M3 weight codes with per-row
+// scales, against double sums; every output written (NaN-filled first), N any.
+void test_fp8_gemv(std::mt19937& rng, int M, int K, int N, int act) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<__half> x((size_t)M * K);
+  for (auto& v : x) v = __float2half_rn(u(rng));
+  std::vector<float> w((size_t)N * K);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = u(rng) * (1.f + (i / K) % 7);
+  std::vector<uint8_t> wq;
+  std::vector<float> ws;
+  ref_fp8_rows(w, N, K, &wq, &ws);
+  std::vector<float> bias(N);
+  for (auto& v : bias) v = 0.1f * u(rng);
+  const bool use_bias = act >= 1, use_gelu = act == 2;
+  std::vector<double> ref((size_t)M * N);
+  double rmax = 0;
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      double acc = 0;
+      for (int k = 0; k < K; ++k) acc += (double)h2f(x[(size_t)m * K + k]) * e4m3_value(wq[(size_t)n * K + k]);
+      double v = acc * ws[n] + (use_bias ? bias[n] : 0.0);
+      if (use_gelu) v = gelu(v);
+      ref[(size_t)m * N + n] = v;
+      rmax = std::max(rmax, std::fabs(v));
+    }
+  __half* dx = dev_copy(x);
+  uint8_t* dq = dev_copy(wq);
+  float* ds = dev_copy(ws);
+  float* db = dev_copy(bias);
+  __half* dy = nullptr;
+  GLM_CUDA_CHECK(cudaMalloc(&dy, (size_t)M * N * 2));
+  GLM_CUDA_CHECK(cudaMemset(dy, 0xFF, (size_t)M * N * 2));
+  fp8_gemv(dx, dq, ds, dy, use_bias ? db : nullptr, use_gelu, M, K, N, nullptr);
+  auto got = host_copy(dy, (size_t)M * N);
+  const double err = rel_err_fp16(got, ref, rmax);
+  char what[128];
+  std::snprintf(what, sizeof what, "fp8 gemv M=%d K=%d N=%d %s", M, K, N,
+                act == 0 ? "plain" : act == 1 ? "bias" : "bias+gelu");
+  report(err <= 2e-3, what, err);
+  cudaFree(dx);
+  cudaFree(dq);
+  cudaFree(ds);
   cudaFree(db);
   cudaFree(dy);
 }
@@ -809,6 +866,36 @@ int main(int argc, char** argv) {
         refused = true;
       }
       report(refused, "fp8 linear refuses out % 16 != 0", 0);
+      // the weight-only GEMV: every M it takes, K from one 16-byte load to past a 4 x 512 split,
+      // odd N; then through Fp8Gemm::linear at its edges
+      const int gemv_shapes[][3] = {{1, 16, 7},    {2, 48, 515},    {3, 4096, 4099}, {4, 2064, 33},
+                                    {5, 16400, 9}, {6, 1024, 8193}, {7, 640, 515},   {8, 4096, 1000}};
+      j = 0;
+      for (const auto& sh : gemv_shapes) test_fp8_gemv(rng, sh[0], sh[1], sh[2], j++ % 3);
+      test_fp8_linear(rng, f8, 1, 4096, 528, 2, 8);
+      test_fp8_linear(rng, f8, 8, 1024, 80, 1, 8);
+      test_fp8_linear(rng, f8, 9, 1024, 80, 1, 8);  // one over: cuBLASLt
+      {
+        __half* dx = dev_copy(std::vector<__half>(9 * 32));
+        uint8_t* dq = dev_copy(std::vector<uint8_t>(8 * 32));
+        float* ds = dev_copy(std::vector<float>(8, 1.f));
+        __half* dy = dev_copy(std::vector<__half>(9 * 8));
+        auto refuses = [&](int M, int K, const float* scale) {
+          try {
+            fp8_gemv(dx, dq, scale, dy, nullptr, false, M, K, 8, nullptr);
+          } catch (const std::invalid_argument&) {
+            return true;
+          }
+          return false;
+        };
+        report(refuses(1, 24, ds) && refuses(9, 32, ds) && refuses(1, 32, nullptr) && !refuses(1, 32, ds),
+               "fp8 gemv refuses K % 16 != 0, M > 8 and a null scale", 0);
+        GLM_CUDA_CHECK(cudaDeviceSynchronize());
+        cudaFree(dx);
+        cudaFree(dq);
+        cudaFree(ds);
+        cudaFree(dy);
+      }
     } else {
       std::printf("-- fp8: skipped (this GPU has no FP8 tensor cores)\n");
     }
