@@ -136,7 +136,7 @@ def run_compiled(batches: list[int], args, torch) -> dict[int, dict]:
         out[b] = {"tokens_per_s": b * args.tokens / dt, "wall_s": dt, "compile_s": compile_s}
         print(
             f"compiled PyTorch batch {b}: {out[b]['tokens_per_s']:,.1f} tok/s "
-            f"(first run, compiling: {compile_s:.0f} s)",
+            f"(timed run; the first run, compiling, took {compile_s:.0f} s)",
             flush=True,
         )
         del dec

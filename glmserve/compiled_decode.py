@@ -58,7 +58,9 @@ class DecodeStep(torch.nn.Module):
         cfg, w = self.cfg, self.w
         heads, hd, eps = cfg.num_attention_heads, cfg.head_dim, cfg.layernorm_epsilon
         bsz = tok.shape[0]
-        x = F.embedding(tok[:, None], w("transformer.word_embeddings.weight"))  # [B, 1, H]
+        # One token per row: the hidden states stay [B, H], so every linear is one GEMM
+        # of M = B over the weights (read once per step, whatever the batch).
+        x = F.embedding(tok, w("transformer.word_embeddings.weight"))  # [B, H]
         p2 = pos.expand(bsz, 1)
         b2 = block.expand(bsz, 1)
         allowed = (self.key_idx <= t)[None, None, None, :]  # [1, 1, 1, max_len]
@@ -70,7 +72,7 @@ class DecodeStep(torch.nn.Module):
                 w(p + "attention.query_key_value.weight"),
                 w(p + "attention.query_key_value.bias"),
             )
-            q, k, v = qkv.view(bsz, 1, heads, 3 * hd).transpose(1, 2).split(hd, dim=-1)
+            q, k, v = qkv.view(bsz, heads, 1, 3 * hd).split(hd, dim=-1)  # [B, heads, 1, hd]
             q = rotary_2d(q, p2, b2)
             k = rotary_2d(k, p2, b2)
             self.k_cache[i].index_copy_(2, t.view(1), k)
@@ -79,7 +81,7 @@ class DecodeStep(torch.nn.Module):
             scores = torch.matmul(q / (math.sqrt(hd) * coeff), self.k_cache[i].transpose(-1, -2))
             scores = scores.masked_fill(~allowed, MASKED_SCORE)
             probs = torch.softmax(scores.float() * coeff, dim=-1).to(v.dtype)
-            ctx = torch.matmul(probs, self.v_cache[i]).transpose(1, 2).reshape(bsz, 1, heads * hd)
+            ctx = torch.matmul(probs, self.v_cache[i]).reshape(bsz, heads * hd)
             att = F.linear(ctx, w(p + "attention.dense.weight"), w(p + "attention.dense.bias"))
             h = alpha_residual(a, att, cfg.alpha)
             mm = layer_norm(
@@ -101,7 +103,7 @@ class DecodeStep(torch.nn.Module):
             w("transformer.final_layernorm.bias"),
             eps,
         )
-        return F.linear(x[:, 0], w("lm_head.weight")).float().argmax(-1)
+        return F.linear(x, w("lm_head.weight")).float().argmax(-1)
 
 
 class StaticDecoder:
@@ -148,12 +150,14 @@ class StaticDecoder:
             self.module.v_cache[i, :, :, :n] = v
         tok = logits[:, -1].argmax(-1)
         out = [tok]
-        for j in range(n, n + max_tokens - 1):
-            tj = torch.tensor(j, device=dev)
-            pj, bj = position_ids_2d(tj, c, g)
+        # Every step's token index and positions made on the device at once: the loop
+        # itself copies nothing from the host.
+        steps = torch.arange(n, n + max_tokens - 1, device=dev)
+        pos_all, block_all = position_ids_2d(steps, c, g)
+        for j in range(max_tokens - 1):
             # A CUDA-graph output lives in the graph's pool and is overwritten by the next
             # replay: mark the step boundary and keep a copy of each step's ids.
             torch.compiler.cudagraph_mark_step_begin()
-            tok = self.step(tok, tj, pj, bj).clone()
+            tok = self.step(tok, steps[j], pos_all[j], block_all[j]).clone()
             out.append(tok)
         return torch.stack(out, dim=1).tolist()
