@@ -443,17 +443,18 @@ task_serving() {
 # instead of ChatGLM-6B's), KV_CACHE_DTYPE (serve-int8: auto; serve-fp8: fp8). CPU dry run
 # of serve-int8 (the CPU has no fp8 linears):
 #   DEVICE=cpu VENV=.venv BUILD=build CK_CONFIG=models/chatglm-tiny/config.json bash scripts/gpu.sh serve-int8
-task_serve_int8() { serve_quantized INT8 "${KV_CACHE_DTYPE:-auto}" int8; }
-task_serve_fp8() { serve_quantized FP8 "${KV_CACHE_DTYPE:-fp8}" "fp8 block linears"; }
+task_serve_int8() { serve_quantized INT8 "${KV_CACHE_DTYPE:-auto}" int8 serve-int8; }
+task_serve_fp8() { serve_quantized FP8 "${KV_CACHE_DTYPE:-fp8}" "fp8 block linears" serve-fp8; }
 
-# serve_quantized FLAG KV_DTYPE WORDS: make serve with FLAG=1 and KV_CACHE_DTYPE, the ready
-# line must contain WORDS (and "KV cache fp8" when KV_DTYPE is fp8).
+# serve_quantized FLAG KV_DTYPE WORDS LABEL: make serve with FLAG=1 and KV_CACHE_DTYPE, the
+# ready line must contain WORDS (and "KV cache fp8" when KV_DTYPE is fp8); LABEL names the
+# check's line (its KV cache dtype too).
 serve_quantized() {
-  local flag=$1 kv=$2 words=$3 port=${PORT:-18320} ck="$WORK/ck" url="127.0.0.1:${PORT:-18320}"
+  local flag=$1 kv=$2 words=$3 label=$4 port=${PORT:-18320} ck="$WORK/ck" url="127.0.0.1:${PORT:-18320}"
   need_venv server
   "$VENV/bin/python" -m glmserve.config_only "$ck" ${CK_CONFIG:+--config "$CK_CONFIG"} || exit 1
   env "$flag=1" KV_CACHE_DTYPE="$kv" DEVICE="$DEVICE" MODEL="$ck" VENV="$VENV" BUILD="$BUILD" \
-    HTTP_PORT=$port GRPC_PORT=$((port + 1)) METRICS_PORT=$((port + 2)) \
+    HTTP_PORT="$port" GRPC_PORT=$((port + 1)) METRICS_PORT=$((port + 2)) \
     TRITON_ARGS="--backend-config=chatglm,random_weights=true" \
     bash scripts/serve.sh >"$WORK/server.log" 2>&1 &
   SPID=$!
@@ -474,7 +475,8 @@ serve_quantized() {
   curl -sN -X POST "$url/v2/models/chatglm_decoder/generate_stream" \
     -d "{\"input_ids\": $ids, \"max_tokens\": 32, \"ignore_eos\": true, \"stream\": true}" >"$O/generate_stream.txt"
   "$VENV/bin/python" -m glmserve.http_checks same-ids "$O/generate.json" "$O/generate_stream.txt" \
-    --expect 32 --label "serve $flag=1 KV_CACHE_DTYPE=$kv" || status=1
+    --expect 32 --label "$label" || status=1
+  glm_log "KV cache dtype $kv"
   glm_metrics $((port + 2)) '^glm_(generated_tokens_total|requests_total|kv_blocks_total)' | tee "$O/metrics.txt"
   glm_log "exit $status"
   return "$status"

@@ -35,7 +35,7 @@ TEST(CudaTuningTest, every_field_once_and_of_one_kind) {
     EXPECT_LE(f.min, f.max) << f.name;
     EXPECT_GT(std::string(f.help).size(), 10u) << f.name;
   }
-  EXPECT_EQ(names.size(), size_t(11));
+  EXPECT_EQ(names.size(), size_t(12));
 }
 
 TEST(CudaTuningTest, set_by_name_from_text) {
