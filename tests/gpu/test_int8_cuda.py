@@ -285,3 +285,32 @@ def test_tiny_fp8_follows_the_cpu_reference(eng_mod, tiny):
     tiny_follows_its_reference(
         eng_mod, tiny, "fp8", dict(fp8=True), lambda m: Fp8Reference.wrap(m, fp8_linears=True), 0.75
     )
+
+
+def test_full_size_fp8_gemv_for_small_token_counts(eng_mod, full_size):
+    """cuda_fp8_gemv_max_tokens=8: linears of at most 8 tokens run the weight-only fp8 GEMV
+    (fp16 activations, quant_gemv.cuh), larger ones cuBLASLt as before. The 300-token
+    prefill is bit for bit the plain fp8 engine's; the 1- and 3-token chunks are not (they
+    took the GEMV) and still pass issue 19's logits gate against fp16."""
+    from glmserve.config import REAL_CONFIG
+
+    (p,) = prompts_for(REAL_CONFIG, [300], 8)
+    chunks = [p, [5000], [7, 8, 9]]
+    kw = dict(device="cuda", dtype="fp16", random_weights=True, weights_seed=11, num_kv_blocks=64)
+    fp16 = eng_mod.Engine(str(full_size), **kw)
+    want = np.asarray(fp16.debug_forward(chunks))
+    del fp16
+    plain = fp8_engine_or_skip(eng_mod, full_size, **kw)
+    base = np.asarray(plain.debug_forward(chunks))
+    del plain
+    eng = fp8_engine_or_skip(eng_mod, full_size, cuda_fp8_gemv_max_tokens=8, **kw)
+    assert "weight-only GEMV up to 8 tokens" in eng.backend_description()
+    got = np.asarray(eng.debug_forward(chunks))
+    del eng
+    assert np.array_equal(got[:300], base[:300])
+    assert not np.array_equal(got[300:], base[300:])
+    err_gemv, err_plain = rel_err(got[300:], want[300:]), rel_err(base[300:], want[300:])
+    print(
+        f"fp8 small chunks vs fp16: logits rel err {err_gemv:.3g} with the GEMV, {err_plain:.3g} without"
+    )
+    assert err_gemv <= 2e-2
