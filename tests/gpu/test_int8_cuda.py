@@ -182,16 +182,27 @@ def test_full_size_packed_layout_matches_row_major(eng_mod, full_size):
     assert agree > 0.99
 
 
+# The full-size tests' engines: random weights made on the GPU, few KV blocks.
+FULL_SIZE_KW = dict(
+    device="cuda", dtype="fp16", random_weights=True, weights_seed=11, num_kv_blocks=64
+)
+
+
+def full_size_prompt() -> list[int]:
+    """The 300-token prompt of the full-size accuracy tests."""
+    from glmserve.config import REAL_CONFIG
+
+    (p,) = prompts_for(REAL_CONFIG, [300], 8)
+    return p
+
+
 def full_size_gate(eng_mod, d: Path, label: str, measured: str, make_engine) -> str:
     """Issue 19's full-size accuracy gates for one mode against the fp16 engine (a 300-token
     prompt, 1 token, a 64-token chunk: 365 positions): the logits relative error <= 2e-2 is
     asserted; an argmax agreement below 0.99 is recorded as an xfail naming the number.
     `make_engine(**kw)` builds the mode's engine; returns its backend description."""
-    from glmserve.config import REAL_CONFIG
-
-    (p,) = prompts_for(REAL_CONFIG, [300], 8)
-    chunks = [p, [5000], list(range(100, 164))]
-    kw = dict(device="cuda", dtype="fp16", random_weights=True, weights_seed=11, num_kv_blocks=64)
+    chunks = [full_size_prompt(), [5000], list(range(100, 164))]
+    kw = FULL_SIZE_KW
     fp16 = eng_mod.Engine(str(d), **kw)
     want = np.asarray(fp16.debug_forward(chunks))
     del fp16
@@ -292,11 +303,8 @@ def test_full_size_fp8_gemv_for_small_token_counts(eng_mod, full_size):
     (fp16 activations, quant_gemv.cuh), larger ones cuBLASLt as before. The 300-token
     prefill is bit for bit the plain fp8 engine's; the 1- and 3-token chunks are not (they
     took the GEMV) and still pass issue 19's logits gate against fp16."""
-    from glmserve.config import REAL_CONFIG
-
-    (p,) = prompts_for(REAL_CONFIG, [300], 8)
-    chunks = [p, [5000], [7, 8, 9]]
-    kw = dict(device="cuda", dtype="fp16", random_weights=True, weights_seed=11, num_kv_blocks=64)
+    chunks = [full_size_prompt(), [5000], [7, 8, 9]]
+    kw = FULL_SIZE_KW
     fp16 = eng_mod.Engine(str(full_size), **kw)
     want = np.asarray(fp16.debug_forward(chunks))
     del fp16

@@ -36,6 +36,7 @@ __device__ __forceinline__ void i8x4_to_f32(uint32_t w, float* f) {
 struct Int8Codes {
   using Code = int8_t;
   using Scale = __half;
+  static constexpr bool kFp32Output = true;  // the lm_head's logits (int8_gemm.h)
   static __device__ __forceinline__ void decode4(uint32_t w, float* f) { i8x4_to_f32(w, f); }
   static __device__ __forceinline__ float scale(const Scale* s, int n) { return __half2float(s[n]); }
 };
@@ -44,6 +45,7 @@ struct Int8Codes {
 struct E4m3Codes {
   using Code = uint8_t;
   using Scale = float;
+  static constexpr bool kFp32Output = false;  // fp16 outputs only: no fp32 kernels built
   static __device__ __forceinline__ void decode4(uint32_t w, float* f) {
     const __half2 lo(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xFFFFu), __NV_E4M3));
     const __half2 hi(__nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), __NV_E4M3));
@@ -194,9 +196,14 @@ void launch_mk(const char* name, const __half* x, const typename C::Code* q, con
   const int pairs = (N + 1) / 2;
   const int per_block = kGemvWarps / KS;
   const int blocks = (pairs + per_block - 1) / per_block;
-  if (f32_out)
-    launch_k(name, gemv_kernel<C, M, true, false, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N, K);
-  else if (gelu)
+  if constexpr (C::kFp32Output) {
+    if (f32_out) {
+      launch_k(name, gemv_kernel<C, M, true, false, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N,
+               K);
+      return;
+    }
+  }
+  if (gelu)
     launch_k(name, gemv_kernel<C, M, false, true, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N, K);
   else
     launch_k(name, gemv_kernel<C, M, false, false, KS>, blocks, kGemvWarps * 32, 0, stream, x, q, scale, y, bias, N,
@@ -225,6 +232,7 @@ void gemv(const char* name, const __half* x, const typename C::Code* q, const ty
   check_arg(N > 0, name, "bad sizes");
   check_arg(supported(x, q, M, K), name, "needs 1 <= M <= 8, K % 16 == 0, 16-byte aligned x and q");
   check_arg(!(f32_out && gelu), name, "GeLU only with fp16 output");
+  check_arg(!f32_out || C::kFp32Output, name, "fp32 output not built for these weight codes");
   switch (M) {
     case 1: launch_m<C, 1>(name, x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
     case 2: launch_m<C, 2>(name, x, q, scale, y, f32_out, bias, gelu, N, K, stream); break;
