@@ -86,6 +86,10 @@ struct CudaTuning {
   // to this many tokens, cuBLASLt's FP8 GEMM above (0 = never; at most 8). Off until
   // measured (docs/int8.md "FP8 GEMV for small batches").
   int fp8_gemv_max_tokens = 0;
+  // CUDA graphs (EngineOptions::use_cuda_graphs): capture the decode graph of every
+  // padded batch-size bucket when the KV cache is allocated, so that no request pays a
+  // capture; false: each bucket's graph on its first decode step.
+  bool graphs_at_start = true;
   // Debugging: NaN written at allocation into the KV cache (1), the activations (2) or both (3).
   int poison = 0;
   // Host-side time per step (preparation, enqueue, wait), printed to stderr when the runner goes.

@@ -162,6 +162,31 @@ def test_continuous_batching_matches_one_at_a_time(eng_mod, tiny):
     assert nog.generate(prompts, max_tokens=24, ignore_eos=True) == alone
 
 
+def test_decode_graphs_captured_at_start(eng_mod, tiny):
+    """Issue 18: every bucket's decode graph is captured when the engine is made (after an
+    eager run of padding rows, which must write no KV), so no request pays a capture; the
+    ready line says so. The ids equal those of graphs captured on each bucket's first
+    decode step (cuda_graphs_at_start=False) and of no graphs at all."""
+    d, cfg, hi = tiny
+    rng = np.random.default_rng(12)
+    prompts = [
+        make_prompt(rng, n, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
+        for n in (6, 31, 12, 50, 9, 22)
+    ]
+    kw = dict(device="cuda", dtype="fp16", max_running_seqs=16)
+    start = eng_mod.Engine(str(d), **kw)
+    # buckets of 16 sequences: 1, 2, 4, 8, 16
+    assert "decode graphs for 5 batch sizes (1-16) captured at start" in start.backend_description()
+    lazy = eng_mod.Engine(str(d), cuda_graphs_at_start=False, **kw)
+    assert "captured at start" not in lazy.backend_description()
+    nog = eng_mod.Engine(str(d), use_cuda_graphs=False, **kw)
+    assert "captured at start" not in nog.backend_description()
+    gen = dict(max_tokens=20, ignore_eos=True, arrival_steps=[0, 1, 1, 4, 6, 7])
+    want = nog.generate(prompts, **gen)
+    assert start.generate(prompts, **gen) == want
+    assert lazy.generate(prompts, **gen) == want
+
+
 def test_overlapped_steps_match_synchronous(eng_mod, tiny):
     """Overlapped stepping (ids fed on the device, learnt one step later) gives the ids of
     synchronous stepping: greedy, seeded sampling, the penalties (which step

@@ -98,9 +98,16 @@ class CudaRunner final : public ModelRunner {
   void launch(const StepBatch& batch) override;
   void collect(int32_t* next_tokens) override;
   std::string describe() const override {
+    std::string out;
     const std::string kv = kv_fp8_ ? "KV cache fp8 (E4M3, a scale per token and head)" : "";
-    const std::string lin = linears_description();
-    return lin.empty() ? kv : kv.empty() ? lin : lin + "; " + kv;
+    for (const std::string& part : {linears_description(), kv, graphs_description()})
+      if (!part.empty()) out += (out.empty() ? "" : "; ") + part;
+    return out;
+  }
+  std::string graphs_description() const {
+    if (!opts_.use_cuda_graphs || !opts_.cuda.graphs_at_start || graphs_at_start_ == 0) return "";
+    return "decode graphs for " + std::to_string(graphs_at_start_) + " batch sizes (1-" +
+           std::to_string(buckets_.back()) + ") captured at start";
   }
   std::string linears_description() const {
     if (fp8_) {
@@ -180,6 +187,10 @@ class CudaRunner final : public ModelRunner {
   // eager step has loaded the kernels and cuBLAS's state; capturing every bucket at start
   // would need an eager warm-up of each first and is not done: issue 18, Deliver 2).
   std::map<int, cudaGraphExec_t>::iterator capture_graph(int Sp);
+  // Captures every bucket's decode graph (tuning graphs_at_start), each after one eager
+  // run of the same padded step, so that cuBLAS/cuBLASLt choose and load their kernels
+  // outside the capture. Padding rows only: no KV write, no keys.
+  void capture_all_graphs();
   // Copies the results of the launched, uncollected steps out of their pinned
   // buffers (after a stream synchronization) so that those may be reallocated.
   void settle_pending();
@@ -264,6 +275,7 @@ class CudaRunner final : public ModelRunner {
 
   std::vector<int> buckets_;
   std::map<int, cudaGraphExec_t> graphs_;
+  int graphs_at_start_ = 0;  // how many capture_all_graphs() made (for describe())
 };
 
 CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_(cfg), opts_(opts) {
@@ -899,6 +911,7 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
       ks_layer_[l] = scales + (size_t)(2 * l) * per_s;
       vs_layer_[l] = scales + (size_t)(2 * l + 1) * per_s;
     }
+    capture_all_graphs();
     return;
   }
   cudaError_t e = cudaMalloc(&kv_, per * 2 * L_ * sizeof(__half));
@@ -916,6 +929,28 @@ void CudaRunner::allocate_kv_cache(int num_blocks, int block_size) {
   for (int l = 0; l < L_; ++l) {
     k_layer_[l] = kv_ + (size_t)(2 * l) * per;
     v_layer_[l] = kv_ + (size_t)(2 * l + 1) * per;
+  }
+  capture_all_graphs();
+}
+
+void CudaRunner::capture_all_graphs() {
+  graphs_at_start_ = 0;
+  if (!opts_.use_cuda_graphs || !opts_.cuda.graphs_at_start) return;
+  for (int Sp : buckets_) {
+    const size_t nints = meta_ints(Sp, Sp);
+    ensure_host(0, nints);
+    int32_t* host = meta_host_[0];
+    std::fill(host, host + nints, 0);
+    const Meta h = meta_at(host, Sp, Sp);
+    for (int r = 0; r < Sp; ++r) {
+      h.slot[r] = -1;  // as the padding rows of enqueue_model
+      h.sel_rows[r] = r;
+    }
+    GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, host, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    run_model(meta_at(meta_dev_, Sp, Sp), Sp, Sp, logits_);
+    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (graphs_.find(Sp) == graphs_.end()) capture_graph(Sp);
+    ++graphs_at_start_;
   }
 }
 
