@@ -40,7 +40,12 @@ def test_modes_follow_the_flags() -> None:
     assert w8.tuning == {"cuda_int8_lm_head": True, "cuda_int8_w8a8_min_tokens": 64}
     assert ms[4].engine == {"fp8": True} and ms[4].weights == "fp8"
     ab = int8_modes(p.parse_args(["--fp8", "--fp8-ab"]))
-    assert [m.name for m in ab][2:] == ["fp8", "fp8 GEMV<=8", "fp8 outer scales", "fp8 GEMV<=8+outer"]
+    assert [m.name for m in ab][2:] == [
+        "fp8",
+        "fp8 GEMV<=8",
+        "fp8 outer scales",
+        "fp8 GEMV<=8+outer",
+    ]
     assert all(m.engine == {"fp8": True} and m.weights == "fp8" for m in ab[2:])
     assert ab[5].tuning == {"cuda_fp8_gemv_max_tokens": 8, "cuda_fp8_outer_scales": True}
     kv = int8_modes(p.parse_args(["--fp8", "--kv-fp8"]))
