@@ -30,8 +30,6 @@ const std::vector<CudaTuningField>& cuda_tuning_fields() {
        "int8 linears: W8A8 (per-token int8 activations, int8 tensor cores) from this many tokens (0 = never)"},
       {"fp8_gemv_max_tokens", nullptr, &T::fp8_gemv_max_tokens, 0, 8,
        "fp8 linears: weight-only GEMV (fp16 activations) up to this many tokens, cuBLASLt FP8 above (0 = never)"},
-      {"fp8_outer_scales", &T::fp8_outer_scales, nullptr, 0, 1,
-       "fp8 linears: cuBLASLt applies both scales (outer-vector scaling) and writes fp16; false: fp32 + our epilogue"},
       {"graphs_at_start", &T::graphs_at_start, nullptr, 0, 1,
        "capture every decode graph bucket at start (false: each on its first decode step)"},
       {"poison", nullptr, &T::poison, 0, 3, "debugging: NaN-fill the KV cache (1), activations (2), both (3)"},

@@ -86,10 +86,6 @@ struct CudaTuning {
   // to this many tokens, cuBLASLt's FP8 GEMM above (0 = never; at most 8). Off until
   // measured (docs/int8.md "FP8 GEMV for small batches").
   int fp8_gemv_max_tokens = 0;
-  // fp8 linears: cuBLASLt applies the token and channel scales itself (outer-vector
-  // scaling) and writes fp16 with GeLU and bias in its epilogue; false: fp32 products and
-  // our epilogue kernel. Off until measured (docs/int8.md "FP8: scales inside cuBLASLt").
-  bool fp8_outer_scales = false;
   // CUDA graphs (EngineOptions::use_cuda_graphs): capture the decode graph of every
   // padded batch-size bucket when the KV cache is allocated, so that no request pays a
   // capture; false: each bucket's graph on its first decode step.

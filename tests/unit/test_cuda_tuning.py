@@ -20,7 +20,6 @@ NAMES = {
     "int8_mma_max_tokens": ("int", 256),
     "int8_w8a8_min_tokens": ("int", 0),
     "fp8_gemv_max_tokens": ("int", 0),
-    "fp8_outer_scales": ("bool", False),
     "graphs_at_start": ("bool", True),
     "poison": ("int", 0),
     "timing": ("bool", False),

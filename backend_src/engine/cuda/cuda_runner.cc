@@ -56,7 +56,6 @@ T* dev_alloc(size_t count) {
 struct Layer {
   __half *wqkv = nullptr, *wdense = nullptr, *w1 = nullptr, *w2 = nullptr;
   float *bqkv = nullptr, *bdense = nullptr, *b1 = nullptr, *b2 = nullptr;
-  __half* b1h = nullptr;  // fp8 with outer-vector scales: b1 in fp16 for cuBLASLt's epilogue
   float *ln_in_w = nullptr, *ln_in_b = nullptr, *ln_post_w = nullptr, *ln_post_b = nullptr;
   // INT8 weight-only mode (docs/int8.md): the four linears as int8 + fp16 scales (the __half pointers stay null)
   cuda::Int8Weight qkv8, dense8, w18, w28;
@@ -114,7 +113,6 @@ class CudaRunner final : public ModelRunner {
     if (fp8_) {
       const int gemv = opts_.cuda.fp8_gemv_max_tokens;
       return std::string("fp8 block linears (E4M3 weights per channel, activations per token, cuBLASLt") +
-             (opts_.cuda.fp8_outer_scales ? " with outer-vector scales" : "") +
              (gemv > 0 ? "; weight-only GEMV up to " + std::to_string(gemv) + " tokens" : std::string()) +
              "), lm_head fp16";
     }
@@ -170,9 +168,9 @@ class CudaRunner final : public ModelRunner {
   // FP8: F8_E4M3 + F32 scale copied; a float tensor quantized on the GPU (glmserve.fp8's rule).
   void upload_linear_fp8(cuda::Fp8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
   void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, const cuda::Fp8Weight& wf, __half* y, int T,
-           int in, int out, const float* bias = nullptr, bool gelu = false, const __half* bias_fp16 = nullptr) {
+           int in, int out, const float* bias = nullptr, bool gelu = false) {
     if (wf.q)
-      fp8_gemm_->linear(x, wf, y, T, in, out, bias, gelu, bias_fp16);
+      fp8_gemm_->linear(x, wf, y, T, in, out, bias, gelu);
     else if (w8.q)
       int8_gemm_->linear(x, w8, y, T, in, out, bias, gelu);
     else
@@ -185,9 +183,9 @@ class CudaRunner final : public ModelRunner {
   // model on stream_: a decode graph where it can. Logits in logits_ (sampling
   // rows) or dbg_logits_ (want_all_logits). Returns whether any entry has prev_row.
   void enqueue_model(const StepBatch& batch, int buf);
-  // Captures the decode graph of padded batch size Sp (after an eager step of that size has
-  // loaded the kernels and cuBLAS's state): at start (capture_all_graphs) or on the
-  // bucket's first decode step.
+  // Captures the decode graph of padded batch size Sp, on its first decode step (after an
+  // eager step has loaded the kernels and cuBLAS's state; capturing every bucket at start
+  // would need an eager warm-up of each first and is not done: issue 18, Deliver 2).
   std::map<int, cudaGraphExec_t>::iterator capture_graph(int Sp);
   // Captures every bucket's decode graph (tuning graphs_at_start), each after one eager
   // run of the same padded step, so that cuBLAS/cuBLASLt choose and load their kernels
@@ -331,7 +329,6 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       fp8_gemm_ = std::make_unique<cuda::Fp8Gemm>();
       fp8_gemm_->set_stream(stream_);
       fp8_gemm_->set_gemv_max_tokens(opts.cuda.fp8_gemv_max_tokens);
-      fp8_gemm_->set_outer_scales(opts.cuda.fp8_outer_scales);
     }
 
     // weights
@@ -397,11 +394,6 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       load_weights_from(w);
     }
     if (int8_) pack_int8_layers();
-    if (fp8_ && opts.cuda.fp8_outer_scales)
-      for (Layer& l : layers_) {
-        l.b1h = alloc_h(I_);
-        cuda::float_to_half(l.b1, l.b1h, I_, stream_);
-      }
     // rotary table: as the CPU runner (fp16-rounded inv_freq)
     const int half = hd_ / 2;
     std::vector<float> invf;
@@ -999,7 +991,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
     }
     lin(att_, w.wdense, w.dense8, w.densef, d_, T, H_, H_);
     cuda::add_layernorm(a_, alpha_, d_, w.bdense, nullptr, w.ln_post_w, w.ln_post_b, eps, m_, T, H_, s);
-    lin(m_, w.w1, w.w18, w.w1f, f_, T, H_, I_, w.b1, /*gelu=*/true, w.b1h);
+    lin(m_, w.w1, w.w18, w.w1f, f_, T, H_, I_, w.b1, /*gelu=*/true);
     lin(f_, w.w2, w.w28, w.w2f, d_, T, I_, H_);
     if (l + 1 < L_) {
       const Layer& nx = layers_[l + 1];

@@ -92,14 +92,13 @@ Fp8Gemm::Fp8Gemm() {
 
 Fp8Gemm::~Fp8Gemm() {
   plans_.clear();
-  outer_plans_.clear();
   if (workspace_) cudaFree(workspace_);
   if (scratch_) cudaFree(scratch_);
   if (lt_) cublasLtDestroy(lt_);
 }
 
 void Fp8Gemm::linear(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias,
-                     bool gelu, const __half* bias_fp16) {
+                     bool gelu) {
   const char* k = "fp8 linear";
   check_arg(x && w.q && w.scale && y, k, "null tensor");
   check_arg(tokens >= 0 && in > 0 && out > 0, k, "bad sizes");
@@ -113,12 +112,12 @@ void Fp8Gemm::linear(const __half* x, const Fp8Weight& w, __half* y, int tokens,
   const int chunk = static_cast<int>(std::max<size_t>(1, scratch_bytes_ / 2 / in / 256 * 256));
   for (int m0 = 0; m0 < tokens; m0 += chunk) {
     const int mt = std::min(chunk, tokens - m0);
-    linear_rows(x + (size_t)m0 * in, w, y + (size_t)m0 * out, mt, in, out, bias, gelu, bias_fp16);
+    linear_rows(x + (size_t)m0 * in, w, y + (size_t)m0 * out, mt, in, out, bias, gelu);
   }
 }
 
 void Fp8Gemm::linear_rows(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out,
-                          const float* bias, bool gelu, const __half* bias_fp16) {
+                          const float* bias, bool gelu) {
   const char* k = "fp8 linear";
   char* base = static_cast<char*>(scratch_);
   const size_t codes = align256((size_t)tokens * in), scales = align256((size_t)tokens * sizeof(float));
@@ -131,22 +130,6 @@ void Fp8Gemm::linear_rows(const __half* x, const Fp8Weight& w, __half* y, int to
   const int64_t cols = std::min<int64_t>((int64_t)(acc_floats / tokens) / 16 * 16, ((int64_t)out + 15) / 16 * 16);
   fp8_quantize_rows(x, tokens, in, qx, sx, stream_);
   const float one = 1.f, zero = 0.f;
-  const int epi = bias ? (gelu ? 2 : 1) : (gelu ? 3 : 0);
-  const bool outer = outer_ && (!bias || bias_fp16);
-  if (const Fp8Plan* op = outer ? outer_plan(tokens, in, out, epi) : nullptr) {
-    const float* wscale = w.scale;
-    check_lt(cublasLtMatmulDescSetAttribute(op->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &wscale, sizeof wscale),
-             "A_SCALE_POINTER");
-    check_lt(cublasLtMatmulDescSetAttribute(op->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sx, sizeof sx),
-             "B_SCALE_POINTER");
-    if (bias)
-      check_lt(cublasLtMatmulDescSetAttribute(op->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_fp16, sizeof bias_fp16),
-               "BIAS_POINTER");
-    check_lt(cublasLtMatmul(lt_, op->op, &one, w.q, op->a, qx, op->b, &zero, y, op->c, y, op->c, &op->algo,
-                            workspace_, workspace_bytes_, stream_),
-             "cublasLtMatmul (fp8, outer-vector scales)");
-    return;
-  }
   for (int64_t n0 = 0; n0 < out; n0 += cols) {
     const int nc = static_cast<int>(std::min<int64_t>(cols, out - n0));
     const int ldc = (nc + 15) / 16 * 16;
@@ -179,7 +162,6 @@ void Fp8Gemm::linear_rows(const __half* x, const Fp8Weight& w, __half* y, int to
                                  cublasGetStatusString(st) + ")");
       p->algo = res.algo;
       it = plans_.emplace(key, std::move(p)).first;
-      ++n_fp32_;
     }
     const Fp8Plan& p = *it->second;
     check_lt(cublasLtMatmul(lt_, p.op, &one, w.q + n0 * in, p.a, qx, p.b, &zero, acc, p.c, acc, p.c, &p.algo,
@@ -188,53 +170,6 @@ void Fp8Gemm::linear_rows(const __half* x, const Fp8Weight& w, __half* y, int to
     quant_epilogue(acc, ldc, sx, w.scale, bias, gelu, y, false, tokens, out, static_cast<int>(n0), nc, stream_,
                    "fp8 epilogue");
   }
-}
-
-const Fp8Plan* Fp8Gemm::outer_plan(int tokens, int in, int out, int epilogue) {
-  const auto key = std::make_tuple(tokens, in, out, epilogue);
-  auto it = outer_plans_.find(key);
-  if (it != outer_plans_.end()) return it->second.get();
-  auto p = std::make_unique<Fp8Plan>();
-  check_lt(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
-  check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "TRANSB");
-  // Column-major view ("TN"): y^T [out, tokens] = sw (.) (weight rows [out, in]) x (qx^T [in, tokens]) (.) sx,
-  // A's scales one per row of the product (channel), B's one per column (token).
-  const int32_t outer = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
-  check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &outer, sizeof outer),
-           "A_SCALE_MODE");
-  check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &outer, sizeof outer),
-           "B_SCALE_MODE");
-  const cublasLtEpilogue_t epi = epilogue == 2   ? CUBLASLT_EPILOGUE_GELU_BIAS
-                                 : epilogue == 1 ? CUBLASLT_EPILOGUE_BIAS
-                                 : epilogue == 3 ? CUBLASLT_EPILOGUE_GELU
-                                                 : CUBLASLT_EPILOGUE_DEFAULT;
-  check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi), "EPILOGUE");
-  if (epilogue == 1 || epilogue == 2) {
-    const int32_t bt = CUDA_R_16F;
-    check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt),
-             "BIAS_DATA_TYPE");
-  }
-  check_lt(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, in, out, in), "layout A");
-  check_lt(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, in, tokens, in), "layout B");
-  check_lt(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16F, out, tokens, out), "layout C/D");
-  cublasLtMatmulPreference_t pref = nullptr;
-  check_lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                           &workspace_bytes_, sizeof workspace_bytes_);
-  cublasLtMatmulHeuristicResult_t res{};
-  int found = 0;
-  if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->c, p->c, pref, 1, &res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
-    p.reset();  // no outer-scaled kernel for this shape: the fp32 path
-  } else {
-    p->algo = res.algo;
-    ++n_outer_;
-  }
-  return outer_plans_.emplace(key, std::move(p)).first->second.get();
 }
 
 }  // namespace cuda

@@ -62,26 +62,15 @@ class Fp8Gemm {
   // linear is fp8_gemv: the weights' bytes streamed once, the activations left fp16.
   void set_gemv_max_tokens(int n) { gemv_max_ = n; }
   int gemv_max_tokens() const { return gemv_max_; }
-  // On (EngineOptions::cuda.fp8_outer_scales), cuBLASLt applies both scales itself
-  // (outer-vector scaling: sx per token, sw per channel) and writes fp16, with GeLU and
-  // the bias in its epilogue: no fp32 products, no epilogue kernel. cuBLASLt's epilogue
-  // takes the bias in fp16 (linear's bias_fp16: the same values); a linear with a bias but
-  // no bias_fp16, or a shape cuBLASLt has no such kernel for, takes the fp32 path
-  // (outer_scale_plans / fp32_plans count the plans of both).
-  void set_outer_scales(bool on) { outer_ = on; }
-  int outer_scale_plans() const { return n_outer_; }
-  int fp32_plans() const { return n_fp32_; }
   // y[T, out] = act(x[T, in] W^T + bias); in % 16 == 0 and out % 16 == 0 (cuBLASLt's FP8
   // kernels have no other shapes), x 16-byte aligned; any token count (chunked).
   void linear(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias = nullptr,
-              bool gelu = false, const __half* bias_fp16 = nullptr);
+              bool gelu = false);
   size_t device_bytes() const { return workspace_bytes_ + scratch_bytes_; }
 
  private:
   void linear_rows(const __half* x, const Fp8Weight& w, __half* y, int tokens, int in, int out, const float* bias,
-                   bool gelu, const __half* bias_fp16);  // tokens whose codes fit the scratch
-  // The outer-scaled plan of a shape (null: cuBLASLt has none; made once, kept).
-  const Fp8Plan* outer_plan(int tokens, int in, int out, int epilogue);
+                   bool gelu);  // tokens whose codes fit the scratch
   cublasLtHandle_t lt_ = nullptr;
   cudaStream_t stream_ = nullptr;
   void* workspace_ = nullptr;
@@ -89,11 +78,7 @@ class Fp8Gemm {
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   int gemv_max_ = 0;
-  bool outer_ = false;
-  int n_outer_ = 0, n_fp32_ = 0;
   std::map<std::tuple<int, int, int, int>, std::unique_ptr<Fp8Plan>> plans_;  // (tokens, cols, in, ldc)
-  // (tokens, in, out, epilogue); a null plan: no outer-scaled kernel for that shape
-  std::map<std::tuple<int, int, int, int>, std::unique_ptr<Fp8Plan>> outer_plans_;
 };
 
 }  // namespace cuda
