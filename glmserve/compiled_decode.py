@@ -42,13 +42,23 @@ class DecodeStep(torch.nn.Module):
         self.cfg = cfg
         for name, t in model.w.items():
             self.register_buffer(name.replace(".", "__"), t, persistent=False)
-        shape = (cfg.num_layers, batch, cfg.num_attention_heads, max_len, cfg.head_dim)
-        self.register_buffer("k_cache", torch.zeros(shape, dtype=model.dtype, device=model.device))
-        self.register_buffer("v_cache", torch.zeros_like(self.k_cache))
+        # One K and one V buffer per layer, written in place with index_copy_ on the whole
+        # buffer: a write into a view of one cache for all layers (cache[i].index_copy_)
+        # was functionalized by torch.compile into a copy of the whole cache and a copy
+        # back every step (seen in Inductor's output code), a cost growing with the batch.
+        shape = (batch, cfg.num_attention_heads, max_len, cfg.head_dim)
+        for i in range(cfg.num_layers):
+            kw = dict(dtype=model.dtype, device=model.device)
+            self.register_buffer(f"k_cache_{i}", torch.zeros(shape, **kw), persistent=False)
+            self.register_buffer(f"v_cache_{i}", torch.zeros(shape, **kw), persistent=False)
         self.register_buffer("key_idx", torch.arange(max_len, device=model.device))
 
     def w(self, name: str) -> torch.Tensor:
         return getattr(self, name.replace(".", "__"))
+
+    def cache(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `layer`'s K and V buffers [B, heads, max_len, head_dim]."""
+        return getattr(self, f"k_cache_{layer}"), getattr(self, f"v_cache_{layer}")
 
     def forward(
         self, tok: torch.Tensor, t: torch.Tensor, pos: torch.Tensor, block: torch.Tensor
@@ -75,13 +85,14 @@ class DecodeStep(torch.nn.Module):
             q, k, v = qkv.view(bsz, heads, 1, 3 * hd).split(hd, dim=-1)  # [B, heads, 1, hd]
             q = rotary_2d(q, p2, b2)
             k = rotary_2d(k, p2, b2)
-            self.k_cache[i].index_copy_(2, t.view(1), k)
-            self.v_cache[i].index_copy_(2, t.view(1), v)
+            kc, vc = self.cache(i)
+            kc.index_copy_(2, t.view(1), k)
+            vc.index_copy_(2, t.view(1), v)
             coeff = float(i + 1)
-            scores = torch.matmul(q / (math.sqrt(hd) * coeff), self.k_cache[i].transpose(-1, -2))
+            scores = torch.matmul(q / (math.sqrt(hd) * coeff), kc.transpose(-1, -2))
             scores = scores.masked_fill(~allowed, MASKED_SCORE)
             probs = torch.softmax(scores.float() * coeff, dim=-1).to(v.dtype)
-            ctx = torch.matmul(probs, self.v_cache[i]).reshape(bsz, heads * hd)
+            ctx = torch.matmul(probs, vc).reshape(bsz, heads * hd)
             att = F.linear(ctx, w(p + "attention.dense.weight"), w(p + "attention.dense.bias"))
             h = alpha_residual(a, att, cfg.alpha)
             mm = layer_norm(
@@ -146,8 +157,9 @@ class StaticDecoder:
             last_only=True,
         )
         for i, (k, v) in enumerate(cache.layers):
-            self.module.k_cache[i, :, :, :n] = k
-            self.module.v_cache[i, :, :, :n] = v
+            kc, vc = self.module.cache(i)
+            kc[:, :, :n] = k
+            vc[:, :, :n] = v
         tok = logits[:, -1].argmax(-1)
         out = [tok]
         # Every step's token index and positions made on the device at once: the loop

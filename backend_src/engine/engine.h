@@ -83,9 +83,9 @@ struct CudaTuning {
   // not packed (docs/int8.md "W8A8 at large batch").
   int int8_w8a8_min_tokens = 0;
   // fp8 linears: the weight-only GEMV (E4M3 weights, fp16 activations not quantized) up
-  // to this many tokens, cuBLASLt's FP8 GEMM above (0 = never; at most 8). Off until
-  // measured (docs/int8.md "FP8 GEMV for small batches").
-  int fp8_gemv_max_tokens = 0;
+  // to this many tokens, cuBLASLt's FP8 GEMM above (0 = never; at most 8). 2: measured
+  // fastest on an H100 (docs/int8.md "FP8 GEMV for small batches").
+  int fp8_gemv_max_tokens = 2;
   // CUDA graphs (EngineOptions::use_cuda_graphs): capture the decode graph of every
   // padded batch-size bucket when the KV cache is allocated, so that no request pays a
   // capture; false: each bucket's graph on its first decode step.

@@ -19,7 +19,7 @@ NAMES = {
     "int8_gemv_max_tokens": ("int", -1),
     "int8_mma_max_tokens": ("int", 256),
     "int8_w8a8_min_tokens": ("int", 0),
-    "fp8_gemv_max_tokens": ("int", 0),
+    "fp8_gemv_max_tokens": ("int", 2),
     "graphs_at_start": ("bool", True),
     "poison": ("int", 0),
     "timing": ("bool", False),

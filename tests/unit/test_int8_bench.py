@@ -40,14 +40,8 @@ def test_modes_follow_the_flags() -> None:
     assert w8.tuning == {"cuda_int8_lm_head": True, "cuda_int8_w8a8_min_tokens": 64}
     assert ms[4].engine == {"fp8": True} and ms[4].weights == "fp8"
     ab = int8_modes(p.parse_args(["--fp8", "--fp8-ab"]))
-    assert [m.name for m in ab][2:] == [
-        "fp8",
-        "fp8 GEMV<=8",
-        "fp8 outer scales",
-        "fp8 GEMV<=8+outer",
-    ]
-    assert all(m.engine == {"fp8": True} and m.weights == "fp8" for m in ab[2:])
-    assert ab[5].tuning == {"cuda_fp8_gemv_max_tokens": 8, "cuda_fp8_outer_scales": True}
+    assert [m.name for m in ab][2:] == ["fp8", "fp8 no GEMV"]
+    assert ab[3].engine == {"fp8": True} and ab[3].tuning == {"cuda_fp8_gemv_max_tokens": 0}
     kv = int8_modes(p.parse_args(["--fp8", "--kv-fp8"]))
     assert [m.name for m in kv][-2:] == ["fp16+fp8 KV", "fp8+fp8 KV"]
     assert kv[-1].engine == {"fp8": True, "kv_cache_dtype": "fp8"}

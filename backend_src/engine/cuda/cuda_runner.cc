@@ -106,6 +106,7 @@ class CudaRunner final : public ModelRunner {
   }
   std::string graphs_description() const {
     if (!opts_.use_cuda_graphs || !opts_.cuda.graphs_at_start || graphs_at_start_ == 0) return "";
+    if (graphs_at_start_ == 1) return "decode graph for batch size 1 captured at start";
     return "decode graphs for " + std::to_string(graphs_at_start_) + " batch sizes (1-" +
            std::to_string(buckets_.back()) + ") captured at start";
   }
@@ -183,9 +184,9 @@ class CudaRunner final : public ModelRunner {
   // model on stream_: a decode graph where it can. Logits in logits_ (sampling
   // rows) or dbg_logits_ (want_all_logits). Returns whether any entry has prev_row.
   void enqueue_model(const StepBatch& batch, int buf);
-  // Captures the decode graph of padded batch size Sp, on its first decode step (after an
-  // eager step has loaded the kernels and cuBLAS's state; capturing every bucket at start
-  // would need an eager warm-up of each first and is not done: issue 18, Deliver 2).
+  // Captures the decode graph of padded batch size Sp (after an eager step of that size has
+  // loaded the kernels and cuBLAS's state): at start (capture_all_graphs) or on the
+  // bucket's first decode step.
   std::map<int, cudaGraphExec_t>::iterator capture_graph(int Sp);
   // Captures every bucket's decode graph (tuning graphs_at_start), each after one eager
   // run of the same padded step, so that cuBLAS/cuBLASLt choose and load their kernels
