@@ -189,9 +189,9 @@ def table(rows: list[dict], base: dict[int, dict], info: dict) -> str:
         f"Weights read per decode step: {info['wbytes'] / 1e9:.2f} GB, so the batch-1 bound is "
         f"{info['bound']:.0f} tokens/s ({1e3 / info['bound']:.2f} ms/step); batch 1 reached "
         f"{info['frac'] * 100:.0f}% of it. The bound of a batch B (glmserve.bounds) is B / the "
-        "larger of that memory time and the time cuBLAS takes for the step's GEMMs at M = B "
-        "(fp16, each shape timed alone on this card in this run); the share compares decode "
-        "tokens/s with it."
+        "larger of that memory time and the compute time: the step's GEMM FLOPs at M = B at the "
+        "rate cuBLAS reaches on the same shapes at M = max(B, 256) (fp16, each shape timed "
+        "alone on this card in this run); the share compares decode tokens/s with it."
     )
     return "\n".join(lines)
 
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "frac": (b1["decode_tokens_per_s"] / bound) if b1 else 0.0,
         "bounds": {
             b: bounds.bound_tokens_per_s(b, wbytes, bw, s)
-            for b, s in bounds.gemm_seconds_each(
+            for b, s in bounds.compute_seconds(
                 torch, REAL_CONFIG, sorted({r["batch"] for r in rows})
             ).items()
         },

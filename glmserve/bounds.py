@@ -3,11 +3,15 @@
 - memory: one decode step reads every weight once, so it takes at least
   weight bytes / copy bandwidth (the binding limit at batch 1);
 - compute: one decode step of B sequences runs every linear layer's GEMM with M = B
-  tokens, so it takes at least the time cuBLAS needs for those GEMMs alone, measured on
-  the same card in the same run (the binding limit at large batches).
+  tokens, so it takes at least those GEMMs' FLOPs at the FLOP rate cuBLAS reaches on the
+  same shapes at M = max(B, 256) tokens, measured on the same card in the same run (the
+  binding limit at large batches; ``compute_seconds``). Below 256 tokens cuBLAS's own time
+  is bound by reading the weights, which is the memory limit's business: timed at M = 1 it
+  is slower than the engine's GEMV, and a "bound" the engine beats is none (H100,
+  2026-12-07: 167 tokens/s against the engine's 215 at batch 1).
 
-A batch's bound in tokens/s is B / max(memory time, GEMM time); ``glmserve.bench`` reports
-each row's decode tokens/s as a share of it.
+A batch's bound in tokens/s is B / max(memory time, compute time); ``glmserve.bench``
+reports each row's decode tokens/s as a share of it.
 """
 
 from __future__ import annotations
@@ -65,6 +69,21 @@ def gemm_seconds_each(
     return total
 
 
+def compute_seconds(
+    torch,
+    cfg: dict,
+    batches: list[int],
+    device: str = "cuda",
+    reps: int = 10,
+    ref_tokens: int = 256,
+) -> dict[int, float]:
+    """The compute time of a decode step of each batch B: the GEMMs timed at M = max(B,
+    ref_tokens), scaled by B / M (the same FLOP rate, B tokens' FLOPs)."""
+    ref = {b: max(b, ref_tokens) for b in batches}
+    timed = gemm_seconds_each(torch, cfg, sorted(set(ref.values())), device, reps)
+    return {b: timed[ref[b]] * b / ref[b] for b in batches}
+
+
 def _time(torch, device: str, fn, reps: int) -> float:
     if device == "cuda":
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -85,7 +104,8 @@ def _time(torch, device: str, fn, reps: int) -> float:
 def bound_tokens_per_s(
     batch: int, weight_bytes: float, bandwidth: float, gemm_s: float
 ) -> tuple[float, str]:
-    """(tokens/s bound, which limit binds: "memory" or "GEMM") of one decode step."""
+    """(tokens/s bound, which limit binds: "memory" or "GEMM") of one decode step;
+    gemm_s is its compute time (compute_seconds)."""
     mem_s = weight_bytes / bandwidth
     if gemm_s > mem_s:
         return batch / gemm_s, "GEMM"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from glmserve.bounds import bound_tokens_per_s, gemm_seconds, linear_shapes
+from glmserve.bounds import bound_tokens_per_s, compute_seconds, gemm_seconds, linear_shapes
 from glmserve.config import REAL_CONFIG
 
 TINY = {"hidden_size": 32, "inner_hidden_size": 128, "vocab_size": 100, "num_layers": 3}
@@ -34,6 +34,26 @@ def test_gemm_seconds_grows_with_the_token_count():
         for _ in range(2)
     )
     assert big > small
+
+
+def test_compute_time_scales_the_rate_at_256_tokens(monkeypatch):
+    """Below 256 tokens the compute time is B / 256 of the time at 256 (cuBLAS at M = 1 is
+    bound by reading the weights, not by FLOPs); from 256 on it is the time at B."""
+    import glmserve.bounds as b
+
+    asked = []
+
+    def fake(torch, cfg, counts, device, reps):
+        asked.append(counts)
+        return {m: 0.002 * m / 256 + 0.001 for m in counts}  # 3 ms at 256, 5 ms at 512
+
+    monkeypatch.setattr(b, "gemm_seconds_each", fake)
+    got = compute_seconds(torch, TINY, [1, 64, 256, 512], device="cpu")
+    assert asked == [[256, 512]]
+    assert got[1] == pytest.approx(0.003 / 256)
+    assert got[64] == pytest.approx(0.003 / 4)
+    assert got[256] == pytest.approx(0.003)
+    assert got[512] == pytest.approx(0.005)
 
 
 @pytest.mark.parametrize(
