@@ -117,6 +117,8 @@ def run_baseline(batches: list[int], args, torch) -> dict[int, dict]:
 def run_compiled(batches: list[int], args, torch) -> dict[int, dict]:
     """glmserve.compiled_decode: static KV cache, torch.compile(mode="reduce-overhead")
     (CUDA graphs), greedy; one compile per batch size (warm-up run, not timed)."""
+    from torch._dynamo.utils import counters
+
     from glmserve.compiled_decode import StaticDecoder
 
     model = baseline_model(args, torch)
@@ -124,19 +126,29 @@ def run_compiled(batches: list[int], args, torch) -> dict[int, dict]:
     for b in batches:
         prompts = common.make_prompts(b, args.prompt_len, args.seed + b)
         dec = StaticDecoder(model, batch=b, max_len=len(prompts[0]) + args.tokens)
+        skips0 = counters["inductor"]["cudagraph_skips"]
         t0 = time.perf_counter()
         dec.generate(prompts, max_tokens=args.tokens)  # compiles and captures
         compile_s = time.perf_counter() - t0
+        # Inductor counts each compiled graph that it runs without CUDA graphs (and logs why):
+        # a baseline without them would be the launch-bound decode, not the one meant.
+        skips = counters["inductor"]["cudagraph_skips"] - skips0
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         ids = dec.generate(prompts, max_tokens=args.tokens)
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         assert all(len(x) == args.tokens for x in ids)
-        out[b] = {"tokens_per_s": b * args.tokens / dt, "wall_s": dt, "compile_s": compile_s}
+        out[b] = {
+            "tokens_per_s": b * args.tokens / dt,
+            "wall_s": dt,
+            "compile_s": compile_s,
+            "cudagraph_skips": skips,
+        }
         print(
             f"compiled PyTorch batch {b}: {out[b]['tokens_per_s']:,.1f} tok/s "
-            f"(timed run; the first run, compiling, took {compile_s:.0f} s)",
+            f"(timed run; the first run, compiling, took {compile_s:.0f} s; "
+            f"{'CUDA graphs' if skips == 0 else f'{skips} graph(s) WITHOUT CUDA graphs'})",
             flush=True,
         )
         del dec
