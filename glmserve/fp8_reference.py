@@ -1,13 +1,18 @@
 """glmserve.reference with FP8 E4M3 where issue 19's modes put it, computed by the CPU
 reference codec (glmserve.fp8): what the GPU's FP8 kernels must agree with.
 
-- ``fp8_linears``: every block linear as an FP8 GEMM computes it: weights quantized once
-  per output channel, activations per token on the fly, fp32 accumulation, both scales
-  after (the lm_head stays in the model's dtype, as the issue asks unless measured harmless);
+- ``fp8_linears``: every block linear as the CUDA engine's FP8 mode computes it: weights
+  quantized once per output channel; a linear over more than ``gemv_max_tokens`` tokens
+  (the engine's ``cuda_fp8_gemv_max_tokens``, default 2) also quantizes its activations
+  per token on the fly (cuBLASLt's FP8 GEMM), one over at most that many keeps them in the
+  model's dtype (the weight-only fp8 GEMV); fp32 accumulation, the scales after (the
+  lm_head stays in the model's dtype, as the issue asks unless measured harmless). A
+  linear's token count is that of the whole batch, as in an engine step;
 - ``fp8_kv``: each new token's K (after rotary) and V quantized per (token, head) as an FP8
   KV cache stores them; attention reads them back dequantized.
 
     model = Fp8Reference.wrap(reference.ChatGLMModel.from_pretrained(d), fp8_linears=True)
+    # gemv_max_tokens=0: activations quantized at every token count (the engine before the GEMV)
     reference.generate(model, prompts, max_tokens=32)
 """
 
@@ -18,6 +23,9 @@ import torch
 
 from glmserve import fp8
 from glmserve.reference import ChatGLMModel
+
+# The CUDA engine's default cuda_fp8_gemv_max_tokens (backend_src/engine/engine.h).
+GEMV_MAX_TOKENS = 2
 
 
 def _round_trip_rows(x: torch.Tensor) -> torch.Tensor:
@@ -33,14 +41,25 @@ class Fp8Reference(ChatGLMModel):
 
     fp8_linears: bool = False
     fp8_kv: bool = False
+    gemv_max_tokens: int = GEMV_MAX_TOKENS
 
     @classmethod
-    def wrap(cls, model: ChatGLMModel, fp8_linears: bool = False, fp8_kv: bool = False):
+    def wrap(
+        cls,
+        model: ChatGLMModel,
+        fp8_linears: bool = False,
+        fp8_kv: bool = False,
+        gemv_max_tokens: int = GEMV_MAX_TOKENS,
+    ):
         if not (fp8_linears or fp8_kv):
             raise ValueError("Fp8Reference: choose fp8_linears and/or fp8_kv")
+        if not 0 <= gemv_max_tokens <= 8:
+            raise ValueError(
+                f"Fp8Reference: gemv_max_tokens must be in [0, 8], got {gemv_max_tokens}"
+            )
         m = cls.__new__(cls)
         m.__dict__.update(model.__dict__)
-        m.fp8_linears, m.fp8_kv = fp8_linears, fp8_kv
+        m.fp8_linears, m.fp8_kv, m.gemv_max_tokens = fp8_linears, fp8_kv, gemv_max_tokens
         m.w = dict(model.w)
         if fp8_linears:  # the block linears' weights as their FP8 values (per output channel)
             for name, t in model.w.items():
@@ -53,7 +72,8 @@ class Fp8Reference(ChatGLMModel):
         return m
 
     def linear(self, x: torch.Tensor, weight: str, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.fp8_linears:
+        tokens = x.numel() // x.shape[-1]  # the batch's tokens, as in an engine step
+        if self.fp8_linears and tokens > self.gemv_max_tokens:
             x = _round_trip_rows(x)  # per token: every row of the last dimension
         return super().linear(x, weight, bias)
 

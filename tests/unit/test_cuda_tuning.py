@@ -94,3 +94,13 @@ def test_bench_variants_are_engine_options(capsys):
         with pytest.raises(SystemExit):
             bench.main(["--variant", bad])
         assert "expected cuda_<name>=VALUE" in capsys.readouterr().err
+
+
+def test_fp8_reference_follows_the_engine_gemv_default():
+    """glmserve.fp8_reference keeps activations unquantized up to the engine's default
+    fp8_gemv_max_tokens (the CPU reference of the FP8 mode as it runs by default)."""
+    from glmserve.fp8_reference import GEMV_MAX_TOKENS
+
+    fields = {f["name"]: f for f in engine_module().cuda_tuning_fields()}
+    assert fields["fp8_gemv_max_tokens"]["default"] == GEMV_MAX_TOKENS
+    assert fields["fp8_gemv_max_tokens"]["max"] == 8  # Fp8Reference.wrap's range
