@@ -187,21 +187,44 @@ def profile_steps(eng, prompts, args, torch) -> str:
     )
 
 
-def gap_summary(prof) -> str:
-    """GPU timeline over the profiled steps: span, busy time, idle gaps (host/launch overhead)."""
+def gap_summary(prof, steps: int = 20) -> str:
+    """GPU timeline over the profiled steps: span, busy time, idle gaps (host/launch
+    overhead), for the whole window and for its steady state (the first and the last step's
+    share of the span left out: the window's edges, where the host starts and stops feeding
+    the GPU, are not gaps between steps)."""
     try:
         from torch.autograd import DeviceType
 
-        iv = sorted(
+        iv = [
             (e.time_range.start, e.time_range.end)
             for e in prof.events()
             if e.device_type == DeviceType.CUDA and e.time_range.end > e.time_range.start
-        )
+        ]
     except Exception as e:  # profiler API differences: report, do not fail the bench
         return f"(no timeline: {e})"
     if not iv:
         return "(no GPU events)"
-    busy, cur_s, cur_e, gaps = 0.0, iv[0][0], iv[0][1], []
+    whole = timeline_idle(iv)
+    lo, hi = min(s for s, _ in iv), max(e for _, e in iv)
+    cut = (hi - lo) / steps
+    inner = timeline_idle(iv, lo + cut, hi - cut)
+    return describe_idle(whole) + "; without the first and last step: " + describe_idle(inner)
+
+
+def timeline_idle(
+    intervals: list[tuple[float, float]], lo: float | None = None, hi: float | None = None
+) -> dict:
+    """Busy and idle time of a GPU timeline (event intervals in us, overlapping or not)
+    within [lo, hi] (default: the first start to the last end): span, busy, the gaps."""
+    lo = min(s for s, _ in intervals) if lo is None else lo
+    hi = max(e for _, e in intervals) if hi is None else hi
+    iv = sorted((max(s, lo), min(e, hi)) for s, e in intervals if e > lo and s < hi)
+    busy, gaps = 0.0, []
+    if not iv:
+        return {"span": hi - lo, "busy": 0.0, "gaps": [hi - lo] if hi > lo else []}
+    if iv[0][0] > lo:
+        gaps.append(iv[0][0] - lo)
+    cur_s, cur_e = iv[0]
     for s, e in iv[1:]:
         if s > cur_e:
             busy += cur_e - cur_s
@@ -210,11 +233,18 @@ def gap_summary(prof) -> str:
         else:
             cur_e = max(cur_e, e)
     busy += cur_e - cur_s
-    span = iv[-1][1] - iv[0][0]
+    if hi > cur_e:
+        gaps.append(hi - cur_e)
+    return {"span": hi - lo, "busy": busy, "gaps": gaps}
+
+
+def describe_idle(t: dict) -> str:
+    span, busy, gaps = t["span"], t["busy"], t["gaps"]
     big = [g for g in gaps if g > 20]
+    pct = 100 * (span - busy) / span if span > 0 else 0.0
     return (
         f"GPU timeline: span {span / 1e3:.2f} ms, busy {busy / 1e3:.2f} ms, idle {(span - busy) / 1e3:.2f} ms "
-        f"= {100 * (span - busy) / span:.1f}% of the span "
+        f"= {pct:.1f}% of the span "
         f"({len(big)} gaps > 20 us totalling {sum(big) / 1e3:.2f} ms; {len(gaps) - len(big)} smaller gaps "
         f"totalling {(sum(gaps) - sum(big)) / 1e3:.2f} ms)"
     )

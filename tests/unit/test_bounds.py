@@ -82,3 +82,21 @@ def test_bench_table_gives_each_batch_its_share_of_the_bound():
     lines = table(rows, {}, info).splitlines()
     assert lines[2].endswith("| 240 (memory) | 88% |")
     assert lines[3].endswith("| 30,000 (GEMM) | 70% |")
+
+
+def test_timeline_idle_whole_window_and_steady_state():
+    """glmserve.bench_common's GPU-idle measure: overlapping events merge, gaps between
+    them are idle; the steady-state window clips events and counts its own edges."""
+    from glmserve.bench_common import describe_idle, timeline_idle
+
+    # events (us): a 100-us start gap is the window's edge, then 10-us gaps between steps
+    iv = [(0, 10), (110, 200), (150, 300), (310, 400), (410, 500), (500, 600)]
+    whole = timeline_idle(iv)
+    assert whole["span"] == 600
+    assert whole["busy"] == 10 + 190 + 90 + 90 + 100
+    assert whole["gaps"] == [100, 10, 10]
+    inner = timeline_idle(iv, 120, 580)  # the edges cut off
+    assert inner["span"] == 460 and inner["gaps"] == [10, 10]
+    assert inner["busy"] == 440
+    assert "idle 0.02 ms = 4.3% of the span (0 gaps > 20 us" in describe_idle(inner)
+    assert timeline_idle(iv, 101, 109) == {"span": 8, "busy": 0.0, "gaps": [8]}
