@@ -23,6 +23,7 @@ TEST(CudaTuningTest, defaults_are_todays_behaviour) {
   EXPECT_EQ(t.int8_w8a8_min_tokens, 0);
   EXPECT_EQ(t.fp8_gemv_max_tokens, 2);
   EXPECT_TRUE(t.graphs_at_start);
+  EXPECT_EQ(t.attention_split_min_keys, 0);
   EXPECT_EQ(t.poison, 0);
   EXPECT_FALSE(t.timing);
   EXPECT_NO_THROW(validate_cuda_tuning(t));
@@ -36,7 +37,7 @@ TEST(CudaTuningTest, every_field_once_and_of_one_kind) {
     EXPECT_LE(f.min, f.max) << f.name;
     EXPECT_GT(std::string(f.help).size(), 10u) << f.name;
   }
-  EXPECT_EQ(names.size(), size_t(13));
+  EXPECT_EQ(names.size(), size_t(14));
 }
 
 TEST(CudaTuningTest, set_by_name_from_text) {

@@ -1,5 +1,6 @@
 // Paged attention (decode, prefill and mixed batches): one block per
-// (head, query token); keys and values read from the paged cache.
+// (head, query token), or per (head, query token, key chunk) with split-KV (then a
+// combining kernel); keys and values read from the paged cache.
 #include <cuda_fp8.h>
 
 #include <cfloat>
@@ -91,7 +92,10 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
   return r;
 }
 
-template <int HD, bool FP8>
+// SPLIT: block (h, t, z) covers keys [k0, k1) of chunk z (AttentionParams::splits) and
+// writes (max, sum, unnormalized output) to p.split_scratch; an empty chunk writes
+// (-FLT_MAX, 0, 0). Otherwise one block covers all n keys and writes the output row.
+template <int HD, bool FP8, bool SPLIT>
 __global__ void __launch_bounds__(kAttnThreads)
     paged_attention_kernel(const __half* __restrict__ q, KvRead kv, const int32_t* __restrict__ tok_seq,
                            const int32_t* __restrict__ n_keys,
@@ -110,9 +114,20 @@ __global__ void __launch_bounds__(kAttnThreads)
   pdl_launch_dependents();
   const int h = blockIdx.x;
   const int t = blockIdx.y;
-  const int n = n_keys[t];
+  const int n_all = n_keys[t];
   __half* orow = out + ((int64_t)t * p.heads + h) * HD;
-  if (n <= 0) {
+  int k0 = 0, n = n_all;  // this block's keys: [k0, k0 + n)
+  float* part = nullptr;  // SPLIT: [max, sum, acc[HD]]
+  if constexpr (SPLIT) {
+    part = p.split_scratch + (((int64_t)t * p.heads + h) * p.splits + blockIdx.z) * (HD + 2);
+    const int chunk = max((n_all + p.splits - 1) / p.splits, kAttnSplitMinChunk);
+    k0 = (int)blockIdx.z * chunk;
+    n = max(0, min(n_all - k0, chunk));
+    if (n <= 0) {
+      for (int d = threadIdx.x; d < HD + 2; d += blockDim.x) part[d] = d == 0 ? -FLT_MAX : 0.f;
+      return;
+    }
+  } else if (n <= 0) {
     for (int d = threadIdx.x; d < HD; d += blockDim.x) orow[d] = __float2half(0.f);
     return;
   }
@@ -138,7 +153,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     for (int u = 0; u < kUnroll; ++u) {
       const int s = base + u * STRIDE + g;
       if (lane_active && s < n) {
-        const int64_t r = kv_row(s);
+        const int64_t r = kv_row(k0 + s);
         load_kv<VEC, FP8>(kv.k, kv.k_scale, r * HD + li * VEC, r, kvals[u]);
       } else {
 #pragma unroll
@@ -182,7 +197,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     for (int u = 0; u < kUnroll; ++u) {
       const int s = base + u * STRIDE + g;
       if (lane_active && s < n) {
-        const int64_t r = kv_row(s);
+        const int64_t r = kv_row(k0 + s);
         load_kv<VEC, FP8>(kv.v, kv.v_scale, r * HD + li * VEC, r, vv[u]);
         pr[u] = scores[s];
       } else {
@@ -209,8 +224,42 @@ __global__ void __launch_bounds__(kAttnThreads)
     float r = 0.f;
 #pragma unroll
     for (int w = 0; w < kAttnWarps; ++w) r += accs[w * HD + d];
-    orow[d] = __float2half_rn(r * inv);
+    if constexpr (SPLIT)
+      part[2 + d] = r;
+    else
+      orow[d] = __float2half_rn(r * inv);
   }
+  if constexpr (SPLIT) {
+    if (threadIdx.x == 0) {
+      part[0] = m;
+      part[1] = sum;
+    }
+  }
+}
+
+// Split-KV's second pass: one block of HD threads per (token, head) pair combines its
+// chunks' (max, sum, unnormalized output): out = sum_z acc_z e^(m_z - M) / sum_z l_z e^(m_z - M).
+// A row whose chunks are all empty (no keys: padding) gets zeros.
+template <int HD>
+__global__ void attention_split_combine_kernel(const float* __restrict__ scratch, int splits,
+                                               __half* __restrict__ out) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t pair = blockIdx.x;
+  const float* part = scratch + pair * splits * (HD + 2);
+  float M = -FLT_MAX;
+  for (int z = 0; z < splits; ++z)
+    if (part[z * (HD + 2) + 1] > 0.f) M = fmaxf(M, part[z * (HD + 2)]);
+  float L = 0.f, o = 0.f;
+  const int d = threadIdx.x;
+  for (int z = 0; z < splits; ++z) {
+    const float* pz = part + z * (HD + 2);
+    if (!(pz[1] > 0.f)) continue;
+    const float w = expf(pz[0] - M);
+    L += pz[1] * w;
+    o += pz[2 + d] * w;
+  }
+  out[pair * HD + d] = __float2half_rn(L > 0.f ? o / L : 0.f);
 }
 
 // Decode-friendly variant: one warp per (token, head), online softmax in
@@ -323,14 +372,19 @@ __global__ void __launch_bounds__(kWarpAttnWarps * 32)
 template <int HD, bool FP8>
 void launch(const __half* q, const KvRead& kv, const int32_t* tok_seq, const int32_t* n_keys, const int32_t* bt,
             const AttentionParams& p, __half* out, int tokens, cudaStream_t stream) {
-  const size_t smem = (size_t)(p.max_keys + kAttnWarps * HD + 32) * sizeof(float);
-  if (smem > 48 * 1024) {
-    GLM_CUDA_CHECK(cudaFuncSetAttribute(paged_attention_kernel<HD, FP8>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  }
-  dim3 grid(p.heads, tokens);
-  launch_k("paged_attention", paged_attention_kernel<HD, FP8>, grid, dim3(kAttnThreads), smem, stream, q, kv,
-           tok_seq, n_keys, bt, p, out);
+  const bool split = p.splits > 1;
+  // scores of at most one chunk's keys with split-KV (a chunk is ceil(n / splits) or the minimum)
+  const int keys = split ? std::min(p.max_keys, std::max((p.max_keys + p.splits - 1) / p.splits, kAttnSplitMinChunk))
+                         : p.max_keys;
+  const size_t smem = (size_t)(keys + kAttnWarps * HD + 32) * sizeof(float);
+  auto kernel = split ? paged_attention_kernel<HD, FP8, true> : paged_attention_kernel<HD, FP8, false>;
+  if (smem > 48 * 1024)
+    GLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  dim3 grid(p.heads, tokens, split ? p.splits : 1);
+  launch_k("paged_attention", kernel, grid, dim3(kAttnThreads), smem, stream, q, kv, tok_seq, n_keys, bt, p, out);
+  if (split)
+    launch_k("paged_attention (split-KV combine)", attention_split_combine_kernel<HD>,
+             dim3((unsigned)tokens * p.heads), dim3(HD), 0, stream, (const float*)p.split_scratch, p.splits, out);
 }
 
 template <bool FP8>
@@ -351,6 +405,10 @@ void launch_block_kernel(const char* k, const __half* q, const KvRead& kv, const
 
 void check_attention_args(const char* k, const AttentionParams& p, int tokens) {
   check_arg(p.heads > 0 && p.heads <= 65535, k, "heads must be in [1, 65535]");
+  check_arg(p.splits >= 1 && p.splits <= kAttnMaxSplits, k, "splits must be in [1, kAttnMaxSplits]");
+  check_arg(p.splits == 1 || (p.split_scratch && p.split_scratch_floats >= (size_t)tokens * p.heads * p.splits *
+                                                                              (p.head_dim + 2)),
+            k, "split-KV needs a scratch of tokens x heads x splits x (head_dim + 2) floats");
   check_arg(p.block_size > 0 && p.max_blocks_per_seq > 0, k, "block_size/max_blocks_per_seq <= 0");
   check_arg(p.max_keys > 0 && p.max_keys <= 32768, k, "max_keys must be in [1, 32768]");
   check_arg(tokens >= 0 && tokens <= 65535, k, "tokens must be in [0, 65535]");
@@ -369,7 +427,8 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
   // p.warp_per_pair (tuning attention_warp). Off by default: v5 measured it no faster
   // than the block kernel (docs/cuda_notes.md; the later same-run A/B most likely ran
   // the block kernel in its "warp" rows, see "Tuning options" there).
-  if (p.warp_per_pair && tokens * p.heads >= kWarpAttnMinPairs && (p.head_dim == 128 || p.head_dim == 64)) {
+  if (p.splits == 1 && p.warp_per_pair && tokens * p.heads >= kWarpAttnMinPairs &&
+      (p.head_dim == 128 || p.head_dim == 64)) {
     const int pairs = tokens * p.heads;
     const int blocks = (pairs + kWarpAttnWarps - 1) / kWarpAttnWarps;
     if (p.head_dim == 128)

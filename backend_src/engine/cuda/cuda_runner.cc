@@ -100,7 +100,9 @@ class CudaRunner final : public ModelRunner {
   std::string describe() const override {
     std::string out;
     const std::string kv = kv_fp8_ ? "KV cache fp8 (E4M3, a scale per token and head)" : "";
-    for (const std::string& part : {linears_description(), kv, graphs_description()})
+    const int split = opts_.cuda.attention_split_min_keys;
+    const std::string sk = split > 0 ? "split-KV decode attention from " + std::to_string(split) + " keys" : "";
+    for (const std::string& part : {linears_description(), kv, sk, graphs_description()})
       if (!part.empty()) out += (out.empty() ? "" : "; ") + part;
     return out;
   }
@@ -151,7 +153,19 @@ class CudaRunner final : public ModelRunner {
   void init_random_weights(uint64_t seed);
   void alloc_activations(int max_tokens);
   void free_activations();
-  void run_model(const Meta& m, int T, int R, float* logits);
+  // splits: split-KV chunks of the attention (1: none; attention_splits()).
+  void run_model(const Meta& m, int T, int R, float* logits, int splits = 1);
+  // Split-KV chunks for a decode step of T (padded) tokens whose longest context has
+  // max_keys keys (tuning attention_split_min_keys): 1 unless the contexts are that long
+  // and there are fewer than 4 (token, head) pairs per SM; then enough chunks to reach
+  // that many blocks (at most kAttnMaxSplits).
+  int attention_splits(int T, int max_keys) const {
+    const int min_keys = opts_.cuda.attention_split_min_keys;
+    const int pairs = T * heads_, budget = 4 * num_sms_;
+    if (min_keys <= 0 || max_keys < min_keys || pairs >= budget) return 1;
+    return std::min(cuda::kAttnMaxSplits, (budget + pairs - 1) / pairs);
+  }
+  static int graph_key(int Sp, int splits) { return Sp * 32 + splits; }
   void upload_half(__half* dst, const TensorView& t, const char* name);
   void upload_float(float* dst, const TensorView& t, const char* name);
   // INT8: I8 + scale copied; a float tensor quantized on the GPU (the converter's scheme).
@@ -187,7 +201,7 @@ class CudaRunner final : public ModelRunner {
   // Captures the decode graph of padded batch size Sp (after an eager step of that size has
   // loaded the kernels and cuBLAS's state): at start (capture_all_graphs) or on the
   // bucket's first decode step.
-  std::map<int, cudaGraphExec_t>::iterator capture_graph(int Sp);
+  std::map<int, cudaGraphExec_t>::iterator capture_graph(int Sp, int splits);
   // Captures every bucket's decode graph (tuning graphs_at_start), each after one eager
   // run of the same padded step, so that cuBLAS/cuBLASLt choose and load their kernels
   // outside the capture. Padding rows only: no KV write, no keys.
@@ -275,8 +289,11 @@ class CudaRunner final : public ModelRunner {
   size_t samp_cap_ = 0;
 
   std::vector<int> buckets_;
-  std::map<int, cudaGraphExec_t> graphs_;
-  int graphs_at_start_ = 0;  // how many capture_all_graphs() made (for describe())
+  std::map<int, cudaGraphExec_t> graphs_;  // by graph_key(padded batch, split-KV chunks)
+  int graphs_at_start_ = 0;  // batch sizes capture_all_graphs() captured (for describe())
+  int num_sms_ = 1;
+  float* split_scratch_ = nullptr;  // split-KV partial results (attention_split_min_keys > 0)
+  size_t split_scratch_floats_ = 0;
 };
 
 CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_(cfg), opts_(opts) {
@@ -409,6 +426,12 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     mbps_ = (cfg.max_prefix_len + cfg.max_sequence_length + opts.block_size - 1) / std::max(1, opts.block_size);
     alloc_activations(std::max(opts.max_batched_tokens, cfg.max_sequence_length) + max_seqs_);
     logits_ = alloc_f((size_t)max_seqs_ * V_);
+    GLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, opts.device_id));
+    if (opts.cuda.attention_split_min_keys > 0) {
+      // tokens x heads x splits < 8 x SMs whenever attention_splits() splits (pairs < 4 x SMs)
+      split_scratch_floats_ = (size_t)8 * num_sms_ * (hd_ + 2);
+      split_scratch_ = alloc_f(split_scratch_floats_);
+    }
     out_dev_ = dev_alloc<int32_t>(max_seqs_);
     allocations_.push_back(out_dev_);
     argmax_scratch_ = dev_alloc<unsigned long long>(max_seqs_);
@@ -948,14 +971,18 @@ void CudaRunner::capture_all_graphs() {
       h.sel_rows[r] = r;
     }
     GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, host, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
-    run_model(meta_at(meta_dev_, Sp, Sp), Sp, Sp, logits_);
-    GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (graphs_.find(Sp) == graphs_.end()) capture_graph(Sp);
+    // the bucket's graph, and its split-KV variant where long contexts would split
+    for (const int splits : {1, attention_splits(Sp, 1 << 30)}) {
+      if (graphs_.count(graph_key(Sp, splits))) continue;
+      run_model(meta_at(meta_dev_, Sp, Sp), Sp, Sp, logits_, splits);
+      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      capture_graph(Sp, splits);
+    }
     ++graphs_at_start_;
   }
 }
 
-void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
+void CudaRunner::run_model(const Meta& m, int T, int R, float* logits, int splits) {
   cudaStream_t s = stream_;
   const float eps = cfg_.layernorm_epsilon;
   cuda::RotaryParams rp;
@@ -973,6 +1000,9 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits) {
   ap.max_keys = cfg_.max_prefix_len + cfg_.max_sequence_length;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd_));
   ap.warp_per_pair = opts_.cuda.attention_warp;
+  ap.splits = splits;
+  ap.split_scratch = split_scratch_;
+  ap.split_scratch_floats = split_scratch_floats_;
 
   cuda::add_layernorm(nullptr, 0.f, emb_, nullptr, m.tokens, layers_[0].ln_in_w, layers_[0].ln_in_b, eps, a_, T,
                       H_, s);
@@ -1097,6 +1127,9 @@ void CudaRunner::enqueue_model(const StepBatch& batch, int buf) {
     h.slot[r] = -1;  // padding: no KV write, no attention (n_keys 0)
     h.sel_rows[r] = r;
   }
+  // Split-KV for decode steps of few sequences with long contexts (tuning attention_split_min_keys).
+  int splits = 1;
+  if (decode_only) splits = attention_splits(Tp, *std::max_element(h.n_keys, h.n_keys + T));
   GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, host, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   const Meta dm = meta_at(meta_dev_, Tp, Sp);
   // Decode ids the host has not seen: from the previous step's sampled ids, on the device.
@@ -1109,21 +1142,21 @@ void CudaRunner::enqueue_model(const StepBatch& batch, int buf) {
     dbg_rows_ = R;
   }
   if (use_graph) {
-    auto it = graphs_.find(Sp);
-    if (it == graphs_.end()) it = capture_graph(Sp);
+    auto it = graphs_.find(graph_key(Sp, splits));
+    if (it == graphs_.end()) it = capture_graph(Sp, splits);
     GLM_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
   } else {
-    run_model(dm, Tp, R, batch.want_all_logits ? dbg_logits_ : logits_);
+    run_model(dm, Tp, R, batch.want_all_logits ? dbg_logits_ : logits_, splits);
   }
 }
 
-std::map<int, cudaGraphExec_t>::iterator CudaRunner::capture_graph(int Sp) {
+std::map<int, cudaGraphExec_t>::iterator CudaRunner::capture_graph(int Sp, int splits) {
   settle_pending();  // capture on an idle stream
   const Meta dm = meta_at(meta_dev_, Sp, Sp);
   cudaGraph_t g = nullptr;
   GLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
   try {
-    run_model(dm, Sp, Sp, logits_);
+    run_model(dm, Sp, Sp, logits_, splits);
   } catch (...) {
     cudaStreamEndCapture(stream_, &g);
     if (g) cudaGraphDestroy(g);
@@ -1134,7 +1167,7 @@ std::map<int, cudaGraphExec_t>::iterator CudaRunner::capture_graph(int Sp) {
   const cudaError_t e = cudaGraphInstantiate(&ge, g, 0);
   cudaGraphDestroy(g);
   GLM_CUDA_CHECK(e);
-  return graphs_.emplace(Sp, ge).first;
+  return graphs_.emplace(graph_key(Sp, splits), ge).first;
 }
 
 void CudaRunner::launch(const StepBatch& batch) {

@@ -300,7 +300,7 @@ void test_rotary(int tokens, int heads, int head_dim, int block_size, bool fp16_
 // fp8: the cache as E4M3 codes + a scale per row (quantize_e4m3_row), read by
 // paged_attention_fp8; the reference uses the codes' values times the scales.
 void test_attention(int heads, int head_dim, int block_size, const std::vector<int>& seq_lens,
-                    int queries_last, bool fp8 = false) {
+                    int queries_last, bool fp8 = false, int splits = 1) {
   // Each sequence: keys 0..len-1 in the cache; the last `queries_last` tokens
   // (at most len) are queries, with the ChatGLM rule for context c = len/2.
   const int nseq = (int)seq_lens.size();
@@ -360,6 +360,14 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
   // The warp-per-(token, head) kernel is opt-in in the runner; on here, so that
   // the cases with >= 2048 (token, head) pairs test it (the others take the block kernel).
   p.warp_per_pair = true;
+  p.splits = splits;  // > 1: split-KV (chunks of at least kAttnSplitMinChunk keys, then the combine)
+  const size_t scratch_n = (size_t)T * heads * splits * (head_dim + 2);
+  Dev<float> dscratch(std::vector<float>(splits > 1 ? scratch_n : 1));
+  dscratch.poison();  // every chunk must write its partial result, empty ones included
+  if (splits > 1) {
+    p.split_scratch = dscratch.p;
+    p.split_scratch_floats = scratch_n;
+  }
   if (fp8) {
     Dev<uint8_t> dk8(k8), dv8(v8);
     Dev<float> dks(ks), dvs(vs);
@@ -403,7 +411,8 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
   std::string lens;
   for (int l : seq_lens) lens += std::to_string(l) + ",";
   report(std::string(fp8 ? "paged_attention_fp8" : "paged_attention") + " hd=" + std::to_string(head_dim) + " heads=" + std::to_string(heads) +
-             " bs=" + std::to_string(block_size) + " lens=" + lens + " q/seq=" + std::to_string(queries_last),
+             " bs=" + std::to_string(block_size) + " lens=" + lens + " q/seq=" + std::to_string(queries_last) +
+             (splits > 1 ? " split-KV " + std::to_string(splits) : std::string()),
          e < 2e-3 && pad_zero, fmt(e) + (pad_zero ? "" : " padding row not zero"));
 }
 
@@ -622,6 +631,32 @@ int main(int argc, char** argv) {
     test_attention(4, 16, 7, {29, 1}, 29, true);
     test_attention(6, 64, 16, {2047}, 2, true);
     test_attention(4, 32, 16, {23, 40, 7}, 5, true);
+    // split-KV: chunks of ceil(n / splits) but at least 64 keys, empty chunks, a context
+    // shorter than one chunk, the padding row (all chunks empty), fp16 and fp8 caches
+    test_attention(32, 128, 16, {2047}, 1, false, 16);
+    test_attention(32, 128, 16, {1, 17, 333, 40}, 1, false, 4);
+    test_attention(8, 4, 5, {3, 11, 2}, 3, false, 3);
+    test_attention(6, 64, 16, {1500, 130}, 2, false, 7);
+    test_attention(32, 128, 16, {2047}, 1, true, 16);
+    test_attention(4, 32, 16, {700, 40, 7}, 5, true, 5);
+    {  // the launcher refuses a split without (enough) scratch
+      bool refused = false;
+      try {
+        AttentionParams p;
+        p.heads = 2;
+        p.head_dim = 8;
+        p.block_size = 4;
+        p.max_blocks_per_seq = 1;
+        p.max_keys = 4;
+        p.splits = 2;
+        Dev<__half> x(std::vector<__half>(16));
+        Dev<int32_t> i(std::vector<int32_t>(4));
+        paged_attention(x.p, x.p, x.p, i.p, i.p, i.p, p, x.p, 1, 0);
+      } catch (const std::invalid_argument&) {
+        refused = true;
+      }
+      report("paged_attention refuses split-KV without scratch", refused, "");
+    }
     test_feed_prev(1, 1);
     test_feed_prev(257, 131);
     test_feed_prev(37, 300);

@@ -77,7 +77,17 @@ struct AttentionParams {
   int max_keys = 0;          // upper bound of n_keys (sizes shared memory)
   float scale = 0.f;
   bool warp_per_pair = false;  // one warp per (token, head) pair when there are many (EngineOptions::cuda.attention_warp)
+  // Split-KV (few (token, head) pairs, long contexts): `splits` > 1 blocks per (token,
+  // head), each over a chunk of max(ceil(n / splits), kAttnSplitMinChunk) keys, write
+  // partial softmax results into split_scratch ([tokens, heads, splits, head_dim + 2]
+  // floats: max, sum, unnormalized output), which a second kernel combines. The block
+  // kernel only (fp16 and fp8 caches); 1 = one block per (token, head).
+  int splits = 1;
+  float* split_scratch = nullptr;
+  size_t split_scratch_floats = 0;
 };
+constexpr int kAttnMaxSplits = 16;
+constexpr int kAttnSplitMinChunk = 64;
 void paged_attention(const __half* q, const __half* k_cache, const __half* v_cache,
                      const int32_t* tok_seq, const int32_t* n_keys, const int32_t* block_tables,
                      const AttentionParams& p, __half* out, int tokens, cudaStream_t stream);
