@@ -25,6 +25,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -290,6 +291,7 @@ class CudaRunner final : public ModelRunner {
 
   std::vector<int> buckets_;
   std::map<int, cudaGraphExec_t> graphs_;  // by graph_key(padded batch, split-KV chunks)
+  std::set<int> split_eager_;              // split-KV graph keys run eagerly once (not captured at start)
   int graphs_at_start_ = 0;  // batch sizes capture_all_graphs() captured (for describe())
   int num_sms_ = 1;
   float* split_scratch_ = nullptr;  // split-KV partial results (attention_split_min_keys > 0)
@@ -1141,10 +1143,16 @@ void CudaRunner::enqueue_model(const StepBatch& batch, int buf) {
     dbg_logits_ = dev_alloc<float>((size_t)R * V_);
     dbg_rows_ = R;
   }
-  if (use_graph) {
-    auto it = graphs_.find(graph_key(Sp, splits));
-    if (it == graphs_.end()) it = capture_graph(Sp, splits);
+  const int key = graph_key(Sp, splits);
+  auto it = use_graph ? graphs_.find(key) : graphs_.end();
+  if (use_graph && it == graphs_.end() && (splits == 1 || split_eager_.count(key))) it = capture_graph(Sp, splits);
+  if (it != graphs_.end()) {
     GLM_CUDA_CHECK(cudaGraphLaunch(it->second, stream_));
+  } else if (use_graph) {
+    // A split-KV variant not captured at start runs eagerly once first: its kernels are
+    // then loaded, and the next such step captures it.
+    run_model(dm, Tp, R, logits_, splits);
+    split_eager_.insert(key);
   } else {
     run_model(dm, Tp, R, batch.want_all_logits ? dbg_logits_ : logits_, splits);
   }
