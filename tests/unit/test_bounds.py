@@ -90,7 +90,8 @@ def test_timeline_idle_whole_window_and_steady_state():
     from glmserve.bench_common import describe_idle, timeline_idle
 
     # events (us): a 100-us start gap is the window's edge, then 10-us gaps between steps
-    iv = [(0, 10), (110, 200), (150, 300), (310, 400), (410, 500), (500, 600)]
+    # (320, 330) runs inside (310, 400): another stream's kernel, no gap
+    iv = [(0, 10), (110, 200), (150, 300), (310, 400), (320, 330), (410, 500), (500, 600)]
     whole = timeline_idle(iv)
     assert whole["span"] == 600
     assert whole["busy"] == 10 + 190 + 90 + 90 + 100
