@@ -1131,7 +1131,8 @@ void CudaRunner::enqueue_model(const StepBatch& batch, int buf) {
   }
   // Split-KV for decode steps of few sequences with long contexts (tuning attention_split_min_keys).
   int splits = 1;
-  if (decode_only) splits = attention_splits(Tp, *std::max_element(h.n_keys, h.n_keys + T));
+  if (decode_only && opts_.cuda.attention_split_min_keys > 0)  // off: no scan of the step's rows
+    splits = attention_splits(Tp, *std::max_element(h.n_keys, h.n_keys + T));
   GLM_CUDA_CHECK(cudaMemcpyAsync(meta_dev_, host, nints * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   const Meta dm = meta_at(meta_dev_, Tp, Sp);
   // Decode ids the host has not seen: from the previous step's sampled ids, on the device.

@@ -46,5 +46,39 @@ __device__ __forceinline__ void mma16816(float* c, uint32_t a0, uint32_t a1, uin
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// The GEMVs' reduction (gemv.cu, quant_gemv.cuh): each accumulator summed over the
+// warp's lanes, then, with KS > 1, over the KS warps that share a row pair (through
+// `part`, one [R][M] slot per warp of the block; a __syncthreads every thread reaches).
+// The sums end in lane 0 of the pair's first warp (ks == 0).
+template <int R, int M, int KS>
+__device__ __forceinline__ void reduce_row_pairs(float (&acc)[R][M], float (*part)[R][M], int warp, int lane,
+                                                 int ks) {
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
+  if (KS > 1) {
+    if (lane == 0)
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) part[warp][r][m] = acc[r][m];
+    __syncthreads();
+    if (lane == 0 && ks == 0) {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+          float t = 0.f;
+#pragma unroll
+          for (int j = 0; j < KS; ++j) t += part[warp + j][r][m];
+          acc[r][m] = t;
+        }
+    }
+  }
+}
+
 }  // namespace cuda
 }  // namespace glm

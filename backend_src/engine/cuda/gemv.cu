@@ -93,31 +93,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
     for (; k < kend; k += 256) body(ld_stream(w0 + k), ld_stream(w1 + k), k);
   }
-#pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
-  if (KS > 1) {
-    if (lane == 0)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) part[warp][r][m] = acc[r][m];
-    __syncthreads();
-    if (lane == 0 && ks == 0) {
-#pragma unroll
-      for (int r = 0; r < kRows; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          float t = 0.f;
-#pragma unroll
-          for (int j = 0; j < KS; ++j) t += part[warp + j][r][m];
-          acc[r][m] = t;
-        }
-    }
-  }
+  reduce_row_pairs<kRows, M, KS>(acc, part, warp, lane, ks);
   if (lane == 0 && ks == 0 && valid) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {

@@ -148,31 +148,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
     }
     for (; k < kend; k += 512) body(ld_stream(q0 + k), ld_stream(q1 + k), k);
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r)
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) acc[r][m] += __shfl_xor_sync(0xffffffffu, acc[r][m], o);
-  if (KS > 1) {
-    if (lane == 0)
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) part[warp][r][m] = acc[r][m];
-    __syncthreads();
-    if (lane == 0 && ks == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          float s = 0.f;
-#pragma unroll
-          for (int j = 0; j < KS; ++j) s += part[warp + j][r][m];
-          acc[r][m] = s;
-        }
-    }
-  }
+  reduce_row_pairs<2, M, KS>(acc, part, warp, lane, ks);
   if (lane == 0 && ks == 0 && valid) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
