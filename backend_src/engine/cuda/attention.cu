@@ -77,6 +77,16 @@ __device__ __forceinline__ void load_kv(const void* base, const float* scales, i
     load_vec<VEC>(static_cast<const __half*>(base) + elem, out);
 }
 
+// The scores one block keeps in shared memory: all max_keys, or with split-KV one chunk's
+// keys at most (a chunk is max(ceil(n / splits), kAttnSplitMinChunk) for n <= max_keys).
+// The launcher sizes the shared memory and the kernel places its buffers by this one value.
+__host__ __device__ __forceinline__ int attention_score_slots(int max_keys, int splits) {
+  if (splits <= 1) return max_keys;
+  const int chunk = (max_keys + splits - 1) / splits;
+  const int c = chunk > kAttnSplitMinChunk ? chunk : kAttnSplitMinChunk;
+  return c < max_keys ? c : max_keys;
+}
+
 __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -106,8 +116,8 @@ __global__ void __launch_bounds__(kAttnThreads)
   constexpr int TPW = 32 / LPT;    // keys per warp per pass
   constexpr int STRIDE = kAttnWarps * TPW;
   extern __shared__ float smem[];
-  float* scores = smem;                   // [max_keys]
-  float* accs = smem + p.max_keys;        // [kAttnWarps * HD]
+  float* scores = smem;  // [attention_score_slots]: max_keys, or one chunk's with SPLIT
+  float* accs = smem + (SPLIT ? attention_score_slots(p.max_keys, p.splits) : p.max_keys);  // [kAttnWarps * HD]
   float* red = accs + kAttnWarps * HD;    // [32]
 
   pdl_wait();
@@ -373,9 +383,7 @@ template <int HD, bool FP8>
 void launch(const __half* q, const KvRead& kv, const int32_t* tok_seq, const int32_t* n_keys, const int32_t* bt,
             const AttentionParams& p, __half* out, int tokens, cudaStream_t stream) {
   const bool split = p.splits > 1;
-  // scores of at most one chunk's keys with split-KV (a chunk is ceil(n / splits) or the minimum)
-  const int keys = split ? std::min(p.max_keys, std::max((p.max_keys + p.splits - 1) / p.splits, kAttnSplitMinChunk))
-                         : p.max_keys;
+  const int keys = attention_score_slots(p.max_keys, p.splits);
   const size_t smem = (size_t)(keys + kAttnWarps * HD + 32) * sizeof(float);
   auto kernel = split ? paged_attention_kernel<HD, FP8, true> : paged_attention_kernel<HD, FP8, false>;
   if (smem > 48 * 1024)
