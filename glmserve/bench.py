@@ -199,8 +199,9 @@ def table(rows: list[dict], base: dict[int, dict], info: dict) -> str:
     lines.append(
         f"Copy bandwidth (device-to-device, read + write): {info['bw'] / 1e12:.2f} TB/s. "
         f"Weights read per decode step: {info['wbytes'] / 1e9:.2f} GB, so the batch-1 bound is "
-        f"{info['bound']:.0f} tokens/s ({1e3 / info['bound']:.2f} ms/step); batch 1 reached "
-        f"{info['frac'] * 100:.0f}% of it. The bound of a batch B (glmserve.bounds) is B / the "
+        f"{info['bound']:.0f} tokens/s ({1e3 / info['bound']:.2f} ms/step)"
+        + (f"; batch 1 reached {info['frac'] * 100:.0f}% of it" if info["frac"] else "")
+        + ". The bound of a batch B (glmserve.bounds) is B / the "
         "larger of that memory time and the compute time: the step's GEMM FLOPs at M = B at the "
         "rate cuBLAS reaches on the same shapes at M = max(B, 256) (fp16, each shape timed "
         "alone on this card in this run); the share compares decode tokens/s with it."
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         "bw": bw,
         "wbytes": wbytes,
         "bound": bound,
-        "frac": (b1["decode_tokens_per_s"] / bound) if b1 else 0.0,
+        "frac": (b1["decode_tokens_per_s"] / bound) if b1 else None,
         "bounds": {
             b: bounds.bound_tokens_per_s(b, wbytes, bw, s)
             for b, s in bounds.compute_seconds(

@@ -249,8 +249,10 @@ def test_logprobs_of_a_growing_batch(eng_mod, tiny, top):
     what the OpenAI API's `logprobs: true` asks for) crashed the process here on an H100
     (2026-12-07: settle_pending copied the rows only when alternatives were asked for).
     Each request's ids equal those of the request alone, and its log-probabilities and
-    alternatives up to the batch's fp16 rounding (up to 4.2e-3 apart on an H100,
-    2026-12-07, on the tiny model: the GEMMs round differently at other batch sizes). Two
+    alternatives up to the batch's fp16 rounding (on an H100, 2026-12-07, on the tiny model:
+    up to 4.2e-3 apart at 19:58 UTC, one alternative 1.32e-2 apart at 22:30 UTC with the
+    same ids: the GEMMs round differently at other batch sizes; a wrong row or a lost
+    history moves them by far more than the 2e-2 allowed). Two
     alternatives whose log-probabilities are that close may trade places (measured there,
     19:58 UTC: the 3rd and 4th of 5 swapped), so alternatives are compared as (id,
     log-probability) pairs: the same ids with values within the tolerance, except an id
@@ -287,7 +289,7 @@ def test_logprobs_of_a_growing_batch(eng_mod, tiny, top):
                     for i, evs in events.items()
                 }
 
-    atol = 1e-2
+    atol = 2e-2
     alone = {i: run([p], [0])[0] for i, p in enumerate(prompts)}
     together = run(prompts, [0, 1, 1, 2, 2, 2, 3, 3])
     for i in range(len(prompts)):
