@@ -23,7 +23,7 @@ TEST(CudaTuningTest, defaults_are_todays_behaviour) {
   EXPECT_EQ(t.int8_w8a8_min_tokens, 0);
   EXPECT_EQ(t.fp8_gemv_max_tokens, 2);
   EXPECT_TRUE(t.graphs_at_start);
-  EXPECT_EQ(t.attention_split_min_keys, 0);
+  EXPECT_EQ(t.attention_split_min_keys, 64);
   EXPECT_EQ(t.poison, 0);
   EXPECT_FALSE(t.timing);
   EXPECT_NO_THROW(validate_cuda_tuning(t));

@@ -13,7 +13,7 @@ NAMES = {
     "rotary_fp16": ("bool", False),
     "pdl": ("bool", True),
     "attention_warp": ("bool", False),
-    "attention_split_min_keys": ("int", 0),
+    "attention_split_min_keys": ("int", 64),
     "gemv_max_tokens": ("int", 4),
     "int8_lm_head": ("bool", False),
     "int8_packed": ("bool", True),
