@@ -82,6 +82,20 @@ def test_bench_table_gives_each_batch_its_share_of_the_bound():
     lines = table(rows, {}, info).splitlines()
     assert lines[2].endswith("| 240 (memory) | 88% |")
     assert lines[3].endswith("| 30,000 (GEMM) | 70% |")
+    assert "batch 1 reached 88% of it" in lines[-1]
+
+
+def test_bench_table_without_batch_1_claims_no_share_for_it():
+    """A run without batch 1 (e.g. --batches 256 --profile) has no batch-1 share to
+    report; it used to print 'batch 1 reached 0% of it'."""
+    from glmserve.bench import table
+
+    row = dict(tokens_per_s=2e4, decode_tokens_per_s=2.1e4, ms_per_step=11.0, ttft_ms=100.0)
+    info = {"bw": 3e12, "wbytes": 12.5e9, "bound": 240.0, "frac": None}
+    info["bounds"] = {256: (30000.0, "GEMM")}
+    md = table([{"batch": 256, **row, "gpu_mem_gib": 33.0}], {}, info)
+    assert "batch 1 reached" not in md
+    assert "so the batch-1 bound is 240 tokens/s (4.17 ms/step). The bound" in md
 
 
 def test_timeline_idle_whole_window_and_steady_state():
