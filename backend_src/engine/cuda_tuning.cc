@@ -21,6 +21,8 @@ const std::vector<CudaTuningField>& cuda_tuning_fields() {
        "decode attention: split-KV from this many keys in steps of < 4 (token, head) pairs per SM (0 = never)"},
       {"gemv_max_tokens", nullptr, &T::gemv_max_tokens, 0, 8,
        "fp16 linears: GEMV up to this many tokens, cuBLAS above (0 = cuBLAS only)"},
+      {"gemv_mma_max_tokens", nullptr, &T::gemv_mma_max_tokens, 0, 16,
+       "fp16 linears: tensor-core GEMV above gemv_max_tokens up to this many tokens (0 = never)"},
       {"int8_lm_head", &T::int8_lm_head, nullptr, 0, 1, "int8 mode: quantize lm_head too"},
       {"int8_packed", &T::int8_packed, nullptr, 0, 1,
        "int8 mode on Hopper (sm_90a build): packed-layout kernels; false: row-major kernels"},

@@ -67,6 +67,9 @@ struct CudaTuning {
   // fp16 linears: the weight-streaming GEMV up to this many tokens, cuBLAS above
   // (0 = cuBLAS only; at most 8).
   int gemv_max_tokens = 4;
+  // fp16 linears: the tensor-core GEMV (gemv_mma) above gemv_max_tokens up to this many
+  // tokens, cuBLAS above (0 = never; at most 16). Off until measured on a GPU.
+  int gemv_mma_max_tokens = 0;
   // int8 mode: lm_head quantized too, as a checkpoint with quantization.lm_head has it.
   bool int8_lm_head = false;
   // int8 mode on Hopper (a build with sm_90a code): the block linears rewritten into

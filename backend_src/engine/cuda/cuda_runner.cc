@@ -120,7 +120,12 @@ class CudaRunner final : public ModelRunner {
              (gemv > 0 ? "; weight-only GEMV up to " + std::to_string(gemv) + " tokens" : std::string()) +
              "), lm_head fp16";
     }
-    if (!int8_) return "";
+    if (!int8_) {
+      const int mma = opts_.cuda.gemv_mma_max_tokens, gemv = opts_.cuda.gemv_max_tokens;
+      return mma > gemv ? "fp16 linears: tensor-core GEMV for " + std::to_string(gemv + 1) + "-" + std::to_string(mma) +
+                              " tokens"
+                        : "";
+    }
     const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
     return std::string("int8 block linears ") +
            (int8_packed_ ? "packed (GEMV + warp-specialized wgmma, sm_90a)" : "row-major (GEMV + mma.sync)") +
@@ -330,6 +335,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     gemm_ = std::make_unique<Gemm>();
     gemm_->set_stream(stream_);
     gemm_->set_gemv_max_tokens(opts.cuda.gemv_max_tokens);
+    gemm_->set_gemv_mma_max_tokens(opts.cuda.gemv_mma_max_tokens);
     bool int8_lm_head = false;
     if (int8_) {
       int8_gemm_ = std::make_unique<cuda::Int8Gemm>();

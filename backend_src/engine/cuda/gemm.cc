@@ -56,6 +56,10 @@ void Gemm::linear(const __half* x, const __half* w, __half* y, int tokens, int i
     gemv(x, w, y, false, bias, gelu, tokens, in, out, stream_);
     return;
   }
+  if (tokens <= gemv_mma_max_ && gemv_mma_supported(x, w, tokens, in)) {
+    gemv_mma(x, w, y, false, bias, gelu, tokens, in, out, stream_);
+    return;
+  }
   gemm(handle_, x, w, y, CUDA_R_16F, tokens, in, out);
   if (gelu) bias_gelu(y, bias, tokens, out, stream_);
 }
@@ -63,6 +67,10 @@ void Gemm::linear(const __half* x, const __half* w, __half* y, int tokens, int i
 void Gemm::linear_f32out(const __half* x, const __half* w, float* y, int tokens, int in, int out) {
   if (tokens <= gemv_max_ && gemv_supported(x, w, tokens, in)) {
     gemv(x, w, y, true, nullptr, false, tokens, in, out, stream_);
+    return;
+  }
+  if (tokens <= gemv_mma_max_ && gemv_mma_supported(x, w, tokens, in)) {
+    gemv_mma(x, w, y, true, nullptr, false, tokens, in, out, stream_);
     return;
   }
   gemm(handle_, x, w, y, CUDA_R_32F, tokens, in, out);

@@ -173,7 +173,8 @@ void test_gemm(int tokens, int in, int out) {
   report("gemm fp32 out " + sz, e2 < 1e-4, fmt(e2));
 }
 
-void test_gemv(int M, int K, int N, bool f32_out, bool gelu) {
+// mma: the tensor-core GEMV (gemv_mma) instead of the CUDA-core one.
+void test_gemv(int M, int K, int N, bool f32_out, bool gelu, bool mma = false) {
   auto x = to_half(randn((size_t)M * K));
   auto w = to_half(randn((size_t)N * K, 0.05f));
   auto b = randn(N, 0.5f);
@@ -181,10 +182,11 @@ void test_gemv(int M, int K, int N, bool f32_out, bool gelu) {
   Dev<float> dyf((size_t)M * N), db(b);
   dy.poison();
   dyf.poison();
+  auto run = mma ? gemv_mma : gemv;
   if (f32_out)
-    gemv(dx.p, dw.p, dyf.p, true, nullptr, false, M, K, N, 0);
+    run(dx.p, dw.p, dyf.p, true, nullptr, false, M, K, N, 0);
   else
-    gemv(dx.p, dw.p, dy.p, false, gelu ? db.p : nullptr, gelu, M, K, N, 0);
+    run(dx.p, dw.p, dy.p, false, gelu ? db.p : nullptr, gelu, M, K, N, 0);
   GLM_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<float> ref((size_t)M * N);
   for (int m = 0; m < M; ++m)
@@ -199,8 +201,11 @@ void test_gemv(int M, int K, int N, bool f32_out, bool gelu) {
     }
   const double e = rel_err(f32_out ? dyf.down() : from_half(dy.down()), ref);
   char nm[128];
-  std::snprintf(nm, sizeof nm, "gemv M=%d K=%d N=%d%s%s", M, K, N, f32_out ? " f32out" : "", gelu ? " bias+gelu" : "");
-  report(nm, e < (f32_out ? 1e-5 : 2e-3), fmt(e));
+  std::snprintf(nm, sizeof nm, "%s M=%d K=%d N=%d%s%s", mma ? "gemv_mma" : "gemv", M, K, N, f32_out ? " f32out" : "",
+                gelu ? " bias+gelu" : "");
+  // fp32 output: tensor cores accumulate in fp32 too, with the looser bound of the cuBLAS
+  // GEMM test above (their adds need not round to nearest)
+  report(nm, e < (f32_out ? (mma ? 1e-4 : 1e-5) : 2e-3), fmt(e));
 }
 
 // ------------------------------------------------------------ rotary + kv
@@ -604,6 +609,17 @@ int main(int argc, char** argv) {
     test_gemv(5, 4096, 16384, false, true);
     test_gemv(2, 128, 515, false, true);
     test_gemv(7, 520, 33, true, false);
+    // tensor-core GEMV: 1, 2 token tiles (M <= 8, > 8), each K split (8: <= 512 row
+    // tiles, K % 512 == 0; 4: <= 2048 tiles, K % 256 == 0; 1: the rest), rows past N in
+    // the last tile, odd M, chunks per warp under and over the 4 in flight
+    test_gemv(8, 16384, 4096, false, false, true);
+    test_gemv(5, 4096, 12288, false, false, true);
+    test_gemv(16, 4096, 16384, false, true, true);
+    test_gemv(13, 4096, 130528 / 16 + 3, true, false, true);
+    test_gemv(9, 576, 1001, false, true, true);
+    test_gemv(1, 64, 37, true, false, true);
+    test_gemv(3, 512, 8195, false, false, true);
+    test_gemv(11, 1280, 33, false, true, true);
     test_layernorm(3, 768, true, true);
     test_rotary(13, 32, 128, 16, false);
     test_rotary(13, 32, 128, 16, true);

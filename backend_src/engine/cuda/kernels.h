@@ -41,6 +41,12 @@ constexpr int kGemvMaxTokens = 8;
 bool gemv_supported(const void* x, const void* w, int M, int K);
 void gemv(const __half* x, const __half* w, void* y, bool f32_out, const float* bias, bool gelu, int M, int K,
           int N, cudaStream_t stream);
+// The same on tensor cores (mma.sync, fp32 accumulation) for 1..kGemvMmaMaxTokens
+// tokens; K must be a multiple of 64 (tuning gemv_mma_max_tokens chooses it).
+constexpr int kGemvMmaMaxTokens = 16;
+bool gemv_mma_supported(const void* x, const void* w, int M, int K);
+void gemv_mma(const __half* x, const __half* w, void* y, bool f32_out, const float* bias, bool gelu, int M, int K,
+              int N, cudaStream_t stream);
 
 // ---- rotary.cu ----------------------------------------------------------
 struct RotaryParams {
