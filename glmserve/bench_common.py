@@ -71,15 +71,17 @@ def weight_bytes_per_step(cfg: dict, bytes_per_weight: float = 2.0) -> float:
 def weight_bytes(cfg: dict, weights: str = "fp16") -> int:
     """Bytes of the weights on the GPU (matrices and their scales; the fp32 vectors are tiny
     and left out). `weights`: fp16, int8 (block linears int8 + fp16 scales), int8+lm_head
-    (the lm_head too), fp8 (block linears E4M3 + fp32 scales)."""
-    if weights not in ("fp16", "int8", "int8+lm_head", "fp8"):
-        raise ValueError(f"weight format {weights!r}: fp16, int8, int8+lm_head or fp8")
+    (the lm_head too), fp8 (block linears E4M3 + fp32 scales), fp8+lm_head (and the lm_head
+    int8 + fp16 scales: fp8 mode with cuda_int8_lm_head)."""
+    formats = ("fp16", "int8", "int8+lm_head", "fp8", "fp8+lm_head")
+    if weights not in formats:
+        raise ValueError(f"weight format {weights!r}: one of {', '.join(formats)}")
     h, i, v, n = cfg["hidden_size"], cfg["inner_hidden_size"], cfg["vocab_size"], cfg["num_layers"]
     per_layer = 3 * h * h + h * h + 2 * h * i
     rows = 3 * h + h + i + h
-    scale_bytes = {"fp16": 0, "int8": 2, "int8+lm_head": 2, "fp8": 4}[weights]
+    scale_bytes = {"fp16": 0, "int8": 2, "int8+lm_head": 2, "fp8": 4, "fp8+lm_head": 4}[weights]
     layers = n * per_layer * 2 if weights == "fp16" else n * (per_layer + scale_bytes * rows)
-    head = (v * h + 2 * v) if weights == "int8+lm_head" else v * h * 2
+    head = (v * h + 2 * v) if weights.endswith("+lm_head") else v * h * 2
     return layers + v * h * 2 + head
 
 
@@ -264,9 +266,9 @@ class Mode:
 
     @property
     def weights(self) -> str:
-        """The weight format for the memory accounting: fp16, int8, int8+lm_head or fp8."""
+        """The weight format for the memory accounting (weight_bytes)."""
         if self.engine.get("fp8"):
-            return "fp8"
+            return "fp8+lm_head" if self.tuning.get("cuda_int8_lm_head") else "fp8"
         if self.engine.get("int8"):
             return "int8+lm_head" if self.tuning.get("cuda_int8_lm_head") else "int8"
         return "fp16"
@@ -274,8 +276,9 @@ class Mode:
 
 def int8_modes(args) -> list[Mode]:
     """fp16 first (every ratio's baseline), then int8, and the ones the flags ask for:
-    --int8-lm-head, --w8a8 N (int8 with W8A8 from N tokens), --fp8, --kv-fp8 (the FP8 KV
-    cache under fp16 linears, and under fp8 ones with --fp8)."""
+    --int8-lm-head, --w8a8 N (int8 with W8A8 from N tokens), --fp8 (with --int8-lm-head also
+    fp8 with the int8 lm_head), --kv-fp8 (the FP8 KV cache under fp16 linears, and under fp8
+    ones with --fp8)."""
     m = [
         Mode("fp16"),
         Mode("int8", {"int8": True}, {"cuda_int8_lm_head": False}),
@@ -294,6 +297,8 @@ def int8_modes(args) -> list[Mode]:
         )
     if getattr(args, "fp8", False):
         m.append(Mode("fp8", {"fp8": True}))
+        if getattr(args, "int8_lm_head", False):
+            m.append(Mode("fp8+int8 lm_head", {"fp8": True}, {"cuda_int8_lm_head": True}))
     if getattr(args, "fp8_ab", False):
         m.append(Mode("fp8 no GEMV", {"fp8": True}, {"cuda_fp8_gemv_max_tokens": 0}))
     if getattr(args, "kv_fp8", False):

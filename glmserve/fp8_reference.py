@@ -8,6 +8,9 @@ reference codec (glmserve.fp8): what the GPU's FP8 kernels must agree with.
   model's dtype (the weight-only fp8 GEMV); fp32 accumulation, the scales after (the
   lm_head stays in the model's dtype, as the issue asks unless measured harmless). A
   linear's token count is that of the whole batch, as in an engine step;
+- ``int8_lm_head``: the lm_head's weights per-channel int8 (weight-only), as the CUDA
+  engine's ``cuda_int8_lm_head`` keeps them in fp8 mode (E4M3 lm_head weights were
+  measured harmful: docs/int8.md "FP8");
 - ``fp8_kv``: each new token's K (after rotary) and V quantized per (token, head) as an FP8
   KV cache stores them; attention reads them back dequantized.
 
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 
 from glmserve import fp8
+from glmserve.convert import quantize_int8
 from glmserve.reference import ChatGLMModel
 
 # The CUDA engine's default cuda_fp8_gemv_max_tokens (backend_src/engine/engine.h).
@@ -42,6 +46,7 @@ class Fp8Reference(ChatGLMModel):
     fp8_linears: bool = False
     fp8_kv: bool = False
     gemv_max_tokens: int = GEMV_MAX_TOKENS
+    int8_lm_head: bool = False
 
     @classmethod
     def wrap(
@@ -50,6 +55,7 @@ class Fp8Reference(ChatGLMModel):
         fp8_linears: bool = False,
         fp8_kv: bool = False,
         gemv_max_tokens: int = GEMV_MAX_TOKENS,
+        int8_lm_head: bool = False,
     ):
         if not (fp8_linears or fp8_kv):
             raise ValueError("Fp8Reference: choose fp8_linears and/or fp8_kv")
@@ -60,7 +66,12 @@ class Fp8Reference(ChatGLMModel):
         m = cls.__new__(cls)
         m.__dict__.update(model.__dict__)
         m.fp8_linears, m.fp8_kv, m.gemv_max_tokens = fp8_linears, fp8_kv, gemv_max_tokens
+        m.int8_lm_head = int8_lm_head
         m.w = dict(model.w)
+        if int8_lm_head:  # the engine's cuda_int8_lm_head: per-channel int8, weight-only
+            t = model.w["lm_head.weight"]
+            q, scale = quantize_int8(t)
+            m.w["lm_head.weight"] = (q.float() * scale.float()[:, None]).to(t.dtype)
         if fp8_linears:  # the block linears' weights as their FP8 values (per output channel)
             for name, t in model.w.items():
                 if (

@@ -71,6 +71,7 @@ struct CudaTuning {
   // tokens, cuBLAS above (0 = never; at most 16). Off until measured on a GPU.
   int gemv_mma_max_tokens = 0;
   // int8 mode: lm_head quantized too, as a checkpoint with quantization.lm_head has it.
+  // fp8 mode: lm_head int8 weight-only per channel (the int8 kernels) instead of fp16.
   bool int8_lm_head = false;
   // int8 mode on Hopper (a build with sm_90a code): the block linears rewritten into
   // the packed layout of their fastest kernels at load; false keeps the row-major ones.

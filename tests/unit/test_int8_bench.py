@@ -20,6 +20,9 @@ def test_weight_bytes_match_the_fp16_step_and_issue_targets() -> None:
     assert 0.57 < int8 / fp16 < 0.59  # fp16 lm_head + embedding keep it above 55%
     assert 0.53 < both / fp16 < 0.55  # with the int8 lm_head: within issue 5's 55%
     assert int8 < fp8 < int8 * 1.001  # fp32 scales instead of fp16 ones
+    fp8_lm = weight_bytes(REAL_CONFIG, "fp8+lm_head")
+    assert fp8_lm - fp8 == both - int8  # the same int8 lm_head in either mode
+    assert 0.53 < fp8_lm / fp16 < 0.55  # issue 19's 55% for fp8, with the int8 lm_head
     with pytest.raises(ValueError, match="weight format 'int4'"):
         weight_bytes(REAL_CONFIG, "int4")
 
@@ -34,11 +37,20 @@ def test_modes_follow_the_flags() -> None:
     add_low_precision_args(p)
     assert [m.name for m in int8_modes(p.parse_args([]))] == ["fp16", "int8"]
     ms = int8_modes(p.parse_args(["--int8-lm-head", "--w8a8", "64", "--fp8"]))
-    assert [m.name for m in ms] == ["fp16", "int8", "int8+lm_head", "int8 W8A8>=64+lm_head", "fp8"]
+    assert [m.name for m in ms] == [
+        "fp16",
+        "int8",
+        "int8+lm_head",
+        "int8 W8A8>=64+lm_head",
+        "fp8",
+        "fp8+int8 lm_head",
+    ]
     w8 = ms[3]
     assert w8.engine == {"int8": True}
     assert w8.tuning == {"cuda_int8_lm_head": True, "cuda_int8_w8a8_min_tokens": 64}
     assert ms[4].engine == {"fp8": True} and ms[4].weights == "fp8"
+    assert ms[5].engine == {"fp8": True} and ms[5].tuning == {"cuda_int8_lm_head": True}
+    assert ms[5].weights == "fp8+lm_head"
     ab = int8_modes(p.parse_args(["--fp8", "--fp8-ab"]))
     assert [m.name for m in ab][2:] == ["fp8", "fp8 no GEMV"]
     assert ab[3].engine == {"fp8": True} and ab[3].tuning == {"cuda_fp8_gemv_max_tokens": 0}

@@ -118,7 +118,7 @@ class CudaRunner final : public ModelRunner {
       const int gemv = opts_.cuda.fp8_gemv_max_tokens;
       return std::string("fp8 block linears (E4M3 weights per channel, activations per token, cuBLASLt") +
              (gemv > 0 ? "; weight-only GEMV up to " + std::to_string(gemv) + " tokens" : std::string()) +
-             "), lm_head fp16";
+             "), lm_head " + (lm_head8_.q ? "int8" : "fp16");
     }
     if (!int8_) {
       const int mma = opts_.cuda.gemv_mma_max_tokens, gemv = opts_.cuda.gemv_max_tokens;
@@ -336,14 +336,16 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     gemm_->set_stream(stream_);
     gemm_->set_gemv_max_tokens(opts.cuda.gemv_max_tokens);
     gemm_->set_gemv_mma_max_tokens(opts.cuda.gemv_mma_max_tokens);
-    bool int8_lm_head = false;
-    if (int8_) {
+    // int8 lm_head: in int8 mode as the checkpoint or the tuning says; in fp8 mode on the
+    // tuning int8_lm_head (per-channel int8 weight-only, the int8 kernels; E4M3 lm_head
+    // weights fail the tiny-model gate, docs/int8.md "FP8").
+    const bool int8_lm_head = int8_ ? cfg.int8_lm_head || opts.cuda.int8_lm_head : fp8_ && opts.cuda.int8_lm_head;
+    if (int8_ || int8_lm_head) {
       int8_gemm_ = std::make_unique<cuda::Int8Gemm>();
       int8_gemm_->set_stream(stream_);
       int8_gemm_->set_gemv_max_tokens(opts.cuda.int8_gemv_max_tokens);
       int8_gemm_->set_mma_max_tokens(opts.cuda.int8_mma_max_tokens);
       int8_gemm_->set_w8a8_min_tokens(opts.cuda.int8_w8a8_min_tokens);
-      int8_lm_head = cfg.int8_lm_head || opts.cuda.int8_lm_head;
     }
     if (fp8_) {
       if (H_ % 16 || I_ % 16)  // cuBLASLt's FP8 kernels: every GEMM dimension of the block linears
