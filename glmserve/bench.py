@@ -12,7 +12,8 @@ card's measured copy bandwidth and the batch-1 bandwidth bound.
                              [--cuda-<option> VALUE ...] [--variant cuda_<option>=VALUE ...]
 
 ``--cuda-<option>`` sets an engine CUDA tuning option (EngineOptions.cuda) for every row;
-``--variant`` adds A/B rows with one option changed (e.g. ``--variant cuda_pdl=false``).
+``--variant`` adds A/B rows with options changed (e.g. ``--variant cuda_pdl=false``; several
+in one variant joined by commas).
 ``--compiled-batches`` adds the compiled PyTorch decode (glmserve.compiled_decode: static
 KV cache, torch.compile with CUDA graphs) and the engine's ratio to it.
 ``--logprobs N`` and ``--prefix P`` add, at ``--controls-batches``, rows with every request
@@ -288,10 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         action="append",
         default=[],
-        type=cuda_tuning.parse_setting,
-        metavar="cuda_NAME=VALUE",
-        help="also run batch 1 and the largest batch with this engine tuning option, e.g. "
-        "cuda_pdl=false (A/B in the same run; the options are the --cuda-* flags)",
+        type=cuda_tuning.parse_variant,
+        metavar="cuda_NAME=VALUE[,...]",
+        help="also run batch 1 and the largest batch with these engine tuning options, e.g. "
+        "cuda_pdl=false or cuda_gemv_max_tokens=2,cuda_gemv_mma_max_tokens=16 (A/B in the "
+        "same run; the options are the --cuda-* flags)",
     )
     p.add_argument(
         "--variant-batches", default="", help="batches for --variant (default: first and last)"
@@ -371,10 +373,11 @@ def main(argv: list[str] | None = None) -> int:
                 opts = {"overlap_steps": False}
                 r = common.run_engine(_engine, d, b, args, torch, base_used, options=opts)
                 keep(r, "overlap_steps=false")
-        for name, value in args.variant:
+        for tuning in args.variant:
+            label = ",".join(f"{k}={v}" for k, v in tuning.items())
             for b in args.variant_batches or sorted({batches[0], batches[-1]}):
-                r = common.run_engine(_engine, d, b, args, torch, base_used, tuning={name: value})
-                keep(r, f"{name}={value}")
+                r = common.run_engine(_engine, d, b, args, torch, base_used, tuning=tuning)
+                keep(r, label)
         controls = run_controls(_engine, d, args, torch, base_used)
     bbs = [int(x) for x in args.baseline_batches.split(",") if x]
     base = run_baseline(bbs, args, torch) if bbs else {}

@@ -82,3 +82,15 @@ def parse_setting(spec: str) -> tuple[str, str]:
             f"expected cuda_<name>=VALUE, an engine tuning option ({names}), got {spec!r}"
         )
     return key, value.strip()
+
+
+def parse_variant(spec: str) -> dict[str, str]:
+    """One A/B variant of glmserve.bench: ``cuda_<name>=VALUE`` settings joined by commas
+    (e.g. ``cuda_gemv_max_tokens=2,cuda_gemv_mma_max_tokens=16``) -> {keyword: value}."""
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        key, value = parse_setting(part)
+        if key in out:
+            raise argparse.ArgumentTypeError(f"{key} set twice in the variant {spec!r}")
+        out[key] = value
+    return out

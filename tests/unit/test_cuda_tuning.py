@@ -92,10 +92,19 @@ def test_bench_variants_are_engine_options(capsys):
     from glmserve import bench, cuda_tuning
 
     assert cuda_tuning.parse_setting("cuda_pdl=false") == ("cuda_pdl", "false")
-    for bad in ("GLM_CUDA_PDL=0", "cuda_pdl", "cuda_pdl="):
+    for bad in ("GLM_CUDA_PDL=0", "cuda_pdl", "cuda_pdl=", "cuda_pdl=0,gemv_max_tokens=2"):
         with pytest.raises(SystemExit):
             bench.main(["--variant", bad])
         assert "expected cuda_<name>=VALUE" in capsys.readouterr().err
+    # several options in one variant (one engine, one row per batch)
+    both = "cuda_gemv_max_tokens=2, cuda_gemv_mma_max_tokens=16"
+    assert cuda_tuning.parse_variant(both) == {
+        "cuda_gemv_max_tokens": "2",
+        "cuda_gemv_mma_max_tokens": "16",
+    }
+    with pytest.raises(SystemExit):
+        bench.main(["--variant", "cuda_pdl=0,cuda_pdl=1"])
+    assert "cuda_pdl set twice" in capsys.readouterr().err
 
 
 def test_fp8_reference_follows_the_engine_gemv_default():
