@@ -123,7 +123,8 @@ class OpenAIStream:
             raise OpenAIError(_error_text(raw, resp.status))
         return [m["id"] for m in json.loads(raw)["data"]]
 
-    def _chunks(self, req: Request) -> Iterator[tuple[float, dict[str, Any]]]:
+    def chunks(self, req: Request) -> Iterator[tuple[float, dict[str, Any]]]:
+        """The stream's chunks (parsed JSON) with their arrival times; raises OpenAIError."""
         resp = self._request(
             "POST",
             "/v1/chat/completions",
@@ -148,7 +149,7 @@ class OpenAIStream:
         pieces: list[str] = []
         counted = 0
         try:
-            for t, chunk in self._chunks(req):
+            for t, chunk in self.chunks(req):
                 text = "".join(
                     (c.get("delta") or {}).get("content") or "" for c in chunk["choices"]
                 )

@@ -89,7 +89,9 @@ def test_the_openai_check_fails_with_one_line(tmp_path):
 def test_logprobs_give_every_token_its_own_chunk(servers):
     """OpenAIStream(logprobs=True), the load test's --openai-logprobs on: every token
     arrives in a chunk of its own (a log-probability each), so TTFT and ITL are measured
-    per token even where a token decodes to no text (a random model's ids)."""
+    per token even where a token decodes to no text (a random model's ids). The chunks
+    are counted, not their arrival times: chunks that reach the client in one read get
+    one timestamp (a CI run, 2026-12-08: 5 distinct times for 12 tokens)."""
     from load_tests.openai_stream import OpenAIStream
     from load_tests.workload import Request
 
@@ -99,6 +101,12 @@ def test_logprobs_give_every_token_its_own_chunk(servers):
     rec = OpenAIStream(url, api_key=API_KEY, logprobs=True).send(req)
     assert rec.error is None, rec.error
     assert len(rec.token_times) == 12
-    # a chunk per decoder response (one may carry two ids), not one at the end
-    assert len(set(rec.token_times)) >= 8
     assert rec.token_times[0] < rec.end
+    # a chunk per decoder response (one may carry two ids), not one at the end
+    stream = OpenAIStream(url, api_key=API_KEY, logprobs=True)
+    per_chunk = [
+        sum(len((c.get("logprobs") or {}).get("content") or []) for c in chunk["choices"])
+        for _, chunk in stream.chunks(req)
+    ]
+    assert sum(per_chunk) == 12, per_chunk
+    assert sum(1 for n in per_chunk if n) >= 8 and max(per_chunk) <= 2, per_chunk
