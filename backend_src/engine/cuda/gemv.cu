@@ -12,6 +12,17 @@ namespace glm {
 namespace cuda {
 namespace {
 
+// The GEMVs' epilogue for one output: + bias[n], GeLU, stored as fp32 or fp16 at y[o].
+template <bool F32OUT, bool GELU>
+__device__ __forceinline__ void store_output(void* y, int64_t o, float v, const float* bias, int n) {
+  if (bias) v += bias[n];
+  if (GELU) v = gelu_tanh(v);
+  if (F32OUT)
+    static_cast<float*>(y)[o] = v;
+  else
+    static_cast<__half*>(y)[o] = __float2half_rn(v);
+}
+
 constexpr int kWarps = 8;
 constexpr int kRows = 2;  // rows of W per warp
 
@@ -102,13 +113,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int n = n0 + r;
 #pragma unroll
       for (int m = 0; m < M; ++m) {
-        float v = acc[r][m];
-        if (bias) v += bias[n];
-        if (GELU) v = gelu_tanh(v);
-        if (F32OUT)
-          static_cast<float*>(y)[(int64_t)m * N + n] = v;
-        else
-          static_cast<__half*>(y)[(int64_t)m * N + n] = __float2half_rn(v);
+        store_output<F32OUT, GELU>(y, (int64_t)m * N + n, acc[r][m], bias, n);
       }
     }
   }
@@ -247,13 +252,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       const int n = r0 + g + (e >= 2 ? 8 : 0);
       const int m = 8 * nt + 2 * t + (e & 1);
       if (n >= N || m >= M) continue;
-      float v = acc[nt][e];
-      if (bias) v += bias[n];
-      if (GELU) v = gelu_tanh(v);
-      if (F32OUT)
-        static_cast<float*>(y)[(int64_t)m * N + n] = v;
-      else
-        static_cast<__half*>(y)[(int64_t)m * N + n] = __float2half_rn(v);
+      store_output<F32OUT, GELU>(y, (int64_t)m * N + n, acc[nt][e], bias, n);
     }
 }
 
