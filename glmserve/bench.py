@@ -201,7 +201,7 @@ def table(rows: list[dict], base: dict[int, dict], info: dict) -> str:
         f"Copy bandwidth (device-to-device, read + write): {info['bw'] / 1e12:.2f} TB/s. "
         f"Weights read per decode step: {info['wbytes'] / 1e9:.2f} GB, so the batch-1 bound is "
         f"{info['bound']:.0f} tokens/s ({1e3 / info['bound']:.2f} ms/step)"
-        + (f"; batch 1 reached {info['frac'] * 100:.0f}% of it" if info["frac"] else "")
+        + (f"; batch 1 reached {info['frac'] * 100:.0f}% of it" if info["frac"] is not None else "")
         + ". The bound of a batch B (glmserve.bounds) is B / the "
         "larger of that memory time and the compute time: the step's GEMM FLOPs at M = B at the "
         "rate cuBLAS reaches on the same shapes at M = max(B, 256) (fp16, each shape timed "

@@ -73,13 +73,14 @@ def weight_bytes(cfg: dict, weights: str = "fp16") -> int:
     and left out). `weights`: fp16, int8 (block linears int8 + fp16 scales), int8+lm_head
     (the lm_head too), fp8 (block linears E4M3 + fp32 scales), fp8+lm_head (and the lm_head
     int8 + fp16 scales: fp8 mode with cuda_int8_lm_head)."""
-    formats = ("fp16", "int8", "int8+lm_head", "fp8", "fp8+lm_head")
-    if weights not in formats:
-        raise ValueError(f"weight format {weights!r}: one of {', '.join(formats)}")
+    # bytes of scale per output row of the block linears, by format (the formats known)
+    scale_of = {"fp16": 0, "int8": 2, "int8+lm_head": 2, "fp8": 4, "fp8+lm_head": 4}
+    if weights not in scale_of:
+        raise ValueError(f"weight format {weights!r}: one of {', '.join(scale_of)}")
     h, i, v, n = cfg["hidden_size"], cfg["inner_hidden_size"], cfg["vocab_size"], cfg["num_layers"]
     per_layer = 3 * h * h + h * h + 2 * h * i
     rows = 3 * h + h + i + h
-    scale_bytes = {"fp16": 0, "int8": 2, "int8+lm_head": 2, "fp8": 4, "fp8+lm_head": 4}[weights]
+    scale_bytes = scale_of[weights]
     layers = n * per_layer * 2 if weights == "fp16" else n * (per_layer + scale_bytes * rows)
     head = (v * h + 2 * v) if weights.endswith("+lm_head") else v * h * 2
     return layers + v * h * 2 + head
