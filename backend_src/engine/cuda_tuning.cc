@@ -23,6 +23,8 @@ const std::vector<CudaTuningField>& cuda_tuning_fields() {
        "fp16 linears: GEMV up to this many tokens, cuBLAS above (0 = cuBLAS only)"},
       {"gemv_mma_max_tokens", nullptr, &T::gemv_mma_max_tokens, 0, 16,
        "fp16 linears: tensor-core GEMV above gemv_max_tokens up to this many tokens (0 = never)"},
+      {"gemm_gelu_epilogue", &T::gemm_gelu_epilogue, nullptr, 0, 1,
+       "fp16 linears run by cuBLAS: bias + GeLU in cuBLASLt's GELU_BIAS epilogue (false: a separate pass)"},
       {"int8_lm_head", &T::int8_lm_head, nullptr, 0, 1,
        "int8 and fp8 modes: lm_head int8 weight-only (per channel) too"},
       {"int8_packed", &T::int8_packed, nullptr, 0, 1,

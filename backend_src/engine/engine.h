@@ -70,6 +70,10 @@ struct CudaTuning {
   // fp16 linears: the tensor-core GEMV (gemv_mma) above gemv_max_tokens up to this many
   // tokens, cuBLAS above (0 = never; at most 16). Off until measured on a GPU.
   int gemv_mma_max_tokens = 0;
+  // fp16 linears that cuBLAS runs (above the GEMVs): the h_to_4h bias and GeLU in
+  // cuBLASLt's GELU_BIAS epilogue, on the fp32 sums with the bias as fp16, instead of a
+  // bias_gelu pass over the fp16 product. Off until measured on a GPU (issue 18).
+  bool gemm_gelu_epilogue = false;
   // int8 mode: lm_head quantized too, as a checkpoint with quantization.lm_head has it.
   // fp8 mode: lm_head int8 weight-only per channel (the int8 kernels) instead of fp16.
   bool int8_lm_head = false;

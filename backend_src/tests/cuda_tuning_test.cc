@@ -17,6 +17,7 @@ TEST(CudaTuningTest, defaults_are_todays_behaviour) {
   EXPECT_FALSE(t.attention_warp);
   EXPECT_EQ(t.gemv_max_tokens, 4);
   EXPECT_EQ(t.gemv_mma_max_tokens, 0);
+  EXPECT_FALSE(t.gemm_gelu_epilogue);
   EXPECT_FALSE(t.int8_lm_head);
   EXPECT_TRUE(t.int8_packed);
   EXPECT_EQ(t.int8_gemv_max_tokens, -1);
@@ -38,7 +39,7 @@ TEST(CudaTuningTest, every_field_once_and_of_one_kind) {
     EXPECT_LE(f.min, f.max) << f.name;
     EXPECT_GT(std::string(f.help).size(), 10u) << f.name;
   }
-  EXPECT_EQ(names.size(), size_t(15));
+  EXPECT_EQ(names.size(), size_t(16));
 }
 
 TEST(CudaTuningTest, set_by_name_from_text) {

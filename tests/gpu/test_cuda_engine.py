@@ -173,6 +173,33 @@ def test_tensor_core_gemv_follows_the_cpu_engine(eng_mod, tiny):
     assert gpu.generate(prompts, max_tokens=24, ignore_eos=True) == want
 
 
+def test_gelu_epilogue_follows_the_cpu_engine(eng_mod, tiny, capfd):
+    """cuda_gemm_gelu_epilogue=true: the h_to_4h linears cuBLAS runs (prefill chunks, decode
+    steps above gemv_max_tokens) take their bias and GeLU from cuBLASLt's GELU_BIAS
+    epilogue. The logits stay as close to the CPU engine's as test_tiny_logits_close_to_
+    cpu_engine asks, ten sequences decoded together give the CPU engine's greedy ids, and
+    no shape fell back to the separate pass (the runner says so on stderr). Off by default
+    until measured (issue 18)."""
+    d, cfg, hi = tiny
+    rng = np.random.default_rng(22)
+    cpu = eng_mod.Engine(str(d), device="cpu", num_threads=4)
+    kw = dict(device="cuda", dtype="fp16", max_running_seqs=16)
+    gpu = eng_mod.Engine(str(d), cuda_gemm_gelu_epilogue=True, num_kv_blocks=64, **kw)
+    assert "bias+GeLU in the cuBLASLt epilogue" in gpu.backend_description()
+    p = make_prompt(rng, 23, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
+    chunks = [p, [int(x) for x in rng.integers(5, hi, 9)], [7]]
+    err = rel_err(np.asarray(gpu.debug_forward(chunks)), np.asarray(cpu.debug_forward(chunks)))
+    print(f"tiny logits rel err with the GeLU epilogue: {err:.3g}")
+    assert err < 3e-3
+    prompts = [
+        make_prompt(rng, n, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
+        for n in (5, 18, 40, 9, 27, 6, 33, 12, 21, 8)
+    ]
+    want = cpu.generate(prompts, max_tokens=24, ignore_eos=True)
+    assert gpu.generate(prompts, max_tokens=24, ignore_eos=True) == want
+    assert "no GELU_BIAS kernel" not in capfd.readouterr().err
+
+
 def test_continuous_batching_matches_one_at_a_time(eng_mod, tiny):
     d, cfg, hi = tiny
     rng = np.random.default_rng(3)

@@ -16,6 +16,7 @@ NAMES = {
     "attention_split_min_keys": ("int", 64),
     "gemv_max_tokens": ("int", 4),
     "gemv_mma_max_tokens": ("int", 0),
+    "gemm_gelu_epilogue": ("bool", False),
     "int8_lm_head": ("bool", False),
     "int8_packed": ("bool", True),
     "int8_gemv_max_tokens": ("int", -1),

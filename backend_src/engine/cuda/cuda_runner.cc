@@ -57,6 +57,7 @@ T* dev_alloc(size_t count) {
 struct Layer {
   __half *wqkv = nullptr, *wdense = nullptr, *w1 = nullptr, *w2 = nullptr;
   float *bqkv = nullptr, *bdense = nullptr, *b1 = nullptr, *b2 = nullptr;
+  __half* b1h = nullptr;  // b1 as fp16 for cuBLASLt's GELU_BIAS epilogue (tuning gemm_gelu_epilogue; else null)
   float *ln_in_w = nullptr, *ln_in_b = nullptr, *ln_post_w = nullptr, *ln_post_b = nullptr;
   // INT8 weight-only mode (docs/int8.md): the four linears as int8 + fp16 scales (the __half pointers stay null)
   cuda::Int8Weight qkv8, dense8, w18, w28;
@@ -122,9 +123,11 @@ class CudaRunner final : public ModelRunner {
     }
     if (!int8_) {
       const int mma = opts_.cuda.gemv_mma_max_tokens, gemv = opts_.cuda.gemv_max_tokens;
-      return mma > gemv ? "fp16 linears: tensor-core GEMV for " + std::to_string(gemv + 1) + "-" + std::to_string(mma) +
-                              " tokens"
-                        : "";
+      std::string d = mma > gemv ? "tensor-core GEMV for " + std::to_string(gemv + 1) + "-" + std::to_string(mma) +
+                                       " tokens"
+                                 : "";
+      if (gemm_->gelu_epilogue()) d += (d.empty() ? "" : ", ") + std::string("bias+GeLU in the cuBLASLt epilogue");
+      return d.empty() ? d : "fp16 linears: " + d;
     }
     const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
     return std::string("int8 block linears ") +
@@ -189,13 +192,13 @@ class CudaRunner final : public ModelRunner {
   // FP8: F8_E4M3 + F32 scale copied; a float tensor quantized on the GPU (glmserve.fp8's rule).
   void upload_linear_fp8(cuda::Fp8Weight& dst, const LinearWeights& src, int64_t rows, int64_t cols, const char* name);
   void lin(const __half* x, const __half* w, const cuda::Int8Weight& w8, const cuda::Fp8Weight& wf, __half* y, int T,
-           int in, int out, const float* bias = nullptr, bool gelu = false) {
+           int in, int out, const float* bias = nullptr, bool gelu = false, const __half* bias_h = nullptr) {
     if (wf.q)
       fp8_gemm_->linear(x, wf, y, T, in, out, bias, gelu);
     else if (w8.q)
       int8_gemm_->linear(x, w8, y, T, in, out, bias, gelu);
     else
-      gemm_->linear(x, w, y, T, in, out, bias, gelu);
+      gemm_->linear(x, w, y, T, in, out, bias, gelu, bias_h);
   }
   void clear_graphs();
   void release();
@@ -336,6 +339,7 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
     gemm_->set_stream(stream_);
     gemm_->set_gemv_max_tokens(opts.cuda.gemv_max_tokens);
     gemm_->set_gemv_mma_max_tokens(opts.cuda.gemv_mma_max_tokens);
+    gemm_->set_gelu_epilogue(opts.cuda.gemm_gelu_epilogue && !int8_ && !fp8_);
     // int8 lm_head: in int8 mode as the checkpoint or the tuning says; in fp8 mode on the
     // tuning int8_lm_head (per-channel int8 weight-only, the int8 kernels; E4M3 lm_head
     // weights fail the tiny-model gate, docs/int8.md "FP8").
@@ -422,6 +426,13 @@ CudaRunner::CudaRunner(const ModelConfig& cfg, const EngineOptions& opts) : cfg_
       load_weights_from(w);
     }
     if (int8_) pack_int8_layers();
+    if (gemm_->gelu_epilogue()) {  // b1 as fp16: cuBLASLt's bias type for fp16 output
+      for (Layer& l : layers_) {
+        l.b1h = alloc_h(I_);
+        cuda::float_to_half(l.b1, l.b1h, I_, stream_);
+      }
+      GLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    }
     // rotary table: as the CPU runner (fp16-rounded inv_freq)
     const int half = hd_ / 2;
     std::vector<float> invf;
@@ -1032,7 +1043,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits, int split
     }
     lin(att_, w.wdense, w.dense8, w.densef, d_, T, H_, H_);
     cuda::add_layernorm(a_, alpha_, d_, w.bdense, nullptr, w.ln_post_w, w.ln_post_b, eps, m_, T, H_, s);
-    lin(m_, w.w1, w.w18, w.w1f, f_, T, H_, I_, w.b1, /*gelu=*/true);
+    lin(m_, w.w1, w.w18, w.w1f, f_, T, H_, I_, w.b1, /*gelu=*/true, w.b1h);
     lin(f_, w.w2, w.w28, w.w2f, d_, T, I_, H_);
     if (l + 1 < L_) {
       const Layer& nx = layers_[l + 1];
