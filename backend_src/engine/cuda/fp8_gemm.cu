@@ -25,26 +25,9 @@ __global__ void dequantize_rows_kernel(const uint8_t* __restrict__ q, const floa
   }
 }
 
-void check_lt(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLASLt error in ") + what + ": " + cublasGetStatusString(s));
-}
-
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
 }  // namespace
-
-struct Fp8Plan {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  ~Fp8Plan() {
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
 
 bool fp8_supported_device() {
   int dev = 0, major = 0, minor = 0;
@@ -136,7 +119,7 @@ void Fp8Gemm::linear_rows(const __half* x, const Fp8Weight& w, __half* y, int to
     const auto key = std::make_tuple(tokens, nc, in, ldc);
     auto it = plans_.find(key);
     if (it == plans_.end()) {
-      auto p = std::make_unique<Fp8Plan>();
+      auto p = std::make_unique<LtPlan>();
       check_lt(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
       const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
       check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "TRANSA");
@@ -145,25 +128,14 @@ void Fp8Gemm::linear_rows(const __half* x, const Fp8Weight& w, __half* y, int to
       check_lt(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_8F_E4M3, in, nc, in), "layout A");
       check_lt(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_8F_E4M3, in, tokens, in), "layout B");
       check_lt(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, nc, tokens, ldc), "layout C/D");
-      cublasLtMatmulPreference_t pref = nullptr;
-      check_lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-      const cublasStatus_t ws = cublasLtMatmulPreferenceSetAttribute(
-          pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_, sizeof workspace_bytes_);
-      cublasLtMatmulHeuristicResult_t res{};
-      int found = 0;
-      const cublasStatus_t st = ws != CUBLAS_STATUS_SUCCESS
-                                    ? ws
-                                    : cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->c, p->c, pref, 1,
-                                                                     &res, &found);
-      cublasLtMatmulPreferenceDestroy(pref);
-      if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+      const cublasStatus_t st = p->choose_algo(lt_, workspace_bytes_);
+      if (st != CUBLAS_STATUS_SUCCESS)
         throw std::runtime_error("fp8 linear: cuBLASLt has no FP8 kernel for tokens " + std::to_string(tokens) +
                                  ", out " + std::to_string(nc) + ", in " + std::to_string(in) + " (" +
                                  cublasGetStatusString(st) + ")");
-      p->algo = res.algo;
       it = plans_.emplace(key, std::move(p)).first;
     }
-    const Fp8Plan& p = *it->second;
+    const LtPlan& p = *it->second;
     check_lt(cublasLtMatmul(lt_, p.op, &one, w.q + n0 * in, p.a, qx, p.b, &zero, acc, p.c, acc, p.c, &p.algo,
                             workspace_, workspace_bytes_, stream_),
              "cublasLtMatmul (fp8)");

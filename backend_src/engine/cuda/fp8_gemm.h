@@ -19,10 +19,11 @@
 #include <memory>
 #include <tuple>
 
+#include "lt_plan.h"
+
 namespace glm {
 namespace cuda {
 
-struct Fp8Plan;  // one matmul shape's cuBLASLt descriptors and algorithm (fp8_gemm.cu)
 
 struct Fp8Weight {
   uint8_t* q = nullptr;   // [out, in] E4M3 codes
@@ -78,7 +79,7 @@ class Fp8Gemm {
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   int gemv_max_ = 0;
-  std::map<std::tuple<int, int, int, int>, std::unique_ptr<Fp8Plan>> plans_;  // (tokens, cols, in, ldc)
+  std::map<std::tuple<int, int, int, int>, std::unique_ptr<LtPlan>> plans_;  // (tokens, cols, in, ldc)
 };
 
 }  // namespace cuda

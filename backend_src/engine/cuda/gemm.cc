@@ -29,24 +29,7 @@ void gemm(cublasHandle_t h, const __half* x, const __half* w, void* y, cudaDataT
              "cublasGemmEx");
 }
 
-void check_lt(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLASLt error in ") + what + ": " + cublasGetStatusString(s));
-}
-
 }  // namespace
-
-struct GeluPlan {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  ~GeluPlan() {
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
 
 Gemm::Gemm() {
   check_blas(cublasCreate(&handle_), "cublasCreate");
@@ -78,11 +61,11 @@ void Gemm::set_gelu_epilogue(bool on) {
   }
 }
 
-const GeluPlan* Gemm::gelu_plan(int tokens, int in, int out, const __half* bias_h) {
+const LtPlan* Gemm::gelu_plan(int tokens, int in, int out, const __half* bias_h) {
   const auto key = std::make_tuple(tokens, in, out);
   auto it = gelu_plans_.find(key);
   if (it != gelu_plans_.end()) return it->second.get();
-  auto p = std::make_unique<GeluPlan>();
+  auto p = std::make_unique<LtPlan>();
   check_lt(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_GELU_BIAS;
@@ -96,23 +79,12 @@ const GeluPlan* Gemm::gelu_plan(int tokens, int in, int out, const __half* bias_
   check_lt(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16F, in, out, in), "layout A");
   check_lt(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16F, in, tokens, in), "layout B");
   check_lt(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16F, out, tokens, out), "layout C/D");
-  cublasLtMatmulPreference_t pref = nullptr;
-  check_lt(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-  const cublasStatus_t ws = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                                 &workspace_bytes_, sizeof workspace_bytes_);
-  cublasLtMatmulHeuristicResult_t res{};
-  int found = 0;
-  const cublasStatus_t st = ws != CUBLAS_STATUS_SUCCESS ? ws
-                                                        : cublasLtMatmulAlgoGetHeuristic(lt_, p->op, p->a, p->b, p->c,
-                                                                                         p->c, pref, 1, &res, &found);
-  cublasLtMatmulPreferenceDestroy(pref);
-  if (st != CUBLAS_STATUS_SUCCESS || found == 0) {
+  const cublasStatus_t st = p->choose_algo(lt_, workspace_bytes_);
+  if (st != CUBLAS_STATUS_SUCCESS) {
     ++fallbacks_;
     std::fprintf(stderr, "[glm] gemm_gelu_epilogue: cuBLASLt has no GELU_BIAS kernel for tokens %d, in %d, out %d (%s); "
                  "that shape keeps the bias_gelu pass\n", tokens, in, out, cublasGetStatusString(st));
     p.reset();
-  } else {
-    p->algo = res.algo;
   }
   return gelu_plans_.emplace(key, std::move(p)).first->second.get();
 }
@@ -130,7 +102,7 @@ void Gemm::linear(const __half* x, const __half* w, __half* y, int tokens, int i
   }
   if (gelu && lt_ && tokens > 0) {
     check_arg(bias_h != nullptr, "linear", "the GeLU epilogue needs the bias as fp16 (bias_h)");
-    if (const GeluPlan* p = gelu_plan(tokens, in, out, bias_h)) {
+    if (const LtPlan* p = gelu_plan(tokens, in, out, bias_h)) {
       check_arg(x && w && y, "linear", "null tensor");
       check_lt(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_h, sizeof bias_h),
                "BIAS_POINTER");

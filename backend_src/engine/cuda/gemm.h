@@ -11,10 +11,10 @@
 #include <memory>
 #include <tuple>
 
+#include "lt_plan.h"
+
 namespace glm {
 namespace cuda {
-
-struct GeluPlan;  // one shape's cuBLASLt GELU_BIAS matmul: descriptors and algorithm (gemm.cc)
 
 class Gemm {
  public:
@@ -48,10 +48,10 @@ class Gemm {
 
  private:
   // The GELU_BIAS matmul of one shape, planned on first use; null when cuBLASLt has none.
-  const GeluPlan* gelu_plan(int tokens, int in, int out, const __half* bias_h);
+  const LtPlan* gelu_plan(int tokens, int in, int out, const __half* bias_h);
   cublasHandle_t handle_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
-  std::map<std::tuple<int, int, int>, std::unique_ptr<GeluPlan>> gelu_plans_;
+  std::map<std::tuple<int, int, int>, std::unique_ptr<LtPlan>> gelu_plans_;  // null: no such kernel
   int fallbacks_ = 0;
   cudaStream_t stream_ = nullptr;
   int gemv_max_ = 4;
