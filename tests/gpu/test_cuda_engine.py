@@ -143,6 +143,21 @@ def test_tiny_logits_close_to_cpu_engine(eng_mod, tiny):
     assert err < 3e-3  # recorded 0.000953
 
 
+def follows_the_cpu_engine(cpu, gpu, chunks, rng, cfg, hi, what: str) -> None:
+    """The GPU engine's logits of `chunks` within test_tiny_logits_close_to_cpu_engine's
+    bound of the CPU engine's, and ten sequences decoded together (decode steps of 10
+    tokens) giving the CPU engine's greedy ids."""
+    err = rel_err(np.asarray(gpu.debug_forward(chunks)), np.asarray(cpu.debug_forward(chunks)))
+    print(f"tiny logits rel err with {what}: {err:.3g}")
+    assert err < 3e-3
+    prompts = [
+        make_prompt(rng, n, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
+        for n in (5, 18, 40, 9, 27, 6, 33, 12, 21, 8)
+    ]
+    want = cpu.generate(prompts, max_tokens=24, ignore_eos=True)
+    assert gpu.generate(prompts, max_tokens=24, ignore_eos=True) == want
+
+
 def test_tensor_core_gemv_follows_the_cpu_engine(eng_mod, tiny):
     """cuda_gemv_mma_max_tokens=16: linears of 5-16 tokens run the tensor-core GEMV
     (gemv_mma) instead of cuBLAS. Logits of chunks of 9 and 14 tokens stay as close to the
@@ -162,15 +177,7 @@ def test_tensor_core_gemv_follows_the_cpu_engine(eng_mod, tiny):
         [int(x) for x in rng.integers(5, hi, 9)],
         [int(x) for x in rng.integers(5, hi, 14)],
     ]
-    err = rel_err(np.asarray(gpu.debug_forward(chunks)), np.asarray(cpu.debug_forward(chunks)))
-    print(f"tiny logits rel err with the tensor-core GEMV: {err:.3g}")
-    assert err < 3e-3
-    prompts = [
-        make_prompt(rng, n, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
-        for n in (5, 18, 40, 9, 27, 6, 33, 12, 21, 8)
-    ]
-    want = cpu.generate(prompts, max_tokens=24, ignore_eos=True)
-    assert gpu.generate(prompts, max_tokens=24, ignore_eos=True) == want
+    follows_the_cpu_engine(cpu, gpu, chunks, rng, cfg, hi, "the tensor-core GEMV")
 
 
 def test_gelu_epilogue_follows_the_cpu_engine(eng_mod, tiny, capfd):
@@ -188,15 +195,7 @@ def test_gelu_epilogue_follows_the_cpu_engine(eng_mod, tiny, capfd):
     assert "bias+GeLU in the cuBLASLt epilogue" in gpu.backend_description()
     p = make_prompt(rng, 23, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
     chunks = [p, [int(x) for x in rng.integers(5, hi, 9)], [7]]
-    err = rel_err(np.asarray(gpu.debug_forward(chunks)), np.asarray(cpu.debug_forward(chunks)))
-    print(f"tiny logits rel err with the GeLU epilogue: {err:.3g}")
-    assert err < 3e-3
-    prompts = [
-        make_prompt(rng, n, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
-        for n in (5, 18, 40, 9, 27, 6, 33, 12, 21, 8)
-    ]
-    want = cpu.generate(prompts, max_tokens=24, ignore_eos=True)
-    assert gpu.generate(prompts, max_tokens=24, ignore_eos=True) == want
+    follows_the_cpu_engine(cpu, gpu, chunks, rng, cfg, hi, "the GeLU epilogue")
     assert "no GELU_BIAS kernel" not in capfd.readouterr().err
 
 

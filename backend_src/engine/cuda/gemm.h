@@ -41,10 +41,9 @@ class Gemm {
   void set_gemv_mma_max_tokens(int n) { gemv_mma_max_ = n; }
   // Bias + GeLU in cuBLASLt's epilogue for the linears cuBLAS runs (tuning
   // gemm_gelu_epilogue). A shape cuBLASLt has no such kernel for keeps the bias_gelu
-  // pass (gelu_epilogue_fallbacks() counts those shapes).
+  // pass and says so on stderr.
   void set_gelu_epilogue(bool on);
   bool gelu_epilogue() const { return lt_ != nullptr; }
-  int gelu_epilogue_fallbacks() const { return fallbacks_; }
 
  private:
   // The GELU_BIAS matmul of one shape, planned on first use; null when cuBLASLt has none.
@@ -52,7 +51,6 @@ class Gemm {
   cublasHandle_t handle_ = nullptr;
   cublasLtHandle_t lt_ = nullptr;
   std::map<std::tuple<int, int, int>, std::unique_ptr<LtPlan>> gelu_plans_;  // null: no such kernel
-  int fallbacks_ = 0;
   cudaStream_t stream_ = nullptr;
   int gemv_max_ = 4;
   int gemv_mma_max_ = 0;
