@@ -16,8 +16,8 @@ TEST(CudaTuningTest, defaults_are_todays_behaviour) {
   EXPECT_TRUE(t.pdl);
   EXPECT_FALSE(t.attention_warp);
   EXPECT_EQ(t.gemv_max_tokens, 4);
-  EXPECT_EQ(t.gemv_mma_max_tokens, 0);
-  EXPECT_FALSE(t.gemm_gelu_epilogue);
+  EXPECT_EQ(t.gemv_mma_max_tokens, 16);
+  EXPECT_TRUE(t.gemm_gelu_epilogue);
   EXPECT_FALSE(t.int8_lm_head);
   EXPECT_TRUE(t.int8_packed);
   EXPECT_EQ(t.int8_gemv_max_tokens, -1);

@@ -65,14 +65,23 @@ def test_fp8_kv_batching_and_forked_choices(eng_mod, tmp_path):
     distribution is nearly uniform (chosen log-probabilities about -11, ln(1/130,528) =
     -11.8), so a log-probability difference of 1e-4 flips draws: H100, 2026-12-07, with
     the fp16 cache as with fp8 (choice 1 equal to seed 41 alone until its first or second
-    id). A block copied without its scales moves the argmax; rounding does not."""
+    id). A block copied without its scales moves the argmax; rounding does not.
+
+    Split-KV is off here (`cuda_attention_split_min_keys=0`): its chunk count depends on
+    the step's batch (enough chunks for 4 (token, head) pairs per SM), so a sequence alone
+    and the same sequence among five (or forked into three) sum its attention in different
+    orders. With it on (the default, 64 keys) this test failed on an H100 (2026-12-08) for
+    the one prompt whose context reaches 64 keys (64 tokens; every other one stays under
+    64 with its 20 new ids), from its fifth id: a rounding-level change that flips this
+    model's nearly tied argmax, not a cache fault. Split-KV over the fp8 cache is held to
+    the CPU reference by glm_cuda_kernel_test ("paged_attention_fp8 ... split-KV")."""
     d = tmp_path / "full"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(REAL_CONFIG))
     prompts = prompts_for(REAL_CONFIG, [7, 30, 12, 64, 5, 19], 3)
     gpu = eng_mod.Engine(
         str(d), device="cuda", dtype="fp16", random_weights=True, weights_seed=5, kv_cache_dtype="fp8",
-        max_running_seqs=16, num_kv_blocks=256,
+        max_running_seqs=16, num_kv_blocks=256, cuda_attention_split_min_keys=0,
     )  # fmt: skip
     alone = [gpu.generate([p], max_tokens=20, ignore_eos=True)[0] for p in prompts]
     batched = gpu.generate(
