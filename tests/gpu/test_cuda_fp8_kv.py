@@ -67,14 +67,15 @@ def test_fp8_kv_batching_and_forked_choices(eng_mod, tmp_path):
     the fp16 cache as with fp8 (choice 1 equal to seed 41 alone until its first or second
     id). A block copied without its scales moves the argmax; rounding does not.
 
-    Split-KV is off here (`cuda_attention_split_min_keys=0`): its chunk count depends on
-    the step's batch (enough chunks for 4 (token, head) pairs per SM), so a sequence alone
-    and the same sequence among five (or forked into three) sum its attention in different
-    orders. With it on (the default, 64 keys) this test failed on an H100 (2026-12-08) for
-    the one prompt whose context reaches 64 keys (64 tokens; every other one stays under
-    64 with its 20 new ids), from its fifth id: a rounding-level change that flips this
-    model's nearly tied argmax, not a cache fault. Split-KV over the fp8 cache is held to
-    the CPU reference by glm_cuda_kernel_test ("paged_attention_fp8 ... split-KV")."""
+    Split-KV is off here (`cuda_attention_split_min_keys=0`): decode-only steps of few
+    sequences split a 64+-key context's attention into chunks, steps that carry a prefill
+    do not, so a sequence alone (split at every step) and among staggered arrivals (some
+    steps unsplit) sums its attention in different orders. With it on (the default, 64
+    keys) this test failed on an H100 (2026-12-08) for the one prompt whose context
+    reaches 64 keys (64 tokens; every other one stays under 64 with its 20 new ids), from
+    its fifth id: a rounding-level change that flips this model's nearly tied argmax, not
+    a cache fault. Split-KV over the fp8 cache is held to the CPU reference by
+    glm_cuda_kernel_test ("paged_attention_fp8 ... split-KV")."""
     d = tmp_path / "full"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(REAL_CONFIG))
