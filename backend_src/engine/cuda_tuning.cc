@@ -17,6 +17,8 @@ const std::vector<CudaTuningField>& cuda_tuning_fields() {
       {"pdl", &T::pdl, nullptr, 0, 1, "programmatic dependent launch on sm_90+ (process-wide)"},
       {"attention_warp", &T::attention_warp, nullptr, 0, 1,
        "warp-per-(token, head) paged attention for >= 2048 pairs (head_dim 64/128)"},
+      {"attention_one_pass", &T::attention_one_pass, nullptr, 0, 1,
+       "paged attention in one pass: K and V loaded together, online softmax (false: scores, softmax, then V)"},
       {"attention_split_min_keys", nullptr, &T::attention_split_min_keys, 0, 1 << 20,
        "decode attention: split-KV from this many keys in steps of < 4 (token, head) pairs per SM (0 = never)"},
       {"gemv_max_tokens", nullptr, &T::gemv_max_tokens, 0, 8,

@@ -64,6 +64,10 @@ struct CudaTuning {
   // (head_dim 64 or 128); off: one block per pair (v5 found the warp kernel no faster,
   // docs/cuda_notes.md).
   bool attention_warp = false;
+  // Paged attention in one pass over the keys: each key's K and V loaded in the same round,
+  // an online softmax in registers, no scores array (docs/cuda_notes.md "One-pass
+  // attention"). Off until measured on a GPU (issue 18). Takes precedence over attention_warp.
+  bool attention_one_pass = false;
   // fp16 linears: the weight-streaming GEMV up to this many tokens, cuBLAS above
   // (0 = cuBLAS only; at most 8).
   int gemv_max_tokens = 4;

@@ -15,6 +15,7 @@ TEST(CudaTuningTest, defaults_are_todays_behaviour) {
   EXPECT_FALSE(t.rotary_fp16);
   EXPECT_TRUE(t.pdl);
   EXPECT_FALSE(t.attention_warp);
+  EXPECT_FALSE(t.attention_one_pass);
   EXPECT_EQ(t.gemv_max_tokens, 4);
   EXPECT_EQ(t.gemv_mma_max_tokens, 16);
   EXPECT_TRUE(t.gemm_gelu_epilogue);
@@ -39,7 +40,7 @@ TEST(CudaTuningTest, every_field_once_and_of_one_kind) {
     EXPECT_LE(f.min, f.max) << f.name;
     EXPECT_GT(std::string(f.help).size(), 10u) << f.name;
   }
-  EXPECT_EQ(names.size(), size_t(16));
+  EXPECT_EQ(names.size(), size_t(17));
 }
 
 TEST(CudaTuningTest, set_by_name_from_text) {

@@ -34,14 +34,18 @@ def tiny(tmp_path_factory) -> Path:
     return tiny_dir_or_make(tmp_path_factory)
 
 
-def test_tiny_fp8_kv_follows_the_cpu_engine(eng_mod, tiny):
+@pytest.mark.parametrize("one_pass", [False, True], ids=["two-phase", "one-pass"])
+def test_tiny_fp8_kv_follows_the_cpu_engine(eng_mod, tiny, one_pass):
+    """Both block attention kernels read the fp8 cache (one-pass: cuda_attention_one_pass)."""
     cfg = json.loads((tiny / "config.json").read_text())
     (p,) = prompts_for(cfg, [23], 2)
     chunks = [p, [7], [11, 12, 13], [9]]
     gpu = eng_mod.Engine(
-        str(tiny), device="cuda", dtype="fp16", kv_cache_dtype="fp8", num_kv_blocks=64
-    )
+        str(tiny), device="cuda", dtype="fp16", kv_cache_dtype="fp8", num_kv_blocks=64,
+        cuda_attention_one_pass=one_pass,
+    )  # fmt: skip
     assert "KV cache fp8" in gpu.backend_description()
+    assert ("one-pass" in gpu.backend_description()) == one_pass
     got = np.asarray(gpu.debug_forward(chunks))
     cpu8 = eng_mod.Engine(str(tiny), device="cpu", kv_cache_dtype="fp8", num_threads=4)
     cpu32 = eng_mod.Engine(str(tiny), device="cpu", num_threads=4)

@@ -13,6 +13,7 @@ NAMES = {
     "rotary_fp16": ("bool", False),
     "pdl": ("bool", True),
     "attention_warp": ("bool", False),
+    "attention_one_pass": ("bool", False),
     "attention_split_min_keys": ("int", 64),
     "gemv_max_tokens": ("int", 4),
     "gemv_mma_max_tokens": ("int", 16),

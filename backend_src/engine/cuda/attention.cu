@@ -1,6 +1,8 @@
 // Paged attention (decode, prefill and mixed batches): one block per
 // (head, query token), or per (head, query token, key chunk) with split-KV (then a
-// combining kernel); keys and values read from the paged cache.
+// combining kernel); keys and values read from the paged cache. Two block kernels:
+// scores, softmax, then V (the default), or one pass with an online softmax
+// (AttentionParams::one_pass); and a warp-per-pair kernel for many pairs (warp_per_pair).
 #include <cuda_fp8.h>
 
 #include <cfloat>
@@ -102,6 +104,52 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
   return r;
 }
 
+// The keys block (h = blockIdx.x, t = blockIdx.y[, chunk blockIdx.z]) covers and where its
+// result goes. SPLIT: keys [k0, k0 + n) of chunk z (AttentionParams::splits), the result
+// (max, sum, unnormalized output) in p.split_scratch; otherwise all of token t's keys and
+// its output row. An empty range writes its result here ((-FLT_MAX, 0, 0), or a zero row)
+// and leaves n = 0, so the kernel returns. Also the query row, times p.scale.
+template <int HD, int VEC, bool SPLIT>
+struct BlockKeys {
+  int k0 = 0, n = 0;
+  __half* orow = nullptr;
+  float* part = nullptr;  // SPLIT: [max, sum, acc[HD]]
+  const int32_t* table = nullptr;
+  float qv[VEC];
+
+  __device__ __forceinline__ BlockKeys(const __half* q, const int32_t* tok_seq, const int32_t* n_keys,
+                                       const int32_t* block_tables, const AttentionParams& p, __half* out, int li) {
+    const int h = blockIdx.x, t = blockIdx.y;
+    const int n_all = n_keys[t];
+    orow = out + ((int64_t)t * p.heads + h) * HD;
+    n = n_all;
+    if constexpr (SPLIT) {
+      part = p.split_scratch + (((int64_t)t * p.heads + h) * p.splits + blockIdx.z) * (HD + 2);
+      const int chunk = max((n_all + p.splits - 1) / p.splits, kAttnSplitMinChunk);
+      k0 = (int)blockIdx.z * chunk;
+      n = max(0, min(n_all - k0, chunk));
+      if (n <= 0) {
+        for (int d = threadIdx.x; d < HD + 2; d += blockDim.x) part[d] = d == 0 ? -FLT_MAX : 0.f;
+        n = 0;
+        return;
+      }
+    } else if (n <= 0) {
+      for (int d = threadIdx.x; d < HD; d += blockDim.x) orow[d] = __float2half(0.f);
+      n = 0;
+      return;
+    }
+    table = block_tables + (int64_t)tok_seq[t] * p.max_blocks_per_seq;
+    load_vec<VEC>(q + ((int64_t)t * p.heads + h) * HD + li * VEC, qv);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) qv[k] *= p.scale;
+  }
+  // The (block, head, offset) row of key s of the range: the scale's index; times HD the code's.
+  __device__ __forceinline__ int64_t row(int s, const AttentionParams& p) const {
+    const int key = k0 + s;
+    return ((int64_t)table[key / p.block_size] * p.heads + blockIdx.x) * p.block_size + key % p.block_size;
+  }
+};
+
 // SPLIT: block (h, t, z) covers keys [k0, k1) of chunk z (AttentionParams::splits) and
 // writes (max, sum, unnormalized output) to p.split_scratch; an empty chunk writes
 // (-FLT_MAX, 0, 0). Otherwise one block covers all n keys and writes the output row.
@@ -122,39 +170,13 @@ __global__ void __launch_bounds__(kAttnThreads)
 
   pdl_wait();
   pdl_launch_dependents();
-  const int h = blockIdx.x;
-  const int t = blockIdx.y;
-  const int n_all = n_keys[t];
-  __half* orow = out + ((int64_t)t * p.heads + h) * HD;
-  int k0 = 0, n = n_all;  // this block's keys: [k0, k0 + n)
-  float* part = nullptr;  // SPLIT: [max, sum, acc[HD]]
-  if constexpr (SPLIT) {
-    part = p.split_scratch + (((int64_t)t * p.heads + h) * p.splits + blockIdx.z) * (HD + 2);
-    const int chunk = max((n_all + p.splits - 1) / p.splits, kAttnSplitMinChunk);
-    k0 = (int)blockIdx.z * chunk;
-    n = max(0, min(n_all - k0, chunk));
-    if (n <= 0) {
-      for (int d = threadIdx.x; d < HD + 2; d += blockDim.x) part[d] = d == 0 ? -FLT_MAX : 0.f;
-      return;
-    }
-  } else if (n <= 0) {
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) orow[d] = __float2half(0.f);
-    return;
-  }
-  const int32_t* table = block_tables + (int64_t)tok_seq[t] * p.max_blocks_per_seq;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane / LPT, li = lane % LPT;
+  const BlockKeys<HD, VEC, SPLIT> bk(q, tok_seq, n_keys, block_tables, p, out, li);
+  const int n = bk.n;
+  if (n == 0) return;  // its result is written
   const bool lane_active = g < TPW;  // always true; kept for clarity when LPT does not divide 32
-
-  float qv[VEC];
-  load_vec<VEC>(q + ((int64_t)t * p.heads + h) * HD + li * VEC, qv);
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) qv[k] *= p.scale;
-
-  auto kv_row = [&](int s) -> int64_t {  // (block, head, offset): the scale's index
-    const int64_t blk = table[s / p.block_size];
-    return (blk * p.heads + h) * p.block_size + s % p.block_size;
-  };
+  const float(&qv)[VEC] = bk.qv;
 
   // 1. scores
   for (int base = warp * TPW; base < n; base += STRIDE * kUnroll) {
@@ -163,7 +185,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     for (int u = 0; u < kUnroll; ++u) {
       const int s = base + u * STRIDE + g;
       if (lane_active && s < n) {
-        const int64_t r = kv_row(k0 + s);
+        const int64_t r = bk.row(s, p);
         load_kv<VEC, FP8>(kv.k, kv.k_scale, r * HD + li * VEC, r, kvals[u]);
       } else {
 #pragma unroll
@@ -207,7 +229,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     for (int u = 0; u < kUnroll; ++u) {
       const int s = base + u * STRIDE + g;
       if (lane_active && s < n) {
-        const int64_t r = kv_row(k0 + s);
+        const int64_t r = bk.row(s, p);
         load_kv<VEC, FP8>(kv.v, kv.v_scale, r * HD + li * VEC, r, vv[u]);
         pr[u] = scores[s];
       } else {
@@ -235,14 +257,123 @@ __global__ void __launch_bounds__(kAttnThreads)
 #pragma unroll
     for (int w = 0; w < kAttnWarps; ++w) r += accs[w * HD + d];
     if constexpr (SPLIT)
-      part[2 + d] = r;
+      bk.part[2 + d] = r;
     else
-      orow[d] = __float2half_rn(r * inv);
+      bk.orow[d] = __float2half_rn(r * inv);
   }
   if constexpr (SPLIT) {
     if (threadIdx.x == 0) {
-      part[0] = m;
-      part[1] = sum;
+      bk.part[0] = m;
+      bk.part[1] = sum;
+    }
+  }
+}
+
+// One pass over the keys (tuning attention_one_pass): the same lane groups as the block
+// kernel above (LPT lanes per key, VEC dims per lane), but each group loads a key's K and
+// V row in the same round and keeps an online softmax (running max m, sum l, unnormalized
+// output) in registers, so a round trip to memory covers K and V of GROUPS x U keys and
+// there is no scores array, no block reduction between the phases and no shared memory
+// sized by the context. At the end the groups' (m, l, acc) are combined through shared
+// memory in a fixed order. SPLIT: the block covers one chunk and writes that combination
+// as the chunk's (max, sum, unnormalized output), as the block kernel does.
+constexpr int kOnePassUnroll = 4;
+
+template <int HD, bool FP8, bool SPLIT>
+__global__ void __launch_bounds__(kAttnThreads)
+    paged_attention_one_pass_kernel(const __half* __restrict__ q, KvRead kv, const int32_t* __restrict__ tok_seq,
+                                    const int32_t* __restrict__ n_keys, const int32_t* __restrict__ block_tables,
+                                    AttentionParams p, __half* __restrict__ out) {
+  constexpr int VEC = HD >= 8 ? 8 : HD;
+  constexpr int LPT = HD / VEC;  // lanes per key
+  constexpr int TPW = 32 / LPT;  // lane groups (keys in flight per round and unroll step) per warp
+  constexpr int GROUPS = kAttnWarps * TPW;
+  constexpr int U = kOnePassUnroll;
+  __shared__ float group_acc[GROUPS * HD];  // 128 x VEC floats: at most 4 KB
+  __shared__ float group_ml[2 * GROUPS];
+
+  pdl_wait();
+  pdl_launch_dependents();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane / LPT, li = lane % LPT;
+  const BlockKeys<HD, VEC, SPLIT> bk(q, tok_seq, n_keys, block_tables, p, out, li);
+  const int n = bk.n;
+  if (n == 0) return;  // its result is written
+  const int grp = warp * TPW + g;
+  const float(&qv)[VEC] = bk.qv;
+
+  float m = -FLT_MAX, l = 0.f, acc[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) acc[k] = 0.f;
+  // The loop bound is the block's, so every lane runs every round (the shuffles need all).
+  for (int base = 0; base < n; base += GROUPS * U) {
+    float kx[U][VEC], vx[U][VEC];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int s = base + u * GROUPS + grp;
+      if (s < n) {
+        const int64_t r = bk.row(s, p);
+        load_kv<VEC, FP8>(kv.k, kv.k_scale, r * HD + li * VEC, r, kx[u]);
+        load_kv<VEC, FP8>(kv.v, kv.v_scale, r * HD + li * VEC, r, vx[u]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) kx[u][k] = vx[u][k] = 0.f;
+      }
+    }
+    float sc[U];
+    float cm = -FLT_MAX;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float d = 0.f;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) d += qv[k] * kx[u][k];
+#pragma unroll
+      for (int o = LPT / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+      sc[u] = d;
+      if (base + u * GROUPS + grp < n) cm = fmaxf(cm, d);
+    }
+    const float mn = fmaxf(m, cm);
+    const float corr = expf(m - mn);  // 0 after an empty start (m = -FLT_MAX), 1 if still empty
+    l *= corr;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) acc[k] *= corr;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * GROUPS + grp < n) {
+        const float e = expf(sc[u] - mn);
+        l += e;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) acc[k] += e * vx[u][k];
+      }
+    }
+    m = mn;
+  }
+  if (li == 0) {
+    group_ml[2 * grp] = m;
+    group_ml[2 * grp + 1] = l;
+  }
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) group_acc[grp * HD + li * VEC + k] = acc[k];
+  __syncthreads();
+  for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+    float M = -FLT_MAX;
+    for (int i = 0; i < GROUPS; ++i)
+      if (group_ml[2 * i + 1] > 0.f) M = fmaxf(M, group_ml[2 * i]);
+    float L = 0.f, o = 0.f;
+    for (int i = 0; i < GROUPS; ++i) {
+      if (!(group_ml[2 * i + 1] > 0.f)) continue;  // a group that got no key
+      const float w = expf(group_ml[2 * i] - M);
+      L += group_ml[2 * i + 1] * w;
+      o += group_acc[i * HD + d] * w;
+    }
+    if constexpr (SPLIT) {
+      bk.part[2 + d] = o;
+      if (d == 0) {
+        bk.part[0] = M;
+        bk.part[1] = L;
+      }
+    } else {
+      bk.orow[d] = __float2half_rn(o / L);  // n >= 1 key: some group has l >= 1
     }
   }
 }
@@ -383,13 +514,19 @@ template <int HD, bool FP8>
 void launch(const __half* q, const KvRead& kv, const int32_t* tok_seq, const int32_t* n_keys, const int32_t* bt,
             const AttentionParams& p, __half* out, int tokens, cudaStream_t stream) {
   const bool split = p.splits > 1;
-  const int keys = attention_score_slots(p.max_keys, p.splits);
-  const size_t smem = (size_t)(keys + kAttnWarps * HD + 32) * sizeof(float);
-  auto kernel = split ? paged_attention_kernel<HD, FP8, true> : paged_attention_kernel<HD, FP8, false>;
-  if (smem > 48 * 1024)
-    GLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
   dim3 grid(p.heads, tokens, split ? p.splits : 1);
-  launch_k("paged_attention", kernel, grid, dim3(kAttnThreads), smem, stream, q, kv, tok_seq, n_keys, bt, p, out);
+  if (p.one_pass) {
+    auto kernel = split ? paged_attention_one_pass_kernel<HD, FP8, true> : paged_attention_one_pass_kernel<HD, FP8, false>;
+    launch_k("paged_attention (one pass)", kernel, grid, dim3(kAttnThreads), 0, stream, q, kv, tok_seq, n_keys, bt, p,
+             out);
+  } else {
+    const int keys = attention_score_slots(p.max_keys, p.splits);
+    const size_t smem = (size_t)(keys + kAttnWarps * HD + 32) * sizeof(float);
+    auto kernel = split ? paged_attention_kernel<HD, FP8, true> : paged_attention_kernel<HD, FP8, false>;
+    if (smem > 48 * 1024)
+      GLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    launch_k("paged_attention", kernel, grid, dim3(kAttnThreads), smem, stream, q, kv, tok_seq, n_keys, bt, p, out);
+  }
   if (split)
     launch_k("paged_attention (split-KV combine)", attention_split_combine_kernel<HD>,
              dim3((unsigned)tokens * p.heads), dim3(HD), 0, stream, (const float*)p.split_scratch, p.splits, out);
@@ -435,7 +572,7 @@ void paged_attention(const __half* q, const __half* k_cache, const __half* v_cac
   // p.warp_per_pair (tuning attention_warp). Off by default: v5 measured it no faster
   // than the block kernel (docs/cuda_notes.md; the later same-run A/B most likely ran
   // the block kernel in its "warp" rows, see "Tuning options" there).
-  if (p.splits == 1 && p.warp_per_pair && tokens * p.heads >= kWarpAttnMinPairs &&
+  if (p.splits == 1 && p.warp_per_pair && !p.one_pass && tokens * p.heads >= kWarpAttnMinPairs &&
       (p.head_dim == 128 || p.head_dim == 64)) {
     const int pairs = tokens * p.heads;
     const int blocks = (pairs + kWarpAttnWarps - 1) / kWarpAttnWarps;

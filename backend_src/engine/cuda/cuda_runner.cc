@@ -104,7 +104,8 @@ class CudaRunner final : public ModelRunner {
     const std::string kv = kv_fp8_ ? "KV cache fp8 (E4M3, a scale per token and head)" : "";
     const int split = opts_.cuda.attention_split_min_keys;
     const std::string sk = split > 0 ? "split-KV decode attention from " + std::to_string(split) + " keys" : "";
-    for (const std::string& part : {linears_description(), kv, sk, graphs_description()})
+    const std::string att = opts_.cuda.attention_one_pass ? "one-pass paged attention (online softmax)" : "";
+    for (const std::string& part : {linears_description(), kv, att, sk, graphs_description()})
       if (!part.empty()) out += (out.empty() ? "" : "; ") + part;
     return out;
   }
@@ -1021,6 +1022,7 @@ void CudaRunner::run_model(const Meta& m, int T, int R, float* logits, int split
   ap.max_keys = cfg_.max_prefix_len + cfg_.max_sequence_length;
   ap.scale = 1.0f / std::sqrt(static_cast<float>(hd_));
   ap.warp_per_pair = opts_.cuda.attention_warp;
+  ap.one_pass = opts_.cuda.attention_one_pass;
   ap.splits = splits;
   ap.split_scratch = split_scratch_;
   ap.split_scratch_floats = split_scratch_floats_;

@@ -83,6 +83,10 @@ struct AttentionParams {
   int max_keys = 0;          // upper bound of n_keys (sizes shared memory)
   float scale = 0.f;
   bool warp_per_pair = false;  // one warp per (token, head) pair when there are many (EngineOptions::cuda.attention_warp)
+  // The block kernel in one pass: K and V of a key loaded together, an online softmax per
+  // lane group, the groups combined at the end (EngineOptions::cuda.attention_one_pass).
+  // Takes precedence over warp_per_pair; fp16 and fp8 caches, with or without split-KV.
+  bool one_pass = false;
   // Split-KV (few (token, head) pairs, long contexts): `splits` > 1 blocks per (token,
   // head), each over a chunk of max(ceil(n / splits), kAttnSplitMinChunk) keys, write
   // partial softmax results into split_scratch ([tokens, heads, splits, head_dim + 2]
