@@ -19,8 +19,8 @@ PREFIX = "cuda_"
 
 
 def fields() -> list[dict[str, Any]]:
-    """The engine's tuning fields (name, type 'bool' or 'int', default, min, max, help);
-    empty when glmserve._engine is not built."""
+    """The engine's tuning fields (name, type 'bool' or 'int', default, min, max, choices,
+    help); empty when glmserve._engine is not built."""
     try:
         # torch first when it is there: its CUDA libraries must be loaded before the
         # engine's in one process (the engine module first, then torch, crashed the
@@ -60,6 +60,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
             "--cuda-" + f["name"].replace("_", "-"),
             dest=PREFIX + f["name"],
             type=parse_bool if is_bool else int,
+            choices=f.get("choices") or None,
             default=None,
             metavar="BOOL" if is_bool else "N",
             help=f"{f['help']} (default {default})",

@@ -1,5 +1,6 @@
 // The CudaTuning fields by name (engine.h): one table for every surface that sets
 // them from text or keywords, and their range check at engine creation.
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <string>
@@ -17,8 +18,10 @@ const std::vector<CudaTuningField>& cuda_tuning_fields() {
       {"pdl", &T::pdl, nullptr, 0, 1, "programmatic dependent launch on sm_90+ (process-wide)"},
       {"attention_warp", &T::attention_warp, nullptr, 0, 1,
        "warp-per-(token, head) paged attention for >= 2048 pairs (head_dim 64/128)"},
-      {"attention_one_pass", &T::attention_one_pass, nullptr, 0, 1,
-       "paged attention in one pass: K and V loaded together, online softmax (false: scores, softmax, then V)"},
+      {"attention_one_pass", nullptr, &T::attention_one_pass, 0, 8,
+       "paged attention in one pass, K and V loaded together, online softmax: 2, 4 or 8 keys per lane group "
+       "per round (0 = scores, softmax, then V)",
+       {0, 2, 4, 8}},
       {"attention_split_min_keys", nullptr, &T::attention_split_min_keys, 0, 1 << 20,
        "decode attention: split-KV from this many keys in steps of < 4 (token, head) pairs per SM (0 = never)"},
       {"gemv_max_tokens", nullptr, &T::gemv_max_tokens, 0, 8,
@@ -58,9 +61,22 @@ const CudaTuningField& field_named(const std::string& name) {
   throw EngineError("engine option cuda." + name + " does not exist (cuda tuning options: " + all + ")");
 }
 
+std::string choices_text(const std::vector<int>& choices) {
+  std::string out;
+  for (size_t i = 0; i < choices.size(); ++i)
+    out += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + std::to_string(choices[i]);
+  return out;
+}
+
+bool allowed(const CudaTuningField& f, long long x) {
+  if (x < f.min || x > f.max) return false;
+  return f.choices.empty() || std::find(f.choices.begin(), f.choices.end(), x) != f.choices.end();
+}
+
 [[noreturn]] void bad_value(const CudaTuningField& f, const std::string& value) {
-  const std::string want = f.flag ? "true or false"
-                                  : "an integer in [" + std::to_string(f.min) + ", " + std::to_string(f.max) + "]";
+  const std::string want = f.flag             ? "true or false"
+                           : f.choices.empty() ? "an integer in [" + std::to_string(f.min) + ", " + std::to_string(f.max) + "]"
+                                               : choices_text(f.choices);
   throw EngineError("engine option cuda." + std::string(f.name) + " must be " + want + ", got \"" + value + "\"");
 }
 
@@ -82,13 +98,13 @@ void set_cuda_tuning(CudaTuning& tuning, const std::string& name, const std::str
   errno = 0;
   char* end = nullptr;
   const long long x = std::strtoll(value.c_str(), &end, 10);
-  if (value.empty() || errno != 0 || *end != '\0' || x < f.min || x > f.max) bad_value(f, value);
+  if (value.empty() || errno != 0 || *end != '\0' || !allowed(f, x)) bad_value(f, value);
   tuning.*f.number = static_cast<int>(x);
 }
 
 void validate_cuda_tuning(const CudaTuning& tuning) {
   for (const CudaTuningField& f : cuda_tuning_fields()) {
-    if (f.number && (tuning.*f.number < f.min || tuning.*f.number > f.max)) bad_value(f, std::to_string(tuning.*f.number));
+    if (f.number && !allowed(f, tuning.*f.number)) bad_value(f, std::to_string(tuning.*f.number));
   }
 }
 

@@ -18,11 +18,13 @@ struct CudaTuningField {
   int CudaTuning::*number;  // an integer field in [min, max]
   int min, max;
   const char* help;         // one line
+  std::vector<int> choices = {};  // a number field's only values (within [min, max]); empty: any
 };
 const std::vector<CudaTuningField>& cuda_tuning_fields();
 
 // Sets the field `name` from text: true/false/1/0/yes/no/on/off (any case) for
-// flags, a decimal integer in range for numbers. Throws EngineError naming the field.
+// flags, a decimal integer in range (and among its choices, if any) for numbers.
+// Throws EngineError naming the field.
 void set_cuda_tuning(CudaTuning& tuning, const std::string& name, const std::string& value);
 
 }  // namespace glm

@@ -66,8 +66,10 @@ struct CudaTuning {
   bool attention_warp = false;
   // Paged attention in one pass over the keys: each key's K and V loaded in the same round,
   // an online softmax in registers, no scores array (docs/cuda_notes.md "One-pass
-  // attention"). Off until measured on a GPU (issue 18). Takes precedence over attention_warp.
-  bool attention_one_pass = false;
+  // attention"); the value is the keys each lane group loads per round: 2, 4 or 8 (0 = off,
+  // the two-phase kernel). Off until measured on a GPU (issue 18). Takes precedence over
+  // attention_warp.
+  int attention_one_pass = 0;
   // fp16 linears: the weight-streaming GEMV up to this many tokens, cuBLAS above
   // (0 = cuBLAS only; at most 8).
   int gemv_max_tokens = 4;

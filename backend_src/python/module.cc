@@ -251,6 +251,7 @@ py::list cuda_tuning_fields() {
       d["default"] = defaults.*f.number;
     d["min"] = f.min;
     d["max"] = f.max;
+    d["choices"] = f.choices;  // a number's only values; empty: any in [min, max]
     d["help"] = f.help;
     out.append(d);
   }
@@ -307,7 +308,8 @@ PYBIND11_MODULE(_engine, m) {
       "float32)}, quantized weights as their codes' values (scales beside them), for tests.");
   m.def("cuda_tuning_fields", &cuda_tuning_fields,
         "The CUDA tuning options (EngineOptions.cuda; Engine(cuda_<name>=...), the Triton parameter "
-        "cuda_<name>): a list of dicts with name, type ('bool' or 'int'), default, min, max, help.");
+        "cuda_<name>): a list of dicts with name, type ('bool' or 'int'), default, min, max, choices "
+        "(an int's only values; empty: any in [min, max]), help.");
 
   py::class_<PyEngine>(m, "Engine")
       .def(py::init([](const std::string& checkpoint_dir, const py::kwargs& options) {

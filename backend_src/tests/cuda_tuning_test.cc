@@ -15,7 +15,7 @@ TEST(CudaTuningTest, defaults_are_todays_behaviour) {
   EXPECT_FALSE(t.rotary_fp16);
   EXPECT_TRUE(t.pdl);
   EXPECT_FALSE(t.attention_warp);
-  EXPECT_FALSE(t.attention_one_pass);
+  EXPECT_EQ(t.attention_one_pass, 0);
   EXPECT_EQ(t.gemv_max_tokens, 4);
   EXPECT_EQ(t.gemv_mma_max_tokens, 16);
   EXPECT_TRUE(t.gemm_gelu_epilogue);
@@ -53,6 +53,8 @@ TEST(CudaTuningTest, set_by_name_from_text) {
   set_cuda_tuning(t, "int8_gemv_max_tokens", "-1");
   set_cuda_tuning(t, "int8_mma_max_tokens", "1048576");
   set_cuda_tuning(t, "poison", "3");
+  set_cuda_tuning(t, "attention_one_pass", "8");
+  EXPECT_EQ(t.attention_one_pass, 8);
   EXPECT_TRUE(t.rotary_fp16);
   EXPECT_FALSE(t.pdl);
   EXPECT_TRUE(t.attention_warp);
@@ -73,9 +75,16 @@ TEST(CudaTuningTest, bad_names_and_values_are_named) {
   EXPECT_THROW_MSG(set_cuda_tuning(t, "poison", "1.5"), "cuda.poison must be an integer in [0, 3]");
   EXPECT_THROW_MSG(set_cuda_tuning(t, "int8_gemv_max_tokens", "-2"), "in [-1, 8]");
   EXPECT_THROW_MSG(set_cuda_tuning(t, "int8_mma_max_tokens", "99999999999999"), "int8_mma_max_tokens");
+  EXPECT_THROW_MSG(set_cuda_tuning(t, "attention_one_pass", "3"),
+                   "engine option cuda.attention_one_pass must be 0, 2, 4 or 8, got \"3\"");
+  EXPECT_THROW_MSG(set_cuda_tuning(t, "attention_one_pass", "16"), "must be 0, 2, 4 or 8");
   EXPECT_EQ(t.gemv_max_tokens, 4);  // unchanged by the failures
+  EXPECT_EQ(t.attention_one_pass, 0);
   t.poison = 4;
   EXPECT_THROW_MSG(validate_cuda_tuning(t), "engine option cuda.poison must be an integer in [0, 3], got \"4\"");
+  t.poison = 0;
+  t.attention_one_pass = 6;
+  EXPECT_THROW_MSG(validate_cuda_tuning(t), "cuda.attention_one_pass must be 0, 2, 4 or 8, got \"6\"");
 }
 
 TEST(CudaTuningTest, engine_create_validates_them) {

@@ -208,16 +208,17 @@ def test_gelu_epilogue_follows_the_cpu_engine(eng_mod, tiny, capfd):
 
 
 def test_one_pass_attention_follows_the_cpu_engine(eng_mod, tiny):
-    """cuda_attention_one_pass=true: the paged attention loads each key's K and V in the
-    same round and keeps an online softmax. Prefill chunks' logits stay within the CPU
-    engine's bound, ten sequences decoded together give its greedy ids, and long prompts
-    (split-KV decode steps, chunks of 64+ keys, staggered joins) give the ids of the
-    default two-phase kernel, as test_split_kv_decode_attention holds split-KV to no split.
-    Off by default until measured (issue 18)."""
+    """cuda_attention_one_pass=N: the paged attention loads each key's K and V in the
+    same round (N keys per lane group per round) and keeps an online softmax. With N = 4,
+    prefill chunks' logits stay within the CPU engine's bound and ten sequences decoded
+    together give its greedy ids; with N = 2, 4 and 8, long prompts (split-KV decode steps,
+    chunks of 64+ keys, staggered joins) give the ids of the default two-phase kernel, as
+    test_split_kv_decode_attention holds split-KV to no split. Off (0) by default until
+    measured (issue 18)."""
     d, cfg, hi = tiny
     rng = np.random.default_rng(23)
     cpu, gpu = cpu_and_cuda_with(
-        eng_mod, d, "cuda_attention_one_pass", True, False, "one-pass paged attention"
+        eng_mod, d, "cuda_attention_one_pass", 4, 0, "one-pass paged attention"
     )
     p = make_prompt(rng, 23, hi, cfg["gmask_token_id"], cfg["bos_token_id"])
     chunks = [p, [int(x) for x in rng.integers(5, hi, 9)], [7]]
@@ -229,7 +230,9 @@ def test_one_pass_attention_follows_the_cpu_engine(eng_mod, tiny):
     gen = dict(max_tokens=24, ignore_eos=True, arrival_steps=[0, 0, 3, 5])
     kw = dict(device="cuda", dtype="fp16", max_running_seqs=16)
     want = eng_mod.Engine(str(d), **kw).generate(long, **gen)
-    assert eng_mod.Engine(str(d), cuda_attention_one_pass=True, **kw).generate(long, **gen) == want
+    for n in (2, 4, 8):
+        one_pass = eng_mod.Engine(str(d), cuda_attention_one_pass=n, **kw)
+        assert one_pass.generate(long, **gen) == want, n
 
 
 def test_continuous_batching_matches_one_at_a_time(eng_mod, tiny):

@@ -13,7 +13,7 @@ NAMES = {
     "rotary_fp16": ("bool", False),
     "pdl": ("bool", True),
     "attention_warp": ("bool", False),
-    "attention_one_pass": ("bool", False),
+    "attention_one_pass": ("int", 0),
     "attention_split_min_keys": ("int", 64),
     "gemv_max_tokens": ("int", 4),
     "gemv_mma_max_tokens": ("int", 16),
@@ -34,6 +34,10 @@ def test_fields_and_defaults():
     fields = engine_module().cuda_tuning_fields()
     assert {f["name"]: (f["type"], f["default"]) for f in fields} == NAMES
     assert all(f["min"] <= f["max"] and f["help"] for f in fields)
+    # only values of a number field (within its range); the others take any in range
+    assert {f["name"]: f["choices"] for f in fields if f["choices"]} == {
+        "attention_one_pass": [0, 2, 4, 8]
+    }
 
 
 def test_documented_in_cuda_notes():
@@ -58,6 +62,7 @@ def test_engine_keywords_are_validated():
         ({"cuda_poison": 4}, r"engine option cuda.poison must be an integer in \[0, 3\]"),
         ({"cuda_gemv_max_tokens": 9}, r"cuda.gemv_max_tokens must be an integer in \[0, 8\]"),
         ({"cuda_mma_variant": 4}, "engine option cuda.mma_variant does not exist"),
+        ({"cuda_attention_one_pass": 3}, 'cuda.attention_one_pass must be 0, 2, 4 or 8, got "3"'),
     ]
     for kw, msg in cases:
         with pytest.raises(_engine.EngineError, match=msg):
@@ -82,7 +87,9 @@ def test_cli_flags(capsys):
         assert "--cuda-" + name.replace("_", "-") in help_text
     with pytest.raises(SystemExit):
         p.parse_args(["--checkpoint", "x", "--input-ids", "1", "--cuda-pdl", "maybe"])
-    capsys.readouterr()
+    with pytest.raises(SystemExit):  # the engine's choices for this option: 0, 2, 4, 8
+        p.parse_args(["--checkpoint", "x", "--input-ids", "1", "--cuda-attention-one-pass", "3"])
+    assert "invalid choice: 3" in capsys.readouterr().err
     # tuning is for --engine cuda
     rc = cli.main(["--checkpoint", str(tiny_dir()), "--input-ids", "1,2", "--cuda-pdl", "0"])
     assert rc == cli.EXIT_USAGE

@@ -6,6 +6,7 @@
 #include <cuda_fp8.h>
 
 #include <cfloat>
+#include <type_traits>
 
 #include "cuda_check.h"
 #include "kernels.h"
@@ -276,10 +277,9 @@ __global__ void __launch_bounds__(kAttnThreads)
 // there is no scores array, no block reduction between the phases and no shared memory
 // sized by the context. At the end the groups' (m, l, acc) are combined through shared
 // memory in a fixed order. SPLIT: the block covers one chunk and writes that combination
-// as the chunk's (max, sum, unnormalized output), as the block kernel does.
-constexpr int kOnePassUnroll = 4;
-
-template <int HD, bool FP8, bool SPLIT>
+// as the chunk's (max, sum, unnormalized output), as the block kernel does. U: keys per
+// lane group per round (AttentionParams::one_pass: 2, 4 or 8).
+template <int HD, bool FP8, bool SPLIT, int U>
 __global__ void __launch_bounds__(kAttnThreads)
     paged_attention_one_pass_kernel(const __half* __restrict__ q, KvRead kv, const int32_t* __restrict__ tok_seq,
                                     const int32_t* __restrict__ n_keys, const int32_t* __restrict__ block_tables,
@@ -288,7 +288,6 @@ __global__ void __launch_bounds__(kAttnThreads)
   constexpr int LPT = HD / VEC;  // lanes per key
   constexpr int TPW = 32 / LPT;  // lane groups (keys in flight per round and unroll step) per warp
   constexpr int GROUPS = kAttnWarps * TPW;
-  constexpr int U = kOnePassUnroll;
   __shared__ float group_acc[GROUPS * HD];  // 128 x VEC floats: at most 4 KB
   __shared__ float group_ml[2 * GROUPS];
 
@@ -516,7 +515,13 @@ void launch(const __half* q, const KvRead& kv, const int32_t* tok_seq, const int
   const bool split = p.splits > 1;
   dim3 grid(p.heads, tokens, split ? p.splits : 1);
   if (p.one_pass) {
-    auto kernel = split ? paged_attention_one_pass_kernel<HD, FP8, true> : paged_attention_one_pass_kernel<HD, FP8, false>;
+    auto pick = [&](auto u) {
+      constexpr int U = decltype(u)::value;
+      return split ? paged_attention_one_pass_kernel<HD, FP8, true, U> : paged_attention_one_pass_kernel<HD, FP8, false, U>;
+    };
+    auto kernel = p.one_pass == 2   ? pick(std::integral_constant<int, 2>())
+                  : p.one_pass == 4 ? pick(std::integral_constant<int, 4>())
+                                    : pick(std::integral_constant<int, 8>());
     launch_k("paged_attention (one pass)", kernel, grid, dim3(kAttnThreads), 0, stream, q, kv, tok_seq, n_keys, bt, p,
              out);
   } else {
@@ -551,6 +556,7 @@ void launch_block_kernel(const char* k, const __half* q, const KvRead& kv, const
 void check_attention_args(const char* k, const AttentionParams& p, int tokens) {
   check_arg(p.heads > 0 && p.heads <= 65535, k, "heads must be in [1, 65535]");
   check_arg(p.splits >= 1 && p.splits <= kAttnMaxSplits, k, "splits must be in [1, kAttnMaxSplits]");
+  check_arg(p.one_pass == 0 || p.one_pass == 2 || p.one_pass == 4 || p.one_pass == 8, k, "one_pass must be 0, 2, 4 or 8");
   check_arg(p.splits == 1 || (p.split_scratch && p.split_scratch_floats >= (size_t)tokens * p.heads * p.splits *
                                                                               (p.head_dim + 2)),
             k, "split-KV needs a scratch of tokens x heads x splits x (head_dim + 2) floats");

@@ -104,7 +104,10 @@ class CudaRunner final : public ModelRunner {
     const std::string kv = kv_fp8_ ? "KV cache fp8 (E4M3, a scale per token and head)" : "";
     const int split = opts_.cuda.attention_split_min_keys;
     const std::string sk = split > 0 ? "split-KV decode attention from " + std::to_string(split) + " keys" : "";
-    const std::string att = opts_.cuda.attention_one_pass ? "one-pass paged attention (online softmax)" : "";
+    const int op = opts_.cuda.attention_one_pass;
+    const std::string att = op > 0 ? "one-pass paged attention (online softmax, " + std::to_string(op) +
+                                         " keys per lane group per round)"
+                                   : "";
     for (const std::string& part : {linears_description(), kv, att, sk, graphs_description()})
       if (!part.empty()) out += (out.empty() ? "" : "; ") + part;
     return out;

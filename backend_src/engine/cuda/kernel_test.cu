@@ -305,7 +305,7 @@ void test_rotary(int tokens, int heads, int head_dim, int block_size, bool fp16_
 // fp8: the cache as E4M3 codes + a scale per row (quantize_e4m3_row), read by
 // paged_attention_fp8; the reference uses the codes' values times the scales.
 void test_attention(int heads, int head_dim, int block_size, const std::vector<int>& seq_lens,
-                    int queries_last, bool fp8 = false, int splits = 1, bool one_pass = false) {
+                    int queries_last, bool fp8 = false, int splits = 1, int one_pass = 0) {
   // Each sequence: keys 0..len-1 in the cache; the last `queries_last` tokens
   // (at most len) are queries, with the ChatGLM rule for context c = len/2.
   const int nseq = (int)seq_lens.size();
@@ -365,7 +365,7 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
   // The warp-per-(token, head) kernel is opt-in in the runner; on here, so that
   // the cases with >= 2048 (token, head) pairs test it (the others take the block kernel).
   p.warp_per_pair = true;
-  p.one_pass = one_pass;  // the one-pass block kernel instead (it takes precedence over the warp kernel)
+  p.one_pass = one_pass;  // > 0: the one-pass block kernel, keys per lane group per round (before the warp kernel)
   p.splits = splits;  // > 1: split-KV (chunks of at least kAttnSplitMinChunk keys, then the combine)
   const size_t scratch_n = (size_t)T * heads * splits * (head_dim + 2);
   Dev<float> dscratch(std::vector<float>(splits > 1 ? scratch_n : 1));
@@ -418,8 +418,29 @@ void test_attention(int heads, int head_dim, int block_size, const std::vector<i
   for (int l : seq_lens) lens += std::to_string(l) + ",";
   report(std::string(fp8 ? "paged_attention_fp8" : "paged_attention") + " hd=" + std::to_string(head_dim) + " heads=" + std::to_string(heads) +
              " bs=" + std::to_string(block_size) + " lens=" + lens + " q/seq=" + std::to_string(queries_last) +
-             (splits > 1 ? " split-KV " + std::to_string(splits) : std::string()) + (one_pass ? " one-pass" : ""),
+             (splits > 1 ? " split-KV " + std::to_string(splits) : std::string()) + (one_pass ? " one-pass " + std::to_string(one_pass) : std::string()),
          e < 2e-3 && pad_zero, fmt(e) + (pad_zero ? "" : " padding row not zero"));
+}
+
+// paged_attention throws std::invalid_argument for a small valid call that `change` breaks.
+template <typename Change>
+void test_attention_refused(const std::string& what, Change change) {
+  bool refused = false;
+  try {
+    AttentionParams p;
+    p.heads = 2;
+    p.head_dim = 8;
+    p.block_size = 4;
+    p.max_blocks_per_seq = 1;
+    p.max_keys = 4;
+    change(p);
+    Dev<__half> x(std::vector<__half>(16));
+    Dev<int32_t> i(std::vector<int32_t>(4));
+    paged_attention(x.p, x.p, x.p, i.p, i.p, i.p, p, x.p, 1, 0);
+  } catch (const std::invalid_argument&) {
+    refused = true;
+  }
+  report("paged_attention refuses " + what, refused, "");
 }
 
 // -------------------------------------------------------------- fp8 KV write
@@ -656,43 +677,32 @@ int main(int argc, char** argv) {
     test_attention(6, 64, 16, {1500, 130}, 2, false, 7);
     test_attention(32, 128, 16, {2047}, 1, true, 16);
     test_attention(4, 32, 16, {700, 40, 7}, 5, true, 5);
-    // the one-pass kernel (online softmax): every head size, contexts shorter than one
-    // round (32 keys at head_dim 128) and many rounds, lane groups that get no key, prefill
-    // queries, the padding row, fp16 and fp8 caches, with and without split-KV; 2,048+
-    // (token, head) pairs (where the warp kernel would otherwise run)
-    test_attention(32, 128, 16, {1, 17, 333, 40}, 1, false, 1, true);
-    test_attention(32, 128, 16, {19, 45}, 19, false, 1, true);
-    test_attention(8, 4, 5, {3, 11, 2}, 3, false, 1, true);
-    test_attention(4, 16, 7, {29, 1}, 29, false, 1, true);
-    test_attention(6, 64, 16, {2047}, 2, false, 1, true);
-    test_attention(4, 32, 16, {23, 40, 7}, 5, false, 1, true);
-    test_attention(2, 8, 3, {130, 5}, 4, false, 1, true);
-    test_attention(32, 128, 16, {93, 168, 18, 61, 33, 97, 120, 150}, 9, false, 1, true);
-    test_attention(32, 128, 16, {1, 17, 333, 40}, 1, true, 1, true);
-    test_attention(4, 16, 7, {29, 1}, 29, true, 1, true);
-    test_attention(6, 64, 16, {2047}, 2, true, 1, true);
-    test_attention(32, 128, 16, {2047}, 1, false, 16, true);
-    test_attention(8, 4, 5, {3, 11, 2}, 3, false, 3, true);
-    test_attention(6, 64, 16, {1500, 130}, 2, false, 7, true);
-    test_attention(4, 32, 16, {700, 40, 7}, 5, true, 5, true);
-    {  // the launcher refuses a split without (enough) scratch
-      bool refused = false;
-      try {
-        AttentionParams p;
-        p.heads = 2;
-        p.head_dim = 8;
-        p.block_size = 4;
-        p.max_blocks_per_seq = 1;
-        p.max_keys = 4;
-        p.splits = 2;
-        Dev<__half> x(std::vector<__half>(16));
-        Dev<int32_t> i(std::vector<int32_t>(4));
-        paged_attention(x.p, x.p, x.p, i.p, i.p, i.p, p, x.p, 1, 0);
-      } catch (const std::invalid_argument&) {
-        refused = true;
-      }
-      report("paged_attention refuses split-KV without scratch", refused, "");
-    }
+    // the one-pass kernel (online softmax) with 2, 4 and 8 keys per lane group per round:
+    // every head size, contexts shorter than one round (32 keys at head_dim 128 and 4) and
+    // many rounds, lane groups that get no key, prefill queries, the padding row, fp16 and
+    // fp8 caches, with and without split-KV; 2,336 (token, head) pairs (where the warp
+    // kernel would otherwise run)
+    test_attention(32, 128, 16, {1, 17, 333, 40}, 1, false, 1, 4);
+    test_attention(32, 128, 16, {19, 45}, 19, false, 1, 4);
+    test_attention(8, 4, 5, {3, 11, 2}, 3, false, 1, 4);
+    test_attention(4, 16, 7, {29, 1}, 29, false, 1, 2);
+    test_attention(6, 64, 16, {2047}, 2, false, 1, 8);
+    test_attention(4, 32, 16, {23, 40, 7}, 5, false, 1, 2);
+    test_attention(2, 8, 3, {130, 5}, 4, false, 1, 8);
+    test_attention(32, 128, 16, {93, 168, 18, 61, 33, 97, 120, 150}, 9, false, 1, 4);
+    test_attention(32, 128, 16, {93, 168, 18, 61, 33, 97, 120, 150}, 9, false, 1, 2);
+    test_attention(32, 128, 16, {93, 168, 18, 61, 33, 97, 120, 150}, 9, false, 1, 8);
+    test_attention(32, 128, 16, {1, 17, 333, 40}, 1, true, 1, 4);
+    test_attention(4, 16, 7, {29, 1}, 29, true, 1, 8);
+    test_attention(6, 64, 16, {2047}, 2, true, 1, 2);
+    test_attention(32, 128, 16, {2047}, 1, false, 16, 4);
+    test_attention(8, 4, 5, {3, 11, 2}, 3, false, 3, 2);
+    test_attention(6, 64, 16, {1500, 130}, 2, false, 7, 8);
+    test_attention(4, 32, 16, {700, 40, 7}, 5, true, 5, 4);
+    // the launcher refuses a one-pass round size it has no kernel for, and a split without
+    // (enough) scratch
+    test_attention_refused("one_pass = 3", [](AttentionParams& p) { p.one_pass = 3; });
+    test_attention_refused("split-KV without scratch", [](AttentionParams& p) { p.splits = 2; });
     test_feed_prev(1, 1);
     test_feed_prev(257, 131);
     test_feed_prev(37, 300);

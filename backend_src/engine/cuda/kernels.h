@@ -84,9 +84,10 @@ struct AttentionParams {
   float scale = 0.f;
   bool warp_per_pair = false;  // one warp per (token, head) pair when there are many (EngineOptions::cuda.attention_warp)
   // The block kernel in one pass: K and V of a key loaded together, an online softmax per
-  // lane group, the groups combined at the end (EngineOptions::cuda.attention_one_pass).
+  // lane group, the groups combined at the end; the value is the keys per lane group per
+  // round, 2, 4 or 8 (0 = the two-phase kernel; EngineOptions::cuda.attention_one_pass).
   // Takes precedence over warp_per_pair; fp16 and fp8 caches, with or without split-KV.
-  bool one_pass = false;
+  int one_pass = 0;
   // Split-KV (few (token, head) pairs, long contexts): `splits` > 1 blocks per (token,
   // head), each over a chunk of max(ceil(n / splits), kAttnSplitMinChunk) keys, write
   // partial softmax results into split_scratch ([tokens, heads, splits, head_dim + 2]
