@@ -74,9 +74,8 @@ bool allowed(const CudaTuningField& f, long long x) {
 }
 
 [[noreturn]] void bad_value(const CudaTuningField& f, const std::string& value) {
-  const std::string want = f.flag             ? "true or false"
-                           : f.choices.empty() ? "an integer in [" + std::to_string(f.min) + ", " + std::to_string(f.max) + "]"
-                                               : choices_text(f.choices);
+  const std::string range = "an integer in [" + std::to_string(f.min) + ", " + std::to_string(f.max) + "]";
+  const std::string want = f.flag ? "true or false" : f.choices.empty() ? range : choices_text(f.choices);
   throw EngineError("engine option cuda." + std::string(f.name) + " must be " + want + ", got \"" + value + "\"");
 }
 

@@ -517,7 +517,8 @@ void launch(const __half* q, const KvRead& kv, const int32_t* tok_seq, const int
   if (p.one_pass) {
     auto pick = [&](auto u) {
       constexpr int U = decltype(u)::value;
-      return split ? paged_attention_one_pass_kernel<HD, FP8, true, U> : paged_attention_one_pass_kernel<HD, FP8, false, U>;
+      return split ? paged_attention_one_pass_kernel<HD, FP8, true, U>
+                   : paged_attention_one_pass_kernel<HD, FP8, false, U>;
     };
     auto kernel = p.one_pass == 2   ? pick(std::integral_constant<int, 2>())
                   : p.one_pass == 4 ? pick(std::integral_constant<int, 4>())
@@ -556,7 +557,8 @@ void launch_block_kernel(const char* k, const __half* q, const KvRead& kv, const
 void check_attention_args(const char* k, const AttentionParams& p, int tokens) {
   check_arg(p.heads > 0 && p.heads <= 65535, k, "heads must be in [1, 65535]");
   check_arg(p.splits >= 1 && p.splits <= kAttnMaxSplits, k, "splits must be in [1, kAttnMaxSplits]");
-  check_arg(p.one_pass == 0 || p.one_pass == 2 || p.one_pass == 4 || p.one_pass == 8, k, "one_pass must be 0, 2, 4 or 8");
+  check_arg(p.one_pass == 0 || p.one_pass == 2 || p.one_pass == 4 || p.one_pass == 8, k,
+            "one_pass must be 0, 2, 4 or 8");
   check_arg(p.splits == 1 || (p.split_scratch && p.split_scratch_floats >= (size_t)tokens * p.heads * p.splits *
                                                                               (p.head_dim + 2)),
             k, "split-KV needs a scratch of tokens x heads x splits x (head_dim + 2) floats");
