@@ -713,6 +713,35 @@ def _fault_repo(tmp_path, enable: bool):
     return repo
 
 
+def test_bad_cuda_tuning_parameter_fails_the_load_not_the_server(tmp_path):
+    """A model parameter cuda_<option> outside the option's values (attention_one_pass takes
+    0, 2, 4 or 8) fails that model's load with an error naming the parameter and the
+    allowed values (the CPU back-end validates the CUDA options too); the server stays up
+    and the same model loads once the parameter is right."""
+    skip_without_server()
+    repo = tmp_path / "repo"
+    shutil.copytree(DEFAULT_REPO / "chatglm_decoder", repo / "chatglm_decoder")
+    cfg = repo / "chatglm_decoder" / "config.pbtxt"
+    text = cfg.read_text()
+    assert "parameters [\n" in text
+    param = '  {{ key: "cuda_attention_one_pass" value: {{ string_value: "{}" }} }},\n'
+    cfg.write_text(text.replace("parameters [\n", "parameters [\n" + param.format("3"), 1))
+    load = "/v2/repository/models/chatglm_decoder/load"
+    with TritonServer(
+        repo=repo, log_dir=tmp_path, extra_args=["--model-control-mode=explicit"]
+    ) as srv:
+        r = requests.post(f"http://{srv.http_url}{load}", timeout=120, headers=CLOSE)
+        assert r.status_code == 400, r.text
+        assert "cuda_attention_one_pass" in r.text and "must be 0, 2, 4 or 8" in r.text, r.text
+        assert not srv.model_ready("chatglm_decoder")
+        cfg.write_text(text.replace("parameters [\n", "parameters [\n" + param.format("4"), 1))
+        r = requests.post(f"http://{srv.http_url}{load}", timeout=120, headers=CLOSE)
+        assert r.status_code == 200, r.text
+        assert srv.model_ready("chatglm_decoder")
+        assert decoder_error(srv.grpc_url, SHORT_IDS) is None
+        assert srv.stop() == 0
+
+
 def test_fault_hook_by_input_and_model_parameter(tmp_path):
     """R2's form of the hook: the input inject_fault is refused (INVALID_ARG naming it and
     enable_fault_injection) unless the model parameter enable_fault_injection=true; with
