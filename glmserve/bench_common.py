@@ -278,8 +278,8 @@ class Mode:
 def int8_modes(args) -> list[Mode]:
     """fp16 first (every ratio's baseline), then int8, and the ones the flags ask for:
     --int8-lm-head, --w8a8 N (int8 with W8A8 from N tokens), --fp8 (with --int8-lm-head also
-    fp8 with the int8 lm_head), --kv-fp8 (the FP8 KV cache under fp16 linears, and under fp8
-    ones with --fp8)."""
+    fp8 with the int8 lm_head, and with --w8a8 N too that lm_head on W8A8 from N tokens),
+    --kv-fp8 (the FP8 KV cache under fp16 linears, and under fp8 ones with --fp8)."""
     m = [
         Mode("fp16"),
         Mode("int8", {"int8": True}, {"cuda_int8_lm_head": False}),
@@ -300,6 +300,14 @@ def int8_modes(args) -> list[Mode]:
         m.append(Mode("fp8", {"fp8": True}))
         if getattr(args, "int8_lm_head", False):
             m.append(Mode("fp8+int8 lm_head", {"fp8": True}, {"cuda_int8_lm_head": True}))
+            if w8a8:  # the int8 lm_head on int8 tensor cores from w8a8 tokens on
+                m.append(
+                    Mode(
+                        f"fp8+int8 lm_head W8A8>={w8a8}",
+                        {"fp8": True},
+                        {"cuda_int8_lm_head": True, "cuda_int8_w8a8_min_tokens": w8a8},
+                    )
+                )
     if getattr(args, "fp8_ab", False):
         m.append(Mode("fp8 no GEMV", {"fp8": True}, {"cuda_fp8_gemv_max_tokens": 0}))
     if getattr(args, "kv_fp8", False):

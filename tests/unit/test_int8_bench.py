@@ -44,6 +44,7 @@ def test_modes_follow_the_flags() -> None:
         "int8 W8A8>=64+lm_head",
         "fp8",
         "fp8+int8 lm_head",
+        "fp8+int8 lm_head W8A8>=64",
     ]
     w8 = ms[3]
     assert w8.engine == {"int8": True}
@@ -51,6 +52,8 @@ def test_modes_follow_the_flags() -> None:
     assert ms[4].engine == {"fp8": True} and ms[4].weights == "fp8"
     assert ms[5].engine == {"fp8": True} and ms[5].tuning == {"cuda_int8_lm_head": True}
     assert ms[5].weights == "fp8+lm_head"
+    assert ms[6].engine == {"fp8": True} and ms[6].weights == "fp8+lm_head"
+    assert ms[6].tuning == {"cuda_int8_lm_head": True, "cuda_int8_w8a8_min_tokens": 64}
     ab = int8_modes(p.parse_args(["--fp8", "--fp8-ab"]))
     assert [m.name for m in ab][2:] == ["fp8", "fp8 no GEMV"]
     assert ab[3].engine == {"fp8": True} and ab[3].tuning == {"cuda_fp8_gemv_max_tokens": 0}
