@@ -118,17 +118,20 @@ class CudaRunner final : public ModelRunner {
     return "decode graphs for " + std::to_string(graphs_at_start_) + " batch sizes (1-" +
            std::to_string(buckets_.back()) + ") captured at start";
   }
-  // fp8 mode's int8 lm_head: from int8_w8a8_min_tokens on, W8A8 (Int8Gemm::run).
-  std::string lm_head_w8a8_description() const {
+  // The int8 linears from int8_w8a8_min_tokens on (Int8Gemm::run): W8A8; "" when off. In fp8
+  // mode only the int8 lm_head is an int8 linear.
+  std::string w8a8_description() const {
     const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
-    return w8a8 > 0 ? " (W8A8 int8 tensor cores from " + std::to_string(w8a8) + " tokens)" : "";
+    return w8a8 > 0 ? "W8A8 int8 tensor cores from " + std::to_string(w8a8) + " tokens" : "";
   }
   std::string linears_description() const {
+    const std::string w8a8 = w8a8_description();
     if (fp8_) {
       const int gemv = opts_.cuda.fp8_gemv_max_tokens;
       return std::string("fp8 block linears (E4M3 weights per channel, activations per token, cuBLASLt") +
              (gemv > 0 ? "; weight-only GEMV up to " + std::to_string(gemv) + " tokens" : std::string()) +
-             "), lm_head " + (lm_head8_.q ? "int8" + lm_head_w8a8_description() : std::string("fp16"));
+             "), lm_head " +
+             (!lm_head8_.q ? "fp16" : w8a8.empty() ? "int8" : "int8 (" + w8a8 + ")");
     }
     if (!int8_) {
       const int mma = opts_.cuda.gemv_mma_max_tokens, gemv = opts_.cuda.gemv_max_tokens;
@@ -138,10 +141,9 @@ class CudaRunner final : public ModelRunner {
       if (gemm_->gelu_epilogue()) d += (d.empty() ? "" : ", ") + std::string("bias+GeLU in the cuBLASLt epilogue");
       return d.empty() ? d : "fp16 linears: " + d;
     }
-    const int w8a8 = opts_.cuda.int8_w8a8_min_tokens;
     return std::string("int8 block linears ") +
            (int8_packed_ ? "packed (GEMV + warp-specialized wgmma, sm_90a)" : "row-major (GEMV + mma.sync)") +
-           (w8a8 > 0 ? ", W8A8 int8 tensor cores from " + std::to_string(w8a8) + " tokens" : std::string()) +
+           (w8a8.empty() ? "" : ", " + w8a8) +
            ", lm_head " + (lm_head8_.q ? "int8" : "fp16");
   }
 

@@ -24,7 +24,6 @@
 namespace glm {
 namespace cuda {
 
-
 struct Fp8Weight {
   uint8_t* q = nullptr;   // [out, in] E4M3 codes
   float* scale = nullptr;  // [out]
